@@ -1,0 +1,44 @@
+"""laco: compress visual tokens inside the vision encoder of multimodal LLMs (LaCo), and measure what it buys.
+
+>>> import laco
+>>> laco.apply(vision_model, layer="1/4")      # LaCo's patch merge after a quarter of the layers
+>>> laco.num_tokens(vision_model)              # tokens per image, for sizing image placeholders
+>>> laco.remove(vision_model)                  # back to the original, bit for bit
+"""
+
+from . import compressors, functional
+from .compressors import PatchMerge, TokenCompressor, build
+from .patch import (
+    LacoSettings,
+    apply,
+    apply_from_config,
+    is_patched,
+    load,
+    num_tokens,
+    output_grid,
+    remove,
+    resolve_layers,
+    settings,
+)
+from .patch import compressors as attached_compressors
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LacoSettings",
+    "PatchMerge",
+    "TokenCompressor",
+    "apply",
+    "apply_from_config",
+    "attached_compressors",
+    "build",
+    "compressors",
+    "functional",
+    "is_patched",
+    "load",
+    "num_tokens",
+    "output_grid",
+    "remove",
+    "resolve_layers",
+    "settings",
+]

@@ -1,0 +1,149 @@
+"""What laco needs to know about a vision encoder family, and the generic adapter for any other ViT.
+
+An adapter names, for one family of Hugging Face vision models: where the transformer blocks are, how many
+prefix tokens (CLS, registers) lead the sequence, the patch size (to turn ``pixel_values`` into a grid) and,
+optionally, the parts of a block's MLP (to initialise a patch merge from it). One small file per family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+GridSize = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class MlpParts:
+    """A pre-norm ViT MLP ``x + scale * fc2(act(fc1(norm(x))))``; ``scale`` is layer scale, if any."""
+
+    norm: nn.Module
+    fc1: nn.Linear
+    fc2: nn.Linear
+    scale: torch.Tensor | None = None
+
+
+def _pair(value) -> GridSize:
+    if isinstance(value, (tuple, list)):
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+class EncoderAdapter:
+    """Describes one encoder family. Subclasses set :attr:`model_classes` and :attr:`blocks_path`."""
+
+    family: str = "generic"
+    model_classes: tuple[type[nn.Module], ...] = ()
+    blocks_path: str = ""
+
+    def matches(self, model: nn.Module) -> bool:
+        return isinstance(model, self.model_classes)
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        return model.get_submodule(self.blocks_path)
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        return 0
+
+    def patch_size(self, model: nn.Module) -> GridSize:
+        return _pair(model.config.patch_size)
+
+    def hidden_size(self, model: nn.Module) -> int:
+        return int(model.config.hidden_size)
+
+    def default_image_size(self, model: nn.Module) -> GridSize:
+        return _pair(model.config.image_size)
+
+    def grid(self, model: nn.Module, pixel_values: torch.Tensor) -> GridSize:
+        """The patch grid a batch of images produces (convolutional patch embedding: floor division)."""
+        patch_h, patch_w = self.patch_size(model)
+        return pixel_values.shape[-2] // patch_h, pixel_values.shape[-1] // patch_w
+
+    def grid_for_image_size(self, model: nn.Module, image_size: int | GridSize) -> GridSize:
+        (height, width), (patch_h, patch_w) = _pair(image_size), self.patch_size(model)
+        return height // patch_h, width // patch_w
+
+    def mlp_parts(self, block: nn.Module) -> MlpParts | None:
+        """The block's MLP, for ``init="layer"``; ``None`` where it is not a plain two-Linear MLP."""
+        return None
+
+
+class GenericAdapter(EncoderAdapter):
+    """Any ViT whose blocks sit in an ``nn.ModuleList``, described by the caller.
+
+    Args:
+        blocks: the ``nn.ModuleList`` of blocks, or its dotted path inside the model (``"blocks"``,
+            ``"encoder.layer"``).
+        num_prefix_tokens: CLS/register tokens that lead the sequence (timm's ``num_prefix_tokens``).
+        patch_size: patch size, to compute the grid from ``pixel_values``.
+        grid: a fixed grid ``(H, W)`` instead, or a callable ``pixel_values -> (H, W)``.
+        hidden_size: token width; read from ``model.config`` or ``model.embed_dim`` when omitted.
+    """
+
+    family = "generic"
+
+    def __init__(
+        self,
+        blocks: nn.ModuleList | str,
+        *,
+        num_prefix_tokens: int = 0,
+        patch_size: int | GridSize | None = None,
+        grid: GridSize | Callable[[torch.Tensor], GridSize] | None = None,
+        hidden_size: int | None = None,
+    ) -> None:
+        if patch_size is None and grid is None:
+            raise ValueError("a generic encoder needs patch_size= or grid= so laco can lay tokens on their grid.")
+        if num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}.")
+        self._blocks = blocks
+        self._num_prefix_tokens = num_prefix_tokens
+        self._patch_size = None if patch_size is None else _pair(patch_size)
+        self._grid = grid
+        self._hidden_size = hidden_size
+
+    def matches(self, model: nn.Module) -> bool:
+        return True
+
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        blocks = model.get_submodule(self._blocks) if isinstance(self._blocks, str) else self._blocks
+        if not isinstance(blocks, nn.ModuleList):
+            raise ValueError(f"blocks must be an nn.ModuleList, got {type(blocks).__name__}.")
+        return blocks
+
+    def num_prefix_tokens(self, model: nn.Module) -> int:
+        return self._num_prefix_tokens
+
+    def patch_size(self, model: nn.Module) -> GridSize:
+        if self._patch_size is None:
+            raise ValueError("this generic encoder was described by grid=, not patch_size=.")
+        return self._patch_size
+
+    def hidden_size(self, model: nn.Module) -> int:
+        if self._hidden_size is not None:
+            return self._hidden_size
+        config = getattr(model, "config", None)
+        for source, name in ((config, "hidden_size"), (model, "embed_dim"), (model, "num_features")):
+            if source is not None and isinstance(getattr(source, name, None), int):
+                return getattr(source, name)
+        raise ValueError("cannot infer the token width of this encoder; pass hidden_size=.")
+
+    def default_image_size(self, model: nn.Module) -> GridSize:
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "image_size"):
+            raise ValueError("this encoder has no config.image_size; pass image_size explicitly.")
+        return _pair(config.image_size)
+
+    def grid(self, model: nn.Module, pixel_values: torch.Tensor) -> GridSize:
+        if callable(self._grid):
+            return _pair(self._grid(pixel_values))
+        if self._grid is not None:
+            return _pair(self._grid)
+        return super().grid(model, pixel_values)
+
+    def grid_for_image_size(self, model: nn.Module, image_size: int | GridSize) -> GridSize:
+        if self._grid is not None and not callable(self._grid):
+            return _pair(self._grid)
+        return super().grid_for_image_size(model, image_size)

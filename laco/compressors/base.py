@@ -1,0 +1,125 @@
+"""The compressor interface and its registry.
+
+A compressor maps tokens on an ``(H, W)`` grid to fewer tokens on a coarser grid: ``forward(x, size) ->
+(y, new_size)``. Every compressor can add LaCo's non-parametric shortcut (``factor x factor`` average pooling
+of its input) to its output, so the residual can be ablated on all of them, not only on LaCo's own merge.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..functional import GridSize, PadPolicy
+
+_REGISTRY: dict[str, type["TokenCompressor"]] = {}
+
+
+class TokenCompressor(nn.Module):
+    """Base class: validates input, applies the optional shortcut, reports its output grid and cost.
+
+    Subclasses implement :meth:`compress` (the learned or fixed reduction) and :meth:`compress_flops`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        factor: int = 2,
+        *,
+        out_dim: int | None = None,
+        shortcut: bool = False,
+        pad: PadPolicy = "zero",
+    ) -> None:
+        super().__init__()
+        F.check_factor(factor)
+        if pad not in F.PAD_POLICIES:
+            raise ValueError(f"unknown pad policy {pad!r}; choose one of {F.PAD_POLICIES}.")
+        out_dim = dim if out_dim is None else out_dim
+        if shortcut and out_dim != dim:
+            raise ValueError(
+                f"the average-pooling shortcut has width {dim} but out_dim is {out_dim}; "
+                "use shortcut=False, or keep out_dim equal to dim and project afterwards."
+            )
+        self.dim, self.factor, self.out_dim = dim, factor, out_dim
+        self.shortcut, self.pad = shortcut, pad
+
+    def output_size(self, size: GridSize) -> GridSize:
+        F._padding(size, self.factor, self.pad)  # raises for pad="error" on indivisible grids
+        return F.merged_size(size, self.factor)
+
+    def forward(self, x: torch.Tensor, size: GridSize) -> tuple[torch.Tensor, GridSize]:
+        F.check_tokens(x, size)
+        if x.shape[-1] != self.dim:
+            raise ValueError(
+                f"{type(self).__name__} was built for width {self.dim} but got tokens of width {x.shape[-1]}; "
+                "build it with dim equal to the encoder's hidden size."
+            )
+        y, new_size = self.compress(x, size)
+        if self.shortcut:
+            pooled, _ = F.avg_pool_tokens(x, size, self.factor, self.pad)
+            y = y + pooled
+        return y, new_size
+
+    def compress(self, x: torch.Tensor, size: GridSize) -> tuple[torch.Tensor, GridSize]:
+        raise NotImplementedError
+
+    def flops(self, size: GridSize, batch: int = 1) -> int:
+        """Forward FLOPs (multiply-add = 2) on one grid of ``size``, shortcut included."""
+        out = self.output_size(size)
+        shortcut = size[0] * size[1] * self.dim if self.shortcut else 0
+        return batch * (self.compress_flops(size, out) + shortcut)
+
+    def compress_flops(self, size: GridSize, out: GridSize) -> int:
+        return 0
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, factor={self.factor}, out_dim={self.out_dim}, shortcut={self.shortcut}, pad={self.pad!r}"
+
+
+def register(name: str) -> Callable[[type[TokenCompressor]], type[TokenCompressor]]:
+    """Class decorator that makes a compressor available to :func:`build` under ``name``."""
+
+    def decorator(cls: type[TokenCompressor]) -> type[TokenCompressor]:
+        if name in _REGISTRY:
+            raise ValueError(f"a compressor named {name!r} is already registered ({_REGISTRY[name].__name__}).")
+        _REGISTRY[name] = cls
+        cls.method_name = name
+        return cls
+
+    return decorator
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`build`."""
+    return sorted(_REGISTRY)
+
+
+def compressor_class(name: str) -> type[TokenCompressor]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown compression method {name!r}; choose one of {available()}.") from None
+
+
+def build(name: str, dim: int, factor: int = 2, **options) -> TokenCompressor:
+    """Build the compressor registered as ``name`` for tokens of width ``dim``.
+
+    >>> build("laco", dim=768, factor=2)             # LaCo's patch merge with the shortcut
+    >>> build("ldpv2", dim=768, shortcut=True)       # a baseline given the same residual
+    """
+    cls = compressor_class(name)
+    accepted = {
+        p.name
+        for klass in cls.__mro__
+        if issubclass(klass, TokenCompressor)
+        for p in inspect.signature(klass.__init__).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"compressor {name!r} does not take option(s) {unknown}; it accepts {sorted(accepted)}.")
+    return cls(dim, factor, **options)

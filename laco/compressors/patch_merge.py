@@ -1,0 +1,152 @@
+"""LaCo's Patch Merge Layer (PML) and InternVL-style pixel-shuffle, which is the same merge without the shortcut."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..functional import GridSize, PadPolicy
+from .base import TokenCompressor, register
+
+Init = Literal["zero", "default", "layer"]
+INITS: tuple[str, ...] = ("zero", "default", "layer")
+
+
+@register("laco")
+class PatchMerge(TokenCompressor):
+    """LaCo's Patch Merge Layer: ``MLP(LayerNorm(space_to_channel(x))) + AvgPool(x)``.
+
+    Each ``factor x factor`` block of tokens is concatenated into one token of ``factor**2 * dim`` channels
+    (token-major layout), normalised, and projected back to ``out_dim`` by a two-layer GELU MLP. The
+    non-parametric shortcut adds the block's average, which keeps the next pretrained layer's input close to
+    what it was trained on.
+
+    Args:
+        dim: width of the incoming tokens.
+        factor: merge ``factor x factor`` blocks (2 gives 4x fewer tokens).
+        out_dim: output width; defaults to ``dim`` as needed inside an encoder.
+        hidden_dim: width of the MLP's hidden layer; defaults to ``dim`` (about a tenth of a ViT layer's cost
+            at the incoming token count).
+        shortcut: add the average-pooling residual.
+        init: ``"zero"`` zero-initialises the last Linear, so an untrained PML is exactly average pooling and
+            a pretrained encoder works from step 0; ``"default"`` is PyTorch's initialisation; ``"layer"``
+            starts the MLP as a copy of an encoder layer's own MLP (see :meth:`init_from_mlp`; ``laco.apply``
+            does this with the layer the PML follows).
+        branch_scale: if set, multiply the learned branch by a learnable per-channel scale initialised to this
+            value (LayerScale), which puts the branch on the scale of the residual stream.
+        pad: policy for grids the factor does not divide (see :mod:`laco.functional`).
+
+    Shape: ``forward(x, size)`` takes ``(B, H*W, dim)`` with ``size = (H, W)`` and returns
+    ``(B, ceil(H/f)*ceil(W/f), out_dim)`` and the merged size.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        factor: int = 2,
+        *,
+        out_dim: int | None = None,
+        hidden_dim: int | None = None,
+        shortcut: bool = True,
+        init: Init = "zero",
+        branch_scale: float | None = None,
+        pad: PadPolicy = "zero",
+    ) -> None:
+        super().__init__(dim, factor, out_dim=out_dim, shortcut=shortcut, pad=pad)
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {INITS}.")
+        if init == "zero" and not shortcut:
+            raise ValueError(
+                "init='zero' without the shortcut makes the merge output all zeros; use init='default', "
+                "or keep shortcut=True."
+            )
+        merged = factor * factor * dim
+        self.hidden_dim = dim if hidden_dim is None else hidden_dim
+        self.init = init
+        self.norm = nn.LayerNorm(merged)
+        self.fc1 = nn.Linear(merged, self.hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(self.hidden_dim, self.out_dim)
+        self.branch_scale = (
+            nn.Parameter(torch.full((self.out_dim,), float(branch_scale))) if branch_scale is not None else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.norm.reset_parameters()
+        self.fc1.reset_parameters()
+        self.fc2.reset_parameters()
+        if self.init == "zero":
+            nn.init.zeros_(self.fc2.weight)
+            nn.init.zeros_(self.fc2.bias)
+
+    @torch.no_grad()
+    def init_from_mlp(
+        self, norm: nn.Module, fc1: nn.Linear, fc2: nn.Linear, output_scale: torch.Tensor | None = None
+    ) -> None:
+        """Start the learned branch as a copy of a pre-norm ViT MLP applied to the block's mean token.
+
+        ``fc1`` sees the concatenation of ``factor**2`` tokens, so its weight is the original weight tiled
+        ``factor**2`` times and divided by ``factor**2``: on a block of identical tokens the branch then computes
+        exactly the original ``fc2(act(fc1(norm(token))))`` (times ``output_scale``, e.g. layer scale).
+        """
+        groups = self.factor * self.factor
+        if fc1.in_features != self.dim or fc2.out_features != self.out_dim:
+            raise ValueError(
+                f"cannot initialise a PatchMerge of width {self.dim}->{self.out_dim} from an MLP of width "
+                f"{fc1.in_features}->{fc2.out_features}."
+            )
+        if fc1.out_features != self.hidden_dim:
+            raise ValueError(
+                f"init='layer' needs hidden_dim equal to the layer's MLP width {fc1.out_features}, "
+                f"got {self.hidden_dim}."
+            )
+        if getattr(norm, "weight", None) is not None:
+            self.norm.weight.copy_(norm.weight.repeat(groups))
+        if getattr(norm, "bias", None) is not None:
+            self.norm.bias.copy_(norm.bias.repeat(groups))
+        self.fc1.weight.copy_(fc1.weight.repeat(1, groups) / groups)
+        if fc1.bias is not None:
+            self.fc1.bias.copy_(fc1.bias)
+        else:
+            self.fc1.bias.zero_()
+        scale = torch.ones(self.out_dim, device=fc2.weight.device) if output_scale is None else output_scale
+        self.fc2.weight.copy_(fc2.weight * scale[:, None])
+        self.fc2.bias.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(scale)) * scale)
+
+    def compress(self, x: torch.Tensor, size: GridSize) -> tuple[torch.Tensor, GridSize]:
+        merged, new_size = F.space_to_channel(x, size, self.factor, self.pad)
+        y = self.fc2(self.act(self.fc1(self.norm(merged))))
+        if self.branch_scale is not None:
+            y = y * self.branch_scale
+        return y, new_size
+
+    def compress_flops(self, size: GridSize, out: GridSize) -> int:
+        tokens = out[0] * out[1]
+        merged = self.factor * self.factor * self.dim
+        return 2 * tokens * (merged * self.hidden_dim + self.hidden_dim * self.out_dim)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, init={self.init!r}"
+
+
+@register("pixel_shuffle")
+class PixelShuffle(PatchMerge):
+    """InternVL-style pixel-shuffle connector: the same merge and MLP as LaCo, without the shortcut.
+
+    Defaults to PyTorch's initialisation, since a zero-initialised branch without a shortcut outputs zeros.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        factor: int = 2,
+        *,
+        shortcut: bool = False,
+        init: Init = "default",
+        **options,
+    ) -> None:
+        super().__init__(dim, factor, shortcut=shortcut, init=init, **options)

@@ -1,0 +1,395 @@
+"""Put a token compressor after any layer of a Hugging Face vision encoder, in place and reversibly.
+
+How it works, without copying any upstream ``forward``:
+
+* the compressor becomes a child module of block ``k`` (attribute ``laco_compressor``), so it is saved,
+  moved, sharded and checkpointed with that block, and the pretrained weights keep their names;
+* a forward hook on block ``k`` (run before any other hook, so ``output_hidden_states`` records the
+  compressed tokens) splits off the prefix tokens, compresses the grid tokens and concatenates them back;
+* a forward pre-hook on the encoder reads the grid from ``pixel_values``, so non-square and
+  non-default image sizes work. Each stage's grid is derived from that input grid, not carried from the
+  previous stage, so recomputation under gradient checkpointing sees the same grids.
+
+The model's own forward, attention implementation (eager / SDPA / FlashAttention), hidden-state capture and
+gradient checkpointing keep working. :func:`remove` takes everything out again and restores bit-identical
+outputs. The settings are recorded as ``model.config.laco`` so a saved model can be rebuilt (:func:`load`).
+
+Only a plain attribute (``_laco``) is added to the patched *instance*; no library class is modified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from . import functional as F
+from .adapters import EncoderAdapter, GenericAdapter, resolve_encoder
+from .compressors import TokenCompressor, build
+from .functional import GridSize
+
+COMPRESSOR_ATTRIBUTE = "laco_compressor"
+CONFIG_ATTRIBUTE = "laco"
+
+LayerSpec = int | float | str | Fraction
+
+
+@dataclass(frozen=True)
+class LacoSettings:
+    """Where and how an encoder is compressed; stored as ``config.laco`` (a plain dict) when patched."""
+
+    layers: tuple[int, ...]
+    method: str = "laco"
+    factor: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LacoSettings":
+        unknown = set(data) - {"layers", "method", "factor", "options"}
+        if unknown:
+            raise ValueError(f"unknown LaCo settings {sorted(unknown)} in config.laco.")
+        return cls(
+            layers=tuple(int(k) for k in data["layers"]),
+            method=data.get("method", "laco"),
+            factor=int(data.get("factor", 2)),
+            options=dict(data.get("options") or {}),
+        )
+
+
+@dataclass
+class _Stage:
+    layer: int
+    block: nn.Module
+    hook: torch.utils.hooks.RemovableHandle
+
+
+@dataclass
+class _PatchState:
+    adapter: EncoderAdapter
+    settings: LacoSettings
+    num_prefix_tokens: int
+    stages: list[_Stage]
+    grid_hook: torch.utils.hooks.RemovableHandle | None = None
+    input_grid: GridSize | None = None
+
+    def compressor(self, stage: int) -> TokenCompressor:
+        return getattr(self.stages[stage].block, COMPRESSOR_ATTRIBUTE)
+
+    def grid_after(self, grid: GridSize, stages: int) -> GridSize:
+        for index in range(stages):
+            grid = self.compressor(index).output_size(grid)
+        return grid
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Layer selection
+
+
+def resolve_layers(layer: LayerSpec | Sequence[LayerSpec], depth: int) -> tuple[int, ...]:
+    """Turn a layer spec into sorted 1-based layer indices of an encoder with ``depth`` blocks.
+
+    An ``int`` k is "after block k" (1 <= k <= depth; k = depth is external compression). A ``float`` or a
+    string fraction (``0.25``, ``"1/4"``) is a fraction of the depth, rounded to the nearest layer
+    (1/4 of 27 layers is layer 7). ``1.0`` is the last layer. A list applies several compressions.
+    """
+    specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
+    if not specs:
+        raise ValueError("layer must name at least one layer.")
+    layers = sorted(_resolve_one(spec, depth) for spec in specs)
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layer spec {layer!r} names the same layer twice ({layers}) for depth {depth}.")
+    return tuple(layers)
+
+
+def _resolve_one(spec: LayerSpec, depth: int) -> int:
+    if isinstance(spec, bool):
+        raise ValueError(f"layer must be an int, a fraction or a string such as '1/4', not {spec!r}.")
+    if isinstance(spec, str):
+        text = spec.strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            spec = int(text)
+        else:
+            try:
+                spec = Fraction(text)
+            except ValueError:
+                raise ValueError(f"cannot read layer {spec!r}; use an int such as 6 or a fraction such as '1/4'.") from None
+    if isinstance(spec, int):
+        if not 1 <= spec <= depth:
+            raise ValueError(
+                f"layer {spec} is out of range for an encoder with {depth} layers; use 1..{depth} "
+                f"({depth} = after the last layer) or a fraction of depth such as 0.25."
+            )
+        return spec
+    fraction = float(spec)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"layer fraction {spec} must lie in (0, 1]; 0.25 puts the merge after a quarter of the layers.")
+    return min(depth, max(1, math.floor(fraction * depth + 0.5)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# apply / remove
+
+
+def apply(
+    model: nn.Module,
+    layer: LayerSpec | Sequence[LayerSpec],
+    method: str = "laco",
+    factor: int = 2,
+    *,
+    blocks: nn.ModuleList | str | None = None,
+    num_prefix_tokens: int | None = None,
+    patch_size: int | GridSize | None = None,
+    grid: GridSize | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Compress visual tokens after ``layer`` of ``model``'s vision encoder, in place. Returns ``model``.
+
+    Args:
+        model: a supported Hugging Face vision encoder (SigLIP, CLIP, DINOv2, AIMv2, InternViT), a model that
+            holds one (``CLIPModel``, ``SiglipModel``, LLaVA-style), or any ViT described by ``blocks=``.
+        layer: after which block(s): an int k (1..L), a fraction of depth (0.25, ``"1/4"``), or a list.
+        method: a compressor name from :func:`laco.compressors.available` (``"laco"`` is LaCo's patch merge).
+        factor: merge ``factor x factor`` blocks of tokens.
+        blocks, num_prefix_tokens, patch_size, grid: describe a ViT laco has no adapter for
+            (see :class:`laco.adapters.GenericAdapter`).
+        **options: passed to the compressor (``shortcut``, ``init``, ``hidden_dim``, ``pad``, ...).
+    """
+    if blocks is not None:
+        encoder: nn.Module = model
+        adapter: EncoderAdapter = GenericAdapter(
+            blocks, num_prefix_tokens=num_prefix_tokens or 0, patch_size=patch_size, grid=grid
+        )
+    else:
+        if num_prefix_tokens is not None or patch_size is not None or grid is not None:
+            raise ValueError("num_prefix_tokens=, patch_size= and grid= describe a generic ViT; pass blocks= too.")
+        encoder, adapter = resolve_encoder(model)
+    if is_patched(encoder):
+        raise ValueError("this encoder is already compressed by laco; call laco.remove(model) before applying again.")
+
+    block_list = adapter.blocks(encoder)
+    layers = resolve_layers(layer, len(block_list))
+    settings = LacoSettings(layers=layers, method=method, factor=factor, options=dict(options))
+    dim = adapter.hidden_size(encoder)
+    compressors = [_build_for_block(settings, dim, adapter, block_list[k - 1]) for k in layers]
+
+    state = _PatchState(adapter, settings, adapter.num_prefix_tokens(encoder), stages=[])
+    for index, (k, compressor) in enumerate(zip(layers, compressors)):
+        block = block_list[k - 1]
+        block.add_module(COMPRESSOR_ATTRIBUTE, compressor)
+        hook = block.register_forward_hook(_make_stage_hook(state, index), prepend=True)
+        state.stages.append(_Stage(k, block, hook))
+    state.grid_hook = encoder.register_forward_pre_hook(_make_grid_hook(encoder, state), with_kwargs=True)
+    encoder._laco = state
+    config = getattr(encoder, "config", None)
+    if config is not None:
+        setattr(config, CONFIG_ATTRIBUTE, settings.to_dict())
+    return model
+
+
+def _build_for_block(settings: LacoSettings, dim: int, adapter: EncoderAdapter, block: nn.Module) -> TokenCompressor:
+    options = dict(settings.options)
+    parts = None
+    if options.get("init") == "layer":
+        parts = adapter.mlp_parts(block)
+        if parts is None:
+            raise ValueError(
+                f"init='layer' needs a plain two-Linear MLP, which {adapter.family} blocks do not have; "
+                "use init='zero' or init='default'."
+            )
+        options.setdefault("hidden_dim", parts.fc1.out_features)
+    compressor = build(settings.method, dim, settings.factor, **options)
+    reference = next(block.parameters(), None)
+    if reference is not None:
+        compressor.to(device=reference.device, dtype=reference.dtype)
+    if parts is not None:
+        if not hasattr(compressor, "init_from_mlp"):
+            raise ValueError(f"init='layer' is only defined for the patch-merge methods, not {settings.method!r}.")
+        compressor.init_from_mlp(parts.norm, parts.fc1, parts.fc2, parts.scale)
+    return compressor
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Undo :func:`apply`: drop the compressors and hooks; outputs become bit-identical to the original."""
+    encoder = _patched_encoder(model)
+    if encoder is None:
+        raise ValueError("this model is not compressed by laco; nothing to remove.")
+    state: _PatchState = encoder._laco
+    for stage in state.stages:
+        stage.hook.remove()
+        delattr(stage.block, COMPRESSOR_ATTRIBUTE)
+    if state.grid_hook is not None:
+        state.grid_hook.remove()
+    del encoder._laco
+    config = getattr(encoder, "config", None)
+    if config is not None and hasattr(config, CONFIG_ATTRIBUTE):
+        delattr(config, CONFIG_ATTRIBUTE)
+    return model
+
+
+def is_patched(model: nn.Module) -> bool:
+    return _patched_encoder(model) is not None
+
+
+def settings(model: nn.Module) -> LacoSettings | None:
+    """The LaCo settings of a patched model, or ``None``."""
+    encoder = _patched_encoder(model)
+    return None if encoder is None else encoder._laco.settings
+
+
+def compressors(model: nn.Module) -> list[TokenCompressor]:
+    """The compressor modules of a patched model, in layer order."""
+    encoder = _patched_encoder(model)
+    if encoder is None:
+        return []
+    return [encoder._laco.compressor(index) for index in range(len(encoder._laco.stages))]
+
+
+def _patched_encoder(model: nn.Module) -> nn.Module | None:
+    if hasattr(model, "_laco"):
+        return model
+    try:
+        encoder, _ = resolve_encoder(model)
+    except ValueError:
+        return None
+    return encoder if hasattr(encoder, "_laco") else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hooks
+
+
+def _make_grid_hook(encoder: nn.Module, state: _PatchState):
+    def record_input_grid(module, args, kwargs):
+        pixel_values = args[0] if args else kwargs.get("pixel_values")
+        if kwargs.get("attention_mask") is not None:
+            raise ValueError(
+                "a laco-compressed encoder cannot take an attention_mask over its input tokens: the mask no "
+                "longer matches after the merge. Call it without attention_mask."
+            )
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4:
+            state.input_grid = state.adapter.grid(encoder, pixel_values)
+        else:
+            state.input_grid = None
+        return None
+
+    return record_input_grid
+
+
+def _make_stage_hook(state: _PatchState, index: int):
+    def compress_block_output(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        grid = _grid_before_stage(state, index, hidden.shape[1])
+        prefix, tokens = F.split_prefix(hidden, state.num_prefix_tokens)
+        merged, _ = state.compressor(index)(tokens, grid)
+        hidden = torch.cat([prefix, merged], dim=1) if state.num_prefix_tokens else merged
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    return compress_block_output
+
+
+def _grid_before_stage(state: _PatchState, index: int, num_tokens: int) -> GridSize:
+    grid_tokens = num_tokens - state.num_prefix_tokens
+    if state.input_grid is not None:
+        grid = state.grid_after(state.input_grid, index)
+        if grid[0] * grid[1] != grid_tokens:
+            raise ValueError(
+                f"layer {state.stages[index].layer} produced {grid_tokens} grid tokens (after "
+                f"{state.num_prefix_tokens} prefix tokens) but the {state.input_grid[0]}x{state.input_grid[1]} input "
+                f"grid gives {grid[0]}x{grid[1]} here; is num_prefix_tokens right for this encoder?"
+            )
+        return grid
+    # No pixel_values seen (blocks called directly, or inputs_embeds): only a square grid can be inferred.
+    side = math.isqrt(grid_tokens)
+    if side * side != grid_tokens:
+        raise ValueError(
+            f"cannot infer the grid of {grid_tokens} tokens at layer {state.stages[index].layer}: call the encoder "
+            "with pixel_values, or describe it with laco.apply(..., grid=(H, W))."
+        )
+    return side, side
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Token counts and persistence
+
+
+def output_grid(model: nn.Module, image_size: int | GridSize | None = None) -> GridSize:
+    """The grid of patch tokens the (possibly compressed) encoder emits for an image of ``image_size``."""
+    encoder = _patched_encoder(model)
+    if encoder is None:
+        encoder, adapter = resolve_encoder(model)
+        state = None
+    else:
+        state, adapter = encoder._laco, encoder._laco.adapter
+    size = adapter.default_image_size(encoder) if image_size is None else image_size
+    grid = adapter.grid_for_image_size(encoder, size)
+    return grid if state is None else state.grid_after(grid, len(state.stages))
+
+
+def num_tokens(model: nn.Module, image_size: int | GridSize | None = None, *, include_prefix: bool = True) -> int:
+    """How many tokens the encoder emits for one image (``image_size`` defaults to the config's).
+
+    An MLLM sizes its image placeholders with this. ``include_prefix=False`` counts only grid tokens.
+    """
+    encoder = _patched_encoder(model)
+    if encoder is None:
+        encoder, adapter = resolve_encoder(model)
+    else:
+        adapter = encoder._laco.adapter
+    height, width = output_grid(model, image_size)
+    return height * width + (adapter.num_prefix_tokens(encoder) if include_prefix else 0)
+
+
+def apply_from_config(model: nn.Module) -> nn.Module:
+    """Re-apply the compression recorded in ``model.config.laco`` (for models built from a saved config)."""
+    encoder, _ = resolve_encoder(model)
+    recorded = getattr(encoder.config, CONFIG_ATTRIBUTE, None)
+    if not recorded:
+        return model
+    saved = LacoSettings.from_dict(recorded)
+    return apply(model, list(saved.layers), saved.method, saved.factor, **saved.options)
+
+
+def load(path: str | Path, **kwargs: Any) -> nn.Module:
+    """Load a vision encoder saved (with ``save_pretrained``) after :func:`apply`, compressors included.
+
+    The architecture comes from ``config.json`` (``config.laco`` holds the compression), the weights from
+    the safetensors file(s) only.
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+
+    path = Path(path)
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    model = AutoModel.from_config(config)
+    apply_from_config(model)
+    files = _safetensors_files(path)
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in files:
+        state_dict.update(load_file(file))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}.")
+    return model.eval()
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / shard for shard in shards]
+    single = path / "model.safetensors"
+    if not single.exists():
+        raise FileNotFoundError(f"no model.safetensors (or index) in {path}; laco only loads safetensors weights.")
+    return [single]
