@@ -152,6 +152,7 @@ def apply(
     num_prefix_tokens: int | None = None,
     patch_size: int | GridSize | None = None,
     grid: GridSize | None = None,
+    hidden_size: int | None = None,
     **options: Any,
 ) -> nn.Module:
     """Compress visual tokens after ``layer`` of ``model``'s vision encoder, in place. Returns ``model``.
@@ -162,18 +163,20 @@ def apply(
         layer: after which block(s): an int k (1..L), a fraction of depth (0.25, ``"1/4"``), or a list.
         method: a compressor name from :func:`laco.compressors.available` (``"laco"`` is LaCo's patch merge).
         factor: merge ``factor x factor`` blocks of tokens.
-        blocks, num_prefix_tokens, patch_size, grid: describe a ViT laco has no adapter for
+        blocks, num_prefix_tokens, patch_size, grid, hidden_size: describe a ViT laco has no adapter for
             (see :class:`laco.adapters.GenericAdapter`).
         **options: passed to the compressor (``shortcut``, ``init``, ``hidden_dim``, ``pad``, ...).
     """
     if blocks is not None:
         encoder: nn.Module = model
         adapter: EncoderAdapter = GenericAdapter(
-            blocks, num_prefix_tokens=num_prefix_tokens or 0, patch_size=patch_size, grid=grid
+            blocks, num_prefix_tokens=num_prefix_tokens or 0, patch_size=patch_size, grid=grid, hidden_size=hidden_size
         )
     else:
-        if num_prefix_tokens is not None or patch_size is not None or grid is not None:
-            raise ValueError("num_prefix_tokens=, patch_size= and grid= describe a generic ViT; pass blocks= too.")
+        if any(value is not None for value in (num_prefix_tokens, patch_size, grid, hidden_size)):
+            raise ValueError(
+                "num_prefix_tokens=, patch_size=, grid= and hidden_size= describe a generic ViT; pass blocks= too."
+            )
         encoder, adapter = resolve_encoder(model)
     if is_patched(encoder):
         raise ValueError("this encoder is already compressed by laco; call laco.remove(model) before applying again.")
@@ -364,23 +367,32 @@ def apply_from_config(model: nn.Module) -> nn.Module:
 def load(path: str | Path, **kwargs: Any) -> nn.Module:
     """Load a vision encoder saved (with ``save_pretrained``) after :func:`apply`, compressors included.
 
-    The architecture comes from ``config.json`` (``config.laco`` holds the compression), the weights from
-    the safetensors file(s) only.
+    The pretrained weights load through ``AutoModel.from_pretrained`` (so its key conversions apply), the
+    compression is rebuilt from ``config.laco`` and the compressor weights are read from the same
+    safetensors file(s). Any other mismatch between checkpoint and model is an error.
     """
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
+    from safetensors import safe_open
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
     path = Path(path)
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    model = AutoModel.from_config(config)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the compressor keys are "unexpected" until apply_from_config; checked below
+    try:
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     apply_from_config(model)
-    files = _safetensors_files(path)
-    state_dict: dict[str, torch.Tensor] = {}
-    for file in files:
-        state_dict.update(load_file(file))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}.")
+    expected = {name for name in model.state_dict() if f".{COMPRESSOR_ATTRIBUTE}." in name}
+    saved: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(path):
+        with safe_open(file, framework="pt") as handle:
+            saved.update({name: handle.get_tensor(name) for name in handle.keys() if name in expected})
+    other_unexpected = sorted(set(info["unexpected_keys"]) - expected)
+    missing = sorted((set(info["missing_keys"]) - expected) | (expected - set(saved)))
+    if missing or other_unexpected:
+        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {other_unexpected}.")
+    model.load_state_dict(saved, strict=False)
     return model.eval()
 
 

@@ -128,7 +128,12 @@ class GenericAdapter(EncoderAdapter):
         for source, name in ((config, "hidden_size"), (model, "embed_dim"), (model, "num_features")):
             if source is not None and isinstance(getattr(source, name, None), int):
                 return getattr(source, name)
-        raise ValueError("cannot infer the token width of this encoder; pass hidden_size=.")
+        # Pre-norm and post-norm blocks alike normalise over the token width.
+        first_block = self.blocks(model)[0]
+        norm = next((m for m in first_block.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))), None)
+        if norm is not None and len(norm.normalized_shape) == 1:
+            return int(norm.normalized_shape[0])
+        raise ValueError("cannot infer the token width of this encoder; pass hidden_size= to laco.apply.")
 
     def default_image_size(self, model: nn.Module) -> GridSize:
         config = getattr(model, "config", None)

@@ -1,0 +1,277 @@
+"""laco.apply / laco.remove on every supported encoder family (tiny random configs)."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny_models import FAMILIES, IMAGE, LAYERS, PATCH, PREFIX, WIDTH, pixels, tiny_encoder
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+import laco
+
+GRID = IMAGE // PATCH  # 8
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request):
+    return request.param
+
+
+def token_counts(model, x):
+    return [h.shape[1] for h in model(x, output_hidden_states=True).hidden_states]
+
+
+@pytest.mark.parametrize("layer,expected_layer", [(2, 2), (0.5, 2), ("1/4", 1), ("3", 3), (LAYERS, LAYERS), (1.0, LAYERS)])
+def test_token_counts_after_each_layer(family, layer, expected_layer):
+    model = laco.apply(tiny_encoder(family), layer)
+    prefix = PREFIX[family]
+    counts = token_counts(model, pixels())
+    full, merged = GRID * GRID + prefix, (GRID // 2) ** 2 + prefix
+    # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k (after its merge)
+    assert counts == [full] * expected_layer + [merged] * (LAYERS + 1 - expected_layer)
+    assert laco.num_tokens(model) == merged
+    assert laco.settings(model).layers == (expected_layer,)
+
+
+def test_prefix_tokens_pass_through_unchanged(family):
+    if PREFIX[family] == 0:
+        pytest.skip("no prefix tokens in this family")
+    x = pixels()
+    reference = tiny_encoder(family)(x, output_hidden_states=True).hidden_states
+    patched = laco.apply(tiny_encoder(family), 2)(x, output_hidden_states=True).hidden_states
+    assert torch.equal(patched[2][:, :1], reference[2][:, :1])
+    assert torch.equal(patched[1], reference[1])
+
+
+def test_remove_restores_bit_identical_outputs(family):
+    model, x = tiny_encoder(family), pixels()
+    reference = model(x, output_hidden_states=True)
+    laco.apply(model, [1, 3], shortcut=True, init="default")
+    changed = model(x).last_hidden_state
+    assert changed.shape != reference.last_hidden_state.shape
+    laco.remove(model)
+    restored = model(x, output_hidden_states=True)
+    assert torch.equal(restored.last_hidden_state, reference.last_hidden_state)
+    assert all(torch.equal(a, b) for a, b in zip(restored.hidden_states, reference.hidden_states))
+    assert not laco.is_patched(model)
+    assert not hasattr(model.config, "laco")
+    assert not any("laco" in name for name in model.state_dict())
+
+
+def test_eager_and_sdpa_agree(family):
+    x = pixels()
+    outputs = []
+    for implementation in ("eager", "sdpa"):
+        model = laco.apply(tiny_encoder(family, attn_implementation=implementation), 2, init="default")
+        outputs.append(model(x).last_hidden_state)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_reach_the_merge_and_later_layers(family):
+    model = laco.apply(tiny_encoder(family), 2).train()
+    model(pixels()).last_hidden_state.square().mean().backward()
+    merge = laco.attached_compressors(model)[0]
+    assert merge.fc2.weight.grad.abs().sum() > 0  # zero-initialised: fc2 is the first to receive gradient
+    later_block = model.get_submodule({"dinov2": "encoder.layer", "internvit": "encoder.layer"}.get(family, "encoder.layers"))[3]
+    assert all(p.grad is not None for p in later_block.parameters() if p.requires_grad)
+
+
+def test_multi_stage_compression_is_sixteen_fold(family):
+    model = laco.apply(tiny_encoder(family), [1, 3])
+    prefix = PREFIX[family]
+    assert token_counts(model, pixels()) == [64 + prefix, 16 + prefix, 16 + prefix, 4 + prefix, 4 + prefix]
+    assert laco.num_tokens(model, include_prefix=False) == GRID * GRID // 16
+
+
+def test_zero_init_laco_equals_average_pooling_inside_the_encoder(family):
+    x = pixels()
+    laco_out = laco.apply(tiny_encoder(family), 2)(x).last_hidden_state
+    pool_out = laco.apply(tiny_encoder(family), 2, method="avgpool")(x).last_hidden_state
+    assert torch.equal(laco_out, pool_out)
+
+
+@pytest.mark.parametrize("method", ["laco", "pixel_shuffle", "avgpool", "ldpv2", "tokenpacker"])
+def test_every_method_fits_inside_every_encoder(family, method):
+    model = laco.apply(tiny_encoder(family), 2, method=method)
+    assert model(pixels()).last_hidden_state.shape[1] == 16 + PREFIX[family]
+
+
+def test_non_square_and_odd_grids(family):
+    # each family's own way of taking other image sizes: interpolated or sinusoidal position embeddings
+    overrides = {"aimv2": {"is_native": True}}.get(family, {})
+    kwargs = {"interpolate_pos_encoding": True} if family in ("siglip", "clip") else {}
+    model = laco.apply(tiny_encoder(family, **overrides), 2)
+    x = pixels(1, 7 * PATCH, 10 * PATCH)  # 7 x 10 grid -> padded to 8 x 10 -> 4 x 5
+    assert model(x, **kwargs).last_hidden_state.shape[1] == 20 + PREFIX[family]
+    assert laco.output_grid(model, (7 * PATCH, 10 * PATCH)) == (4, 5)
+
+
+def test_odd_grid_at_configured_size():
+    # SigLIP-so400m/14 @384 has a 27 x 27 grid: the default pad policy merges it to 14 x 14
+    model = laco.apply(tiny_encoder("siglip", image_size=27 * PATCH), "1/4")
+    assert model(pixels(1, 27 * PATCH, 27 * PATCH)).last_hidden_state.shape[1] == 14 * 14
+    assert laco.num_tokens(model) == 196
+
+
+def test_pad_error_policy_is_reported_at_forward_time():
+    model = laco.apply(tiny_encoder("siglip", image_size=27 * PATCH), 1, pad="error")
+    with pytest.raises(ValueError, match="27x27 is not divisible by factor 2"):
+        model(pixels(1, 27 * PATCH, 27 * PATCH))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    x = pixels()
+    grads = []
+    for checkpointing in (False, True):
+        model = laco.apply(tiny_encoder(family), [1, 3], init="default").train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model(x).last_hidden_state.square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bfloat16(family):
+    model = laco.apply(tiny_encoder(family), 2).to(torch.bfloat16)
+    out = model(pixels().to(torch.bfloat16)).last_hidden_state
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_torch_compile():
+    model = laco.apply(tiny_encoder("siglip"), 2, init="default")
+    x = pixels()
+    expected = model(x).last_hidden_state
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+    torch.testing.assert_close(compiled(x).last_hidden_state, expected)
+
+
+def test_save_and_reload_round_trip(tmp_path, family):
+    model = laco.apply(tiny_encoder(family), [1, 3], init="default")
+    x = pixels()
+    expected = model(x).last_hidden_state
+    model.save_pretrained(tmp_path)
+    assert not list(tmp_path.glob("*.bin")), "weights must be saved as safetensors only"
+    reloaded = laco.load(tmp_path)
+    assert laco.settings(reloaded) == laco.settings(model)
+    torch.testing.assert_close(reloaded(x).last_hidden_state, expected)
+
+
+def test_composite_models_are_searched_for_their_vision_encoder():
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=CLIPTextConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        vision_config=CLIPVisionConfig(
+            hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
+            image_size=IMAGE, patch_size=PATCH,
+        ),
+        projection_dim=WIDTH,
+    )
+    model = CLIPModel(config).eval()
+    laco.apply(model, 2)
+    assert laco.is_patched(model) and laco.is_patched(model.vision_model)
+    assert laco.num_tokens(model) == 17
+    features = model.get_image_features(pixel_values=pixels())
+    assert torch.isfinite(features.pooler_output if hasattr(features, "pooler_output") else features).all()
+    laco.remove(model)
+    assert not laco.is_patched(model.vision_model)
+
+
+class TinyViT(torch.nn.Module):
+    """A ViT laco has no adapter for: blocks in self.blocks, `prefix` learned prefix tokens."""
+
+    def __init__(self, dim=16, depth=4, prefix=2, patch=4):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, dim, patch, patch)
+        self.prefix = torch.nn.Parameter(torch.randn(1, prefix, dim)) if prefix else None
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.TransformerEncoderLayer(dim, 2, 2 * dim, dropout=0.0, batch_first=True) for _ in range(depth)
+        )
+
+    def forward(self, pixel_values):
+        x = self.patch(pixel_values).flatten(2).transpose(1, 2)
+        if self.prefix is not None:
+            x = torch.cat([self.prefix.expand(x.shape[0], -1, -1), x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def test_generic_vit_with_prefix_tokens():
+    torch.manual_seed(0)
+    model = TinyViT().eval()
+    x = pixels(2, 24, 32)  # 6 x 8 grid
+    before = model(x)
+    laco.apply(model, "1/2", blocks="blocks", num_prefix_tokens=2, patch_size=4)
+    after = model(x)
+    assert after.shape == (2, 2 + 12, 16)
+    laco.remove(model)
+    assert torch.equal(model(x), before)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    factor=st.integers(2, 3),
+    prefix=st.integers(0, 3),
+    layer=st.integers(1, 3),
+)
+def test_generic_properties(batch, height, width, factor, prefix, layer):
+    torch.manual_seed(0)
+    model = TinyViT(prefix=prefix, depth=3).eval()
+    x = pixels(batch, 4 * height, 4 * width)
+    laco.apply(model, layer, factor=factor, blocks="blocks", num_prefix_tokens=prefix, patch_size=4)
+    out = model(x)
+    expected_grid = (-(-height // factor), -(-width // factor))
+    assert out.shape == (batch, prefix + expected_grid[0] * expected_grid[1], 16)
+    assert laco.output_grid(model, (4 * height, 4 * width)) == expected_grid
+    laco.remove(model)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda m: laco.apply(m, 0), r"layer 0 is out of range for an encoder with 4 layers"),
+        (lambda m: laco.apply(m, 5), r"layer 5 is out of range"),
+        (lambda m: laco.apply(m, 1.5), r"must lie in \(0, 1\]"),
+        (lambda m: laco.apply(m, "quarter"), "cannot read layer 'quarter'"),
+        (lambda m: laco.apply(m, [2, 0.5]), "names the same layer twice"),
+        (lambda m: laco.apply(m, 2, method="tome"), "unknown compression method 'tome'"),
+        (lambda m: laco.apply(m, 2, factor=1), "factor must be an integer >= 2"),
+        (lambda m: laco.apply(m, 2, heads=4), r"does not take option\(s\) \['heads'\]"),
+        (lambda m: laco.remove(m), "not compressed by laco"),
+        (lambda m: laco.apply(laco.apply(m, 1), 2), "already compressed"),
+        (lambda m: laco.apply(m, 2, num_prefix_tokens=1), "describe a generic ViT"),
+        (lambda m: laco.apply(torch.nn.Linear(2, 2), 1), "laco has no adapter for Linear"),
+    ],
+)
+def test_bad_calls_get_clear_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tiny_encoder("siglip"))
+
+
+def test_wrong_prefix_count_is_reported():
+    model = TinyViT(prefix=1).eval()
+    laco.apply(model, 1, blocks="blocks", num_prefix_tokens=0, patch_size=4)
+    with pytest.raises(ValueError, match="is num_prefix_tokens right"):
+        model(pixels(1, 16, 16))
+
+
+def test_attention_mask_is_refused_on_a_patched_encoder():
+    model = laco.apply(tiny_encoder("dinov2"), 2)
+    with pytest.raises(ValueError, match="cannot take an attention_mask"):
+        model(pixels(), attention_mask=torch.ones(2, 65))
+
+
+def test_layer_init_starts_from_the_layer_mlp():
+    model = laco.apply(tiny_encoder("dinov2"), 2, init="layer")
+    merge = laco.attached_compressors(model)[0]
+    block = model.encoder.layer[1]
+    assert merge.hidden_dim == block.mlp.fc1.out_features
+    torch.testing.assert_close(merge.fc1.weight[:, :WIDTH] * 4, block.mlp.fc1.weight)
+
+
+def test_layer_init_is_refused_for_swiglu_encoders():
+    with pytest.raises(ValueError, match="init='layer' needs a plain two-Linear MLP"):
+        laco.apply(tiny_encoder("aimv2"), 2, init="layer")
