@@ -1,0 +1,17 @@
+"""The LaCo multimodal LLM: LLaVA-style vision tower (optionally compressed) -> projector -> causal LM."""
+
+from .builder import CompressionSpec, build_mllm
+from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
+from .processing import IGNORE_INDEX, IMAGE_TAG, ImageTransform, LacoProcessor, RecordError
+
+__all__ = [
+    "IGNORE_INDEX",
+    "IMAGE_TAG",
+    "CompressionSpec",
+    "ImageTransform",
+    "LacoLlavaConfig",
+    "LacoLlavaForConditionalGeneration",
+    "LacoProcessor",
+    "RecordError",
+    "build_mllm",
+]

@@ -1,0 +1,123 @@
+"""Assemble a LaCo MLLM from a pretrained vision encoder and a pretrained causal LM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .. import patch as laco_patch
+from ..adapters import resolve_encoder
+from ..pretrained import DINOV2_IMAGE_MEAN, DINOV2_IMAGE_SIZE, DINOV2_IMAGE_STD, DINOV2_NAME, load_llm, load_vision
+from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
+from .processing import IMAGE_TAG, ImageTransform, LacoProcessor
+
+
+@dataclass
+class CompressionSpec:
+    """Where to compress: ``layers=None`` means no compression (the full token grid reaches the LLM).
+
+    ``layers`` takes everything :func:`laco.apply` does: ``"1/4"``, ``0.25``, ``6``, ``[6, 12]``, or
+    ``"last"`` for external compression after the last layer.
+    """
+
+    layers: Any = "1/4"
+    method: str = "laco"
+    factor: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_layers(self, depth: int) -> tuple[int, ...] | None:
+        if self.layers is None or self.layers == "none":
+            return None
+        if self.layers == "last":
+            return (depth,)
+        return laco_patch.resolve_layers(self.layers, depth)
+
+
+def build_mllm(
+    vision: str | PreTrainedModel = "dinov2-small",
+    llm: str | tuple[PreTrainedModel, PreTrainedTokenizerBase] = "smollm2-135m",
+    compression: CompressionSpec | None = None,
+    *,
+    image_size: int | None = None,
+    image_mean: tuple[float, float, float] = DINOV2_IMAGE_MEAN,
+    image_std: tuple[float, float, float] = DINOV2_IMAGE_STD,
+    system_prompt: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
+    """Vision encoder (compressed as ``compression`` says) -> new 2-layer MLP projector -> LLM.
+
+    ``vision`` and ``llm`` are names understood by :mod:`laco.pretrained` (the offline defaults
+    ``"dinov2-small"`` and ``"smollm2-135m"``, or any hub id / local path) or already-loaded models.
+    The projector is freshly initialised; everything else keeps its pretrained weights.
+    """
+    vision_model = load_vision(vision) if isinstance(vision, (str, Path)) else vision
+    language_model, tokenizer = load_llm(llm) if isinstance(llm, (str, Path)) else llm
+    if laco_patch.is_patched(vision_model):
+        raise ValueError("pass the vision encoder uncompressed; build_mllm applies the compression itself.")
+    vision_model, adapter = resolve_encoder(vision_model)
+    compression = compression or CompressionSpec(layers=None)
+    depth = len(adapter.blocks(vision_model))
+    layers = compression.resolved_layers(depth)
+
+    prefix = adapter.num_prefix_tokens(vision_model)
+    if prefix > 1:
+        raise ValueError(f"{prefix} prefix tokens (registers) are not supported by the LLaVA feature selection yet.")
+    processor = LacoProcessor(
+        tokenizer,
+        ImageTransform(image_size or _default_image_size(vision, vision_model), image_mean, image_std),
+        image_token=IMAGE_TAG,
+        system_prompt=system_prompt,
+    )
+    vision_config = vision_model.config.__class__.from_dict(vision_model.config.to_dict())
+    if layers is not None:
+        settings = laco_patch.LacoSettings(layers, compression.method, compression.factor, dict(compression.options))
+        setattr(vision_config, laco_patch.CONFIG_ATTRIBUTE, settings.to_dict())
+    config = LacoLlavaConfig(
+        vision_config=vision_config,
+        text_config=language_model.config,
+        image_token_index=processor.image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default" if prefix == 1 else "full",
+        projector_hidden_act="gelu",
+        tie_word_embeddings=bool(getattr(language_model.config, "tie_word_embeddings", False)),
+    )
+    model = LacoLlavaForConditionalGeneration(config)
+    _load_pretrained_parts(model, vision_model, language_model)
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.image_seq_length = processor.num_image_tokens = model.num_image_tokens(processor.image_transform.size)
+    return model.to(dtype).eval(), processor
+
+
+def _default_image_size(vision: Any, vision_model: PreTrainedModel) -> int:
+    # The offline DINOv2-S keeps its 518 px position grid (interpolated to any input); it was used at 224 px.
+    if vision == DINOV2_NAME:
+        return DINOV2_IMAGE_SIZE
+    return _square(vision_model.config.image_size)
+
+
+def _square(size) -> int:
+    if isinstance(size, (tuple, list)):
+        if size[0] != size[1]:
+            raise ValueError(f"non-square default image size {size}; pass image_size=.")
+        return int(size[0])
+    return int(size)
+
+
+def _load_pretrained_parts(
+    model: LacoLlavaForConditionalGeneration, vision_model: PreTrainedModel, language_model: PreTrainedModel
+) -> None:
+    """Copy the pretrained encoder and LLM into the assembled model; only the compressors and projector stay new."""
+    missing, unexpected = model.model.vision_tower.load_state_dict(vision_model.state_dict(), strict=False)
+    missing = [key for key in missing if f".{laco_patch.COMPRESSOR_ATTRIBUTE}." not in key]
+    if missing or unexpected:
+        raise ValueError(f"vision weights do not fit the tower: missing {missing}, unexpected {unexpected}.")
+    decoder = language_model.get_decoder()
+    model.model.language_model.load_state_dict(decoder.state_dict())
+    head = language_model.get_output_embeddings()
+    if not model.config.tie_word_embeddings and head is not None:
+        model.lm_head.load_state_dict(head.state_dict())
+    model.tie_weights()
