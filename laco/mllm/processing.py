@@ -25,11 +25,15 @@ PROCESSOR_FILE = "laco_processor.json"
 # Role names of LLaVA conversation JSON, mapped to chat-template roles.
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
-_FALLBACK_TURN = {"system": "{}\n", "user": "USER: {}\n", "assistant": "ASSISTANT: {}</s>\n"}
+_FALLBACK_TURN = {"system": "{}\n", "user": "USER: {}\n", "assistant": "ASSISTANT: {}{eos}\n"}
 
 
 class RecordError(ValueError):
-    """A training record that cannot be used as given (no image tag, no answer left after truncation, ...)."""
+    """A training record that cannot be used as given; ``reason`` is a short machine-readable category."""
+
+    def __init__(self, message: str, reason: str = "unusable conversation") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ class LacoProcessor:
         for turn in turns:
             role = ROLES.get(turn.get("from", turn.get("role", "")))
             if role is None:
-                raise RecordError(f"unknown speaker {turn.get('from')!r}; expected one of {sorted(ROLES)}.")
+                raise RecordError(f"unknown speaker {turn.get('from')!r}; expected one of {sorted(ROLES)}.", "malformed")
             messages.append({"role": role, "content": turn.get("value", turn.get("content", ""))})
         return messages
 
@@ -97,7 +101,8 @@ class LacoProcessor:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=generation_prompt
             )
-        text = "".join(_FALLBACK_TURN[m["role"]].format(m["content"]) for m in messages)
+        eos = self.tokenizer.eos_token or ""
+        text = "".join(_FALLBACK_TURN[m["role"]].format(m["content"], eos=eos) for m in messages)
         return text + ("ASSISTANT: " if generation_prompt else "")
 
     def _tokenize(self, text: str) -> list[int]:
@@ -124,14 +129,17 @@ class LacoProcessor:
         or that keeps no answer token, raises :class:`RecordError`.
         """
         messages = self._messages(turns)
-        tags = sum(m["content"].count(self.image_token) for m in messages)
-        if tags != num_images:
+        tags = sum(m["content"].count(self.image_token) for m in messages if m["role"] != "assistant")
+        answer_tags = sum(m["content"].count(self.image_token) for m in messages if m["role"] == "assistant")
+        if tags != num_images or answer_tags:
             raise RecordError(
-                f"the conversation has {tags} {self.image_token} tag(s) for {num_images} image(s); "
-                f"put exactly one {self.image_token} per image in a human turn."
+                f"the conversation has {tags} {self.image_token} tag(s) in human turns and {answer_tags} in answers for "
+                f"{num_images} image(s); put exactly one {self.image_token} per image in a human turn.",
+                "wrong <image> tags",
             )
-        if not any(m["role"] == "assistant" for m in messages):
-            raise RecordError("the conversation has no answer (gpt/assistant turn) to learn from.")
+        answers = [m["content"] for m in messages if m["role"] == "assistant"]
+        if not answers or not all(answer.strip() for answer in answers):
+            raise RecordError("the conversation has an empty or missing answer (gpt turn) to learn from.", "no answer")
         input_ids: list[int] = []
         labels: list[int] = []
         rendered = ""
@@ -141,7 +149,7 @@ class LacoProcessor:
             prompt = self._render(messages[:index], generation_prompt=True)
             full = self._render(messages[: index + 1], generation_prompt=False)
             if not (prompt.startswith(rendered) and full.startswith(prompt)):
-                raise RecordError("the chat template does not render conversations incrementally.")
+                raise RecordError("the chat template does not render conversations incrementally.", "unusable conversation")
             prompt_ids = self._tokenize(prompt[len(rendered) :])
             answer_ids = self._tokenize(full[len(prompt) :])
             input_ids += prompt_ids + answer_ids
@@ -153,11 +161,12 @@ class LacoProcessor:
             if image_positions and image_positions[-1] >= max_length:
                 raise RecordError(
                     f"the image placeholders end at token {image_positions[-1] + 1}, past max_length={max_length}; "
-                    "raise max_length or shorten the text before the image."
+                    "raise max_length or shorten the text before the image.",
+                    "too long",
                 )
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(label == IGNORE_INDEX for label in labels):
-            raise RecordError(f"no answer token is left within max_length={max_length}.")
+            raise RecordError(f"no answer token is left within max_length={max_length}.", "too long")
         return EncodedConversation(input_ids, labels, truncated)
 
     # ---------------------------------------------------------------------------------------------------------

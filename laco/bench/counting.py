@@ -1,0 +1,89 @@
+"""Counting what a run does besides taking time: FLOPs (``FlopCounterMode``) and memory.
+
+``FlopCounterMode`` knows the CUDA attention kernels but not the fused CPU one
+(``_scaled_dot_product_flash_attention_for_cpu``), so on CPU every SDPA call would count 0 FLOPs. The CPU op
+and its backward are registered here with the same formulas torch uses for the CUDA kernels.
+
+Memory: on CUDA the allocator's peak is exact. On CPU there is no equivalent (RSS deltas mix in the allocator's
+caching and other processes), so for training steps the bytes of the tensors autograd saves for the backward
+pass are counted instead (unique storages, parameters excluded): the activation memory a step needs, stated as
+such. Inference on CPU reports no memory figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch.utils import flop_counter
+
+
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _custom_mapping() -> dict[Any, Any]:
+    mapping = {}
+    for name, formula in (
+        ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flop),
+        ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_backward_flop),
+    ):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = formula
+    return mapping
+
+
+def flop_counter_mode() -> flop_counter.FlopCounterMode:
+    """A silent ``FlopCounterMode`` that also counts CPU fused attention."""
+    return flop_counter.FlopCounterMode(display=False, custom_mapping=_custom_mapping())
+
+
+@dataclass
+class SavedTensorBytes:
+    """Bytes of distinct storages autograd saves for backward, excluding the given parameters' storages."""
+
+    exclude: set[int] = field(default_factory=set)
+    bytes: int = 0
+    _seen: set[int] = field(default_factory=set)
+
+    @classmethod
+    def excluding(cls, parameters: Iterable[torch.Tensor]) -> "SavedTensorBytes":
+        return cls(exclude={p.untyped_storage().data_ptr() for p in parameters})
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. some subclasses)
+            return tensor
+        key = storage.data_ptr()
+        if key not in self.exclude and key not in self._seen:
+            self._seen.add(key)
+            self.bytes += storage.nbytes()
+        return tensor
+
+    @contextmanager
+    def counting(self) -> Iterator["SavedTensorBytes"]:
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+            yield self
+
+
+@contextmanager
+def cuda_peak(device: torch.device) -> Iterator[dict[str, int]]:
+    """Peak allocated CUDA memory during the block: ``{"peak_bytes", "baseline_bytes"}`` (filled on exit)."""
+    result: dict[str, int] = {}
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result["baseline_bytes"] = torch.cuda.memory_allocated(device)
+    try:
+        yield result
+    finally:
+        torch.cuda.synchronize(device)
+        result["peak_bytes"] = torch.cuda.max_memory_allocated(device)

@@ -1,0 +1,199 @@
+"""Benchmark presets: which encoder and LLM geometry, how long the prompt and answer, per-device defaults.
+
+Built-in presets live here as data; a YAML file with the same fields works too (``--preset path.yaml``; see
+``configs/bench/`` for an example). Geometries come from :mod:`laco.cost` by name, or inline as a mapping of
+:class:`~laco.cost.EncoderGeometry` / :class:`~laco.cost.LLMGeometry` fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..cost import ENCODERS, LLMS, EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
+
+MEASUREMENTS: tuple[str, ...] = ("encoder", "train", "prefill", "decode")
+
+# Per-device defaults every preset starts from. A CPU has little compute, so few repetitions; GPUs get more
+# rounds and bf16 (what MLLMs are trained and served in).
+BASE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"reps": 3, "warmup": 1, "dtype": "float32"},
+    "cuda": {"reps": 10, "warmup": 3, "dtype": "bfloat16"},
+}
+DEFAULT_KEYS = ("reps", "warmup", "dtype", "llm_layers", "measure", "batch")
+
+
+@dataclass(frozen=True)
+class BenchPreset:
+    """What ``laco bench --preset NAME`` measures.
+
+    Args:
+        name, description: shown in the report.
+        encoder: the vision encoder geometry.
+        llm: the LLM geometry; ``None`` for an encoder-only benchmark.
+        image_size: input resolution (default: the encoder's).
+        prompt_tokens, answer_tokens: text tokens after the image, and answer tokens (decoded at inference,
+            labelled in training). A training sequence is image + prompt + answer.
+        defaults: per device type (``"cpu"``, ``"cuda"``), defaults for ``reps``, ``warmup``, ``dtype``,
+            ``llm_layers`` (time that many LLM layers and scale to the full depth), ``measure`` and ``batch``.
+        notes: caveats printed with the results.
+    """
+
+    name: str
+    description: str
+    encoder: EncoderGeometry
+    llm: LLMGeometry | None = None
+    image_size: int | None = None
+    prompt_tokens: int = 32
+    answer_tokens: int = 32
+    defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for device, values in self.defaults.items():
+            if device not in BASE_DEFAULTS:
+                raise ValueError(f"preset {self.name!r}: defaults for unknown device {device!r}; use 'cpu' or 'cuda'.")
+            unknown = sorted(set(values) - set(DEFAULT_KEYS))
+            if unknown:
+                raise ValueError(f"preset {self.name!r}: unknown default(s) {unknown}; allowed: {list(DEFAULT_KEYS)}.")
+        if self.prompt_tokens < 1 or self.answer_tokens < 1:
+            raise ValueError(f"preset {self.name!r}: prompt_tokens and answer_tokens must be >= 1.")
+
+    @property
+    def resolution(self) -> int:
+        return self.image_size or self.encoder.image_size
+
+    def default(self, device_type: str, key: str) -> Any:
+        """The preset's default for ``key`` on ``device_type``, falling back to :data:`BASE_DEFAULTS`."""
+        device_type = "cuda" if device_type == "cuda" else "cpu"
+        if key in self.defaults.get(device_type, {}):
+            return self.defaults[device_type][key]
+        if key == "measure":
+            return MEASUREMENTS if self.llm is not None else ("encoder",)
+        if key == "batch":
+            return 1
+        return BASE_DEFAULTS[device_type].get(key)
+
+
+TINY_ENCODER = EncoderGeometry("tiny-siglip", "siglip", 64, 12, 4, 128, 4, 52)  # 13x13: odd, like so400m@384
+TINY_LLM = LLMGeometry("tiny-qwen2", 64, 2, 4, 2, 176, 1024, tied=True)
+
+_SO400M_NOTE = (
+    "SigLIP-so400m is benchmarked with all 27 layers as geometries.md lists it; LLaVA-OneVision's own tower "
+    "drops the last layer (26 used), which changes the FLOP ratios by ~1%."
+)
+
+PRESETS: dict[str, BenchPreset] = {}
+
+
+def _add(preset: BenchPreset) -> None:
+    PRESETS[preset.name] = preset
+
+
+_add(
+    BenchPreset(
+        "llava-ov-0.5b",
+        "LLaVA-OneVision-0.5B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-0.5B",
+        ENCODERS["siglip-so400m"],
+        LLMS["qwen2-0.5b"],
+        # On 2 CPU cores the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
+        defaults={"cpu": {"llm_layers": 6}},
+        notes=(_SO400M_NOTE,),
+    )
+)
+_add(
+    BenchPreset(
+        "llava-ov-7b",
+        "LLaVA-OneVision-7B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-7B",
+        ENCODERS["siglip-so400m"],
+        LLMS["qwen2-7b"],
+        # A full 7B does not fit a training step with AdamW on one 80 GB GPU without sharding, nor any
+        # step in CPU RAM: time a few layers (embedding and lm_head included at full size) and scale.
+        defaults={
+            "cpu": {"llm_layers": 1, "measure": ("encoder", "prefill", "decode")},
+            "cuda": {"llm_layers": 4},
+        },
+        notes=(
+            _SO400M_NOTE,
+            "Qwen2-7B is timed with a reduced number of decoder layers and scaled linearly to 28 layers.",
+        ),
+    )
+)
+for _name, _description in (
+    ("siglip-so400m", "SigLIP-so400m/14 @384 (27 layers, 27x27 grid), encoder only"),
+    ("siglip-l16", "SigLIP-L/16 @384 (24 layers, 24x24 grid), encoder only"),
+    ("internvit-300m", "InternViT-300M @448 (24 layers, 32x32 grid + CLS), encoder only"),
+    ("dinov2-s", "DINOv2-S/14 @224 (12 layers, 16x16 grid + CLS), encoder only"),
+    ("aimv2-l14", "AIMv2-L/14 @224 (24 layers, SwiGLU, 16x16 grid), encoder only"),
+    ("clip-l14-336", "CLIP ViT-L/14 @336 (24 layers, 24x24 grid + CLS), encoder only"),
+):
+    _add(BenchPreset(_name, _description, ENCODERS[_name]))
+_add(
+    BenchPreset(
+        "tiny",
+        "tiny random geometry for CI (--quick): 12-layer SigLIP-like encoder on an odd 13x13 grid + 2-layer Qwen2",
+        TINY_ENCODER,
+        TINY_LLM,
+        prompt_tokens=8,
+        answer_tokens=4,
+        defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "dtype": "float32"}},
+        notes=("tiny geometry: timings are dominated by Python overhead and say nothing about real models.",),
+    )
+)
+
+
+def _geometry(value: Any, kind: type, lookup) -> Any:
+    if value is None or isinstance(value, kind):
+        return value
+    if isinstance(value, str):
+        return lookup(value)
+    if isinstance(value, Mapping):
+        names = {f.name for f in fields(kind)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise ValueError(f"unknown {kind.__name__} field(s) {unknown}; allowed: {sorted(names)}.")
+        return kind(**value)
+    raise ValueError(f"a {kind.__name__} is a preset name or a mapping of fields, not {value!r}.")
+
+
+def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchPreset:
+    """Build a preset from a mapping (as read from YAML): ``encoder``/``llm`` are names or field mappings."""
+    allowed = {f.name for f in fields(BenchPreset)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"unknown preset field(s) {unknown}; allowed: {sorted(allowed)}.")
+    if "encoder" not in data:
+        raise ValueError("a preset needs an 'encoder' (a name such as 'siglip-so400m' or a mapping of fields).")
+    values = dict(data)
+    values["name"] = values.get("name") or name or "custom"
+    values.setdefault("description", values["name"])
+    values["encoder"] = _geometry(values["encoder"], EncoderGeometry, encoder_geometry)
+    values["llm"] = _geometry(values.get("llm"), LLMGeometry, llm_geometry)
+    defaults = values.get("defaults") or {}
+    values["defaults"] = {
+        device: {k: tuple(v) if k == "measure" else v for k, v in (entries or {}).items()} for device, entries in defaults.items()
+    }
+    values["notes"] = tuple(values.get("notes") or ())
+    return BenchPreset(**values)
+
+
+def load_preset(name_or_path: str | Path | BenchPreset) -> BenchPreset:
+    """A built-in preset by name, or one read from a YAML file."""
+    if isinstance(name_or_path, BenchPreset):
+        return name_or_path
+    text = str(name_or_path)
+    if text in PRESETS:
+        return PRESETS[text]
+    path = Path(text)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise FileNotFoundError(f"preset file {path} does not exist.")
+        import yaml
+
+        data = yaml.safe_load(path.read_text())
+        if not isinstance(data, Mapping):
+            raise ValueError(f"preset file {path} must hold a mapping of preset fields, not {type(data).__name__}.")
+        return preset_from_dict(data, name=path.stem)
+    raise ValueError(f"unknown preset {text!r}; choose one of {sorted(PRESETS)} or pass a .yaml file.")

@@ -1,0 +1,32 @@
+"""Training and evaluation data: LLaVA conversation JSON as a validated dataset, and easy-VQA converted to it."""
+
+from .easyvqa import EASY_VQA_SPLITS, EasyVqaNotFoundError, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
+from .llava import (
+    DataError,
+    DatasetReport,
+    LlavaDataset,
+    LlavaExample,
+    LlavaRecord,
+    MultimodalCollator,
+    SkipReason,
+)
+from .sources import easy_vqa_dir, eval_examples, question_answer_pairs, split_files
+
+__all__ = [
+    "EASY_VQA_SPLITS",
+    "DataError",
+    "DatasetReport",
+    "EasyVqaNotFoundError",
+    "LlavaDataset",
+    "LlavaExample",
+    "LlavaRecord",
+    "MultimodalCollator",
+    "SkipReason",
+    "convert_easy_vqa",
+    "easy_vqa_answers",
+    "easy_vqa_data_dir",
+    "easy_vqa_dir",
+    "eval_examples",
+    "question_answer_pairs",
+    "split_files",
+]

