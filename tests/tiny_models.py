@@ -59,3 +59,102 @@ PREFIX = {"siglip": 0, "clip": 1, "dinov2": 1, "aimv2": 0, "internvit": 1}
 def pixels(batch: int = 2, height: int = IMAGE, width: int = IMAGE) -> torch.Tensor:
     generator = torch.Generator().manual_seed(1)
     return torch.randn(batch, 3, height, width, generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny MLLM's parts: a real (trained-here) tokenizer and a tiny Llama, savable as "local paths"
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_CORPUS = [
+    "what color is the shape? red blue green yellow",
+    "is there a circle in the image? yes no",
+    "USER: describe the picture ASSISTANT: a small triangle",
+]
+COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "yellow": (230, 220, 30)}
+
+
+def tiny_tokenizer_json() -> str:
+    """A byte-level BPE tokenizer (handles any text, decodes back exactly) trained in milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer)
+    return tokenizer.to_str()
+
+
+def tiny_tokenizer(chat_template: bool = True):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(tiny_tokenizer_json()),
+        eos_token="<|im_end|>" if chat_template else "</s>",
+        unk_token="<unk>",
+    )
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_llm(vocab_size: int = 400):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=2, eos_token_id=3,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def save_tiny_parts(directory, family: str = "dinov2"):
+    """Save a tiny vision encoder and a tiny LLM (+ tokenizer) as local model directories; returns their paths."""
+    from pathlib import Path
+
+    directory = Path(directory)
+    vision_dir, llm_dir = directory / f"tiny-{family}", directory / "tiny-llm"
+    tiny_encoder(family).save_pretrained(vision_dir)
+    tokenizer = tiny_tokenizer()
+    tiny_llm(len(tokenizer)).save_pretrained(llm_dir)
+    tokenizer.save_pretrained(llm_dir)
+    return vision_dir, llm_dir
+
+
+def write_color_dataset(directory, count: int = 32, size: int = IMAGE):
+    """A learnable LLaVA-format dataset: one colour per image, "what color is the shape?" -> colour name."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    names = list(COLORS)
+    records = []
+    for index in range(count):
+        name = names[index % len(names)]
+        Image.new("RGB", (size, size), COLORS[name]).save(directory / "images" / f"{index}.png")
+        records.append(
+            {
+                "id": f"color-{index}",
+                "image": f"images/{index}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nwhat color is the shape?"},
+                    {"from": "gpt", "value": name},
+                ],
+            }
+        )
+    path = directory / "colors.json"
+    path.write_text(json.dumps(records))
+    return path, directory

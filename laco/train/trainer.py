@@ -31,7 +31,8 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import RunConfig, dump_config
 from ..data import LlavaDataset, MultimodalCollator, split_files
@@ -53,6 +54,8 @@ class StageSummary:
     tokens_per_second: float
     images_per_second: float
     trainable_parameters: int
+    images: int
+    world_size: int
 
 
 class LacoTrainer(Trainer):
@@ -100,7 +103,7 @@ def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> Tr
         save_total_limit=1,
         bf16=training.bf16 and (not cuda or torch.cuda.is_bf16_supported()),
         use_cpu=not cuda,
-        gradient_checkpointing=training.gradient_checkpointing,
+        activation_checkpointing=training.gradient_checkpointing,
         dataloader_num_workers=training.dataloader_num_workers,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
@@ -110,6 +113,31 @@ def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> Tr
         ddp_find_unused_parameters=False,
         disable_tqdm=False,
     )
+
+
+def last_complete_checkpoint(stage_dir: Path, tidy: bool = True) -> str | None:
+    """The newest checkpoint the ``Trainer`` finished writing (it writes ``trainer_state.json`` last).
+
+    A run killed while saving leaves a partial ``checkpoint-N``; resuming from it would fail or, worse, load a
+    half-written optimizer state. It is skipped, and moved aside when ``tidy`` (on the main process only).
+    """
+    if not stage_dir.exists():
+        return None
+    checkpoints = sorted(
+        (p for p in stage_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for checkpoint in checkpoints:
+        if (checkpoint / TRAINER_STATE_NAME).exists():
+            return str(checkpoint)
+        if tidy:
+            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}")
+            logger.warning("moving the partially written %s aside to %s", checkpoint, aside)
+            if aside.exists():
+                shutil.rmtree(aside)
+            checkpoint.rename(aside)
+    return None
 
 
 def _stage_done(directory: Path) -> bool:
@@ -157,23 +185,29 @@ def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             data_collator=collator,
             processing_class=processor.tokenizer,
         )
-        last_checkpoint = get_last_checkpoint(str(stage_dir)) if stage_dir.exists() else None
+        last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
         started = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=last_checkpoint)
         seconds = time.perf_counter() - started
-        metrics = result.metrics
+        # throughput of this session only: a resumed stage counts the steps it ran, not the restored ones
+        tokens = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
         summary = StageSummary(
             name=stage.name,
             steps=result.global_step,
             seconds=round(seconds, 1),
             final_loss=_last_logged_loss(trainer),
-            tokens_per_second=round(metrics.get("train_tokens_per_second", 0.0), 1),
-            images_per_second=round(metrics.get("train_samples_per_second", 0.0), 2),
+            tokens_per_second=round(tokens / seconds, 1),
+            images_per_second=round(trainer.images_seen / seconds, 2),
             trainable_parameters=trainable,
+            images=trainer.images_seen,
+            world_size=trainer.args.world_size,
         )
         if trainer.is_world_process_zero():
             final = stage_dir / FINAL
             trainer.save_model(str(final))
+            # the final model directory holds safetensors and JSON only: no pickled training arguments
+            (final / "training_args.bin").unlink(missing_ok=True)
+            (final / "training_args.json").write_text(trainer.args.to_json_string())
             processor.save_pretrained(final)
             (final / DONE_MARKER).write_text(json.dumps(asdict(summary), indent=2) + "\n")
         trainer.accelerator.wait_for_everyone()

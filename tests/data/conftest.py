@@ -8,38 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer
+from tiny_models import CHAT_TEMPLATE, tiny_tokenizer_json
 from transformers import PreTrainedTokenizerFast
 
 from data.llava_files import IMAGE_SIZE, NUM_IMAGE_TOKENS, write_png
 from laco.mllm.processing import ImageTransform, LacoProcessor
 
-# ChatML, as SmolLM2 uses; renders incrementally, which LacoProcessor.encode_conversation requires.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_CORPUS = [
-    "what color is the shape? red blue green yellow",
-    "is there a circle in the image? yes no",
-    "USER: describe the picture ASSISTANT: a small triangle",
-]
-
-
 @pytest.fixture(scope="session")
 def tokenizer_json() -> str:
-    """A byte-level BPE tokenizer (handles any text, decodes back exactly) trained in milliseconds."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<unk>", "</s>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(_CORPUS, trainer)
-    return tokenizer.to_str()
+    return tiny_tokenizer_json()
 
 
 @pytest.fixture

@@ -1,0 +1,7 @@
+"""``python -m laco.bench``: the same as ``laco bench``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,768 @@
+"""Build the variants of a preset, run every measurement interleaved, and collect the results.
+
+Variants are placements of the compressor in the vision encoder. Each has a *baseline*: the variant whose LLM
+sees the same number of visual tokens, so a speed-up isolates where the compression happens. LaCo at any
+depth and the other compressors are compared with external compression (LaCo's merge after the last layer);
+two-stage 16x compression is compared with external 16x (a 4x4 merge after the last layer). "No compression"
+is shown against external too, but its LLM sees 4x more tokens: it says what external compression buys, not
+what placement buys.
+
+Measurements (each interleaved over all variants, round-robin, see :mod:`laco.bench.timing`):
+
+* ``encoder``: the vision tower's forward (inference mode);
+* ``train``: a stage-2 training step of the MLLM, everything trainable: forward, backward, AdamW step, zero grad;
+* ``prefill``: time to first token: forward over image + prompt with an empty KV cache, logits of the last
+  token, greedy first token;
+* ``decode``: ``answer_tokens`` greedy single-token steps with the KV cache left by the prefill.
+
+Every variant's first warm-up call runs under ``FlopCounterMode`` (FLOPs counted, plus memory), so counting
+never touches a timed call.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import patch as laco_patch
+from ..compressors import available as available_methods
+from ..cost import Placement, mllm_flops
+from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
+from .models import CompressionSwitch, build_encoder, build_mllm, decoder_layers
+from .presets import MEASUREMENTS, BenchPreset, load_preset
+from .timing import Clock, Samples, StackTimer, Stats, paired_ratios, run_interleaved
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}  # fmt: skip
+DEFAULT_DEPTHS: tuple[str, ...] = ("1/12", "1/6", "1/4", "1/2")
+DEFAULT_METHODS: tuple[str, ...] = ("laco", "pixel_shuffle", "ldpv2", "tokenpacker", "avgpool")
+DEFAULT_TWO_STAGE: tuple[str, ...] = ("1/4", "1/2")
+DEFAULT_PRESET = "llava-ov-0.5b"
+QUICK_PRESET = "tiny"
+QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1}  # few rounds, whatever the preset
+OPTIMIZER_LR = 1e-6  # tiny, so repeated steps on random weights stay finite; the cost does not depend on it
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings and variants
+
+
+@dataclass
+class BenchSettings:
+    """Everything a run depends on; ``None`` fields take the preset's per-device defaults."""
+
+    preset: str | BenchPreset | None = None  # None: "llava-ov-0.5b", or "tiny" with quick=True
+    quick: bool = False
+    device: str = "auto"
+    dtype: str | None = None
+    threads: int | None = None
+    reps: int | None = None
+    warmup: int | None = None
+    llm_layers: int | None = None
+    measure: Sequence[str] | None = None
+    methods: Sequence[str] = DEFAULT_METHODS
+    depths: Sequence[str] = DEFAULT_DEPTHS
+    method_depth: str = "1/4"
+    two_stage: Sequence[str] | None = DEFAULT_TWO_STAGE
+    factor: int = 2
+    batch: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One placement to time. ``baseline`` names the variant it is compared with (``None``: a reference)."""
+
+    name: str
+    placement: Placement
+    baseline: str | None
+    group: str  # "reference", "depth", "two-stage" or "method"
+    same_tokens_as_baseline: bool = True
+
+    def fraction(self, depth: int) -> float | None:
+        """Where the (first) compression sits as a fraction of depth; ``None`` when uncompressed."""
+        return self.placement.layers[0] / depth if self.placement.layers else None
+
+    def to_dict(self, depth: int) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.placement.method if self.placement.compressed else None,
+            "layers": list(self.placement.layers),
+            "factor": self.placement.factor if self.placement.compressed else None,
+            "options": dict(self.placement.options),
+            "fraction": self.fraction(depth),
+            "baseline": self.baseline,
+            "group": self.group,
+            "same_tokens_as_baseline": self.same_tokens_as_baseline,
+        }
+
+
+def _fraction_label(spec: str) -> str:
+    try:
+        value = Fraction(spec)
+    except ValueError:
+        return spec
+    return str(value)
+
+
+def build_variants(
+    depth: int,
+    *,
+    depths: Sequence[str] = DEFAULT_DEPTHS,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    method_depth: str = "1/4",
+    two_stage: Sequence[str] | None = DEFAULT_TWO_STAGE,
+    factor: int = 2,
+) -> list[Variant]:
+    """The variants of one run, for an encoder of ``depth`` layers.
+
+    No compression; external (LaCo's merge after layer ``depth``); LaCo at each of ``depths``; LaCo at the
+    ``two_stage`` depths together with external ``factor**2`` compression as its baseline; every other method
+    of ``methods`` at ``method_depth``. Placements that resolve to the same layers (shallow encoders) are kept
+    once, under the first name.
+    """
+    unknown = sorted(set(methods) - set(available_methods()))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {available_methods()}.")
+    variants = [
+        Variant("none", Placement(), "external", "reference", same_tokens_as_baseline=False),
+        Variant("external", Placement((depth,), "laco", factor), None, "reference"),
+    ]
+    if "laco" in methods:
+        for spec in depths:
+            variants.append(Variant(f"laco@{_fraction_label(spec)}", Placement.of(spec, depth, "laco", factor), "external", "depth"))
+    if two_stage:
+        if len(two_stage) < 2:
+            raise ValueError(f"two_stage needs at least two depths (e.g. 1/4,1/2), got {list(two_stage)}.")
+        stages = Placement.of(list(two_stage), depth, "laco", factor)
+        if max(stages.layers) == depth:
+            raise ValueError(f"two-stage depths {list(two_stage)} reach the last layer; pick depths before it.")
+        external = Variant(f"external-{factor ** (2 * len(stages.layers))}x", Placement((depth,), "laco", factor ** len(stages.layers)), None, "reference")
+        variants.append(external)
+        label = "+".join(_fraction_label(s) for s in two_stage)
+        variants.append(Variant(f"laco@{label}", stages, external.name, "two-stage"))
+    for method in methods:
+        if method != "laco":
+            placement = Placement.of(method_depth, depth, method, factor)
+            variants.append(Variant(f"{method}@{_fraction_label(method_depth)}", placement, "external", "method"))
+    unique: dict[Placement, Variant] = {}
+    for variant in variants:
+        unique.setdefault(variant.placement, variant)
+    kept = list(unique.values())
+    names = {v.name for v in kept}
+    for variant in kept:
+        if variant.baseline is not None and variant.baseline not in names:
+            raise ValueError(f"variant {variant.name} lost its baseline {variant.baseline} to a duplicate placement.")
+    return kept
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class Measurement:
+    """One variant under one measurement: raw samples, scaled samples (reduced LLM depth), FLOPs, memory."""
+
+    samples: Samples
+    scaled_seconds: list[float]
+    flops_counted: float
+    flops_predicted: float
+    flops_predicted_full: float
+    image_tokens: int
+    sequence_tokens: int | None
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def stats(self) -> Stats:
+        return Stats.of(self.scaled_seconds)
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """Speed-up of a variant over its baseline: median and quartiles of the per-round ratios (each round times
+    both, back to back), and the FLOP bound."""
+
+    measured: float
+    q1: float
+    q3: float
+    bound: float
+
+    @property
+    def efficiency(self) -> float:
+        """Measured over predicted: 1.0 collects the whole FLOP reduction as time."""
+        return self.measured / self.bound if self.bound else float("nan")
+
+
+@dataclass
+class BenchResult:
+    """Everything one run produced; :mod:`laco.bench.report` turns it into a table, JSON and a plot."""
+
+    preset: BenchPreset
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    variants: list[Variant]
+    measurements: dict[str, dict[str, Measurement]]
+    notes: list[str]
+    build_seconds: float
+    run_seconds: float
+
+    @property
+    def depth(self) -> int:
+        return self.preset.encoder.layers
+
+    def variant(self, name: str) -> Variant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(f"no variant {name!r}; variants are {[v.name for v in self.variants]}.")
+
+    def speedup(self, kind: str, name: str) -> SpeedUp | None:
+        """``name`` against its baseline under measurement ``kind``; ``None`` for reference variants."""
+        variant = self.variant(name)
+        if variant.baseline is None:
+            return None
+        rows = self.measurements[kind]
+        base, this = rows[variant.baseline], rows[name]
+        bound = base.flops_predicted_full / this.flops_predicted_full
+        pairs = paired_ratios(_scaled_samples(base), _scaled_samples(this))
+        if not pairs:
+            measured = base.stats().median / this.stats().median
+            return SpeedUp(measured, measured, measured, bound)
+        spread = Stats.of(pairs)
+        return SpeedUp(spread.median, spread.q1, spread.q3, bound)
+
+
+def _scaled_samples(measurement: Measurement) -> Samples:
+    return Samples(list(measurement.scaled_seconds), {}, list(measurement.samples.rounds), list(measurement.samples.slots))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Machine
+
+
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    """CPU, cores, threads, library versions and GPU: what a reader needs to weigh the numbers."""
+    import transformers
+
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info: dict[str, Any] = {
+        "cpu": cpu_model,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "memory_gib": _memory_gib("MemTotal"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "gpu": None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = {
+            "name": props.name,
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "capability": f"{props.major}.{props.minor}",
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
+    return info
+
+
+def _memory_gib(field_name: str) -> float | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith(field_name + ":"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Workloads
+
+
+class _Inputs:
+    """Fixed random pixels and token ids; image placeholders first, then prompt, then answer."""
+
+    def __init__(self, preset: BenchPreset, batch: int, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        size = preset.resolution
+        self.pixel_values = torch.randn(batch, preset.encoder.channels, size, size, generator=generator).to(device, dtype)
+        self.batch, self.device = batch, device
+        vocab = preset.llm.vocab if preset.llm is not None else 2
+        self.image_token = vocab - 1
+        text = preset.prompt_tokens + preset.answer_tokens
+        self.text = torch.randint(0, vocab - 1, (batch, text), generator=generator)
+        self.prompt_tokens, self.answer_tokens = preset.prompt_tokens, preset.answer_tokens
+
+    def ids(self, image_tokens: int, with_answer: bool) -> torch.Tensor:
+        text = self.text if with_answer else self.text[:, : self.prompt_tokens]
+        image = torch.full((self.batch, image_tokens), self.image_token, dtype=torch.long)
+        return torch.cat([image, text], dim=1).to(self.device)
+
+    def labels(self, ids: torch.Tensor) -> torch.Tensor:
+        labels = ids.clone()
+        labels[:, : ids.shape[1] - self.answer_tokens] = -100  # only the answer is learned, as in LLaVA's SFT
+        return labels
+
+
+class _Runner:
+    """State shared by the workloads of one run: model, switch, clock, inputs, optimizers."""
+
+    def __init__(self, settings: BenchSettings) -> None:
+        self.settings = settings
+        default_preset = QUICK_PRESET if settings.quick else DEFAULT_PRESET
+        self.preset = load_preset(settings.preset if settings.preset is not None else default_preset)
+        self.device = _device(settings.device)
+        device_type = self.device.type
+        quick = QUICK_OVERRIDES if settings.quick else {}
+
+        def pick(value: Any, key: str) -> Any:
+            if value is not None:
+                return value
+            return quick[key] if key in quick else self.preset.default(device_type, key)
+
+        dtype_name = pick(settings.dtype, "dtype")
+        if dtype_name not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype_name!r}; choose one of {sorted(DTYPES)}.")
+        self.dtype = DTYPES[dtype_name]
+        if self.dtype == torch.float16 and device_type == "cpu":
+            raise ValueError("float16 on CPU is emulated and meaningless for timing; use --dtype bfloat16 or float32.")
+        self.reps = int(pick(settings.reps, "reps"))
+        self.warmup = max(1, int(pick(settings.warmup, "warmup")))  # the first warm-up call counts FLOPs
+        self.batch = int(pick(settings.batch, "batch"))
+        self.measure = tuple(pick(settings.measure, "measure"))
+        unknown = sorted(set(self.measure) - set(MEASUREMENTS))
+        if unknown:
+            raise ValueError(f"unknown measurement(s) {unknown}; choose from {list(MEASUREMENTS)}.")
+        if self.preset.llm is None and set(self.measure) - {"encoder"}:
+            raise ValueError(
+                f"preset {self.preset.name!r} has no LLM, so only 'encoder' can be measured (asked: {list(self.measure)}); "
+                "use an MLLM preset such as llava-ov-0.5b."
+            )
+        llm_layers = pick(settings.llm_layers, "llm_layers")
+        if self.preset.llm is not None and llm_layers is not None:
+            llm_layers = int(llm_layers)
+            if not 1 <= llm_layers <= self.preset.llm.layers:
+                raise ValueError(f"--llm-layers must lie in 1..{self.preset.llm.layers} for {self.preset.llm.name}, got {llm_layers}.")
+            if llm_layers == self.preset.llm.layers:
+                llm_layers = None
+        self.llm_layers: int | None = llm_layers if self.preset.llm is not None else None
+        self.threads = int(settings.threads) if settings.threads else _usable_cores()
+        if self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}.")
+        self.variants = build_variants(
+            self.preset.encoder.layers,
+            depths=settings.depths,
+            methods=settings.methods,
+            method_depth=settings.method_depth,
+            two_stage=settings.two_stage,
+            factor=settings.factor,
+        )
+        self.clock = Clock(self.device)
+        self.notes: list[str] = list(self.preset.notes)
+
+    # -- model ---------------------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        torch.set_num_threads(self.threads)
+        preset = self.preset
+        self.inputs = _Inputs(preset, self.batch, self.device, self.dtype, self.settings.seed)
+        if preset.llm is None:
+            self.model = build_encoder(preset.encoder, dtype=self.dtype, device=self.device, seed=self.settings.seed)
+            self.tower = self.model
+        else:
+            self.model = build_mllm(
+                preset.encoder, preset.llm, llm_layers=self.llm_layers, dtype=self.dtype, device=self.device, seed=self.settings.seed
+            )
+            self.tower = self.model.model.vision_tower
+            self.stack = StackTimer(decoder_layers(self.model), self.clock).attach()
+        self.switch = CompressionSwitch(self.tower)
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        if "train" in self.measure:
+            # Before any placement is active, so no compressor lands in the shared optimizers.
+            stack_params = list(decoder_layers(self.model).parameters())
+            stack_ids = {id(p) for p in stack_params}
+            rest = [p for p in self.model.parameters() if id(p) not in stack_ids]
+            self._optimizers = {"rest": self._optimizer(rest), "stack": self._optimizer(stack_params)}
+        self._variant_optimizers: dict[Placement, torch.optim.Optimizer | None] = {}
+        self._prefill_cache: dict[str, Any] = {}
+
+    @property
+    def llm_scale(self) -> float:
+        if self.preset.llm is None or self.llm_layers is None:
+            return 1.0
+        return self.preset.llm.layers / self.llm_layers
+
+    def image_tokens(self, variant: Variant) -> int:
+        self.switch.activate(variant.placement)
+        if self.preset.llm is None:
+            return laco_patch.num_tokens(self.tower, self.preset.resolution)
+        return self.model.num_image_tokens(self.preset.resolution)
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(params, lr=OPTIMIZER_LR, weight_decay=0.0, fused=fused)
+
+    def optimizers(self, variant: Variant) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        """(rest of the model, LLM decoder stack, this placement's compressors), so the stack's share of the
+        optimizer step can be scaled with ``--llm-layers``."""
+        if variant.placement not in self._variant_optimizers:
+            params = [p for module in self.switch.activate(variant.placement) for p in module.parameters()]
+            self._variant_optimizers[variant.placement] = self._optimizer(params) if params else None
+        return self._optimizers["rest"], self._optimizers["stack"], self._variant_optimizers[variant.placement]
+
+    def check_training_memory(self) -> None:
+        """Refuse a training step that cannot fit, before spending minutes to find out."""
+        params = sum(p.numel() for p in self.model.parameters())
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        needed = params * element * 4  # weights, gradients, AdamW's two moments
+        if self.device.type == "cuda":
+            available = torch.cuda.mem_get_info(self.device)[0] + params * element
+        else:
+            gib = _memory_gib("MemAvailable")
+            available = None if gib is None else gib * 2**30 + params * element
+        if available is not None and needed > 0.9 * available:
+            raise MemoryError(
+                f"a training step of {params / 1e9:.2f}B parameters in {self.dtype} needs ~{needed / 2**30:.1f} GiB "
+                f"for weights, gradients and AdamW state (activations extra), but ~{available / 2**30:.1f} GiB is "
+                "available. Time fewer LLM layers (--llm-layers), use --dtype bfloat16, or leave train out of --measure."
+            )
+
+    # -- workloads -------------------------------------------------------------------------------------------
+
+    def workload(self, kind: str, variant: Variant) -> tuple[Callable[[], None], Callable[[], Mapping[str, float] | None]]:
+        """``(prepare, call)`` for one measurement of one variant."""
+        return getattr(self, f"_{kind}")(variant)
+
+    def _encoder(self, variant: Variant):
+        pixel_values = self.inputs.pixel_values
+
+        def prepare() -> None:
+            self.switch.activate(variant.placement)
+
+        def call() -> None:
+            with torch.inference_mode():
+                self.tower(pixel_values=pixel_values)
+
+        return prepare, call
+
+    def _train(self, variant: Variant):
+        ids = self.inputs.ids(self.image_tokens(variant), with_answer=True)
+        batch = {"input_ids": ids, "pixel_values": self.inputs.pixel_values, "labels": self.inputs.labels(ids)}
+        model, clock, stack = self.model, self.clock, self.stack
+
+        def prepare() -> None:
+            self.switch.activate(variant.placement)
+
+        def call() -> dict[str, float]:
+            rest, stack_optimizer, own = self.optimizers(variant)
+            stack.reset()
+            t0 = clock.mark()
+            loss = model(**batch).loss
+            t1 = clock.mark()
+            loss.backward()
+            t2 = clock.mark()
+            rest.step()
+            if own is not None:
+                own.step()
+            t3 = clock.mark()
+            stack_optimizer.step()
+            t4 = clock.mark()
+            model.zero_grad(set_to_none=True)
+            t5 = clock.mark()
+            return {
+                "forward": clock.seconds(t0, t1),
+                "backward": clock.seconds(t1, t2),
+                "optimizer": clock.seconds(t2, t5),
+                "stack_forward": stack.forward_seconds(),
+                "stack_backward": stack.backward_seconds(),
+                "stack_optimizer": clock.seconds(t3, t4),
+            }
+
+        return prepare, call
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config.text_config)
+
+    def _prefill_once(self, variant: Variant):
+        ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
+        cache = self._new_cache()
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, pixel_values=self.inputs.pixel_values, cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1:].argmax(-1), cache
+
+    def _prefill(self, variant: Variant):
+        ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
+        state: dict[str, Any] = {}
+
+        def prepare() -> None:
+            self.switch.activate(variant.placement)
+            state["cache"] = self._new_cache()
+
+        def call() -> dict[str, float]:
+            self.stack.reset()
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=ids, pixel_values=self.inputs.pixel_values, cache=state["cache"], use_cache=True, logits_to_keep=1
+                )
+                out.logits[:, -1:].argmax(-1)
+            return {"stack_forward": self.stack.forward_seconds()}
+
+        return prepare, call
+
+    def _decode(self, variant: Variant):
+        steps = self.inputs.answer_tokens
+        state: dict[str, Any] = {}
+
+        def prepare() -> None:
+            self.switch.activate(variant.placement)
+            if variant.name not in self._prefill_cache:
+                self._prefill_cache[variant.name] = self._prefill_once(variant)
+            token, cache = self._prefill_cache[variant.name]
+            state["token"], state["cache"] = token, copy.deepcopy(cache)  # every round decodes from the same prefix
+
+        def call() -> dict[str, float]:
+            self.stack.reset()
+            token, cache = state["token"], state["cache"]
+            with torch.inference_mode():
+                for _ in range(steps):
+                    out = self.model(input_ids=token, cache=cache, use_cache=True)
+                    token = out.logits[:, -1:].argmax(-1)
+            return {"stack_forward": self.stack.forward_seconds()}
+
+        return prepare, call
+
+    # -- counting ---------------------------------------------------------------------------------------------
+
+    def counted_call(self, kind: str, prepare, call) -> tuple[float, dict[str, Any]]:
+        """Run one untimed call under ``FlopCounterMode`` (and a memory probe); returns (FLOPs, memory)."""
+        prepare()
+        memory: dict[str, Any] = {}
+        counter = flop_counter_mode()
+        if self.device.type == "cuda":
+            with cuda_peak(self.device) as peak, counter:
+                call()
+            memory = {"kind": "cuda_peak_allocated", **peak, "step_bytes": peak["peak_bytes"] - peak["baseline_bytes"]}
+        elif kind == "train":
+            saved = SavedTensorBytes.excluding(self.model.parameters())
+            with saved.counting(), counter:
+                call()
+            memory = {"kind": "saved_for_backward", "bytes": saved.bytes}
+        else:
+            with counter:
+                call()
+        return float(counter.get_total_flops()), memory
+
+    def predicted(self, kind: str, variant: Variant, full: bool) -> tuple[float, int, int | None]:
+        """Analytic FLOPs of ``kind`` for ``variant`` (as built, or at the LLM's full depth) and token counts."""
+        preset = self.preset
+        llm = preset.llm
+        if llm is not None and not full and self.llm_layers is not None:
+            llm = llm.with_layers(self.llm_layers)
+        if llm is None:
+            from ..cost import encoder_flops, image_tokens
+
+            cost = encoder_flops(preset.encoder, variant.placement, image_size=preset.resolution, images=self.batch)
+            return cost.total, image_tokens(cost, preset.encoder, drop_prefix=False), None
+        cost = mllm_flops(
+            preset.encoder,
+            llm,
+            variant.placement,
+            mode=kind,
+            image_size=preset.resolution,
+            images=self.batch,
+            prompt_tokens=preset.prompt_tokens,
+            answer_tokens=preset.answer_tokens,
+        )
+        return cost.total, int(cost.info["image_tokens"]), cost.info.get("sequence_tokens")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
+    return device
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def run(settings: BenchSettings, *, on_build: Callable[[_Runner], None] | None = None) -> BenchResult:
+    """Run one benchmark as ``settings`` say and return its results (no files written; see :mod:`report`)."""
+    runner = _Runner(settings)
+    started = time.perf_counter()
+    runner.build()
+    build_seconds = time.perf_counter() - started
+    if on_build is not None:
+        on_build(runner)
+    if "train" in runner.measure:
+        runner.check_training_memory()
+    calls_per_variant = runner.warmup + runner.reps
+    total_calls = len(runner.measure) * len(runner.variants) * calls_per_variant
+    progress = _progress(total_calls, settings.progress)
+    measurements: dict[str, dict[str, Measurement]] = {}
+    run_started = time.perf_counter()
+    try:
+        for kind in runner.measure:
+            progress.set_description(kind)
+            if kind == "train":
+                runner.model.train()
+            else:
+                runner.model.eval()
+            prepares, calls, counted = {}, {}, {}
+            for variant in runner.variants:
+                prepare, call = runner.workload(kind, variant)
+                prepares[variant.name], calls[variant.name] = prepare, call
+                counted[variant.name] = runner.counted_call(kind, prepare, call)
+                progress.update(1)
+            samples = run_interleaved(
+                calls,
+                reps=runner.reps,
+                warmup=runner.warmup - 1,
+                clock=runner.clock,
+                prepare=prepares,
+                on_call=lambda name, timed: progress.update(1),
+            )
+            measurements[kind] = {}
+            for variant in runner.variants:
+                flops, memory = counted[variant.name]
+                predicted, image_tokens, sequence = runner.predicted(kind, variant, full=False)
+                predicted_full, _, _ = runner.predicted(kind, variant, full=True)
+                actual_tokens = runner.image_tokens(variant)
+                if actual_tokens != image_tokens:
+                    raise RuntimeError(
+                        f"{variant.name}: the model feeds {actual_tokens} visual tokens to the LLM but the cost model "
+                        f"predicts {image_tokens}; laco.cost and the model disagree (a bug to report)."
+                    )
+                measurements[kind][variant.name] = Measurement(
+                    samples=samples[variant.name],
+                    scaled_seconds=_scale(samples[variant.name], kind, runner.llm_scale),
+                    flops_counted=flops,
+                    flops_predicted=predicted,
+                    flops_predicted_full=predicted_full,
+                    image_tokens=image_tokens,
+                    sequence_tokens=sequence,
+                    memory=memory,
+                )
+            runner.model.zero_grad(set_to_none=True)
+    finally:
+        progress.close()
+    notes = list(runner.notes)
+    if runner.llm_layers is not None:
+        notes.append(
+            f"LLM timed with {runner.llm_layers} of {runner.preset.llm.layers} decoder layers; the decoder stack's time "
+            f"(forward, backward and its optimizer step, measured by hooks) is scaled by {runner.llm_scale:g}; embedding, "
+            "lm_head, projector and vision tower are timed at full size, not scaled."
+        )
+    notes.append(
+        f"warm-up: {runner.warmup} call(s) per variant and measurement, the first under FlopCounterMode; "
+        f"{runner.reps} timed round(s), round-robin over variants with a rotating start."
+    )
+    if runner.device.type == "cpu":
+        notes.append(
+            "memory on CPU: bytes of tensors saved for backward in a training step (activations, parameters excluded); "
+            "no figure for inference."
+        )
+    result_settings = {
+        "preset": runner.preset.name,
+        "quick": settings.quick,
+        "device": str(runner.device),
+        "dtype": str(runner.dtype).removeprefix("torch."),
+        "threads": runner.threads,
+        "reps": runner.reps,
+        "warmup": runner.warmup,
+        "batch": runner.batch,
+        "llm_layers": runner.llm_layers,
+        "llm_layers_full": runner.preset.llm.layers if runner.preset.llm else None,
+        "measure": list(runner.measure),
+        "methods": list(settings.methods),
+        "depths": list(settings.depths),
+        "method_depth": settings.method_depth,
+        "two_stage": list(settings.two_stage) if settings.two_stage else None,
+        "factor": settings.factor,
+        "image_size": runner.preset.resolution,
+        "prompt_tokens": runner.preset.prompt_tokens,
+        "answer_tokens": runner.preset.answer_tokens,
+        "seed": settings.seed,
+        "optimizer": f"AdamW(lr={OPTIMIZER_LR}, fused)",
+    }
+    return BenchResult(
+        preset=runner.preset,
+        settings=result_settings,
+        machine=describe_machine(runner.device),
+        variants=runner.variants,
+        measurements=measurements,
+        notes=notes,
+        build_seconds=build_seconds,
+        run_seconds=time.perf_counter() - run_started,
+    )
+
+
+def _scale(samples: Samples, kind: str, scale: float) -> list[float]:
+    """Wall seconds with the LLM decoder stack's time scaled from the timed to the full number of layers."""
+    if scale == 1.0 or kind == "encoder":
+        return list(samples.seconds)
+    stack = [0.0] * len(samples.seconds)
+    for phase in ("stack_forward", "stack_backward", "stack_optimizer"):
+        for index, value in enumerate(samples.phases.get(phase, [])):
+            stack[index] += value
+    return [seconds + (scale - 1.0) * extra for seconds, extra in zip(samples.seconds, stack)]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None: ...
+    def set_description(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="call", dynamic_ncols=True, leave=False)

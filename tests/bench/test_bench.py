@@ -1,0 +1,212 @@
+"""laco bench: the --quick path end to end, the interleaved timer and its statistics on fake workloads."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from laco.bench import main, run_benchmark
+from laco.bench.models import CompressionSwitch, build_mllm
+from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset
+from laco.bench.runner import Measurement, _scale, build_variants
+from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
+from laco.cost import Placement
+
+REPO = Path(__file__).resolve().parents[2]
+MEASURES = ["encoder", "train", "prefill", "decode"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    return out, main(["--quick", "--no-progress", "--out", str(out)])
+
+
+def test_quick_run_writes_json_and_png(quick_run, capsys):
+    out, status = quick_run
+    assert status == 0
+    data = json.loads((out / "bench.json").read_text())
+    assert data["schema"] == "laco-bench/1"
+    assert data["preset"]["name"] == "tiny"
+    assert set(data["machine"]) >= {"cpu", "logical_cores", "torch_threads", "torch", "transformers", "gpu"}
+    assert data["settings"]["threads"] == 1 and data["settings"]["reps"] == 3
+    assert list(data["measurements"]) == MEASURES
+    names = [v["name"] for v in data["variants"]]
+    assert names[:2] == ["none", "external"] and "laco@1/4" in names and "external-16x" in names
+    for kind, rows in data["measurements"].items():
+        assert list(rows) == names
+        for name, row in rows.items():
+            assert len(row["seconds"]) == 3 and all(s > 0 for s in row["seconds"])
+            assert row["rounds"] == [0, 1, 2]
+            assert row["stats_seconds"]["q1"] <= row["stats_seconds"]["median"] <= row["stats_seconds"]["q3"]
+            assert row["flops_counted"] == pytest.approx(row["flops_predicted"], rel=0.02)
+            variant = next(v for v in data["variants"] if v["name"] == name)
+            if variant["baseline"] is None:
+                assert row["speedup"] is None
+            else:
+                assert row["speedup"]["baseline"] == variant["baseline"]
+                assert row["speedup"]["flop_bound"] > 0
+    train = data["measurements"]["train"]["laco@1/4"]
+    assert set(train["phases_seconds"]) >= {"forward", "backward", "optimizer", "stack_forward", "stack_backward"}
+    assert train["memory"]["kind"] == "saved_for_backward" and train["memory"]["bytes"] > 0
+    # LaCo at 1/4 and external feed the LLM the same number of tokens; no compression 4x more (odd 13x13 grid).
+    prefill = data["measurements"]["prefill"]
+    assert prefill["laco@1/4"]["image_tokens"] == prefill["external"]["image_tokens"] == 49
+    assert prefill["none"]["image_tokens"] == 169
+    png = (out / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_quick_run_prints_tables_and_summary(tmp_path, capsys):
+    run_benchmark(quick=True, measure=["encoder", "prefill"], methods=["laco", "avgpool"], two_stage=None, progress=False, out=tmp_path, plot=False)
+    text = capsys.readouterr().out
+    assert "== encoder" in text and "== prefill" in text and "== train" not in text
+    assert "== summary" in text and "laco@1/4 (after layer 3 of 12) vs external" in text
+    assert "FLOP bound" in text and "avgpool@1/4" in text
+    assert (tmp_path / "bench.json").exists() and not (tmp_path / "bench.png").exists()
+
+
+def test_llm_layer_scaling_is_stated(tmp_path, capsys):
+    result = run_benchmark(
+        quick=True, llm_layers=1, measure=["prefill"], methods=["laco"], depths=["1/4"], two_stage=None, progress=False
+    )
+    assert result.settings["llm_layers"] == 1 and result.settings["llm_layers_full"] == TINY_LLM.layers
+    row = result.measurements["prefill"]["laco@1/4"]
+    assert all(scaled > raw for scaled, raw in zip(row.scaled_seconds, row.samples.seconds))
+    assert row.flops_predicted < row.flops_predicted_full
+    assert "LLM timed with 1 of 2" in capsys.readouterr().out
+
+
+def test_errors_name_the_fix():
+    assert main(["--quick", "--no-progress", "--measure", "encoder,inference", "--out", "/nonexistent/x"]) == 2
+    with pytest.raises(ValueError, match="only 'encoder'"):
+        run_benchmark("dinov2-s", measure=["train"], progress=False, echo=False)
+    with pytest.raises(ValueError, match="unknown preset"):
+        run_benchmark("llava-ov-13b", progress=False, echo=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        build_variants(12, methods=["laco", "tome"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants, presets, model switching
+
+
+def test_variants_and_their_baselines():
+    variants = {v.name: v for v in build_variants(27)}
+    assert variants["laco@1/4"].placement.layers == (7,)
+    assert variants["laco@1/2"].placement.layers == (14,)
+    assert variants["external"].placement.layers == (27,) and variants["external"].baseline is None
+    assert variants["laco@1/4+1/2"].placement.layers == (7, 14)
+    assert variants["laco@1/4+1/2"].baseline == "external-16x"
+    assert variants["external-16x"].placement.factor == 4
+    assert variants["tokenpacker@1/4"].placement == Placement((7,), "tokenpacker")
+    assert not variants["none"].same_tokens_as_baseline
+    # On a 4-layer encoder 1/12, 1/6 and 1/4 all resolve to layer 1: kept once, under the first name.
+    shallow = [v.name for v in build_variants(4, methods=["laco"], two_stage=None)]
+    assert shallow == ["none", "external", "laco@1/12", "laco@1/2"]
+
+
+def test_switched_model_matches_one_built_from_config():
+    model = build_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"))
+    switch = CompressionSwitch(model)
+    placement = Placement((3, 6))
+    first = switch.activate(placement)
+    switch.activate(Placement())
+    assert model.num_image_tokens() == 169
+    again = switch.activate(placement)
+    assert [id(m) for m in first] == [id(m) for m in again]  # the same compressor weights come back
+    reference = build_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"), placement=placement)
+    assert dict((n, p.shape) for n, p in model.named_parameters()) == dict((n, p.shape) for n, p in reference.named_parameters())
+    assert model.num_image_tokens() == reference.num_image_tokens() == 16
+
+
+def test_yaml_preset_and_builtin_presets():
+    preset = load_preset(REPO / "configs" / "bench" / "internvl-0.5b.yaml")
+    assert preset.encoder.name == "internvit-300m" and preset.llm.name == "qwen2-0.5b"
+    assert preset.default("cpu", "llm_layers") == 6 and preset.default("cuda", "dtype") == "bfloat16"
+    assert preset.default("cpu", "measure") == ("encoder", "train", "prefill", "decode")
+    assert PRESETS["llava-ov-0.5b"].encoder.layers == 27 and PRESETS["llava-ov-0.5b"].llm.name == "qwen2-0.5b"
+    assert PRESETS["llava-ov-7b"].llm.width == 3584
+    assert PRESETS["siglip-so400m"].default("cpu", "measure") == ("encoder",)
+    for name in ("siglip-l16", "internvit-300m", "dinov2-s"):
+        assert PRESETS[name].llm is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timer and statistics on fake workloads
+
+
+def test_rounds_interleave_with_a_rotating_start():
+    log: list[str] = []
+    workloads = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    prepared: list[str] = []
+    samples = run_interleaved(workloads, reps=3, warmup=1, prepare={"b": lambda: prepared.append("b")})
+    assert log == list("abc" "bca" "cab" "abc")  # warm-up round, then rounds rotated by 1, 2, 0
+    assert prepared == ["b"] * 4
+    assert samples["a"].rounds == [0, 1, 2] and samples["a"].slots == [2, 1, 0]
+    assert all(len(s.seconds) == 3 for s in samples.values())
+
+
+def test_timer_measures_a_known_workload_and_its_phases():
+    import time
+
+    def sleepy():
+        time.sleep(0.02)
+        return {"inner": 0.5}
+
+    samples = run_interleaved({"fast": lambda: None, "slow": sleepy}, reps=4, warmup=0)
+    assert samples["slow"].stats().median >= 0.02 > samples["fast"].stats().median
+    assert samples["slow"].phases == {"inner": [0.5] * 4}
+    assert min(paired_ratios(samples["slow"], samples["fast"])) > 10
+    with pytest.raises(ValueError, match="reps"):
+        run_interleaved({"a": lambda: None}, reps=0)
+    with pytest.raises(ValueError, match="not workloads"):
+        run_interleaved({"a": lambda: None}, reps=1, prepare={"b": lambda: None})
+
+
+def test_statistics():
+    stats = Stats.of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (stats.median, stats.q1, stats.q3, stats.iqr, stats.min, stats.max) == (3.0, 2.0, 4.0, 2.0, 1.0, 5.0)
+    assert Stats.of([1.0, 2.0]).median == 1.5
+    assert quantile([0.0, 10.0], 0.25) == 2.5
+    assert Stats.of([7.0]).iqr == 0
+    with pytest.raises(ValueError, match="empty"):
+        Stats.of([])
+    base = Samples([2.0, 4.0, 6.0], rounds=[0, 1, 2])
+    variant = Samples([1.0, 1.0], rounds=[0, 2])
+    assert paired_ratios(base, variant) == [2.0, 6.0]
+
+
+def test_stack_timer_splits_forward_and_backward():
+    layers = nn.ModuleList(nn.Linear(256, 256) for _ in range(3))
+    head = nn.Linear(256, 1)
+    timer = StackTimer(layers, Clock()).attach()
+    x = torch.randn(512, 256, requires_grad=True)
+    h = x
+    for layer in layers:
+        h = layer(h)
+    head(h).sum().backward()
+    assert timer.forward_seconds() > 0 and timer.backward_seconds() > 0
+    timer.reset()
+    with torch.no_grad():
+        for layer in layers:
+            x = layer(x)
+    assert timer.forward_seconds() > 0 and timer.backward_seconds() == 0
+    timer.detach()
+    timer.reset()
+    layers[0](x)
+    assert timer.forward_seconds() == 0
+
+
+def test_scaling_adds_the_untimed_layers():
+    samples = Samples([1.0, 2.0], {"stack_forward": [0.1, 0.2], "stack_backward": [0.3, 0.0], "stack_optimizer": [0.1, 0.0]})
+    assert _scale(samples, "train", 4.0) == pytest.approx([1.0 + 3 * 0.5, 2.0 + 3 * 0.2])
+    assert _scale(samples, "encoder", 4.0) == [1.0, 2.0]
+    assert _scale(samples, "train", 1.0) == [1.0, 2.0]
+    assert isinstance(Measurement, type)

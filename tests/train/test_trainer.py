@@ -1,0 +1,127 @@
+"""Staged training end to end on tiny models: stages, checkpoints, resume after a kill, 2-process DDP."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny_models import save_tiny_parts, write_color_dataset
+
+from laco.config import load_config
+from laco.train import train
+from laco.train.trainer import last_complete_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny")
+    vision, llm = save_tiny_parts(directory)
+    data_json, images = write_color_dataset(directory / "data", count=32)
+    return vision, llm, data_json, images
+
+
+def write_config(path: Path, parts, output: Path, steps=(3, 3), save_steps=2, **data) -> Path:
+    vision, llm, data_json, images = parts
+    config = {
+        "name": "tiny",
+        "output_dir": str(output),
+        "model": {"vision": str(vision), "llm": str(llm), "image_size": 32, "system_prompt": None,
+                  "compression": {"layers": 2}},
+        "data": {"dataset": "llava", "train_json": str(data_json), "eval_json": str(data_json),
+                 "image_folder": str(images), "max_length": 64, **data},
+        "stages": [
+            {"name": "stage1", "trainable": ["compressor", "projector"], "max_steps": steps[0], "batch_size": 4,
+             "learning_rate": 1e-2},
+            {"name": "stage2", "trainable": ["compressor", "projector", "llm"], "max_steps": steps[1],
+             "batch_size": 4, "learning_rate": 1e-3},
+        ],
+        "training": {"bf16": False, "logging_steps": 1, "save_steps": save_steps, "threads": 1},
+        "eval": {"limit": 8, "batch_size": 8, "max_new_tokens": 3},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_stages_run_and_write_a_loadable_final_model(parts, tmp_path):
+    config = load_config(write_config(tmp_path / "run.yaml", parts, tmp_path / "run"))
+    summary = train(config, quiet=True)
+    assert [s["name"] for s in summary["stages"]] == ["stage1", "stage2"]
+    assert all(s["steps"] == 3 and s["images_per_second"] > 0 for s in summary["stages"])
+    final = tmp_path / "run" / "final"
+    assert (final / "model.safetensors").exists() and (final / "laco_processor.json").exists()
+    assert not [p for p in final.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    saved = json.loads((final / "config.json").read_text())
+    assert saved["vision_config"]["laco"]["layers"] == [2]
+    # stage 1 changed only the merge and the projector
+    before = load_file(tmp_path / "run" / "stage1" / "final" / "model.safetensors")
+    after_stage2 = load_file(final / "model.safetensors")
+    llm_key = next(k for k in before if "language_model" in k and "layers.0.mlp" in k)
+    assert not torch.equal(before[llm_key], after_stage2[llm_key])
+
+    # a finished run is not trained again
+    again = train(config, quiet=True)
+    assert [s["steps"] for s in again["stages"]] == [3, 3]
+
+
+def test_an_incomplete_checkpoint_is_skipped(tmp_path):
+    for step, complete in ((2, True), (4, False)):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        if complete:
+            (checkpoint / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert (tmp_path / "incomplete-checkpoint-4").exists()
+
+
+def _run_cli(config: Path, *launcher: str) -> subprocess.Popen:
+    command = [*launcher, "-m", "laco", "train", "--config", str(config), "--no-eval"]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_exactly(parts, tmp_path):
+    steps = (40, 2)
+    reference = load_config(write_config(tmp_path / "ref.yaml", parts, tmp_path / "ref", steps=steps, save_steps=2))
+    train(reference, quiet=True)
+
+    config = write_config(tmp_path / "run.yaml", parts, tmp_path / "run", steps=steps, save_steps=2)
+    process = _run_cli(config, sys.executable)
+    deadline = time.time() + 300
+    stage1 = tmp_path / "run" / "stage1"
+    while time.time() < deadline and process.poll() is None:
+        if list(stage1.glob("checkpoint-*/trainer_state.json")):
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed: " + process.stdout.read()[-2000:]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (stage1 / "final").exists()
+    killed_at = int(Path(last_complete_checkpoint(stage1, tidy=False)).name.split("-")[1])
+    assert killed_at < steps[0]
+
+    train(load_config(config), quiet=True)
+    resumed = load_file(tmp_path / "run" / "final" / "model.safetensors")
+    expected = load_file(tmp_path / "ref" / "final" / "model.safetensors")
+    assert resumed.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_two_process_ddp_on_cpu(parts, tmp_path):
+    config = write_config(tmp_path / "ddp.yaml", parts, tmp_path / "ddp", steps=(2, 2), save_steps=100)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531")
+    process = _run_cli(config, *launcher)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert [s["steps"] for s in summary["stages"]] == [2, 2]
+    # two processes, batch 4 each: 8 images per step reached the model
+    assert all(s["world_size"] == 2 and s["images"] == 2 * 4 * 2 for s in summary["stages"])
+    assert (tmp_path / "ddp" / "final" / "model.safetensors").exists()
