@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .presets import MEASUREMENTS, PRESETS, BenchPreset, load_preset
 from .runner import (

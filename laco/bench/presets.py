@@ -115,10 +115,7 @@ _add(
             "cpu": {"llm_layers": 1, "measure": ("encoder", "prefill", "decode")},
             "cuda": {"llm_layers": 4},
         },
-        notes=(
-            _SO400M_NOTE,
-            "Qwen2-7B is timed with a reduced number of decoder layers and scaled linearly to 28 layers.",
-        ),
+        notes=(_SO400M_NOTE,),
     )
 )
 for _name, _description in (
@@ -158,6 +155,12 @@ def _geometry(value: Any, kind: type, lookup) -> Any:
     raise ValueError(f"a {kind.__name__} is a preset name or a mapping of fields, not {value!r}.")
 
 
+def _measure_tuple(value: Any) -> tuple[str, ...]:
+    """``measure`` as YAML writes it: a list, or one comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(item).strip() for item in items if str(item).strip())
+
+
 def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchPreset:
     """Build a preset from a mapping (as read from YAML): ``encoder``/``llm`` are names or field mappings."""
     allowed = {f.name for f in fields(BenchPreset)}
@@ -173,7 +176,8 @@ def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchP
     values["llm"] = _geometry(values.get("llm"), LLMGeometry, llm_geometry)
     defaults = values.get("defaults") or {}
     values["defaults"] = {
-        device: {k: tuple(v) if k == "measure" else v for k, v in (entries or {}).items()} for device, entries in defaults.items()
+        device: {k: _measure_tuple(v) if k == "measure" else v for k, v in (entries or {}).items()}
+        for device, entries in defaults.items()
     }
     values["notes"] = tuple(values.get("notes") or ())
     return BenchPreset(**values)

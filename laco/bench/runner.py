@@ -35,7 +35,8 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..compressors import available as available_methods
-from ..cost import Placement, mllm_flops
+from ..cost import Placement, encoder_flops, mllm_flops
+from ..cost import image_tokens as visual_tokens
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
 from .models import CompressionSwitch, build_encoder, build_mllm, decoder_layers
 from .presets import MEASUREMENTS, BenchPreset, load_preset
@@ -359,8 +360,14 @@ class _Runner:
         if self.dtype == torch.float16 and device_type == "cpu":
             raise ValueError("float16 on CPU is emulated and meaningless for timing; use --dtype bfloat16 or float32.")
         self.reps = int(pick(settings.reps, "reps"))
-        self.warmup = max(1, int(pick(settings.warmup, "warmup")))  # the first warm-up call counts FLOPs
+        self.warmup = int(pick(settings.warmup, "warmup"))
         self.batch = int(pick(settings.batch, "batch"))
+        if self.reps < 1 or self.batch < 1:
+            raise ValueError(f"reps and batch must be >= 1 (got reps={self.reps}, batch={self.batch}).")
+        if self.warmup < 1:
+            raise ValueError(
+                f"warmup must be >= 1 (got {self.warmup}): the first warm-up call of every variant counts its FLOPs."
+            )
         self.measure = tuple(pick(settings.measure, "measure"))
         unknown = sorted(set(self.measure) - set(MEASUREMENTS))
         if unknown:
@@ -593,10 +600,8 @@ class _Runner:
         if llm is not None and not full and self.llm_layers is not None:
             llm = llm.with_layers(self.llm_layers)
         if llm is None:
-            from ..cost import encoder_flops, image_tokens
-
             cost = encoder_flops(preset.encoder, variant.placement, image_size=preset.resolution, images=self.batch)
-            return cost.total, image_tokens(cost, preset.encoder, drop_prefix=False), None
+            return cost.total, visual_tokens(cost, preset.encoder, drop_prefix=False), None
         cost = mllm_flops(
             preset.encoder,
             llm,
@@ -613,12 +618,37 @@ class _Runner:
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu.")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
     return device
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process, wall time), from ``/proc`` (Linux)."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+        with open("/proc/self/stat") as handle:
+            own = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, AttributeError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    busy = user + nice + system + irq + softirq + steal
+    return busy / ticks, (int(own[11]) + int(own[12])) / ticks, time.perf_counter()
+
+
+def _other_processes_cores(before, after) -> float | None:
+    """Average number of cores that processes other than this one kept busy between two snapshots."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / (after[2] - before[2]))
 
 
 def _usable_cores() -> int:
@@ -632,19 +662,23 @@ def _usable_cores() -> int:
 # The run
 
 
-def run(settings: BenchSettings, *, on_build: Callable[[_Runner], None] | None = None) -> BenchResult:
+def run(settings: BenchSettings) -> BenchResult:
     """Run one benchmark as ``settings`` say and return its results (no files written; see :mod:`report`)."""
     runner = _Runner(settings)
+    cpu_before = _cpu_snapshot()
     started = time.perf_counter()
     runner.build()
     build_seconds = time.perf_counter() - started
-    if on_build is not None:
-        on_build(runner)
     if "train" in runner.measure:
         runner.check_training_memory()
-    calls_per_variant = runner.warmup + runner.reps
-    total_calls = len(runner.measure) * len(runner.variants) * calls_per_variant
-    progress = _progress(total_calls, settings.progress)
+    # Progress counts predicted GFLOPs, not calls: a training step of the uncompressed model costs 30 encoder
+    # calls of a compressed one, so a per-call bar would give a useless time estimate.
+    gflops = {
+        (kind, variant.name): runner.predicted(kind, variant, full=False)[0] / 1e9
+        for kind in runner.measure
+        for variant in runner.variants
+    }
+    progress = _progress(sum(gflops.values()) * (runner.warmup + runner.reps), settings.progress)
     measurements: dict[str, dict[str, Measurement]] = {}
     run_started = time.perf_counter()
     try:
@@ -659,14 +693,14 @@ def run(settings: BenchSettings, *, on_build: Callable[[_Runner], None] | None =
                 prepare, call = runner.workload(kind, variant)
                 prepares[variant.name], calls[variant.name] = prepare, call
                 counted[variant.name] = runner.counted_call(kind, prepare, call)
-                progress.update(1)
+                progress.update(gflops[kind, variant.name])
             samples = run_interleaved(
                 calls,
                 reps=runner.reps,
                 warmup=runner.warmup - 1,
                 clock=runner.clock,
                 prepare=prepares,
-                on_call=lambda name, timed: progress.update(1),
+                on_call=lambda name, timed, kind=kind: progress.update(gflops[kind, name]),
             )
             measurements[kind] = {}
             for variant in runner.variants:
@@ -696,8 +730,8 @@ def run(settings: BenchSettings, *, on_build: Callable[[_Runner], None] | None =
     if runner.llm_layers is not None:
         notes.append(
             f"LLM timed with {runner.llm_layers} of {runner.preset.llm.layers} decoder layers; the decoder stack's time "
-            f"(forward, backward and its optimizer step, measured by hooks) is scaled by {runner.llm_scale:g}; embedding, "
-            "lm_head, projector and vision tower are timed at full size, not scaled."
+            f"(measured by hooks: forward, and in training backward and its share of the optimizer step) is scaled by "
+            f"{runner.llm_scale:g}; embedding, lm_head, projector and vision tower are timed at full size, not scaled."
         )
     notes.append(
         f"warm-up: {runner.warmup} call(s) per variant and measurement, the first under FlopCounterMode; "
@@ -731,10 +765,19 @@ def run(settings: BenchSettings, *, on_build: Callable[[_Runner], None] | None =
         "seed": settings.seed,
         "optimizer": f"AdamW(lr={OPTIMIZER_LR}, fused)",
     }
+    machine = describe_machine(runner.device)
+    # Other processes are the main source of noise on a CPU: record how many cores they kept busy meanwhile.
+    others = _other_processes_cores(cpu_before, _cpu_snapshot())
+    machine["other_processes_cores"] = None if others is None else round(others, 2)
+    if others is not None and others >= 0.25:
+        notes.append(
+            f"other processes kept {others:.2f} of {machine['logical_cores']} cores busy on average during the run: "
+            "expect noisy timings (rerun on a quiet machine for figures to publish)."
+        )
     return BenchResult(
         preset=runner.preset,
         settings=result_settings,
-        machine=describe_machine(runner.device),
+        machine=machine,
         variants=runner.variants,
         measurements=measurements,
         notes=notes,
@@ -755,14 +798,20 @@ def _scale(samples: Samples, kind: str, scale: float) -> list[float]:
 
 
 class _NoProgress:
-    def update(self, n: int = 1) -> None: ...
+    def update(self, n: float = 1) -> None: ...
     def set_description(self, text: str) -> None: ...
     def close(self) -> None: ...
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total_gflops: float, enabled: bool):
     if not enabled:
         return _NoProgress()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="call", dynamic_ncols=True, leave=False)
+    return tqdm(
+        total=round(total_gflops, 1),
+        unit="GFLOP",
+        dynamic_ncols=True,
+        leave=False,
+        bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} GFLOP [{elapsed}<{remaining}]",
+    )

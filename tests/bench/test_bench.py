@@ -9,8 +9,8 @@ from torch import nn
 
 from laco.bench import main, run_benchmark
 from laco.bench.models import CompressionSwitch, build_mllm
-from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset
-from laco.bench.runner import Measurement, _scale, build_variants
+from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
+from laco.bench.runner import _scale, build_variants
 from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
 from laco.cost import Placement
 
@@ -136,6 +136,14 @@ def test_yaml_preset_and_builtin_presets():
     assert PRESETS["siglip-so400m"].default("cpu", "measure") == ("encoder",)
     for name in ("siglip-l16", "internvit-300m", "dinov2-s"):
         assert PRESETS[name].llm is None
+    inline = preset_from_dict(
+        {"encoder": {"name": "mine", "family": "siglip", "width": 64, "layers": 4, "heads": 4, "mlp": 128, "patch": 4, "image_size": 32},
+         "llm": "qwen2-0.5b", "defaults": {"cpu": {"measure": "encoder, prefill"}}},
+        name="inline",
+    )  # fmt: skip
+    assert inline.encoder.grid() == (8, 8) and inline.default("cpu", "measure") == ("encoder", "prefill")
+    with pytest.raises(ValueError, match="unknown EncoderGeometry field"):
+        preset_from_dict({"encoder": {"name": "x", "depth": 3}})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -209,4 +217,3 @@ def test_scaling_adds_the_untimed_layers():
     assert _scale(samples, "train", 4.0) == pytest.approx([1.0 + 3 * 0.5, 2.0 + 3 * 0.2])
     assert _scale(samples, "encoder", 4.0) == [1.0, 2.0]
     assert _scale(samples, "train", 1.0) == [1.0, 2.0]
-    assert isinstance(Measurement, type)
