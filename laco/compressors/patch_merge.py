@@ -117,12 +117,13 @@ class PatchMerge(TokenCompressor):
         self.fc2.weight.copy_(fc2.weight * scale[:, None])
         self.fc2.bias.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(scale)) * scale)
 
-    def compress(self, x: torch.Tensor, size: GridSize) -> tuple[torch.Tensor, GridSize]:
-        merged, new_size = F.space_to_channel(x, size, self.factor, self.pad)
-        y = self.fc2(self.act(self.fc1(self.norm(merged))))
+    uses_blocks = True
+
+    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
+        y = self.fc2(self.act(self.fc1(self.norm(blocks))))
         if self.branch_scale is not None:
             y = y * self.branch_scale
-        return y, new_size
+        return y, self.output_size(size)
 
     def compress_flops(self, size: GridSize, out: GridSize) -> int:
         tokens = out[0] * out[1]

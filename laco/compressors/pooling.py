@@ -21,8 +21,10 @@ class AvgPool(TokenCompressor):
             raise ValueError("avgpool is the shortcut itself; adding it again only doubles the output. Use shortcut=False.")
         super().__init__(dim, factor, shortcut=False, pad=pad)
 
-    def compress(self, x: torch.Tensor, size: GridSize) -> tuple[torch.Tensor, GridSize]:
-        return F.avg_pool_tokens(x, size, self.factor, self.pad)
+    uses_blocks = True
+
+    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
+        return F.channel_average(blocks, self.factor, size), self.output_size(size)
 
     def compress_flops(self, size: GridSize, out: GridSize) -> int:
         return size[0] * size[1] * self.dim

@@ -46,12 +46,14 @@ class TokenPacker(TokenCompressor):
         self.mlp = nn.Sequential(nn.Linear(dim, self.out_dim), nn.GELU(), nn.Linear(self.out_dim, self.out_dim))
         nn.init.trunc_normal_(self.slot_embedding, std=0.02)
 
-    def compress(self, x: torch.Tensor, size: GridSize) -> tuple[torch.Tensor, GridSize]:
+    uses_blocks = True
+
+    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
         batch, _, dim = x.shape
         slots, heads = self.factor * self.factor, self.num_heads
-        merged, new_size = F.space_to_channel(x, size, self.factor, self.pad)
-        regions = merged.reshape(batch, -1, slots, dim)
-        points = F.channel_average(merged, self.factor, size)
+        new_size = self.output_size(size)
+        regions = blocks.reshape(batch, -1, slots, dim)
+        points = F.channel_average(blocks, self.factor, size)
         tokens = regions.shape[1]
 
         q = self.q_proj(self.norm_q(points)).reshape(batch * tokens, 1, heads, dim // heads).transpose(1, 2)
@@ -72,9 +74,10 @@ class TokenPacker(TokenCompressor):
         return merged[0] > 0
 
     def compress_flops(self, size: GridSize, out: GridSize) -> int:
-        tokens, merged, dim = size[0] * size[1], out[0] * out[1], self.dim
+        merged, dim = out[0] * out[1], self.dim
         slots = self.factor * self.factor
-        projections = 2 * dim * dim * (2 * tokens + 2 * merged)
+        # keys and values are projected for every region slot, padded ones included
+        projections = 2 * dim * dim * (2 * merged * slots + 2 * merged)
         attention = 2 * 2 * merged * slots * dim
         mlp = 2 * merged * (dim * self.out_dim + self.out_dim * self.out_dim)
         return projections + attention + mlp

@@ -73,6 +73,9 @@ def build_mllm(
         system_prompt=system_prompt,
     )
     vision_config = vision_model.config.__class__.from_dict(vision_model.config.to_dict())
+    for flag in ("vision_use_head", "use_head"):  # SigLIP / AIMv2 pooling heads: LLaVA reads tokens, not the pool
+        if getattr(vision_config, flag, False):
+            setattr(vision_config, flag, False)
     if layers is not None:
         settings = laco_patch.LacoSettings(layers, compression.method, compression.factor, dict(compression.options))
         setattr(vision_config, laco_patch.CONFIG_ATTRIBUTE, settings.to_dict())
@@ -111,7 +114,10 @@ def _load_pretrained_parts(
     model: LacoLlavaForConditionalGeneration, vision_model: PreTrainedModel, language_model: PreTrainedModel
 ) -> None:
     """Copy the pretrained encoder and LLM into the assembled model; only the compressors and projector stay new."""
-    missing, unexpected = model.model.vision_tower.load_state_dict(vision_model.state_dict(), strict=False)
+    tower = model.model.vision_tower
+    has_head = hasattr(tower, "head")
+    weights = {k: v for k, v in vision_model.state_dict().items() if has_head or not k.startswith("head.")}
+    missing, unexpected = tower.load_state_dict(weights, strict=False)
     missing = [key for key in missing if f".{laco_patch.COMPRESSOR_ATTRIBUTE}." not in key]
     if missing or unexpected:
         raise ValueError(f"vision weights do not fit the tower: missing {missing}, unexpected {unexpected}.")
