@@ -60,6 +60,7 @@ class Study:
         config = self.config
         if config.threads:
             torch.set_num_threads(config.threads)
+        self._check_same_settings()
         _atomic_write_json(self.root / "study_config.json", asdict(config))
         variants = config.variants()
         costs = self.encoder_costs(variants)
@@ -75,6 +76,25 @@ class Study:
                 results_for_task = self._run_task(task_name, pending, costs)
                 results.extend(results_for_task)
         return self.collect()
+
+    # Settings that change what a cell measures: finished cells are only valid for the settings they ran with.
+    CELL_SETTINGS = ("image_size", "max_train", "max_test", "steps", "batch_size", "learning_rate")
+
+    def _check_same_settings(self) -> None:
+        path = self.root / "study_config.json"
+        if not path.exists():
+            return
+        previous = json.loads(path.read_text())
+        changed = {
+            key: (previous.get(key), getattr(self.config, key))
+            for key in self.CELL_SETTINGS
+            if previous.get(key) != getattr(self.config, key)
+        }
+        if changed:
+            raise ValueError(
+                f"{self.root} holds cells trained with other settings {changed} (old, new); use another --output-dir "
+                "or delete the old cells."
+            )
 
     def _run_task(self, task_name: str, pending: list[tuple[Variant, int]], costs: dict[str, Any]) -> list[dict]:
         config = self.config

@@ -128,3 +128,13 @@ def test_report_tables_show_mean_and_spread():
     assert laco["accuracy"] == pytest.approx(0.7) and laco["accuracy_std"] == pytest.approx(0.1414, abs=1e-3)
     table = markdown_tables(rows)
     assert "70.0% ± 14.1% (n=2)" in table and "-20.0" in table
+
+
+def test_changed_training_settings_are_refused_on_an_existing_study(tmp_path):
+    config = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["ext"], "methods": ["avgpool"],
+                                      "max_train": 16, "max_test": 8, "steps": 1, "seeds": [0]})
+    run_study(config, progress=False)
+    changed = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["ext"], "methods": ["avgpool"],
+                                       "max_train": 16, "max_test": 8, "steps": 2, "seeds": [0]})
+    with pytest.raises(ValueError, match="trained with other settings"):
+        run_study(changed, progress=False)
