@@ -7,10 +7,9 @@ can be overridden with ``--set key.path=value``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 DEFAULT_RUN_HELP = (
     "Without --config, the embedded default: DINOv2-S (offline weights) + SmolLM2-135M-Instruct, LaCo at 1/4 "
@@ -27,7 +26,11 @@ def _add_train(subparsers) -> None:
     )
     parser.add_argument("--config", type=Path, help="YAML run config (see configs/); default: the embedded default")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config key, e.g. --set stages.0.max_steps=50 --set model.compression.layers=1/2",
     )
     parser.add_argument("--output-dir", help="run directory (default: config's output_dir); an existing run resumes")
@@ -43,7 +46,9 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--limit", type=int, help="use only the first N usable training records")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: 4 steps per stage on 64 records, 32 eval questions")
+    parser.add_argument(
+        "--quick", action="store_true", help="a smoke run: 4 steps per stage on 64 records, 32 eval questions"
+    )
     parser.set_defaults(handler=_run_train)
 
 
@@ -93,7 +98,15 @@ def _run_train(args: argparse.Namespace) -> int:
     if not args.no_eval and config.data.dataset == "easy-vqa":
         result = _evaluate_run(final, config)
         print(f"  eval ({config.eval.split}): {result.summary()}")
+        _print_answer_types(result)
     return 0
+
+
+def _print_answer_types(result) -> None:
+    from .data.easyvqa import ANSWER_TYPES
+
+    for name, row in result.by_group(ANSWER_TYPES).items():
+        print(f"    {name:7s} {row['accuracy']:6.1%}  (question-only prior {row['question_prior']:.1%}, n={row['n']})")
 
 
 def _evaluate_run(model_dir: Path, config):
@@ -103,8 +116,12 @@ def _evaluate_run(model_dir: Path, config):
     model, processor = load_model(model_dir)
     examples, train_pairs = eval_examples(config.data, config.eval.split, processor, config.eval.limit)
     result = evaluate(
-        model, processor, examples, train_pairs=train_pairs,
-        batch_size=config.eval.batch_size, max_new_tokens=config.eval.max_new_tokens,
+        model,
+        processor,
+        examples,
+        train_pairs=train_pairs,
+        batch_size=config.eval.batch_size,
+        max_new_tokens=config.eval.max_new_tokens,
     )
     result.to_json(model_dir.parent / "eval.json")
     return result
@@ -117,7 +134,9 @@ def _add_eval(subparsers) -> None:
         description="Greedy answers scored by normalised exact match, next to the majority-answer baseline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, required=True, help="a model directory written by laco train (its final/)")
+    parser.add_argument(
+        "--model", type=Path, required=True, help="a model directory written by laco train (its final/)"
+    )
     parser.add_argument("--split", default="test", help="easy-VQA split to score (when --eval-json is not given)")
     parser.add_argument("--eval-json", help="LLaVA JSON to score instead of easy-VQA (single-turn records)")
     parser.add_argument("--image-folder", help="image folder for --eval-json")
@@ -137,16 +156,26 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.eval_json:
         if not args.image_folder:
             raise SystemExit("--eval-json needs --image-folder")
-        overrides += ["data.dataset=llava", f"data.eval_json={args.eval_json}", f"data.image_folder={args.image_folder}",
-                      f"data.train_json={args.eval_json}"]
+        overrides += [
+            "data.dataset=llava",
+            f"data.eval_json={args.eval_json}",
+            f"data.image_folder={args.image_folder}",
+            f"data.train_json={args.eval_json}",
+        ]
     config = load_config(None, overrides)
     model, processor = load_model(args.model)
     examples, train_pairs = eval_examples(config.data, config.eval.split, processor, config.eval.limit)
     result = evaluate(
-        model, processor, examples, train_pairs=train_pairs,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        model,
+        processor,
+        examples,
+        train_pairs=train_pairs,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
     )
     print(result.summary())
+    if not args.eval_json:
+        _print_answer_types(result)
     if args.output:
         result.to_json(args.output)
     return 0
@@ -192,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(subparsers)
     _add_generate(subparsers)
     _add_delegate(subparsers, "bench", "time LaCo against external compression at real geometries", "laco.bench")
-    _add_delegate(subparsers, "study", "the quality study: every compressor, depth and shortcut on real tasks", "laco.study")
+    _add_delegate(
+        subparsers, "study", "the quality study: every compressor, depth and shortcut on real tasks", "laco.study"
+    )
     return parser
 
 

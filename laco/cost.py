@@ -113,9 +113,13 @@ class LLMGeometry:
 
     def __post_init__(self) -> None:
         if self.head_dim is None and self.width % self.heads:
-            raise ValueError(f"LLM {self.name!r}: width {self.width} is not divisible by {self.heads} heads; set head_dim.")
+            raise ValueError(
+                f"LLM {self.name!r}: width {self.width} is not divisible by {self.heads} heads; set head_dim."
+            )
         if self.heads % self.kv_heads:
-            raise ValueError(f"LLM {self.name!r}: {self.heads} query heads are not a multiple of {self.kv_heads} KV heads.")
+            raise ValueError(
+                f"LLM {self.name!r}: {self.heads} query heads are not a multiple of {self.kv_heads} KV heads."
+            )
 
     @property
     def dim_per_head(self) -> int:
@@ -212,7 +216,9 @@ class Placement:
 PlacementLike = Placement | LayerSpec | Sequence[LayerSpec] | None
 
 
-def _placement(spec: PlacementLike, depth: int, method: str, factor: int, options: Mapping[str, Any] | None) -> Placement:
+def _placement(
+    spec: PlacementLike, depth: int, method: str, factor: int, options: Mapping[str, Any] | None
+) -> Placement:
     if isinstance(spec, Placement):
         if spec.layers and max(spec.layers) > depth:
             raise ValueError(f"placement after layer {max(spec.layers)} does not fit an encoder of {depth} layers.")
@@ -221,7 +227,9 @@ def _placement(spec: PlacementLike, depth: int, method: str, factor: int, option
 
 
 @lru_cache(maxsize=512)
-def _compressor_cost(method: str, dim: int, factor: int, options: tuple, grid: GridSize, images: int) -> tuple[int, GridSize]:
+def _compressor_cost(
+    method: str, dim: int, factor: int, options: tuple, grid: GridSize, images: int
+) -> tuple[int, GridSize]:
     import torch
 
     from .compressors import build
@@ -305,7 +313,9 @@ def encoder_flops(
     place = _placement(layers, geometry.layers, method, factor, options)
     grid = geometry.grid(image_size)
     cost = Cost()
-    cost.add("encoder.patch_embed", images * 2 * grid[0] * grid[1] * geometry.channels * geometry.patch**2 * geometry.width)
+    cost.add(
+        "encoder.patch_embed", images * 2 * grid[0] * grid[1] * geometry.channels * geometry.patch**2 * geometry.width
+    )
     stages = set(place.layers)
     tokens_per_layer = []
     for layer in range(1, geometry.layers + 1):
@@ -420,8 +430,13 @@ def predicted_speedup(
     if llm is None:
         if mode != "encoder":
             raise ValueError(f"mode={mode!r} needs an LLM geometry; pass llm= or use mode='encoder'.")
-        encoder_kwargs = {k: v for k, v in kwargs.items() if k in ("image_size", "factor", "method", "options", "images")}
-        return encoder_flops(encoder, baseline, **encoder_kwargs).total / encoder_flops(encoder, layers, **encoder_kwargs).total
+        encoder_kwargs = {
+            k: v for k, v in kwargs.items() if k in ("image_size", "factor", "method", "options", "images")
+        }
+        return (
+            encoder_flops(encoder, baseline, **encoder_kwargs).total
+            / encoder_flops(encoder, layers, **encoder_kwargs).total
+        )
     return (
         mllm_flops(encoder, llm, baseline, mode=mode, **kwargs).total
         / mllm_flops(encoder, llm, layers, mode=mode, **kwargs).total

@@ -7,9 +7,9 @@ import re
 import string
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from PIL import Image
@@ -38,11 +38,26 @@ class EvalResult:
     predictions: list[dict[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
-        prior = "" if self.question_prior_accuracy is None else f", question-only prior {self.question_prior_accuracy:.1%}"
+        prior = (
+            "" if self.question_prior_accuracy is None else f", question-only prior {self.question_prior_accuracy:.1%}"
+        )
         return (
             f"exact match {self.accuracy:.1%} ({self.correct}/{self.total}); blind baselines: majority answer "
             f"'{self.majority_answer}' {self.majority_accuracy:.1%}{prior}; {self.seconds:.0f} s"
         )
+
+    def by_group(self, groups: dict[str, Sequence[str]]) -> dict[str, dict[str, float]]:
+        """Accuracy (and the question-only prior's) per group of reference answers, e.g. easy-VQA's answer types."""
+        table = {}
+        for name, answers in groups.items():
+            members = {normalize_answer(a) for a in answers}
+            rows = [p for p in self.predictions if normalize_answer(p["reference"]) in members]
+            if not rows:
+                continue
+            hits = [normalize_answer(p["prediction"]) == normalize_answer(p["reference"]) for p in rows]
+            prior = [p.get("question_prior") == normalize_answer(p["reference"]) for p in rows]
+            table[name] = {"accuracy": sum(hits) / len(rows), "question_prior": sum(prior) / len(rows), "n": len(rows)}
+        return table
 
     def to_json(self, path: str | Path, include_predictions: bool = True) -> None:
         data = asdict(self)
@@ -115,17 +130,28 @@ def evaluate(
             for example in examples
         ]
         prior_accuracy = sum(p == r for p, r in zip(prior, references)) / len(references)
+    else:
+        prior = [None] * len(examples)
     predictions: list[dict[str, str]] = []
     batches = range(0, len(examples), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         batch = examples[start : start + batch_size]
         images = [Image.open(path).convert("RGB") for _, path, _, _ in batch]
         outputs = answer(model, processor, images, [question for _, _, question, _ in batch], max_new_tokens)
-        for (example_id, _, question, reference), output in zip(batch, outputs):
-            predictions.append({"id": example_id, "question": question, "reference": reference, "prediction": output})
+        for offset, ((example_id, _, question, reference), output) in enumerate(zip(batch, outputs)):
+            predictions.append(
+                {
+                    "id": example_id,
+                    "question": question,
+                    "reference": reference,
+                    "prediction": output,
+                    "question_prior": prior[start + offset],
+                }
+            )
     hits = [normalize_answer(p["prediction"]) == ref for p, ref in zip(predictions, references)]
     per_answer = {
-        ref: sum(h for h, r in zip(hits, references) if r == ref) / references.count(ref) for ref in sorted(set(references))
+        ref: sum(h for h, r in zip(hits, references) if r == ref) / references.count(ref)
+        for ref in sorted(set(references))
     }
     return EvalResult(
         accuracy=sum(hits) / len(hits),

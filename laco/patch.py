@@ -22,10 +22,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -124,7 +125,9 @@ def _resolve_one(spec: LayerSpec, depth: int) -> int:
             try:
                 spec = Fraction(text)
             except ValueError:
-                raise ValueError(f"cannot read layer {spec!r}; use an int such as 6 or a fraction such as '1/4'.") from None
+                raise ValueError(
+                    f"cannot read layer {spec!r}; use an int such as 6 or a fraction such as '1/4'."
+                ) from None
     if isinstance(spec, int):
         if not 1 <= spec <= depth:
             raise ValueError(
@@ -134,7 +137,9 @@ def _resolve_one(spec: LayerSpec, depth: int) -> int:
         return spec
     fraction = float(spec)
     if not 0 < fraction <= 1:
-        raise ValueError(f"layer fraction {spec} must lie in (0, 1]; 0.25 puts the merge after a quarter of the layers.")
+        raise ValueError(
+            f"layer fraction {spec} must lie in (0, 1]; 0.25 puts the merge after a quarter of the layers."
+        )
     return min(depth, max(1, math.floor(fraction * depth + 0.5)))
 
 
@@ -394,7 +399,9 @@ def load(path: str | Path, **kwargs: Any) -> nn.Module:
     other_unexpected = sorted(set(info["unexpected_keys"]) - expected)
     missing = sorted((set(info["missing_keys"]) - expected) | (expected - set(saved)))
     if missing or other_unexpected:
-        raise ValueError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {other_unexpected}.")
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing {missing}, unexpected {other_unexpected}."
+        )
     model.load_state_dict(saved, strict=False)
     return model.eval()
 

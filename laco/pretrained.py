@@ -419,9 +419,7 @@ def load_vision(name_or_path: str | Path = DINOV2_NAME, **kwargs: Any) -> PreTra
     return model
 
 
-def load_llm(
-    name_or_path: str | Path = SMOLLM2_NAME, **kwargs: Any
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_llm(name_or_path: str | Path = SMOLLM2_NAME, **kwargs: Any) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer: ``"smollm2-135m"`` (offline default) or any hub id / path.
 
     ``kwargs`` go to ``load_smollm2`` for the special name and to

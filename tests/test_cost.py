@@ -120,7 +120,9 @@ def test_mllm_train_prefill_decode_flops_match_counter(mllm, spec):
     ids, pixels = _inputs(model, encoder, llm, prompt)
     cache = DynamicCache(config=model.config.text_config)
     with torch.inference_mode():
-        prefill = counted(lambda: model(input_ids=ids, pixel_values=pixels, cache=cache, use_cache=True, logits_to_keep=1))
+        prefill = counted(
+            lambda: model(input_ids=ids, pixel_values=pixels, cache=cache, use_cache=True, logits_to_keep=1)
+        )
         assert_close(prefill, cost.mllm_flops(encoder, llm, placement, mode="prefill", **kwargs).total)
 
         def decode():

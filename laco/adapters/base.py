@@ -7,8 +7,8 @@ optionally, the parts of a block's MLP (to initialise a patch merge from it). On
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

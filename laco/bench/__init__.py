@@ -34,7 +34,9 @@ from .runner import (
 )
 from .timing import Clock, Samples, Stats, run_interleaved
 
-QUICK_THREADS = 1  # tiny ops gain nothing from threads, and on a busy machine OpenMP barriers wait on descheduled threads
+QUICK_THREADS = (
+    1  # tiny ops gain nothing from threads, and on a busy machine OpenMP barriers wait on descheduled threads
+)
 
 
 def run_benchmark(
@@ -114,22 +116,46 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--preset", default=None, help=f"built-in preset ({', '.join(PRESETS)}) or a .yaml file; default llava-ov-0.5b (tiny with --quick)")
-    parser.add_argument("--quick", action="store_true", help="CI mode: tiny geometry (unless --preset), 3 rounds, 1 thread")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help=f"built-in preset ({', '.join(PRESETS)}) or a .yaml file; default llava-ov-0.5b (tiny with --quick)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="CI mode: tiny geometry (unless --preset), 3 rounds, 1 thread"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), help="default: float32 on CPU, bfloat16 on CUDA"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: usable cores)")
     parser.add_argument("--reps", type=int, default=None, help="timed rounds (default: preset's, 3 on CPU, 10 on CUDA)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds, >= 1; the first counts FLOPs")
-    parser.add_argument("--llm-layers", type=int, default=None, help="time N LLM decoder layers and scale linearly to the full depth")
+    parser.add_argument(
+        "--llm-layers", type=int, default=None, help="time N LLM decoder layers and scale linearly to the full depth"
+    )
     parser.add_argument("--measure", type=_csv, default=None, help=f"comma list of {','.join(MEASUREMENTS)}")
-    parser.add_argument("--methods", type=_csv, default=list(DEFAULT_METHODS), help="compressors; laco runs at every --depths, the others at --method-depth")
-    parser.add_argument("--depths", type=_csv, default=list(DEFAULT_DEPTHS), help="depth fractions (or layer numbers) for LaCo")
+    parser.add_argument(
+        "--methods",
+        type=_csv,
+        default=list(DEFAULT_METHODS),
+        help="compressors; laco runs at every --depths, the others at --method-depth",
+    )
+    parser.add_argument(
+        "--depths", type=_csv, default=list(DEFAULT_DEPTHS), help="depth fractions (or layer numbers) for LaCo"
+    )
     parser.add_argument("--method-depth", default="1/4", help="depth of the other compressors")
-    parser.add_argument("--two-stage", type=_csv, default=list(DEFAULT_TWO_STAGE), help="depths of a two-stage (16x) LaCo; 'none' to skip")
+    parser.add_argument(
+        "--two-stage",
+        type=_csv,
+        default=list(DEFAULT_TWO_STAGE),
+        help="depths of a two-stage (16x) LaCo; 'none' to skip",
+    )
     parser.add_argument("--batch", type=int, default=None, help="images (one per sequence) per step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="directory for bench.json and bench.png (default runs/bench-<preset>-<time>)")
+    parser.add_argument(
+        "--out", default=None, help="directory for bench.json and bench.png (default runs/bench-<preset>-<time>)"
+    )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")

@@ -111,7 +111,9 @@ def build_mllm(
 
     vision = vision_config(encoder)
     if placement is not None and placement.compressed:
-        settings = laco_patch.LacoSettings(placement.layers, placement.method, placement.factor, dict(placement.options))
+        settings = laco_patch.LacoSettings(
+            placement.layers, placement.method, placement.factor, dict(placement.options)
+        )
         setattr(vision, laco_patch.CONFIG_ATTRIBUTE, settings.to_dict())
     config = LacoLlavaConfig(
         vision_config=vision,

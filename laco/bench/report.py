@@ -95,7 +95,9 @@ def format_table(result: BenchResult, kind: str) -> str:
     title = f"== {kind}: {TITLES[kind]}"
     details = [f"batch {settings['batch']}, image {settings['image_size']}px"]
     if kind == "train":
-        details.append(f"sequence = image + {settings['prompt_tokens']} prompt + {settings['answer_tokens']} answer tokens")
+        details.append(
+            f"sequence = image + {settings['prompt_tokens']} prompt + {settings['answer_tokens']} answer tokens"
+        )
     elif kind == "prefill":
         details.append(f"prompt = image + {settings['prompt_tokens']} text tokens")
     elif kind == "decode":
@@ -261,7 +263,9 @@ def _bound_curve(result: BenchResult, kind: str) -> tuple[list[float], list[floa
 
     def flops(placement: Placement) -> float:
         if preset.llm is None or kind == "encoder":
-            return encoder_flops(preset.encoder, placement, image_size=preset.resolution, images=settings["batch"]).total
+            return encoder_flops(
+                preset.encoder, placement, image_size=preset.resolution, images=settings["batch"]
+            ).total
         return mllm_flops(
             preset.encoder,
             preset.llm,
@@ -306,8 +310,18 @@ def write_plot(result: BenchResult, path: str | Path) -> Path:
             if variant.group == "depth":
                 points.append((x, speed.measured, speed.q1, speed.q3))
             elif variant.group == "two-stage":
-                axis.errorbar([x], [speed.measured], yerr=err, fmt="*", color="C3", markersize=10, label=f"{variant.name} vs 16x ext.")
-                axis.plot([x], [speed.bound], "*", color="C3", markerfacecolor="none", markersize=10, label="its FLOP bound")
+                axis.errorbar(
+                    [x],
+                    [speed.measured],
+                    yerr=err,
+                    fmt="*",
+                    color="C3",
+                    markersize=10,
+                    label=f"{variant.name} vs 16x ext.",
+                )
+                axis.plot(
+                    [x], [speed.bound], "*", color="C3", markerfacecolor="none", markersize=10, label="its FLOP bound"
+                )
             else:
                 marker, color = styles.get(variant.placement.method, ("o", "C6"))
                 axis.errorbar([x], [speed.measured], yerr=err, fmt=marker, color=color, label=variant.name)
@@ -316,7 +330,9 @@ def write_plot(result: BenchResult, path: str | Path) -> Path:
         py = [p[1] for p in points]
         err = [[max(0.0, p[1] - p[2]) for p in points], [max(0.0, p[3] - p[1]) for p in points]]
         axis.errorbar(px, py, yerr=err, fmt="o-", color="C0", label="LaCo measured")
-        axis.set_title(f"{SHORT[kind]}" + (" (scaled LLM)" if kind != "encoder" and result.settings.get("llm_layers") else ""))
+        axis.set_title(
+            f"{SHORT[kind]}" + (" (scaled LLM)" if kind != "encoder" and result.settings.get("llm_layers") else "")
+        )
         axis.set_xlabel("compression depth (fraction of encoder layers)")
         axis.set_xlim(0, 1.05)
         finite = [y for y in ys + py if math.isfinite(y)]

@@ -144,14 +144,21 @@ def build_variants(
     ]
     if "laco" in methods:
         for spec in depths:
-            variants.append(Variant(f"laco@{_fraction_label(spec)}", Placement.of(spec, depth, "laco", factor), "external", "depth"))
+            variants.append(
+                Variant(f"laco@{_fraction_label(spec)}", Placement.of(spec, depth, "laco", factor), "external", "depth")
+            )
     if two_stage:
         if len(two_stage) < 2:
             raise ValueError(f"two_stage needs at least two depths (e.g. 1/4,1/2), got {list(two_stage)}.")
         stages = Placement.of(list(two_stage), depth, "laco", factor)
         if max(stages.layers) == depth:
             raise ValueError(f"two-stage depths {list(two_stage)} reach the last layer; pick depths before it.")
-        external = Variant(f"external-{factor ** (2 * len(stages.layers))}x", Placement((depth,), "laco", factor ** len(stages.layers)), None, "reference")
+        external = Variant(
+            f"external-{factor ** (2 * len(stages.layers))}x",
+            Placement((depth,), "laco", factor ** len(stages.layers)),
+            None,
+            "reference",
+        )
         variants.append(external)
         label = "+".join(_fraction_label(s) for s in two_stage)
         variants.append(Variant(f"laco@{label}", stages, external.name, "two-stage"))
@@ -247,7 +254,9 @@ class BenchResult:
 
 
 def _scaled_samples(measurement: Measurement) -> Samples:
-    return Samples(list(measurement.scaled_seconds), {}, list(measurement.samples.rounds), list(measurement.samples.slots))
+    return Samples(
+        list(measurement.scaled_seconds), {}, list(measurement.samples.rounds), list(measurement.samples.slots)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -318,7 +327,9 @@ class _Inputs:
     def __init__(self, preset: BenchPreset, batch: int, device: torch.device, dtype: torch.dtype, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         size = preset.resolution
-        self.pixel_values = torch.randn(batch, preset.encoder.channels, size, size, generator=generator).to(device, dtype)
+        self.pixel_values = torch.randn(batch, preset.encoder.channels, size, size, generator=generator).to(
+            device, dtype
+        )
         self.batch, self.device = batch, device
         vocab = preset.llm.vocab if preset.llm is not None else 2
         self.image_token = vocab - 1
@@ -381,7 +392,9 @@ class _Runner:
         if self.preset.llm is not None and llm_layers is not None:
             llm_layers = int(llm_layers)
             if not 1 <= llm_layers <= self.preset.llm.layers:
-                raise ValueError(f"--llm-layers must lie in 1..{self.preset.llm.layers} for {self.preset.llm.name}, got {llm_layers}.")
+                raise ValueError(
+                    f"--llm-layers must lie in 1..{self.preset.llm.layers} for {self.preset.llm.name}, got {llm_layers}."
+                )
             if llm_layers == self.preset.llm.layers:
                 llm_layers = None
         self.llm_layers: int | None = llm_layers if self.preset.llm is not None else None
@@ -410,7 +423,12 @@ class _Runner:
             self.tower = self.model
         else:
             self.model = build_mllm(
-                preset.encoder, preset.llm, llm_layers=self.llm_layers, dtype=self.dtype, device=self.device, seed=self.settings.seed
+                preset.encoder,
+                preset.llm,
+                llm_layers=self.llm_layers,
+                dtype=self.dtype,
+                device=self.device,
+                seed=self.settings.seed,
             )
             self.tower = self.model.model.vision_tower
             self.stack = StackTimer(decoder_layers(self.model), self.clock).attach()
@@ -441,7 +459,9 @@ class _Runner:
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.AdamW(params, lr=OPTIMIZER_LR, weight_decay=0.0, fused=fused)
 
-    def optimizers(self, variant: Variant) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer | None]:
+    def optimizers(
+        self, variant: Variant
+    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer | None]:
         """(rest of the model, LLM decoder stack, this placement's compressors), so the stack's share of the
         optimizer step can be scaled with ``--llm-layers``."""
         if variant.placement not in self._variant_optimizers:
@@ -468,7 +488,9 @@ class _Runner:
 
     # -- workloads -------------------------------------------------------------------------------------------
 
-    def workload(self, kind: str, variant: Variant) -> tuple[Callable[[], None], Callable[[], Mapping[str, float] | None]]:
+    def workload(
+        self, kind: str, variant: Variant
+    ) -> tuple[Callable[[], None], Callable[[], Mapping[str, float] | None]]:
         """``(prepare, call)`` for one measurement of one variant."""
         return getattr(self, f"_{kind}")(variant)
 
@@ -528,7 +550,9 @@ class _Runner:
         ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
         cache = self._new_cache()
         with torch.inference_mode():
-            out = self.model(input_ids=ids, pixel_values=self.inputs.pixel_values, cache=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=ids, pixel_values=self.inputs.pixel_values, cache=cache, use_cache=True, logits_to_keep=1
+            )
         return out.logits[:, -1:].argmax(-1), cache
 
     def _prefill(self, variant: Variant):
@@ -543,7 +567,11 @@ class _Runner:
             self.stack.reset()
             with torch.inference_mode():
                 out = self.model(
-                    input_ids=ids, pixel_values=self.inputs.pixel_values, cache=state["cache"], use_cache=True, logits_to_keep=1
+                    input_ids=ids,
+                    pixel_values=self.inputs.pixel_values,
+                    cache=state["cache"],
+                    use_cache=True,
+                    logits_to_keep=1,
                 )
                 out.logits[:, -1:].argmax(-1)
             return {"stack_forward": self.stack.forward_seconds()}
@@ -623,7 +651,9 @@ def _device(name: str) -> torch.device:
     except RuntimeError:
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu.")
+        raise ValueError(
+            f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu."
+        )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
     return device

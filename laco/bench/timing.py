@@ -75,7 +75,15 @@ class Stats:
         data = sorted(float(v) for v in values)
         if not data:
             raise ValueError("cannot summarise an empty sample; run at least one repetition (reps >= 1).")
-        return cls(len(data), quantile(data, 0.5), quantile(data, 0.25), quantile(data, 0.75), data[0], data[-1], statistics.fmean(data))
+        return cls(
+            len(data),
+            quantile(data, 0.5),
+            quantile(data, 0.25),
+            quantile(data, 0.75),
+            data[0],
+            data[-1],
+            statistics.fmean(data),
+        )
 
     def to_dict(self) -> dict[str, float]:
         return {

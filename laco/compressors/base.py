@@ -8,7 +8,7 @@ of its input) to its output, so the residual can be ablated on all of them, not 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -68,9 +68,7 @@ class TokenCompressor(nn.Module):
             y = y + F.channel_average(blocks, self.factor, size)
         return y, new_size
 
-    def compress(
-        self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor | None
-    ) -> tuple[torch.Tensor, GridSize]:
+    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
         """Reduce ``x`` on grid ``size``; ``blocks`` is ``space_to_channel(x)`` when :attr:`uses_blocks` is set."""
         raise NotImplementedError
 
@@ -84,7 +82,9 @@ class TokenCompressor(nn.Module):
         return 0
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, factor={self.factor}, out_dim={self.out_dim}, shortcut={self.shortcut}, pad={self.pad!r}"
+        return (
+            f"dim={self.dim}, factor={self.factor}, out_dim={self.out_dim}, shortcut={self.shortcut}, pad={self.pad!r}"
+        )
 
 
 def register(name: str) -> Callable[[type[TokenCompressor]], type[TokenCompressor]]:

@@ -7,7 +7,6 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .. import functional as F
 from ..functional import GridSize, PadPolicy
 from .base import TokenCompressor, register
 

@@ -18,7 +18,9 @@ class AvgPool(TokenCompressor):
 
     def __init__(self, dim: int, factor: int = 2, *, pad: PadPolicy = "zero", shortcut: bool = False) -> None:
         if shortcut:
-            raise ValueError("avgpool is the shortcut itself; adding it again only doubles the output. Use shortcut=False.")
+            raise ValueError(
+                "avgpool is the shortcut itself; adding it again only doubles the output. Use shortcut=False."
+            )
         super().__init__(dim, factor, shortcut=False, pad=pad)
 
     uses_blocks = True

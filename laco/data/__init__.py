@@ -9,6 +9,7 @@ from .llava import (
     LlavaRecord,
     MultimodalCollator,
     SkipReason,
+    answer_balanced_weights,
 )
 from .sources import easy_vqa_dir, eval_examples, question_answer_pairs, split_files
 
@@ -22,6 +23,7 @@ __all__ = [
     "LlavaRecord",
     "MultimodalCollator",
     "SkipReason",
+    "answer_balanced_weights",
     "convert_easy_vqa",
     "easy_vqa_answers",
     "easy_vqa_data_dir",

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,9 +255,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             )
         return raw
 
-    def _add(
-        self, record: Any, record_id: str, verify_images: bool, checked_images: dict[Path, _Skip | None]
-    ) -> None:
+    def _add(self, record: Any, record_id: str, verify_images: bool, checked_images: dict[Path, _Skip | None]) -> None:
         """Check one record and, if usable, append it with its token ids; raise :class:`_Skip` otherwise."""
         turns = _checked_turns(record)
         if "image" not in record:
@@ -290,7 +289,11 @@ class LlavaDataset(torch.utils.data.Dataset):
     def _classify(error: RecordError) -> _Skip:
         """Turn a processor :class:`RecordError` into a skip reason, by its machine-readable ``reason``."""
         known = {
-            SkipReason.MALFORMED, SkipReason.IMAGE_TAGS, SkipReason.NO_ANSWER, SkipReason.TOO_LONG, SkipReason.UNUSABLE
+            SkipReason.MALFORMED,
+            SkipReason.IMAGE_TAGS,
+            SkipReason.NO_ANSWER,
+            SkipReason.TOO_LONG,
+            SkipReason.UNUSABLE,
         }
         return _Skip(error.reason if error.reason in known else SkipReason.UNUSABLE, str(error))
 
@@ -421,3 +424,18 @@ class MultimodalCollator:
             "labels": labels,
             "pixel_values": torch.stack([torch.as_tensor(feature["pixel_values"]) for feature in features]),
         }
+
+
+def answer_balanced_weights(dataset: LlavaDataset, strength: float = 1.0) -> torch.Tensor:
+    """Per-record sampling weights ``count(answer) ** -strength`` over each record's final answer.
+
+    VQA sets are dominated by a few answers (easy-VQA: 74% yes/no, which the question alone mostly predicts), so
+    a short training budget spent in natural proportions barely sees the answers that need the image.
+    ``strength=1`` gives every answer the same share, ``0.5`` shares in proportion to the square root of the
+    answer counts, ``0`` is natural sampling.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"answer balance strength must lie in [0, 1], got {strength}.")
+    answers = [record.answers[-1].strip().lower() for record in dataset.records]
+    counts = Counter(answers)
+    return torch.tensor([counts[answer] ** -strength for answer in answers], dtype=torch.double)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import patch as laco_patch
@@ -92,7 +93,26 @@ def build_mllm(
     _load_pretrained_parts(model, vision_model, language_model)
     model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model.config.image_seq_length = processor.num_image_tokens = model.num_image_tokens(processor.image_transform.size)
+    _match_projector_scale(model, processor)
     return model.to(dtype).eval(), processor
+
+
+@torch.no_grad()
+def _match_projector_scale(model: LacoLlavaForConditionalGeneration, processor: LacoProcessor) -> None:
+    """Rescale the new projector so image tokens enter the LLM at the RMS of its word embeddings.
+
+    A default-initialised projector passes the encoder's scale through (DINOv2-S: ~25x the RMS of SmolLM2's
+    embeddings), and the frozen LLM then spends the whole of stage 1 learning to ignore the magnitude.
+    """
+    size = processor.image_transform.size
+    pixels = processor.image_transform([Image.new("RGB", (size, size), (128, 128, 128))])
+    features = model.get_image_features(pixel_values=pixels.to(model.dtype)).pooler_output[0]
+    target = model.get_input_embeddings().weight.float().pow(2).mean().sqrt()
+    scale = target / features.float().pow(2).mean().sqrt().clamp_min(1e-6)
+    projector = model.model.multi_modal_projector.linear_2
+    projector.weight.mul_(scale)
+    if projector.bias is not None:
+        projector.bias.mul_(scale)
 
 
 def _default_image_size(vision: Any, vision_model: PreTrainedModel) -> int:

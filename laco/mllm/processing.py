@@ -8,9 +8,10 @@ chat template (plain ``USER:/ASSISTANT:`` turns for tokenizers without one); onl
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -92,15 +93,15 @@ class LacoProcessor:
         for turn in turns:
             role = ROLES.get(turn.get("from", turn.get("role", "")))
             if role is None:
-                raise RecordError(f"unknown speaker {turn.get('from')!r}; expected one of {sorted(ROLES)}.", "malformed")
+                raise RecordError(
+                    f"unknown speaker {turn.get('from')!r}; expected one of {sorted(ROLES)}.", "malformed"
+                )
             messages.append({"role": role, "content": turn.get("value", turn.get("content", ""))})
         return messages
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=generation_prompt
-            )
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
         eos = self.tokenizer.eos_token or ""
         text = "".join(_FALLBACK_TURN[m["role"]].format(m["content"], eos=eos) for m in messages)
         return text + ("ASSISTANT: " if generation_prompt else "")
@@ -149,7 +150,9 @@ class LacoProcessor:
             prompt = self._render(messages[:index], generation_prompt=True)
             full = self._render(messages[: index + 1], generation_prompt=False)
             if not (prompt.startswith(rendered) and full.startswith(prompt)):
-                raise RecordError("the chat template does not render conversations incrementally.", "unusable conversation")
+                raise RecordError(
+                    "the chat template does not render conversations incrementally.", "unusable conversation"
+                )
             prompt_ids = self._tokenize(prompt[len(rendered) :])
             answer_ids = self._tokenize(full[len(prompt) :])
             input_ids += prompt_ids + answer_ids

@@ -7,8 +7,8 @@ attention probe on real labelled images, over several seeds, and writes tables, 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .grid import StudyConfig, Variant, load_study_config
 from .report import aggregate, write_report
@@ -55,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         for variant in variants:
             print(variant.name)
-        print(f"{len(variants)} variants x {len(config.tasks)} tasks x {len(config.seeds)} seeds "
-              f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells")
+        print(
+            f"{len(variants)} variants x {len(config.tasks)} tasks x {len(config.seeds)} seeds "
+            f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells"
+        )
         return 0
     outputs = run_study(config)
     rows = aggregate(collect_cells(Path(config.output_dir)))

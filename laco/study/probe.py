@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import functional as F
-from ..adapters import EncoderAdapter, resolve_encoder
+from ..adapters import resolve_encoder
 from ..patch import LacoSettings, build_compressor_for_block
 from ..pretrained import preprocess_images
 

@@ -55,8 +55,10 @@ def markdown_tables(rows: list[dict[str, Any]]) -> str:
         baseline = next((r for r in task_rows if r["variant"] == "none"), None)
         detail = "spatial detail matters" if task_rows[0]["spatial_detail"] else "spatial detail hardly matters"
         lines += [f"### {task} ({detail}; majority class {task_rows[0]['majority_accuracy']:.1%})", ""]
-        lines += ["| variant | layers | accuracy (mean ± std) | vs none | encoder GFLOPs | encoder ms / 16 img |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "| variant | layers | accuracy (mean ± std) | vs none | encoder GFLOPs | encoder ms / 16 img |",
+            "|---|---|---|---|---|---|",
+        ]
         for row in task_rows:
             delta = "" if baseline is None else f"{(row['accuracy'] - baseline['accuracy']) * 100:+.1f}"
             lines.append(
@@ -97,20 +99,32 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
         families = sorted({r["family"] for r in task_rows if r["depth"] in DEPTH_ORDER})
         for family in families:
             points = sorted(
-                ((DEPTH_ORDER.index(r["depth"]), r) for r in task_rows if r["family"] == family and r["depth"] in DEPTH_ORDER),
+                (
+                    (DEPTH_ORDER.index(r["depth"]), r)
+                    for r in task_rows
+                    if r["family"] == family and r["depth"] in DEPTH_ORDER
+                ),
                 key=lambda item: item[0],
             )
             if not points:
                 continue
             style = "-" if ("+sc" in family or family == "laco") else "--"
             axis.errorbar(
-                [p[0] for p in points], [p[1]["accuracy"] for p in points], yerr=[p[1]["accuracy_std"] for p in points],
-                label=family, linestyle=style, marker="o", markersize=3, capsize=2,
+                [p[0] for p in points],
+                [p[1]["accuracy"] for p in points],
+                yerr=[p[1]["accuracy_std"] for p in points],
+                label=family,
+                linestyle=style,
+                marker="o",
+                markersize=3,
+                capsize=2,
             )
         none = next((r for r in task_rows if r["variant"] == "none"), None)
         if none:
             axis.axhline(none["accuracy"], color="black", linewidth=0.8, label="none (no compression)")
-        axis.axhline(task_rows[0]["majority_accuracy"], color="grey", linestyle=":", linewidth=0.8, label="majority class")
+        axis.axhline(
+            task_rows[0]["majority_accuracy"], color="grey", linestyle=":", linewidth=0.8, label="majority class"
+        )
         axis.set_xticks(range(len(DEPTH_ORDER)), DEPTH_ORDER)
         axis.set_xlabel("compression depth (fraction of layers; ext = after the last)")
         axis.set_ylabel("test accuracy")
@@ -130,7 +144,9 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
             points = [r for r in task_rows if r["method"] == method]
             axis.scatter([r["encoder_gflops"] for r in points], [r["accuracy"] for r in points], label=method, s=14)
         frontier = _pareto(task_rows)
-        axis.plot([r["encoder_gflops"] for r in frontier], [r["accuracy"] for r in frontier], color="black", linewidth=0.8)
+        axis.plot(
+            [r["encoder_gflops"] for r in frontier], [r["accuracy"] for r in frontier], color="black", linewidth=0.8
+        )
         for row in frontier:
             axis.annotate(row["variant"], (row["encoder_gflops"], row["accuracy"]), fontsize=6)
         axis.set_xlabel("encoder forward GFLOPs per image")

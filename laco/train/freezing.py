@@ -32,10 +32,7 @@ def part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
         blocks = adapter.blocks(tower)
         after = [p for block in blocks[min(settings.layers) :] for p in block.parameters()]
         # the final norm after the blocks belongs to the part of the tower the merge feeds
-        tail = [
-            p for name, p in tower.named_parameters(recurse=True)
-            if not name.startswith(("embeddings", "encoder"))
-        ]
+        tail = [p for name, p in tower.named_parameters(recurse=True) if not name.startswith(("embeddings", "encoder"))]
         return after + tail
     raise ValueError(f"unknown trainable part {part!r}; choose from {TRAINABLE_PARTS}.")
 

@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import RunConfig, dump_config
-from ..data import LlavaDataset, MultimodalCollator, split_files
+from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, split_files
 from ..mllm import LacoLlavaForConditionalGeneration, LacoProcessor, build_mllm
-from .freezing import count_parameters, set_trainable
+from .freezing import count_parameters, part_parameters, set_trainable
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +60,56 @@ class StageSummary:
 
 
 class LacoTrainer(Trainer):
-    """``Trainer`` that also logs throughput: tokens/s (non-padding) and images/s over each logging interval."""
+    """``Trainer`` with per-part learning rates and throughput logs (tokens/s, images/s per logging interval)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        part_learning_rates: dict[str, float] | None = None,
+        sample_weights: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.part_learning_rates = dict(part_learning_rates or {})
+        self.sample_weights = sample_weights
         self.images_seen = 0
         self._last_log = (time.perf_counter(), 0, 0)
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.sample_weights is None:
+            return super()._get_train_sampler(train_dataset)
+        # seeded, so a resumed run replays the same order and skips exactly the batches it already trained on
+        generator = torch.Generator().manual_seed(
+            self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        )
+        return WeightedRandomSampler(
+            self.sample_weights, len(self.sample_weights), replacement=True, generator=generator
+        )
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with one parameter group per (learning rate, weight decay) pair."""
+        if not self.part_learning_rates or self.optimizer is not None:
+            return super().create_optimizer(model)
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        rate_of: dict[int, float] = {}
+        for part, rate in self.part_learning_rates.items():
+            for parameter in part_parameters(model, part):
+                rate_of.setdefault(id(parameter), rate)
+        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                key = (rate_of.get(id(parameter), self.args.learning_rate), name in decay)
+                groups.setdefault(key, []).append(parameter)
+        optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        self.optimizer = optimizer_class(
+            [
+                {"params": params, "lr": rate, "weight_decay": self.args.weight_decay if decays else 0.0}
+                for (rate, decays), params in groups.items()
+            ],
+            **optimizer_kwargs,
+        )
+        return self.optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         pixel_values = inputs.get("pixel_values")
@@ -184,6 +229,10 @@ def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             train_dataset=dataset,
             data_collator=collator,
             processing_class=processor.tokenizer,
+            part_learning_rates=stage.part_learning_rates,
+            sample_weights=answer_balanced_weights(dataset, stage.answer_balance)
+            if stage.answer_balance
+            else None,
         )
         last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
         started = time.perf_counter()
@@ -251,4 +300,8 @@ def _last_logged_loss(trainer: Trainer) -> float:
 
 
 def _is_main_process() -> bool:
-    return not torch.distributed.is_available() or not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    return (
+        not torch.distributed.is_available()
+        or not torch.distributed.is_initialized()
+        or torch.distributed.get_rank() == 0
+    )

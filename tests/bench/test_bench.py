@@ -39,7 +39,7 @@ def test_quick_run_writes_json_and_png(quick_run, capsys):
     assert list(data["measurements"]) == MEASURES
     names = [v["name"] for v in data["variants"]]
     assert names[:2] == ["none", "external"] and "laco@1/4" in names and "external-16x" in names
-    for kind, rows in data["measurements"].items():
+    for _kind, rows in data["measurements"].items():
         assert list(rows) == names
         for name, row in rows.items():
             assert len(row["seconds"]) == 3 and all(s > 0 for s in row["seconds"])
@@ -64,7 +64,15 @@ def test_quick_run_writes_json_and_png(quick_run, capsys):
 
 
 def test_quick_run_prints_tables_and_summary(tmp_path, capsys):
-    run_benchmark(quick=True, measure=["encoder", "prefill"], methods=["laco", "avgpool"], two_stage=None, progress=False, out=tmp_path, plot=False)
+    run_benchmark(
+        quick=True,
+        measure=["encoder", "prefill"],
+        methods=["laco", "avgpool"],
+        two_stage=None,
+        progress=False,
+        out=tmp_path,
+        plot=False,
+    )
     text = capsys.readouterr().out
     assert "== encoder" in text and "== prefill" in text and "== train" not in text
     assert "== summary" in text and "laco@1/4 (after layer 3 of 12) vs external" in text
@@ -122,7 +130,9 @@ def test_switched_model_matches_one_built_from_config():
     again = switch.activate(placement)
     assert [id(m) for m in first] == [id(m) for m in again]  # the same compressor weights come back
     reference = build_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"), placement=placement)
-    assert dict((n, p.shape) for n, p in model.named_parameters()) == dict((n, p.shape) for n, p in reference.named_parameters())
+    assert dict((n, p.shape) for n, p in model.named_parameters()) == dict(
+        (n, p.shape) for n, p in reference.named_parameters()
+    )
     assert model.num_image_tokens() == reference.num_image_tokens() == 16
 
 
@@ -155,7 +165,7 @@ def test_rounds_interleave_with_a_rotating_start():
     workloads = {name: (lambda name=name: log.append(name)) for name in "abc"}
     prepared: list[str] = []
     samples = run_interleaved(workloads, reps=3, warmup=1, prepare={"b": lambda: prepared.append("b")})
-    assert log == list("abc" "bca" "cab" "abc")  # warm-up round, then rounds rotated by 1, 2, 0
+    assert log == list("abcbcacababc")  # warm-up round, then rounds rotated by 1, 2, 0
     assert prepared == ["b"] * 4
     assert samples["a"].rounds == [0, 1, 2] and samples["a"].slots == [2, 1, 0]
     assert all(len(s.seconds) == 3 for s in samples.values())
@@ -213,7 +223,9 @@ def test_stack_timer_splits_forward_and_backward():
 
 
 def test_scaling_adds_the_untimed_layers():
-    samples = Samples([1.0, 2.0], {"stack_forward": [0.1, 0.2], "stack_backward": [0.3, 0.0], "stack_optimizer": [0.1, 0.0]})
+    samples = Samples(
+        [1.0, 2.0], {"stack_forward": [0.1, 0.2], "stack_backward": [0.3, 0.0], "stack_optimizer": [0.1, 0.0]}
+    )
     assert _scale(samples, "train", 4.0) == pytest.approx([1.0 + 3 * 0.5, 2.0 + 3 * 0.2])
     assert _scale(samples, "encoder", 4.0) == [1.0, 2.0]
     assert _scale(samples, "train", 1.0) == [1.0, 2.0]

@@ -9,11 +9,13 @@ from typing import Any
 
 import pytest
 from tokenizers import Tokenizer
-from tiny_models import CHAT_TEMPLATE, tiny_tokenizer_json
 from transformers import PreTrainedTokenizerFast
 
-from data.llava_files import IMAGE_SIZE, NUM_IMAGE_TOKENS, write_png
 from laco.mllm.processing import ImageTransform, LacoProcessor
+
+from data.llava_files import IMAGE_SIZE, NUM_IMAGE_TOKENS, write_png
+from tiny_models import CHAT_TEMPLATE, tiny_tokenizer_json
+
 
 @pytest.fixture(scope="session")
 def tokenizer_json() -> str:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from laco.data import LlavaDataset, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
-from laco.data import easyvqa
+from laco.data import LlavaDataset, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir, easyvqa
 from laco.data.easyvqa import EasyVqaNotFoundError
 from laco.mllm.processing import LacoProcessor
 

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from data.llava_files import IMAGE_SIZE, NUM_IMAGE_TOKENS, qa_record
 from laco.data import DataError, LlavaDataset, LlavaExample, MultimodalCollator, SkipReason
 from laco.mllm.processing import IGNORE_INDEX, LacoProcessor
+
+from data.llava_files import IMAGE_SIZE, NUM_IMAGE_TOKENS, qa_record
 
 Writer = Callable[[list[Any]], tuple[Path, Path]]
 
@@ -197,7 +198,11 @@ def test_every_bad_record_is_counted_reported_and_warned_once(processor: LacoPro
     assert (report.total, report.examined, report.used, report.truncated) == (len(records), len(records), 3, 0)
     assert report.skipped == {reason: len(group) for reason, group in bad.items()}
     assert report.examples[SkipReason.MALFORMED] == [
-        "#1", "no-conversations", "value-not-text", "unknown-speaker", "image-list"
+        "#1",
+        "no-conversations",
+        "value-not-text",
+        "unknown-speaker",
+        "image-list",
     ]
     for reason, group in bad.items():
         if reason != SkipReason.MALFORMED:
@@ -213,11 +218,19 @@ def test_every_bad_record_is_counted_reported_and_warned_once(processor: LacoPro
 
 @pytest.mark.parametrize(
     ("reason", "position"),
-    [(reason, position) for reason, count in [
-        (SkipReason.MALFORMED, 5), (SkipReason.NO_IMAGE, 1), (SkipReason.MISSING_IMAGE, 1),
-        (SkipReason.UNREADABLE_IMAGE, 2), (SkipReason.IMAGE_TAGS, 3), (SkipReason.NO_ANSWER, 2),
-        (SkipReason.TOO_LONG, 2),
-    ] for position in range(count)],
+    [
+        (reason, position)
+        for reason, count in [
+            (SkipReason.MALFORMED, 5),
+            (SkipReason.NO_IMAGE, 1),
+            (SkipReason.MISSING_IMAGE, 1),
+            (SkipReason.UNREADABLE_IMAGE, 2),
+            (SkipReason.IMAGE_TAGS, 3),
+            (SkipReason.NO_ANSWER, 2),
+            (SkipReason.TOO_LONG, 2),
+        ]
+        for position in range(count)
+    ],
 )
 def test_strict_raises_at_the_bad_record_naming_it(
     processor: LacoProcessor, write_llava: Writer, reason: str, position: int
@@ -344,15 +357,27 @@ def test_batches_feed_llava_forward(processor: LacoProcessor, write_llava: Write
     torch.manual_seed(0)
     # CLIP at 28 px with 14 px patches: 2x2 patches (+ CLS, dropped by the "default" feature strategy) = 4 tokens.
     vision = CLIPVisionConfig(
-        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=IMAGE_SIZE,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
         patch_size=14,
     )
     text = LlamaConfig(
-        vocab_size=len(processor.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, pad_token_id=processor.tokenizer.pad_token_id,
+        vocab_size=len(processor.tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=processor.tokenizer.pad_token_id,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=processor.image_token_id, vision_feature_layer=-1,
+        vision_config=vision,
+        text_config=text,
+        image_token_id=processor.image_token_id,
+        vision_feature_layer=-1,
         vision_feature_select_strategy="default",
     )
     model = LlavaForConditionalGeneration(config).eval()

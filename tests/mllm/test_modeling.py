@@ -3,24 +3,25 @@
 import pytest
 import torch
 from PIL import Image
-from tiny_models import PREFIX, pixels, tiny_encoder, tiny_llm, tiny_tokenizer
 from transformers import AutoModelForImageTextToText
 
 import laco
 from laco.mllm import CompressionSpec, LacoLlavaForConditionalGeneration, LacoProcessor, build_mllm
 
+from tiny_models import PREFIX, pixels, tiny_encoder, tiny_llm, tiny_tokenizer
+
 
 def build(layers="1/2", family="dinov2", method="laco", **options):
     tokenizer = tiny_tokenizer()
     return build_mllm(
-        tiny_encoder(family), (tiny_llm(len(tokenizer)), tokenizer), CompressionSpec(layers, method, 2, options),
+        tiny_encoder(family),
+        (tiny_llm(len(tokenizer)), tokenizer),
+        CompressionSpec(layers, method, 2, options),
         image_size=32,
     )
 
 
-@pytest.mark.parametrize(
-    "layers,expected", [(None, 64), ("last", 16), ("1/4", 16), (2, 16), ([1, 3], 4)]
-)
+@pytest.mark.parametrize("layers,expected", [(None, 64), ("last", 16), ("1/4", 16), (2, 16), ([1, 3], 4)])
 @pytest.mark.parametrize("family", ["dinov2", "siglip"])
 def test_placeholders_match_the_compressed_token_count(layers, expected, family):
     model, processor = build(layers, family)
@@ -38,7 +39,8 @@ def test_loss_only_counts_answers_and_backpropagates_to_the_merge():
     )
     model.train()
     output = model(
-        input_ids=torch.tensor([encoded.input_ids]), labels=torch.tensor([encoded.labels]),
+        input_ids=torch.tensor([encoded.input_ids]),
+        labels=torch.tensor([encoded.labels]),
         pixel_values=pixels(1),
     )
     assert torch.isfinite(output.loss)

@@ -64,7 +64,8 @@ def test_every_variant_builds_and_trains_one_step(variant, study_encoder):
 
     depth = 12
     placement = (
-        Placement((), "none", 2) if variant.method is None
+        Placement((), "none", 2)
+        if variant.method is None
         else Placement(variant.layers(depth), variant.method, variant.factor, tuple(sorted(variant.options().items())))
     )
     grid = (6, 6) if variant.factor == 3 else (8, 8)
@@ -89,14 +90,26 @@ def test_seeds_are_reproducible_and_distinct(study_encoder):
     for seed in (0, 0, 1):
         torch.manual_seed(seed)
         model = CompressedSuffix(study_encoder, Placement((9,), "pixel_shuffle", 2), 3, (8, 8))
-        runs.append(train_cell(model, inputs, labels, inputs, labels, steps=3, batch_size=8, learning_rate=1e-3, seed=seed))
+        runs.append(
+            train_cell(model, inputs, labels, inputs, labels, steps=3, batch_size=8, learning_rate=1e-3, seed=seed)
+        )
     assert runs[0].train_loss == runs[1].train_loss
     assert runs[0].train_loss != runs[2].train_loss
 
 
 def test_quick_study_runs_resumes_and_caches(tmp_path):
-    config = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["ext"], "methods": ["laco", "avgpool"],
-                                      "max_train": 32, "max_test": 16, "steps": 2})
+    config = load_study_config(
+        None,
+        {
+            **QUICK,
+            "output_dir": str(tmp_path),
+            "depths": ["ext"],
+            "methods": ["laco", "avgpool"],
+            "max_train": 32,
+            "max_test": 16,
+            "steps": 2,
+        },
+    )
     outputs = run_study(config, progress=False)
     cells = sorted((tmp_path / "cells").glob("*/*/seed*.json"))
     expected = len(config.variants()) * len(config.tasks) * len(config.seeds)
@@ -118,9 +131,21 @@ def test_quick_study_runs_resumes_and_caches(tmp_path):
 
 def test_report_tables_show_mean_and_spread():
     cells = [
-        {"task": "t", "variant": v, "family": v.split("@")[0], "method": v.split("@")[0], "depth": d, "layers": [3],
-         "seed": s, "accuracy": a, "encoder_gflops": 1.0, "encoder_ms_per_16": 2.0, "seconds": 1.0,
-         "majority_accuracy": 0.3, "spatial_detail": True}
+        {
+            "task": "t",
+            "variant": v,
+            "family": v.split("@")[0],
+            "method": v.split("@")[0],
+            "depth": d,
+            "layers": [3],
+            "seed": s,
+            "accuracy": a,
+            "encoder_gflops": 1.0,
+            "encoder_ms_per_16": 2.0,
+            "seconds": 1.0,
+            "majority_accuracy": 0.3,
+            "spatial_detail": True,
+        }
         for v, d, s, a in [("laco@1/4", ["1/4"], 0, 0.8), ("laco@1/4", ["1/4"], 1, 0.6), ("none", [], 0, 0.9)]
     ]
     rows = aggregate(cells)
@@ -131,10 +156,32 @@ def test_report_tables_show_mean_and_spread():
 
 
 def test_changed_training_settings_are_refused_on_an_existing_study(tmp_path):
-    config = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["ext"], "methods": ["avgpool"],
-                                      "max_train": 16, "max_test": 8, "steps": 1, "seeds": [0]})
+    config = load_study_config(
+        None,
+        {
+            **QUICK,
+            "output_dir": str(tmp_path),
+            "depths": ["ext"],
+            "methods": ["avgpool"],
+            "max_train": 16,
+            "max_test": 8,
+            "steps": 1,
+            "seeds": [0],
+        },
+    )
     run_study(config, progress=False)
-    changed = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["ext"], "methods": ["avgpool"],
-                                       "max_train": 16, "max_test": 8, "steps": 2, "seeds": [0]})
+    changed = load_study_config(
+        None,
+        {
+            **QUICK,
+            "output_dir": str(tmp_path),
+            "depths": ["ext"],
+            "methods": ["avgpool"],
+            "max_train": 16,
+            "max_test": 8,
+            "steps": 2,
+            "seeds": [0],
+        },
+    )
     with pytest.raises(ValueError, match="trained with other settings"):
         run_study(changed, progress=False)

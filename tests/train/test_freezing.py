@@ -1,14 +1,17 @@
 import pytest
-from tiny_models import tiny_encoder, tiny_llm, tiny_tokenizer
 
 from laco.mllm import CompressionSpec, build_mllm
 from laco.train import count_parameters, part_parameters, set_trainable
+
+from tiny_models import tiny_encoder, tiny_llm, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def model():
     tokenizer = tiny_tokenizer()
-    model, _ = build_mllm(tiny_encoder("dinov2"), (tiny_llm(len(tokenizer)), tokenizer), CompressionSpec(2), image_size=32)
+    model, _ = build_mllm(
+        tiny_encoder("dinov2"), (tiny_llm(len(tokenizer)), tokenizer), CompressionSpec(2), image_size=32
+    )
     return model
 
 

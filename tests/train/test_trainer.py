@@ -11,11 +11,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_models import save_tiny_parts, write_color_dataset
 
 from laco.config import load_config
 from laco.train import train
 from laco.train.trainer import last_complete_checkpoint
+
+from tiny_models import save_tiny_parts, write_color_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,15 +34,36 @@ def write_config(path: Path, parts, output: Path, steps=(3, 3), save_steps=2, **
     config = {
         "name": "tiny",
         "output_dir": str(output),
-        "model": {"vision": str(vision), "llm": str(llm), "image_size": 32, "system_prompt": None,
-                  "compression": {"layers": 2}},
-        "data": {"dataset": "llava", "train_json": str(data_json), "eval_json": str(data_json),
-                 "image_folder": str(images), "max_length": 64, **data},
+        "model": {
+            "vision": str(vision),
+            "llm": str(llm),
+            "image_size": 32,
+            "system_prompt": None,
+            "compression": {"layers": 2},
+        },
+        "data": {
+            "dataset": "llava",
+            "train_json": str(data_json),
+            "eval_json": str(data_json),
+            "image_folder": str(images),
+            "max_length": 64,
+            **data,
+        },
         "stages": [
-            {"name": "stage1", "trainable": ["compressor", "projector"], "max_steps": steps[0], "batch_size": 4,
-             "learning_rate": 1e-2},
-            {"name": "stage2", "trainable": ["compressor", "projector", "llm"], "max_steps": steps[1],
-             "batch_size": 4, "learning_rate": 1e-3},
+            {
+                "name": "stage1",
+                "trainable": ["compressor", "projector"],
+                "max_steps": steps[0],
+                "batch_size": 4,
+                "learning_rate": 1e-2,
+            },
+            {
+                "name": "stage2",
+                "trainable": ["compressor", "projector", "llm"],
+                "max_steps": steps[1],
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+            },
         ],
         "training": {"bf16": False, "logging_steps": 1, "save_steps": save_steps, "threads": 1},
         "eval": {"limit": 8, "batch_size": 8, "max_new_tokens": 3},
@@ -125,3 +147,46 @@ def test_two_process_ddp_on_cpu(parts, tmp_path):
     # two processes, batch 4 each: 8 images per step reached the model
     assert all(s["world_size"] == 2 and s["images"] == 2 * 4 * 2 for s in summary["stages"])
     assert (tmp_path / "ddp" / "final" / "model.safetensors").exists()
+
+
+def test_part_learning_rates_make_parameter_groups(parts, tmp_path):
+    from laco.mllm import CompressionSpec, build_mllm
+    from laco.train import LacoTrainer, part_parameters, set_trainable
+    from laco.train.trainer import _training_arguments
+
+    config = load_config(write_config(tmp_path / "run.yaml", parts, tmp_path / "run"))
+    config.stages[1].part_learning_rates = {"projector": 1e-2}
+    vision, llm, _, _ = parts
+    model, _ = build_mllm(str(vision), str(llm), CompressionSpec(2), image_size=32)
+    set_trainable(model, config.stages[1].trainable)
+    trainer = LacoTrainer(
+        model=model,
+        args=_training_arguments(config, 1, tmp_path / "out"),
+        part_learning_rates=config.stages[1].part_learning_rates,
+    )
+    optimizer = trainer.create_optimizer()
+    projector = {id(p) for p in part_parameters(model, "projector")}
+    for group in optimizer.param_groups:
+        in_projector = {id(p) in projector for p in group["params"]}
+        assert len(in_projector) == 1
+        assert group["lr"] == (1e-2 if in_projector.pop() else config.stages[1].learning_rate)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
+
+
+def test_answer_balanced_sampling_weights(parts):
+    from laco.data import LlavaDataset, answer_balanced_weights
+    from laco.mllm.processing import ImageTransform, LacoProcessor
+
+    from tiny_models import tiny_tokenizer
+
+    _, _, data_json, images = parts
+    processor = LacoProcessor(tiny_tokenizer(), ImageTransform(32), num_image_tokens=4)
+    dataset = LlavaDataset(data_json, images, processor, progress=False, limit=10)  # answers: 3, 3, 2, 2 of 4 colours
+    for strength, expected in ((1.0, {3: 1.0, 2: 1.0}), (0.5, {3: 3**0.5, 2: 2**0.5}), (0.0, {3: 3.0, 2: 2.0})):
+        weights = answer_balanced_weights(dataset, strength)
+        totals, counts = {}, {}
+        for record, weight in zip(dataset.records, weights.tolist()):
+            totals[record.answers[0]] = totals.get(record.answers[0], 0.0) + weight
+            counts[record.answers[0]] = counts.get(record.answers[0], 0) + 1
+        assert all(totals[a] == pytest.approx(expected[counts[a]]) for a in totals)

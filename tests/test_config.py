@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from laco.config import RunConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_default_yaml_spells_out_the_embedded_default():
+    assert load_config(CONFIGS / "default.yaml").to_dict() == RunConfig().to_dict()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_run_config_loads(path):
+    assert load_config(path).stages
+
+
+def test_overrides_reach_nested_keys_and_stage_lists():
+    config = load_config(None, ["model.compression.layers=1/2", "stages.1.max_steps=7", "data.limit=5"])
+    assert config.model.compression.layers == "1/2"
+    assert config.stages[1].max_steps == 7 and config.stages[0].max_steps == RunConfig().stages[0].max_steps
+    assert config.data.limit == 5
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.visoin=x"], r"unknown key\(s\) \['visoin'\] in model"),
+        (["stages.0.trainable=[decoder]"], r"unknown trainable part\(s\) \['decoder'\]"),
+        (["stages.0.part_learning_rates={head: 0.1}"], "part_learning_rates for unknown part"),
+        (["stages.0.answer_balance=2"], "answer_balance must lie in"),
+        (["data.dataset=coco"], "data.dataset must be"),
+        (["data.dataset=llava"], "needs data.train_json"),
+        (["stages.0.max_steps=0"], "must be >= 1"),
+        (["model.compression.layers"], "must look like key.path=value"),
+    ],
+)
+def test_bad_configs_are_reported(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="see configs/"):
+        load_config(tmp_path / "nope.yaml")
