@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor
+from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -66,12 +66,18 @@ class EvalResult:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+def load_model(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "auto",
+):
     """A trained model and its processor from a checkpoint directory written by ``laco train``."""
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory} has no config.json; point --model at a run's final/ directory.")
     model = LacoLlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+    model.set_attn_implementation(resolve_attn_implementation(attn_implementation))
     return model, LacoProcessor.from_pretrained(directory)
 
 

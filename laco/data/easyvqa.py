@@ -50,7 +50,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ANSWER_TYPES", "EASY_VQA_SPLITS", "EasyVqaNotFoundError", "convert_easy_vqa", "easy_vqa_answers", "easy_vqa_data_dir"]
+__all__ = [
+    "ANSWER_TYPES",
+    "EASY_VQA_SPLITS",
+    "EasyVqaNotFoundError",
+    "convert_easy_vqa",
+    "easy_vqa_answers",
+    "easy_vqa_data_dir",
+]
 
 EASY_VQA_SPLITS = ("train", "test")
 # The three kinds of easy-VQA answer, for per-type scores (the question-only prior is strong on yes/no only).

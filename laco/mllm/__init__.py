@@ -1,6 +1,6 @@
 """The LaCo multimodal LLM: LLaVA-style vision tower (optionally compressed) -> projector -> causal LM."""
 
-from .builder import CompressionSpec, build_mllm
+from .builder import CompressionSpec, build_mllm, resolve_attn_implementation
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
 from .processing import IGNORE_INDEX, IMAGE_TAG, ImageTransform, LacoProcessor, RecordError
 
@@ -14,4 +14,5 @@ __all__ = [
     "LacoProcessor",
     "RecordError",
     "build_mllm",
+    "resolve_attn_implementation",
 ]

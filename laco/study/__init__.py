@@ -15,9 +15,9 @@ from .report import aggregate, write_report
 from .runner import Study, collect_cells
 
 
-def run_study(config: StudyConfig, progress: bool = True) -> dict:
+def run_study(config: StudyConfig, progress: bool = True, docs: Path | None = None) -> dict:
     cells = Study(config, progress=progress).run()
-    return write_report(cells, Path(config.output_dir))
+    return write_report(cells, Path(config.output_dir), docs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per cell")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
+    parser.add_argument(
+        "--docs", type=Path, help="also refresh the generated tables and plots of this markdown file (docs/study.md)"
+    )
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells"
         )
         return 0
-    outputs = run_study(config)
+    outputs = run_study(config, docs=args.docs)
     rows = aggregate(collect_cells(Path(config.output_dir)))
     print(f"\n{len(rows)} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
     return 0
@@ -78,6 +81,7 @@ QUICK = {
     "depths": ["1/2", "ext"],
     "methods": ["laco", "pixel_shuffle", "avgpool"],
     "shortcut_ablation": True,
+    "extra": [],
     "time_encoder": False,
 }
 

@@ -69,13 +69,20 @@ class StudyConfig:
     image_size: int = 112
     max_train: int | None = 2000
     max_test: int | None = 800
-    steps: int = 150
+    steps: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
     depths: list[str] = field(default_factory=lambda: ["1/12", "1/6", "1/4", "1/2", "ext"])
     methods: list[str] = field(default_factory=lambda: ["laco", "pixel_shuffle", "avgpool", "ldpv2", "tokenpacker"])
     shortcut_ablation: bool = True
-    extra: list[dict[str, Any]] = field(default_factory=list)  # more variants, as Variant fields
+    extra: list[dict[str, Any]] = field(  # more variants, as Variant fields
+        default_factory=lambda: [
+            {"method": "laco", "depth": ["1/4"], "init": "layer"},
+            {"method": "laco", "depth": ["1/4"], "init": "default", "branch_scale": 0.1},
+            {"method": "laco", "depth": ["1/4"], "factor": 3},
+            {"method": "laco", "depth": ["1/4", "1/2"]},
+        ]
+    )
     time_encoder: bool = True
     threads: int | None = None
 

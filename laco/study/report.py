@@ -171,10 +171,43 @@ def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return frontier
 
 
-def write_report(cells: list[dict[str, Any]], directory: Path) -> dict[str, Path]:
+BEGIN, END = "<!-- laco study: generated tables begin -->", "<!-- laco study: generated tables end -->"
+
+
+def write_report(cells: list[dict[str, Any]], directory: Path, docs: Path | None = None) -> dict[str, Any]:
+    """Tables, JSON and plots into ``directory``; with ``docs``, also refresh that markdown file's generated part.
+
+    ``docs`` (e.g. ``docs/study.md``) keeps its hand-written text; only the part between the two generated-tables
+    markers is replaced, and the plots are copied next to it (``figures/<study dir name>_*.png``).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     rows = aggregate(cells)
+    tables = markdown_tables(rows)
     (directory / "study_results.json").write_text(json.dumps({"rows": rows, "cells": cells}, indent=2) + "\n")
-    (directory / "study_tables.md").write_text(markdown_tables(rows) + "\n")
+    (directory / "study_tables.md").write_text(tables + "\n")
     paths = plot(rows, directory) if rows else []
+    if docs is not None:
+        update_docs(docs, tables, paths, directory.name)
     return {"json": directory / "study_results.json", "tables": directory / "study_tables.md", "plots": paths}
+
+
+def update_docs(docs: Path, tables: str, plots: list[Path], name: str) -> None:
+    """Replace the generated part of ``docs`` (one pair of markers per study name) and copy the plots beside it."""
+    import shutil
+
+    figures = docs.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    images = []
+    for plot_path in plots:
+        target = figures / f"{name}_{plot_path.name}"
+        shutil.copyfile(plot_path, target)
+        images.append(f"![{plot_path.stem}](figures/{target.name})")
+    begin, end = f"{BEGIN[:-4]} ({name}) -->", f"{END[:-4]} ({name}) -->"
+    generated = "\n".join([begin, "", *images, "", tables, end])
+    text = docs.read_text() if docs.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + generated + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + generated + "\n"
+    docs.write_text(text)

@@ -37,7 +37,13 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..config import RunConfig, dump_config
 from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, split_files
-from ..mllm import LacoLlavaForConditionalGeneration, LacoProcessor, build_mllm
+from ..mllm import (
+    IGNORE_INDEX,
+    LacoLlavaForConditionalGeneration,
+    LacoProcessor,
+    build_mllm,
+    resolve_attn_implementation,
+)
 from .freezing import count_parameters, part_parameters, set_trainable
 
 logger = logging.getLogger(__name__)
@@ -110,6 +116,21 @@ class LacoTrainer(Trainer):
             **optimizer_kwargs,
         )
         return self.optimizer
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """Next-token loss computed only where there is a label.
+
+        Answers are a few tokens of each sequence, so projecting every position onto the vocabulary (49k entries for
+        SmolLM2) is most of a step's cost; the LM head runs only on the positions whose next token is labelled.
+        """
+        labels = inputs.pop("labels")
+        targets = torch.full_like(labels, IGNORE_INDEX)
+        targets[:, :-1] = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        outputs = model(**inputs, logits_to_keep=keep)
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets[keep], reduction="sum")
+        loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp_min(1))
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         pixel_values = inputs.get("pixel_values")
@@ -230,9 +251,7 @@ def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             data_collator=collator,
             processing_class=processor.tokenizer,
             part_learning_rates=stage.part_learning_rates,
-            sample_weights=answer_balanced_weights(dataset, stage.answer_balance)
-            if stage.answer_balance
-            else None,
+            sample_weights=answer_balanced_weights(dataset, stage.answer_balance) if stage.answer_balance else None,
         )
         last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
         started = time.perf_counter()
@@ -279,10 +298,16 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         source = output / finished[-1].name / FINAL
         logger.info("resuming from finished stage %s", source)
         model = LacoLlavaForConditionalGeneration.from_pretrained(source)
+        model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
     spec = config.model
     model, processor = build_mllm(
-        spec.vision, spec.llm, spec.compression, image_size=spec.image_size, system_prompt=spec.system_prompt
+        spec.vision,
+        spec.llm,
+        spec.compression,
+        image_size=spec.image_size,
+        system_prompt=spec.system_prompt,
+        attn_implementation=spec.attn_implementation,
     )
     return model, processor
 

@@ -185,3 +185,27 @@ def test_changed_training_settings_are_refused_on_an_existing_study(tmp_path):
     )
     with pytest.raises(ValueError, match="trained with other settings"):
         run_study(changed, progress=False)
+
+
+def test_shipped_study_configs_match_the_code():
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[2] / "configs" / "study"
+    assert load_study_config(configs / "default.yaml") == StudyConfig()
+    assert load_study_config(configs / "quick.yaml") == load_study_config(None, QUICK)
+    assert load_study_config(configs / "budget.yaml").steps == 300
+
+
+def test_docs_keep_their_text_and_get_fresh_tables(tmp_path):
+    from laco.study.report import update_docs
+
+    docs = tmp_path / "study.md"
+    docs.write_text("# Study\n\nHand-written reading.\n")
+    plot = tmp_path / "study_depth.png"
+    plot.write_bytes(b"png")
+    update_docs(docs, "| old |", [plot], "study")
+    update_docs(docs, "| new |", [plot], "study")
+    text = docs.read_text()
+    assert "Hand-written reading." in text and "| new |" in text and "| old |" not in text
+    assert text.count("generated tables begin (study)") == 1
+    assert (tmp_path / "figures" / "study_study_depth.png").exists()
