@@ -190,3 +190,21 @@ def test_answer_balanced_sampling_weights(parts):
             totals[record.answers[0]] = totals.get(record.answers[0], 0.0) + weight
             counts[record.answers[0]] = counts.get(record.answers[0], 0) + 1
         assert all(totals[a] == pytest.approx(expected[counts[a]]) for a in totals)
+
+
+def test_sparse_loss_equals_the_full_lm_loss(parts, tmp_path):
+    from laco.data import LlavaDataset, MultimodalCollator
+    from laco.mllm import CompressionSpec, LacoProcessor, build_mllm
+    from laco.train import LacoTrainer
+    from laco.train.trainer import _training_arguments
+
+    vision, llm, data_json, images = parts
+    model, processor = build_mllm(str(vision), str(llm), CompressionSpec(2), image_size=32)
+    assert isinstance(processor, LacoProcessor)
+    dataset = LlavaDataset(data_json, images, processor, progress=False, limit=6)
+    batch = MultimodalCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(6)])
+    config = load_config(write_config(tmp_path / "run.yaml", parts, tmp_path / "run"))
+    trainer = LacoTrainer(model=model, args=_training_arguments(config, 0, tmp_path / "out"))
+    full = model(**batch).loss
+    sparse = trainer.compute_loss(model, dict(batch))
+    torch.testing.assert_close(sparse, full)
