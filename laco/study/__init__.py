@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .grid import StudyConfig, Variant, load_study_config
 from .report import aggregate, write_report
-from .runner import Study, collect_cells
+from .runner import Study, collect_cells, missing_cells
 
 
 def run_study(config: StudyConfig, progress: bool = True, docs: Path | None = None) -> dict:
@@ -35,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per cell")
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write tables, JSON and plots from the cells finished so far and list the missing ones; train nothing",
+    )
     parser.add_argument(
         "--docs", type=Path, help="also refresh the generated tables and plots of this markdown file (docs/study.md)"
     )
@@ -63,7 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells"
         )
         return 0
-    outputs = run_study(config, docs=args.docs)
+    if args.report_only:
+        outputs = write_report(collect_cells(Path(config.output_dir)), Path(config.output_dir), args.docs)
+        missing = missing_cells(config)
+        if missing:
+            print(f"{len(missing)} cells not finished yet (run the same command without --report-only to train them):")
+            for task, variant, seed in missing:
+                print(f"  {task} {variant} seed {seed}")
+    else:
+        outputs = run_study(config, docs=args.docs)
     rows = aggregate(collect_cells(Path(config.output_dir)))
     print(f"\n{len(rows)} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
     return 0
@@ -85,4 +98,14 @@ QUICK = {
     "time_encoder": False,
 }
 
-__all__ = ["QUICK", "Study", "collect_cells", "StudyConfig", "Variant", "load_study_config", "main", "run_study"]
+__all__ = [
+    "QUICK",
+    "Study",
+    "collect_cells",
+    "missing_cells",
+    "StudyConfig",
+    "Variant",
+    "load_study_config",
+    "main",
+    "run_study",
+]

@@ -207,6 +207,18 @@ class Study:
         return collect_cells(self.root)
 
 
+def missing_cells(config: StudyConfig) -> list[tuple[str, str, int]]:
+    """(task, variant, seed) of every cell of ``config`` that has not finished yet."""
+    root = Path(config.output_dir)
+    return [
+        (task, variant.name, seed)
+        for task in config.tasks
+        for variant in config.variants()
+        for seed in config.seeds
+        if not cell_path(root, task, variant, seed).exists()
+    ]
+
+
 def collect_cells(root: Path) -> list[dict[str, Any]]:
     """Every finished cell under a study directory."""
     return [json.loads(p.read_text()) for p in sorted((root / "cells").glob("*/*/seed*.json"))]

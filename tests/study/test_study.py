@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from laco.study import QUICK, Study, StudyConfig, Variant, load_study_config, run_study
+from laco.study import QUICK, Study, StudyConfig, Variant, load_study_config, main, missing_cells, run_study
 from laco.study.grid import _method_variants
 from laco.study.probe import CompressedSuffix, train_cell
 from laco.study.report import aggregate, markdown_tables
@@ -97,7 +97,7 @@ def test_seeds_are_reproducible_and_distinct(study_encoder):
     assert runs[0].train_loss != runs[2].train_loss
 
 
-def test_quick_study_runs_resumes_and_caches(tmp_path):
+def test_quick_study_runs_resumes_and_caches(tmp_path, capsys):
     config = load_study_config(
         None,
         {
@@ -123,6 +123,14 @@ def test_quick_study_runs_resumes_and_caches(tmp_path):
     victim = cell_path(tmp_path, "easyvqa-color", Variant("laco", ("ext",)), 1)
     kept = {p: p.stat().st_mtime_ns for p in cells if p != victim}
     victim.unlink()
+    # --report-only writes the report from what is there and names the missing cell, training nothing
+    assert missing_cells(config) == [("easyvqa-color", "laco@ext", 1)]
+    report = tmp_path / "study_tables.md"
+    report.unlink()
+    assert main(["--config", str(tmp_path / "study_config.json"), "--report-only"]) == 0
+    assert report.exists() and not victim.exists()
+    assert "1 cells not finished yet" in capsys.readouterr().out
+
     study = Study(config, progress=False)
     study.run()
     assert victim.exists()
