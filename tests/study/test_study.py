@@ -164,33 +164,18 @@ def test_report_tables_show_mean_and_spread():
 
 
 def test_changed_training_settings_are_refused_on_an_existing_study(tmp_path):
-    config = load_study_config(
-        None,
-        {
-            **QUICK,
-            "output_dir": str(tmp_path),
-            "depths": ["ext"],
-            "methods": ["avgpool"],
-            "max_train": 16,
-            "max_test": 8,
-            "steps": 1,
-            "seeds": [0],
-        },
-    )
-    run_study(config, progress=False)
-    changed = load_study_config(
-        None,
-        {
-            **QUICK,
-            "output_dir": str(tmp_path),
-            "depths": ["ext"],
-            "methods": ["avgpool"],
-            "max_train": 16,
-            "max_test": 8,
-            "steps": 2,
-            "seeds": [0],
-        },
-    )
+    settings = {
+        **QUICK,
+        "output_dir": str(tmp_path),
+        "depths": ["ext"],
+        "methods": ["avgpool"],
+        "max_train": 16,
+        "max_test": 8,
+        "steps": 1,
+        "seeds": [0],
+    }
+    run_study(load_study_config(None, settings), progress=False)
+    changed = load_study_config(None, {**settings, "steps": 2})
     with pytest.raises(ValueError, match="trained with other settings"):
         run_study(changed, progress=False)
 
