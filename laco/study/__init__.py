@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .grid import StudyConfig, Variant, load_study_config
-from .report import aggregate, write_report
+from .report import write_report
 from .runner import Study, collect_cells, missing_cells
 
 
@@ -77,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {task} {variant} seed {seed}")
     else:
         outputs = run_study(config, docs=args.docs)
-    rows = aggregate(collect_cells(Path(config.output_dir)))
-    print(f"\n{len(rows)} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
+    print(f"\n{len(outputs['rows'])} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
     return 0
 
 

@@ -188,7 +188,12 @@ def write_report(cells: list[dict[str, Any]], directory: Path, docs: Path | None
     paths = plot(rows, directory) if rows else []
     if docs is not None:
         update_docs(docs, tables, paths, directory.name)
-    return {"json": directory / "study_results.json", "tables": directory / "study_tables.md", "plots": paths}
+    return {
+        "json": directory / "study_results.json",
+        "tables": directory / "study_tables.md",
+        "plots": paths,
+        "rows": rows,
+    }
 
 
 def update_docs(docs: Path, tables: str, plots: list[Path], name: str) -> None:
