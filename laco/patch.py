@@ -196,9 +196,9 @@ def apply(
     for index, (k, compressor) in enumerate(zip(layers, compressors)):
         block = block_list[k - 1]
         block.add_module(COMPRESSOR_ATTRIBUTE, compressor)
-        hook = block.register_forward_hook(_make_stage_hook(state, index), prepend=True)
+        hook = block.register_forward_hook(_StageHook(state, index), prepend=True)
         state.stages.append(_Stage(k, block, hook))
-    state.grid_hook = encoder.register_forward_pre_hook(_make_grid_hook(encoder, state), with_kwargs=True)
+    state.grid_hook = encoder.register_forward_pre_hook(_GridHook(state), with_kwargs=True)
     encoder._laco = state
     config = getattr(encoder, "config", None)
     if config is not None:
@@ -281,8 +281,17 @@ def _patched_encoder(model: nn.Module) -> nn.Module | None:
 # Hooks
 
 
-def _make_grid_hook(encoder: nn.Module, state: _PatchState):
-    def record_input_grid(module, args, kwargs):
+class _GridHook:
+    """Encoder forward pre-hook: record the input patch grid, from which every stage derives its own.
+
+    Hooks are objects holding the patch state rather than closures, so ``copy.deepcopy`` (EMA copies, some
+    distributed wrappers) and pickling give the copy hooks that drive the copy's compressors, not the original's.
+    """
+
+    def __init__(self, state: _PatchState) -> None:
+        self.state = state
+
+    def __call__(self, module, args, kwargs):
         pixel_values = args[0] if args else kwargs.get("pixel_values")
         if kwargs.get("attention_mask") is not None:
             raise ValueError(
@@ -290,24 +299,26 @@ def _make_grid_hook(encoder: nn.Module, state: _PatchState):
                 "longer matches after the merge. Call it without attention_mask."
             )
         if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4:
-            state.input_grid = state.adapter.grid(encoder, pixel_values)
+            self.state.input_grid = self.state.adapter.grid(module, pixel_values)
         else:
-            state.input_grid = None
+            self.state.input_grid = None
         return None
 
-    return record_input_grid
 
+class _StageHook:
+    """Forward hook of block k: compress its output's grid tokens, pass prefix tokens through."""
 
-def _make_stage_hook(state: _PatchState, index: int):
-    def compress_block_output(module, args, output):
+    def __init__(self, state: _PatchState, index: int) -> None:
+        self.state, self.index = state, index
+
+    def __call__(self, module, args, output):
+        state, index = self.state, self.index
         hidden = output[0] if isinstance(output, tuple) else output
         grid = _grid_before_stage(state, index, hidden.shape[1])
         prefix, tokens = F.split_prefix(hidden, state.num_prefix_tokens)
-        merged, _ = state.compressor(index)(tokens, grid)
+        merged, _ = getattr(module, COMPRESSOR_ATTRIBUTE)(tokens, grid)
         hidden = torch.cat([prefix, merged], dim=1) if state.num_prefix_tokens else merged
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    return compress_block_output
 
 
 def _grid_before_stage(state: _PatchState, index: int, num_tokens: int) -> GridSize:

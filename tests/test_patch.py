@@ -1,5 +1,7 @@
 """laco.apply / laco.remove on every supported encoder family (tiny random configs)."""
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -159,6 +161,23 @@ def test_save_and_reload_round_trip(tmp_path, family):
     reloaded = laco.load(tmp_path)
     assert laco.settings(reloaded) == laco.settings(model)
     torch.testing.assert_close(reloaded(x).last_hidden_state, expected)
+
+
+def test_a_deep_copy_runs_its_own_compressors(family):
+    model = laco.apply(tiny_encoder(family), [1, 3], init="default")
+    x = pixels()
+    expected = model(x).last_hidden_state
+    twin = copy.deepcopy(model)
+    torch.testing.assert_close(twin(x).last_hidden_state, expected)
+    with torch.no_grad():
+        for merge in laco.attached_compressors(twin):
+            merge.fc2.weight.add_(1.0)
+    assert not torch.allclose(twin(x).last_hidden_state, expected)  # the copy's hooks drive the copy's merges
+    torch.testing.assert_close(model(x).last_hidden_state, expected)
+    twin.to(torch.bfloat16)(x.to(torch.bfloat16))  # dtype casts reach the copy's merges too
+    laco.remove(twin)
+    assert twin(x.to(torch.bfloat16)).last_hidden_state.shape[1] == GRID * GRID + PREFIX[family]
+    assert laco.is_patched(model) and model(x).last_hidden_state.shape[1] == GRID * GRID // 16 + PREFIX[family]
 
 
 def test_composite_models_are_searched_for_their_vision_encoder():
