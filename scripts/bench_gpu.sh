@@ -18,9 +18,9 @@ step() {  # step SECONDS NAME COMMAND...: run with a limit, say how it ended, ke
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
     "$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)"
-    step 240 "bench llava-ov-0.5b batch 8" "$py" -m laco.bench --preset llava-ov-0.5b --batch 8 --no-progress --out "$out/ov05-b8"
-    step 90 "CUDA tests" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
-    step 130 "bench llava-ov-7b batch 8" "$py" -m laco.bench --preset llava-ov-7b --batch 8 --no-progress --out "$out/ov7b-b8"
+    step 230 "bench llava-ov-0.5b batch 8" "$py" -m laco.bench --preset llava-ov-0.5b --batch 8 --no-progress --out "$out/ov05-b8"
+    step 60 "CUDA tests" "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py
+    step 150 "bench llava-ov-7b batch 8" "$py" -m laco.bench --preset llava-ov-7b --batch 8 --no-progress --out "$out/ov7b-b8"
     step 70 "bench llava-ov-0.5b batch 1" "$py" -m laco.bench --preset llava-ov-0.5b --batch 1 --measure encoder,prefill,decode \
         --no-progress --out "$out/ov05-b1"
 } 2>&1 | tee "$out/log.txt"

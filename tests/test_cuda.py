@@ -59,9 +59,11 @@ def test_cuda_gradients_match_cpu(family):
     cpu(x).last_hidden_state.square().mean().backward()
     gpu(x.to(CUDA)).last_hidden_state.square().mean().backward()
     merge_cpu, merge_gpu = laco.attached_compressors(cpu)[0], laco.attached_compressors(gpu)[0]
-    for p_cpu, p_gpu in zip(merge_cpu.parameters(), merge_gpu.parameters()):
-        assert p_gpu.grad is not None and p_gpu.grad.device.type == "cuda"
-        assert relative_error(p_gpu.grad, p_cpu.grad) < 1e-3
+    assert all(p.grad is not None and p.grad.device.type == "cuda" for p in merge_gpu.parameters())
+    # All of the merge's gradients as one vector: some entries (the LayerNorm's) are ~1e-9 and pure rounding.
+    gradient_gpu = torch.cat([p.grad.flatten() for p in merge_gpu.parameters()])
+    gradient_cpu = torch.cat([p.grad.flatten() for p in merge_cpu.parameters()])
+    assert relative_error(gradient_gpu, gradient_cpu) < 1e-3
 
 
 def test_remove_on_cuda_restores_the_original():

@@ -1,8 +1,9 @@
 """Counting what a run does besides taking time: FLOPs (``FlopCounterMode``) and memory.
 
 ``FlopCounterMode`` knows the CUDA attention kernels but not the fused CPU one
-(``_scaled_dot_product_flash_attention_for_cpu``), so on CPU every SDPA call would count 0 FLOPs. The CPU op
-and its backward are registered here with the same formulas torch uses for the CUDA kernels.
+(``_scaled_dot_product_flash_attention_for_cpu``), so on CPU every SDPA call would count 0 FLOPs; and before
+torch 2.13 its CUDA formulas reject grouped-query attention. Every fused SDPA kernel and its backward are
+registered here with torch's formulas, key/value heads broadcast to the query's.
 
 Memory: on CUDA the allocator's peak is exact. On CPU there is no equivalent (RSS deltas mix in the allocator's
 caching and other processes), so for training steps the bytes of the tensors autograd saves for the backward
@@ -21,30 +22,45 @@ import torch
 from torch.utils import flop_counter
 
 
-def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _broadcast_kv_heads(query_shape, *shapes) -> list[tuple[int, ...]]:
+    """Key/value shapes with the query's head count: grouped-query attention costs what the repeated heads cost."""
+    heads = query_shape[1]
+    return [(shape[0], heads, *shape[2:]) for shape in shapes]
+
+
+def _sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    key_shape, value_shape = _broadcast_kv_heads(query_shape, key_shape, value_shape)
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _cpu_sdpa_backward_flop(
-    grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs
-) -> int:
+def _sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    key_shape, value_shape = _broadcast_kv_heads(query_shape, key_shape, value_shape)
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+# Every fused SDPA kernel takes (query, key, value, ...) and its backward (grad_out, query, key, value, ...).
+# The CPU kernels are missing from torch's table; the CUDA ones are there, but before torch 2.13 their formula
+# rejects grouped-query shapes (Qwen2's 14 query / 2 key-value heads, passed with enable_gqa on CUDA).
+_SDPA_OPS = {
+    "_scaled_dot_product_flash_attention_for_cpu": _sdpa_flop,
+    "_scaled_dot_product_flash_attention_for_cpu_backward": _sdpa_backward_flop,
+    "_scaled_dot_product_flash_attention": _sdpa_flop,
+    "_scaled_dot_product_flash_attention_backward": _sdpa_backward_flop,
+    "_scaled_dot_product_efficient_attention": _sdpa_flop,
+    "_scaled_dot_product_efficient_attention_backward": _sdpa_backward_flop,
+    "_scaled_dot_product_cudnn_attention": _sdpa_flop,
+    "_scaled_dot_product_cudnn_attention_backward": _sdpa_backward_flop,
+}
+
+
 def _custom_mapping() -> dict[Any, Any]:
-    mapping = {}
-    for name, formula in (
-        ("_scaled_dot_product_flash_attention_for_cpu", _cpu_sdpa_flop),
-        ("_scaled_dot_product_flash_attention_for_cpu_backward", _cpu_sdpa_backward_flop),
-    ):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            mapping[op] = formula
-    return mapping
+    return {
+        getattr(torch.ops.aten, name): formula for name, formula in _SDPA_OPS.items() if hasattr(torch.ops.aten, name)
+    }
 
 
 def flop_counter_mode() -> flop_counter.FlopCounterMode:
-    """A silent ``FlopCounterMode`` that also counts CPU fused attention."""
+    """A silent ``FlopCounterMode`` that also counts CPU fused attention and grouped-query attention."""
     return flop_counter.FlopCounterMode(display=False, custom_mapping=_custom_mapping())
 
 

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import sdpa_backward_flop_count
 
 from laco.bench import main, run_benchmark
+from laco.bench.counting import _sdpa_backward_flop, flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_mllm
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
 from laco.bench.runner import _scale, build_variants
@@ -229,3 +231,23 @@ def test_scaling_adds_the_untimed_layers():
     assert _scale(samples, "train", 4.0) == pytest.approx([1.0 + 3 * 0.5, 2.0 + 3 * 0.2])
     assert _scale(samples, "encoder", 4.0) == [1.0, 2.0]
     assert _scale(samples, "train", 1.0) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "kernel",
+    [
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    ],
+)
+def test_grouped_query_attention_counts_as_repeated_heads(kernel):
+    # Qwen2 passes 14 query and 2 key/value heads straight to the CUDA kernels; meta tensors stand in for a GPU.
+    query = torch.empty(2, 8, 10, 16, device="meta")
+    key_value = torch.empty(2, 2, 10, 16, device="meta")
+    op = getattr(torch.ops.aten, kernel)
+    with flop_counter_mode() as counter:
+        op(query, key_value, key_value) if "flash" in kernel else op(query, key_value, key_value, None, False)
+    assert counter.get_total_flops() == 2 * (2 * 2 * 8 * 10 * 10 * 16)  # QK^T and AV, every query head
+    backward = _sdpa_backward_flop((2, 8, 10, 16), (2, 8, 10, 16), (2, 2, 10, 16), (2, 2, 10, 16))
+    assert backward == sdpa_backward_flop_count((2, 8, 10, 16), (2, 8, 10, 16), (2, 8, 10, 16), (2, 8, 10, 16))
