@@ -160,11 +160,39 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
             f"   measured/bound over {len(values)} placement x measurement pairs: median {values[len(values) // 2]:.2f}, "
             f"worst {worst[0]:.2f} ({worst[2]}, {worst[1]}); {reached} of {len(values)} reach {TARGET_EFFICIENCY}"
         )
+    if result.anatomy is not None:
+        lines += format_anatomy(result)
     lines.append(f"   build {result.build_seconds:.1f} s, measurements {result.run_seconds:.1f} s")
     lines += [f"   note: {note}" for note in result.notes]
     for label, path in (files or {}).items():
         lines.append(f"   {label}: {path}")
     return "\n".join(lines)
+
+
+def format_anatomy(result: BenchResult) -> list[str]:
+    """Where the headline merge's encoder time goes, and the speed-up those part times predict."""
+    parts = result.anatomy
+    lines = [
+        f"   where {parts.variant}'s encoder time goes (parts timed alone, batch {parts.batch}):",
+        f"     a block: {_ms(parts.block_before.median)} ms at {parts.tokens_before} tokens, "
+        f"{_ms(parts.block_after.median)} ms at {parts.tokens_after}: {parts.block_time_ratio:.3f} of the time for "
+        f"{parts.block_flop_ratio:.3f} of the FLOPs",
+        f"     the merge: {_ms(parts.merge.median)} ms = {100 * parts.merge_share:.1f}% of the compressed encoder's "
+        f"blocks + merge ({100 * parts.flops_merge / _compressed_flops(parts):.1f}% of its FLOPs)",
+    ]
+    encoder = result.measurements.get("encoder", {})
+    if parts.variant in encoder and result.speedup("encoder", parts.variant) is not None:
+        speed = result.speedup("encoder", parts.variant)
+        lines.append(
+            f"     encoder speed-up: {speed.bound:.2f}x FLOP bound, {parts.time_bound:.2f}x predicted from these times, "
+            f"{speed.measured:.2f}x measured"
+        )
+    return lines
+
+
+def _compressed_flops(parts) -> float:
+    rest = parts.depth - parts.layer
+    return parts.layer * parts.flops_block_before + parts.flops_merge + rest * parts.flops_block_after
 
 
 def _main_variant(result: BenchResult) -> str | None:
@@ -232,6 +260,7 @@ def to_json_dict(result: BenchResult) -> dict[str, Any]:
         "variants": [variant.to_dict(result.depth) for variant in result.variants],
         "measurements": measurements,
         "notes": result.notes,
+        "anatomy": result.anatomy.to_dict() if result.anatomy is not None else None,
         "build_seconds": result.build_seconds,
         "run_seconds": result.run_seconds,
     }

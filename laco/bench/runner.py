@@ -37,6 +37,7 @@ from .. import patch as laco_patch
 from ..compressors import available as available_methods
 from ..cost import Placement, encoder_flops, mllm_flops
 from ..cost import image_tokens as visual_tokens
+from .anatomy import Anatomy, measure_anatomy
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
 from .models import CompressionSwitch, build_encoder, build_mllm, decoder_layers
 from .presets import MEASUREMENTS, BenchPreset, load_preset
@@ -226,6 +227,7 @@ class BenchResult:
     notes: list[str]
     build_seconds: float
     run_seconds: float
+    anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
 
     @property
     def depth(self) -> int:
@@ -600,6 +602,29 @@ class _Runner:
 
         return prepare, call
 
+    def anatomy(self) -> Anatomy | None:
+        """The parts of the headline one-stage LaCo placement (see :mod:`laco.bench.anatomy`), if it was run."""
+        candidates = [v for v in self.variants if v.group == "depth" and len(v.placement.layers) == 1]
+        if not candidates:
+            return None
+        wanted = f"laco@{_fraction_label(self.settings.method_depth)}"
+        variant = next((v for v in candidates if v.name == wanted), candidates[0])
+        encoder = self.preset.encoder
+        return measure_anatomy(
+            self.switch,
+            variant.placement,
+            variant.name,
+            grid=encoder.grid(self.preset.resolution),
+            prefix=encoder.prefix,
+            width=encoder.width,
+            batch=self.batch,
+            dtype=self.dtype,
+            device=self.device,
+            reps=self.reps,
+            warmup=self.warmup,
+            clock=self.clock,
+        )
+
     # -- counting ---------------------------------------------------------------------------------------------
 
     def counted_call(self, kind: str, prepare, call) -> tuple[float, dict[str, Any]]:
@@ -754,6 +779,7 @@ def run(settings: BenchSettings) -> BenchResult:
                     memory=memory,
                 )
             runner.model.zero_grad(set_to_none=True)
+        anatomy = runner.anatomy() if "encoder" in runner.measure else None
     finally:
         progress.close()
     notes = list(runner.notes)
@@ -813,6 +839,7 @@ def run(settings: BenchSettings) -> BenchResult:
         notes=notes,
         build_seconds=build_seconds,
         run_seconds=time.perf_counter() - run_started,
+        anatomy=anatomy,
     )
 
 

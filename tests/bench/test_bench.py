@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
 from laco.bench import main, run_benchmark
+from laco.bench.anatomy import Anatomy
 from laco.bench.counting import _sdpa_backward_flop, flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_mllm
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
@@ -63,6 +64,34 @@ def test_quick_run_writes_json_and_png(quick_run, capsys):
     assert prefill["none"]["image_tokens"] == 169
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_quick_run_times_the_parts_of_the_headline_merge(quick_run):
+    out, _ = quick_run
+    parts = json.loads((out / "bench.json").read_text())["anatomy"]
+    assert parts["variant"] == "laco@1/4" and parts["layer"] == 3 and parts["depth"] == 12
+    assert (parts["tokens_before"], parts["tokens_after"]) == (169, 49)  # 13x13 padded to 14x14, merged 2x2
+    assert all(parts["seconds"][part]["median"] > 0 for part in ("block_before", "block_after", "merge"))
+    # A SigLIP block's FLOPs: 4 projections + MLP, linear in tokens, plus attention, quadratic.
+    width, mlp = TINY_ENCODER.width, TINY_ENCODER.mlp
+
+    def block_flops(tokens):
+        return 2 * tokens * (4 * width * width + 2 * width * mlp) + 4 * tokens * tokens * width
+
+    assert parts["flops"]["block_before"] == pytest.approx(block_flops(169), rel=0.01)
+    assert parts["flops"]["block_after"] == pytest.approx(block_flops(49), rel=0.01)
+    assert 0 < parts["merge_share"] < 1 and parts["time_bound"] > 0
+
+
+def test_time_bound_from_part_times():
+    def stats(seconds):
+        return Stats.of([seconds])
+
+    parts = Anatomy("laco@1/4", 3, 12, 1, 170, 50, stats(4.0), stats(1.0), stats(2.0), 4e9, 1e9, 1e8)
+    # external: 12 blocks before + merge = 50; LaCo: 3 before + merge + 9 after = 23
+    assert parts.time_bound == pytest.approx(50 / 23)
+    assert parts.merge_share == pytest.approx(2 / 23)
+    assert parts.block_time_ratio == pytest.approx(0.25) and parts.block_flop_ratio == pytest.approx(0.25)
 
 
 def test_quick_run_prints_tables_and_summary(tmp_path, capsys):

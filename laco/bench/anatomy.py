@@ -1,0 +1,171 @@
+"""Where a merged encoder's time goes: one block before the merge, one block after it, and the merge itself.
+
+Why: the FLOP bound assumes every FLOP costs the same time. Two things break that, and they call for different
+fixes: the merge's own memory-bound work (padding, the space-to-channel permute, LayerNorm over 4C channels),
+which FLOPs undercount, and matrix products over fewer tokens running at a lower FLOP rate, which is the
+hardware's. Timing one block at both token counts and the merge alone, interleaved like every other
+measurement, tells them apart and predicts the encoder speed-up from measured times instead of FLOPs:
+
+    time bound = (L * t_before + t_merge) / (k * t_before + t_merge + (L - k) * t_after)
+
+for a merge after block ``k`` of ``L`` against the same merge after block ``L`` (external compression: same
+input grid, so the same merge cost).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cost import Placement
+from .counting import flop_counter_mode
+from .timing import Clock, Stats, run_interleaved
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Times (median seconds over the timed rounds) and counted FLOPs of the three parts of a one-stage merge."""
+
+    variant: str
+    layer: int
+    depth: int
+    batch: int
+    tokens_before: int  # per image, prefix tokens included
+    tokens_after: int
+    block_before: Stats
+    block_after: Stats
+    merge: Stats
+    flops_block_before: float
+    flops_block_after: float
+    flops_merge: float
+
+    @property
+    def block_time_ratio(self) -> float:
+        """Time of a block after the merge over one before it."""
+        return self.block_after.median / self.block_before.median
+
+    @property
+    def block_flop_ratio(self) -> float:
+        return self.flops_block_after / self.flops_block_before
+
+    @property
+    def compressed_encoder_seconds(self) -> float:
+        """The blocks and the merge of the compressed encoder, from the parts (embeddings and head left out)."""
+        k, rest = self.layer, self.depth - self.layer
+        return k * self.block_before.median + self.merge.median + rest * self.block_after.median
+
+    @property
+    def merge_share(self) -> float:
+        """The merge's share of the compressed encoder's time."""
+        return self.merge.median / self.compressed_encoder_seconds
+
+    @property
+    def time_bound(self) -> float:
+        """Encoder speed-up over external compression predicted from the measured part times."""
+        external = self.depth * self.block_before.median + self.merge.median
+        return external / self.compressed_encoder_seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "variant": self.variant,
+            "layer": self.layer,
+            "depth": self.depth,
+            "batch": self.batch,
+            "tokens_before": self.tokens_before,
+            "tokens_after": self.tokens_after,
+            "seconds": {
+                "block_before": self.block_before.to_dict(),
+                "block_after": self.block_after.to_dict(),
+                "merge": self.merge.to_dict(),
+            },
+            "flops": {
+                "block_before": self.flops_block_before,
+                "block_after": self.flops_block_after,
+                "merge": self.flops_merge,
+            },
+            "block_time_ratio": self.block_time_ratio,
+            "block_flop_ratio": self.block_flop_ratio,
+            "merge_share": self.merge_share,
+            "time_bound": self.time_bound,
+        }
+
+
+def _discard(output: Any) -> None:
+    """Workloads return sub-phase times or ``None``; the parts timed here have none."""
+    return None
+
+
+def _block_caller(block: nn.Module):
+    """``block(hidden)``, passing ``attention_mask=None`` where a family's layer requires the argument."""
+    parameters = inspect.signature(block.forward).parameters
+    mask = parameters.get("attention_mask")
+    if mask is not None and mask.default is inspect.Parameter.empty:
+        return lambda hidden: block(hidden, attention_mask=None)
+    return lambda hidden: block(hidden)
+
+
+def measure_anatomy(
+    switch,
+    placement: Placement,
+    name: str,
+    *,
+    grid: tuple[int, int],
+    prefix: int,
+    width: int,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    reps: int,
+    warmup: int,
+    clock: Clock,
+) -> Anatomy:
+    """Time block ``1`` at the input and at the merged token count, and ``placement``'s merge on its input.
+
+    ``switch`` is the run's :class:`~laco.bench.models.CompressionSwitch`; the encoder is left uncompressed
+    while timing, so calling a block runs the block alone.
+    """
+    if len(placement.layers) != 1:
+        raise ValueError(f"the anatomy of {name} needs a one-stage placement, got layers {placement.layers}.")
+    merge = switch.activate(placement)[0]
+    switch.activate(Placement())
+    block = switch.adapter.blocks(switch.encoder)[0]
+    run_block = _block_caller(block)
+    merged_grid = merge.output_size(grid)
+    before, after = prefix + grid[0] * grid[1], prefix + merged_grid[0] * merged_grid[1]
+    generator = torch.Generator().manual_seed(0)
+
+    def hidden(tokens: int) -> torch.Tensor:
+        return torch.randn(batch, tokens, width, generator=generator).to(device, dtype)
+
+    inputs = {"block_before": hidden(before), "block_after": hidden(after), "merge": hidden(grid[0] * grid[1])}
+    workloads = {
+        "block_before": lambda: _discard(run_block(inputs["block_before"])),
+        "block_after": lambda: _discard(run_block(inputs["block_after"])),
+        "merge": lambda: _discard(merge(inputs["merge"], grid)),
+    }
+    flops: dict[str, float] = {}
+    with torch.inference_mode():
+        for part, call in workloads.items():
+            counter = flop_counter_mode()
+            with counter:
+                call()
+            flops[part] = float(counter.get_total_flops())
+        samples = run_interleaved(workloads, reps=reps, warmup=warmup, clock=clock)
+    return Anatomy(
+        variant=name,
+        layer=placement.layers[0],
+        depth=len(switch.adapter.blocks(switch.encoder)),
+        batch=batch,
+        tokens_before=before,
+        tokens_after=after,
+        block_before=samples["block_before"].stats(),
+        block_after=samples["block_after"].stats(),
+        merge=samples["merge"].stats(),
+        flops_block_before=flops["block_before"],
+        flops_block_after=flops["block_after"],
+        flops_merge=flops["merge"],
+    )
