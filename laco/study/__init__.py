@@ -33,7 +33,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tasks", help="comma-separated: easyvqa-shape, mnist, easyvqa-color")
     parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
     parser.add_argument("--steps", type=int, help="training steps per cell")
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
+    parser.add_argument(
+        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 1)"
+    )
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
     parser.add_argument(
         "--report-only",
@@ -58,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["steps"] = args.steps
     if args.threads:
         overrides["threads"] = args.threads
+    if args.jobs:
+        overrides["jobs"] = args.jobs
     config = load_study_config(args.config, overrides)
     variants = config.variants()
     if args.list:

@@ -84,7 +84,8 @@ class StudyConfig:
         ]
     )
     time_encoder: bool = True
-    threads: int | None = None
+    threads: int | None = None  # torch threads in all (split among the jobs); None: every usable core
+    jobs: int = 1  # worker processes sharing the cells; each gets threads // jobs torch threads
 
     def variants(self) -> list[Variant]:
         variants = [Variant(None)]

@@ -4,15 +4,22 @@ Every (task, variant, seed) cell writes ``cells/<task>/<variant>/seed<seed>.json
 finished cells, so a killed study continues where it stopped. The frozen encoder prefix of each task is cached in
 ``features/<task>.safetensors`` (with a fingerprint of what produced it), and encoder cost per variant in
 ``costs.json``.
+
+With ``jobs > 1`` the pending cells are dealt round-robin to worker processes with ``threads // jobs`` torch
+threads each: a cell's tensors are small (batch 32 of 17-65 tokens of width 384), so two one-thread processes
+get more out of two cores than one two-thread process. Encoder costs and features are computed once, first,
+in the parent; the workers only read those caches and write their own cell files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
-from dataclasses import asdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,29 +60,58 @@ class Study:
         self.depth = len(self.adapter.blocks(self.encoder))
         patch = self.adapter.patch_size(self.encoder)
         self.grid = (config.image_size // patch[0], config.image_size // patch[1])
+        self.position = 0  # of the progress bar, one line per worker process
 
     # -------------------------------------------------------------------------------------------------------------
 
     def run(self) -> list[dict[str, Any]]:
         config = self.config
+        if config.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {config.jobs}.")
         if config.threads:
             torch.set_num_threads(config.threads)
         self._check_same_settings()
         _atomic_write_json(self.root / "study_config.json", asdict(config))
         variants = config.variants()
         costs = self.encoder_costs(variants)
-        results = []
-        for task_name in config.tasks:
-            pending = [
+        pending = {
+            task_name: [
                 (variant, seed)
                 for variant in variants
                 for seed in config.seeds
                 if not cell_path(self.root, task_name, variant, seed).exists()
             ]
-            if pending:
-                results_for_task = self._run_task(task_name, pending, costs)
-                results.extend(results_for_task)
+            for task_name in config.tasks
+        }
+        if config.jobs > 1 and sum(len(cells) for cells in pending.values()) > 1:
+            self._run_parallel(pending)
+        else:
+            for task_name, cells in pending.items():
+                if cells:
+                    self._run_task(task_name, cells, costs)
         return self.collect()
+
+    def _run_parallel(self, pending: dict[str, list[tuple[Variant, int]]]) -> None:
+        config = self.config
+        for task_name, cells in pending.items():  # features once, here; workers read the cache
+            if cells:
+                self._features(task_name, self._task(task_name), self._starts(cells))
+        queue = [(task_name, variant, seed) for task_name, cells in pending.items() for variant, seed in cells]
+        jobs = min(config.jobs, len(queue))
+        threads = max(1, (config.threads or _usable_cores()) // jobs)
+        worker_config = replace(config, jobs=1, threads=threads)
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch thread pools
+        with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+            futures = [
+                pool.submit(_run_share, worker_config, queue[index::jobs], index, self.progress)
+                for index in range(jobs)
+            ]
+            failures = [future.exception() for future in futures if future.exception() is not None]
+        if failures:
+            raise RuntimeError(
+                f"{len(failures)} of {jobs} study workers failed (finished cells are kept; rerun to resume): "
+                f"{failures[0]!r}"
+            ) from failures[0]
 
     # Settings that change what a cell measures: finished cells are only valid for the settings they ran with.
     CELL_SETTINGS = ("image_size", "max_train", "max_test", "steps", "batch_size", "learning_rate")
@@ -98,13 +134,12 @@ class Study:
 
     def _run_task(self, task_name: str, pending: list[tuple[Variant, int]], costs: dict[str, Any]) -> list[dict]:
         config = self.config
-        task = load_task(task_name).subset(config.max_train, config.max_test)
-        starts = sorted({self._placement(v).start if v.method else self.depth for v, _ in pending})
-        features = self._features(task_name, task, starts)
+        task = self._task(task_name)
+        features = self._features(task_name, task, self._starts(pending))
         train_count = len(task.train_labels)
         train_labels, test_labels = torch.from_numpy(task.train_labels), torch.from_numpy(task.test_labels)
         done = []
-        bar = tqdm(pending, desc=task_name, unit="cell", disable=not self.progress)
+        bar = tqdm(pending, desc=task_name, unit="cell", disable=not self.progress, position=self.position)
         for variant, seed in bar:
             bar.set_postfix_str(f"{variant.name} seed {seed}")
             placement = self._placement(variant)
@@ -139,6 +174,13 @@ class Study:
             _atomic_write_json(cell_path(self.root, task_name, variant, seed), record)
             done.append(record)
         return done
+
+    def _task(self, task_name: str):
+        return load_task(task_name).subset(self.config.max_train, self.config.max_test)
+
+    def _starts(self, cells: list[tuple[Variant, int]]) -> list[int]:
+        """The encoder layers whose outputs these cells start from (where their first compressor sits)."""
+        return sorted({self._placement(v).start if v.method else self.depth for v, _ in cells})
 
     def _placement(self, variant: Variant) -> Placement:
         if variant.method is None:
@@ -205,6 +247,26 @@ class Study:
 
     def collect(self) -> list[dict[str, Any]]:
         return collect_cells(self.root)
+
+
+def _run_share(config: StudyConfig, share: list[tuple[str, Variant, int]], position: int, progress: bool) -> int:
+    """A worker process: run ``share``'s cells, reading the parent's cached costs and features."""
+    torch.set_num_threads(config.threads)
+    study = Study(config, progress=progress)
+    study.position = position
+    costs = study.encoder_costs(config.variants())
+    for task_name in config.tasks:
+        cells = [(variant, seed) for task, variant, seed in share if task == task_name]
+        if cells:
+            study._run_task(task_name, cells, costs)
+    return len(share)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def missing_cells(config: StudyConfig) -> list[tuple[str, str, int]]:

@@ -137,6 +137,32 @@ def test_quick_study_runs_resumes_and_caches(tmp_path, capsys):
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())
 
 
+def test_parallel_workers_give_the_cells_a_serial_run_gives(tmp_path):
+    settings = {
+        **QUICK,
+        "depths": ["1/2"],
+        "methods": ["laco", "avgpool"],
+        "shortcut_ablation": False,
+        "max_train": 32,
+        "max_test": 16,
+        "steps": 2,
+    }
+    serial = load_study_config(None, {**settings, "output_dir": str(tmp_path / "serial"), "threads": 1})
+    parallel = load_study_config(None, {**settings, "output_dir": str(tmp_path / "parallel"), "threads": 2, "jobs": 2})
+    run_study(serial, progress=False)
+    run_study(parallel, progress=False)  # two one-thread workers, as the serial run's one thread
+
+    def results(root):
+        cells = sorted((root / "cells").glob("*/*/seed*.json"))
+        return {str(p.relative_to(root)): json.loads(p.read_text()) for p in cells}
+
+    one, two = results(tmp_path / "serial"), results(tmp_path / "parallel")
+    assert list(one) == list(two) and len(one) == len(serial.variants()) * len(serial.seeds)
+    for name, cell in one.items():
+        assert (cell["accuracy"], cell["train_loss"]) == (two[name]["accuracy"], two[name]["train_loss"]), name
+    assert json.loads((tmp_path / "parallel" / "study_config.json").read_text())["jobs"] == 2
+
+
 def test_report_tables_show_mean_and_spread():
     cells = [
         {
