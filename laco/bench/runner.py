@@ -783,7 +783,7 @@ def run(settings: BenchSettings) -> BenchResult:
     finally:
         progress.close()
     notes = list(runner.notes)
-    if runner.llm_layers is not None:
+    if runner.llm_layers is not None and set(runner.measure) - {"encoder"}:
         notes.append(
             f"LLM timed with {runner.llm_layers} of {runner.preset.llm.layers} decoder layers; the decoder stack's time "
             f"(measured by hooks: forward, and in training backward and its share of the optimizer step) is scaled by "
