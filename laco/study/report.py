@@ -108,15 +108,16 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
             )
             if not points:
                 continue
-            style = "-" if ("+sc" in family or family == "laco") else "--"
+            colour, style, marker = _family_style(family, families)
             axis.errorbar(
                 [p[0] for p in points],
                 [p[1]["accuracy"] for p in points],
                 yerr=[p[1]["accuracy_std"] for p in points],
                 label=family,
+                color=colour,
                 linestyle=style,
-                marker="o",
-                markersize=3,
+                marker=marker,
+                markersize=4 if marker != "o" else 3,
                 capsize=2,
             )
         none = next((r for r in task_rows if r["variant"] == "none"), None)
@@ -130,11 +131,14 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
         axis.set_ylabel("test accuracy")
         axis.set_title(task)
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    figure.suptitle("Accuracy vs compression depth (solid: with the average-pooling shortcut)")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no data hidden
+    figure.suptitle(
+        "Accuracy vs compression depth (one colour per compressor; solid: with the average-pooling shortcut, "
+        "dashed: without, dash-dot: pooling alone)"
+    )
     figure.tight_layout()
     paths.append(directory / "study_depth.png")
-    figure.savefig(paths[-1], dpi=120)
+    figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(figure)
 
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
@@ -142,7 +146,10 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
         task_rows = [r for r in rows if r["task"] == task]
         for method in sorted({r["method"] for r in task_rows}):
             points = [r for r in task_rows if r["method"] == method]
-            axis.scatter([r["encoder_gflops"] for r in points], [r["accuracy"] for r in points], label=method, s=14)
+            colour = METHOD_COLOURS.get(method, "black")  # the depth plot's colours; "none" in black
+            axis.scatter(
+                [r["encoder_gflops"] for r in points], [r["accuracy"] for r in points], label=method, s=14, color=colour
+            )
         frontier = _pareto(task_rows)
         axis.plot(
             [r["encoder_gflops"] for r in frontier], [r["accuracy"] for r in frontier], color="black", linewidth=0.8
@@ -153,13 +160,40 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
         axis.set_ylabel("test accuracy")
         axis.set_title(task)
         axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no data hidden
     figure.suptitle("Accuracy vs encoder cost (line: Pareto frontier)")
     figure.tight_layout()
     paths.append(directory / "study_pareto.png")
-    figure.savefig(paths[-1], dpi=120)
+    figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
     plt.close(figure)
     return paths
+
+
+# One colour per compressor, so a compressor with and without the shortcut reads as one pair of lines.
+METHOD_COLOURS = {
+    "laco": "tab:orange",
+    "pixel_shuffle": "tab:green",
+    "avgpool": "tab:blue",
+    "ldpv2": "tab:red",
+    "tokenpacker": "tab:purple",
+}
+EXTRA_COLOURS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray", "black")
+EXTRA_MARKERS = ("s", "^", "D", "v", "P", "X")
+
+
+def _family_style(family: str, families: list[str]) -> tuple[str, str, str]:
+    """(colour, line style, marker): compressors keep their colour with and without the shortcut; variants of
+    LaCo run at one depth only (initialisations, factor 3) get their own colour and marker."""
+    base = family.removesuffix("+sc")
+    if base in METHOD_COLOURS:
+        if base == "avgpool":
+            style = "-."
+        else:
+            style = "-" if (family.endswith("+sc") or family == "laco") else "--"
+        return METHOD_COLOURS[base], style, "o"
+    extras = [f for f in families if f.removesuffix("+sc") not in METHOD_COLOURS]
+    index = extras.index(family) % len(EXTRA_COLOURS)
+    return EXTRA_COLOURS[index], "-", EXTRA_MARKERS[index]
 
 
 def _pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
