@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="laco bench",
         description=(
             "Time LaCo's in-encoder compression against external compression (same visual-token count) and no "
-            "compression, on random-weight models at real geometries; report medians, spreads, FLOP-bound speed-ups."
+            "compression, on random-weight models at real geometries; report medians, spreads, FLOP-bound speed-ups, "
+            "and where the encoder time goes (a block before and after the merge, the merge itself)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
