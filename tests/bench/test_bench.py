@@ -8,14 +8,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
+from laco import patch as laco_patch
 from laco.bench import main, run_benchmark
-from laco.bench.anatomy import Anatomy
+from laco.bench.anatomy import Anatomy, measure_anatomy
 from laco.bench.counting import _sdpa_backward_flop, flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_mllm
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
 from laco.bench.runner import _scale, build_variants
 from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
 from laco.cost import Placement
+
+from tiny_models import FAMILIES, PREFIX, WIDTH, tiny_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 MEASURES = ["encoder", "train", "prefill", "decode"]
@@ -280,3 +283,27 @@ def test_grouped_query_attention_counts_as_repeated_heads(kernel):
     assert counter.get_total_flops() == 2 * (2 * 2 * 8 * 10 * 10 * 16)  # QK^T and AV, every query head
     backward = _sdpa_backward_flop((2, 8, 10, 16), (2, 8, 10, 16), (2, 2, 10, 16), (2, 2, 10, 16))
     assert backward == sdpa_backward_flop_count((2, 8, 10, 16), (2, 8, 10, 16), (2, 8, 10, 16), (2, 8, 10, 16))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_anatomy_calls_the_blocks_of_every_family(family):
+    encoder = tiny_encoder(family, attn_implementation="sdpa")
+    switch = CompressionSwitch(encoder)
+    prefix = PREFIX[family]
+    parts = measure_anatomy(
+        switch,
+        Placement((2,), "laco", 2),
+        "laco@1/2",
+        grid=(8, 8),
+        prefix=prefix,
+        width=WIDTH,
+        batch=2,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        reps=1,
+        warmup=0,
+        clock=Clock(),
+    )
+    assert (parts.tokens_before, parts.tokens_after) == (64 + prefix, 16 + prefix)
+    assert parts.flops_block_after < parts.flops_block_before and parts.flops_merge > 0
+    assert not laco_patch.is_patched(encoder)  # timed uncompressed: a block call runs the block alone
