@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="training steps per cell")
     parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
     parser.add_argument(
-        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 1)"
+        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
     )
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
     parser.add_argument(
@@ -100,6 +100,7 @@ QUICK = {
     "shortcut_ablation": True,
     "extra": [],
     "time_encoder": False,
+    "jobs": 1,  # spawning workers costs more than these few tiny cells
 }
 
 __all__ = [
