@@ -59,6 +59,11 @@ class Anatomy:
         return k * self.block_before.median + self.merge.median + rest * self.block_after.median
 
     @property
+    def compressed_encoder_flops(self) -> float:
+        k, rest = self.layer, self.depth - self.layer
+        return k * self.flops_block_before + self.flops_merge + rest * self.flops_block_after
+
+    @property
     def merge_share(self) -> float:
         """The merge's share of the compressed encoder's time."""
         return self.merge.median / self.compressed_encoder_seconds
@@ -132,8 +137,8 @@ def measure_anatomy(
         raise ValueError(f"the anatomy of {name} needs a one-stage placement, got layers {placement.layers}.")
     merge = switch.activate(placement)[0]
     switch.activate(Placement())
-    block = switch.adapter.blocks(switch.encoder)[0]
-    run_block = _block_caller(block)
+    blocks = switch.adapter.blocks(switch.encoder)
+    run_block = _block_caller(blocks[0])
     merged_grid = merge.output_size(grid)
     before, after = prefix + grid[0] * grid[1], prefix + merged_grid[0] * merged_grid[1]
     generator = torch.Generator().manual_seed(0)
@@ -158,7 +163,7 @@ def measure_anatomy(
     return Anatomy(
         variant=name,
         layer=placement.layers[0],
-        depth=len(switch.adapter.blocks(switch.encoder)),
+        depth=len(blocks),
         batch=batch,
         tokens_before=before,
         tokens_after=after,

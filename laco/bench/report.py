@@ -178,21 +178,17 @@ def format_anatomy(result: BenchResult) -> list[str]:
         f"{_ms(parts.block_after.median)} ms at {parts.tokens_after}: {parts.block_time_ratio:.3f} of the time for "
         f"{parts.block_flop_ratio:.3f} of the FLOPs",
         f"     the merge: {_ms(parts.merge.median)} ms = {100 * parts.merge_share:.1f}% of the compressed encoder's "
-        f"blocks + merge ({100 * parts.flops_merge / _compressed_flops(parts):.1f}% of its FLOPs)",
+        f"blocks + merge ({100 * parts.flops_merge / parts.compressed_encoder_flops:.1f}% of its FLOPs)",
     ]
-    encoder = result.measurements.get("encoder", {})
-    if parts.variant in encoder and result.speedup("encoder", parts.variant) is not None:
-        speed = result.speedup("encoder", parts.variant)
+    speed = (
+        result.speedup("encoder", parts.variant) if parts.variant in result.measurements.get("encoder", {}) else None
+    )
+    if speed is not None:
         lines.append(
             f"     encoder speed-up: {speed.bound:.2f}x FLOP bound, {parts.time_bound:.2f}x predicted from these times, "
             f"{speed.measured:.2f}x measured"
         )
     return lines
-
-
-def _compressed_flops(parts) -> float:
-    rest = parts.depth - parts.layer
-    return parts.layer * parts.flops_block_before + parts.flops_merge + rest * parts.flops_block_after
 
 
 def _main_variant(result: BenchResult) -> str | None:

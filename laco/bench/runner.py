@@ -41,7 +41,7 @@ from .anatomy import Anatomy, measure_anatomy
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
 from .models import CompressionSwitch, build_encoder, build_mllm, decoder_layers
 from .presets import MEASUREMENTS, BenchPreset, load_preset
-from .timing import Clock, Samples, StackTimer, Stats, paired_ratios, run_interleaved
+from .timing import Clock, Samples, StackTimer, Stats, paired_ratios, run_interleaved, usable_cores
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -278,10 +278,7 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    usable = usable_cores()
     info: dict[str, Any] = {
         "cpu": cpu_model,
         "logical_cores": os.cpu_count(),
@@ -400,7 +397,7 @@ class _Runner:
             if llm_layers == self.preset.llm.layers:
                 llm_layers = None
         self.llm_layers: int | None = llm_layers if self.preset.llm is not None else None
-        self.threads = int(settings.threads) if settings.threads else _usable_cores()
+        self.threads = int(settings.threads) if settings.threads else usable_cores()
         if self.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {self.threads}.")
         self.variants = build_variants(
@@ -704,13 +701,6 @@ def _other_processes_cores(before, after) -> float | None:
     if before is None or after is None or after[2] <= before[2]:
         return None
     return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / (after[2] - before[2]))
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ mean and standard deviation are dragged by outliers; the median and the interqua
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +24,14 @@ import torch
 from torch import nn
 
 Mark = Any  # a float (host clock) or a torch.cuda.Event
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask), the default thread count for timing and workers."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API (macOS, Windows)
+        return os.cpu_count() or 1
 
 
 class Clock:

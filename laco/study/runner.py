@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
+from ..bench.timing import usable_cores
 from ..pretrained import load_dinov2_small
 from .grid import StudyConfig, Variant
 from .probe import CompressedSuffix, Placement, prefix_features, train_cell
@@ -98,7 +99,7 @@ class Study:
                 self._features(task_name, self._task(task_name), self._starts(cells))
         queue = [(task_name, variant, seed) for task_name, cells in pending.items() for variant, seed in cells]
         jobs = min(config.jobs, len(queue))
-        threads = max(1, (config.threads or _usable_cores()) // jobs)
+        threads = max(1, (config.threads or usable_cores()) // jobs)
         worker_config = replace(config, jobs=1, threads=threads)
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch thread pools
         with ProcessPoolExecutor(jobs, mp_context=context) as pool:
@@ -106,7 +107,7 @@ class Study:
                 pool.submit(_run_share, worker_config, queue[index::jobs], index, self.progress)
                 for index in range(jobs)
             ]
-            failures = [future.exception() for future in futures if future.exception() is not None]
+            failures = [error for error in (future.exception() for future in futures) if error is not None]
         if failures:
             raise RuntimeError(
                 f"{len(failures)} of {jobs} study workers failed (finished cells are kept; rerun to resume): "
@@ -132,13 +133,12 @@ class Study:
                 "or delete the old cells."
             )
 
-    def _run_task(self, task_name: str, pending: list[tuple[Variant, int]], costs: dict[str, Any]) -> list[dict]:
+    def _run_task(self, task_name: str, pending: list[tuple[Variant, int]], costs: dict[str, Any]) -> None:
         config = self.config
         task = self._task(task_name)
         features = self._features(task_name, task, self._starts(pending))
         train_count = len(task.train_labels)
         train_labels, test_labels = torch.from_numpy(task.train_labels), torch.from_numpy(task.test_labels)
-        done = []
         bar = tqdm(pending, desc=task_name, unit="cell", disable=not self.progress, position=self.position)
         for variant, seed in bar:
             bar.set_postfix_str(f"{variant.name} seed {seed}")
@@ -172,8 +172,6 @@ class Study:
                 "spatial_detail": task.spatial_detail,
             }
             _atomic_write_json(cell_path(self.root, task_name, variant, seed), record)
-            done.append(record)
-        return done
 
     def _task(self, task_name: str):
         return load_task(task_name).subset(self.config.max_train, self.config.max_test)
@@ -249,7 +247,7 @@ class Study:
         return collect_cells(self.root)
 
 
-def _run_share(config: StudyConfig, share: list[tuple[str, Variant, int]], position: int, progress: bool) -> int:
+def _run_share(config: StudyConfig, share: list[tuple[str, Variant, int]], position: int, progress: bool) -> None:
     """A worker process: run ``share``'s cells, reading the parent's cached costs and features."""
     torch.set_num_threads(config.threads)
     study = Study(config, progress=progress)
@@ -259,14 +257,6 @@ def _run_share(config: StudyConfig, share: list[tuple[str, Variant, int]], posit
         cells = [(variant, seed) for task, variant, seed in share if task == task_name]
         if cells:
             study._run_task(task_name, cells, costs)
-    return len(share)
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def missing_cells(config: StudyConfig) -> list[tuple[str, str, int]]:
