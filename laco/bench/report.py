@@ -142,6 +142,8 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
                     f"     {SHORT[kind]:<10} {speed.measured:.2f}x measured [{speed.q1:.2f}-{speed.q3:.2f}], "
                     f"{speed.bound:.2f}x FLOP bound, {speed.efficiency:.2f} of bound"
                 )
+                if kind == "train":
+                    lines += _optimizer_lines(result, main)
         if {"train", "prefill"} & set(result.measurements):
             lines.append("     (the issue hopes for >= 1.5x; the paper reports 1.20x training, 1.15x inference)")
     efficiencies = [
@@ -167,6 +169,22 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
     for label, path in (files or {}).items():
         lines.append(f"   {label}: {path}")
     return "\n".join(lines)
+
+
+def _optimizer_lines(result: BenchResult, name: str) -> list[str]:
+    """The training step less its AdamW step: how much of the gap to the FLOP bound the optimizer explains."""
+    compute = result.speedup("train", name, without_optimizer=True)
+    rows = result.measurements["train"]
+    if compute is None or not rows[name].optimizer_seconds:
+        return []
+    optimizer = Stats.of(rows[name].optimizer_seconds).median
+    step = rows[name].stats().median
+    return [
+        f"       of which AdamW: {_ms(optimizer)} ms of {_ms(step)} ms ({100 * optimizer / step:.0f}%), the same for "
+        "any token count;",
+        f"       forward + backward alone: {compute.measured:.2f}x [{compute.q1:.2f}-{compute.q3:.2f}], "
+        f"{compute.efficiency:.2f} of bound",
+    ]
 
 
 def format_anatomy(result: BenchResult) -> list[str]:
@@ -242,6 +260,16 @@ def to_json_dict(result: BenchResult) -> dict[str, Any]:
                     "measured_over_bound": speed.efficiency,
                 },
             }
+            if m.optimizer_seconds:
+                compute = result.speedup(kind, variant.name, without_optimizer=True)
+                measurements[kind][variant.name]["optimizer_scaled_seconds"] = m.optimizer_seconds
+                if compute is not None:
+                    measurements[kind][variant.name]["speedup"]["without_optimizer"] = {
+                        "measured": compute.measured,
+                        "paired_q1": compute.q1,
+                        "paired_q3": compute.q3,
+                        "measured_over_bound": compute.efficiency,
+                    }
     return {
         "schema": SCHEMA,
         "preset": {

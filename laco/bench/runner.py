@@ -194,9 +194,19 @@ class Measurement:
     image_tokens: int
     sequence_tokens: int | None
     memory: dict[str, Any] = field(default_factory=dict)
+    # Training only: the AdamW step's share of ``scaled_seconds`` (scaled like it). It streams every parameter
+    # whatever the token count, so it is the part of a step that compression cannot shorten.
+    optimizer_seconds: list[float] = field(default_factory=list)
 
     def stats(self) -> Stats:
         return Stats.of(self.scaled_seconds)
+
+    @property
+    def compute_seconds(self) -> list[float]:
+        """Scaled seconds without the optimizer step (forward + backward in training; all of it otherwise)."""
+        if not self.optimizer_seconds:
+            return list(self.scaled_seconds)
+        return [total - optimizer for total, optimizer in zip(self.scaled_seconds, self.optimizer_seconds)]
 
 
 @dataclass(frozen=True)
@@ -239,15 +249,19 @@ class BenchResult:
                 return variant
         raise KeyError(f"no variant {name!r}; variants are {[v.name for v in self.variants]}.")
 
-    def speedup(self, kind: str, name: str) -> SpeedUp | None:
-        """``name`` against its baseline under measurement ``kind``; ``None`` for reference variants."""
+    def speedup(self, kind: str, name: str, without_optimizer: bool = False) -> SpeedUp | None:
+        """``name`` against its baseline under measurement ``kind``; ``None`` for reference variants.
+
+        ``without_optimizer``: compare training steps less their AdamW step (forward + backward), against the
+        same FLOP bound, to tell the optimizer's fixed cost from how well the smaller matmuls run.
+        """
         variant = self.variant(name)
         if variant.baseline is None:
             return None
         rows = self.measurements[kind]
         base, this = rows[variant.baseline], rows[name]
         bound = base.flops_predicted_full / this.flops_predicted_full
-        pairs = paired_ratios(_scaled_samples(base), _scaled_samples(this))
+        pairs = paired_ratios(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer))
         if not pairs:
             measured = base.stats().median / this.stats().median
             return SpeedUp(measured, measured, measured, bound)
@@ -255,10 +269,9 @@ class BenchResult:
         return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
-def _scaled_samples(measurement: Measurement) -> Samples:
-    return Samples(
-        list(measurement.scaled_seconds), {}, list(measurement.samples.rounds), list(measurement.samples.slots)
-    )
+def _scaled_samples(measurement: Measurement, without_optimizer: bool = False) -> Samples:
+    seconds = measurement.compute_seconds if without_optimizer else measurement.scaled_seconds
+    return Samples(list(seconds), {}, list(measurement.samples.rounds), list(measurement.samples.slots))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -767,6 +780,9 @@ def run(settings: BenchSettings) -> BenchResult:
                     image_tokens=image_tokens,
                     sequence_tokens=sequence,
                     memory=memory,
+                    optimizer_seconds=_scale_phase(
+                        samples[variant.name], "optimizer", "stack_optimizer", runner.llm_scale
+                    ),
                 )
             runner.model.zero_grad(set_to_none=True)
         anatomy = runner.anatomy() if "encoder" in runner.measure else None
@@ -842,6 +858,13 @@ def _scale(samples: Samples, kind: str, scale: float) -> list[float]:
         for index, value in enumerate(samples.phases.get(phase, [])):
             stack[index] += value
     return [seconds + (scale - 1.0) * extra for seconds, extra in zip(samples.seconds, stack)]
+
+
+def _scale_phase(samples: Samples, phase: str, stack_phase: str, scale: float) -> list[float]:
+    """One phase's seconds with its decoder-stack part scaled to the full depth; ``[]`` if it was not timed."""
+    values = samples.phases.get(phase, [])
+    stack = samples.phases.get(stack_phase, [0.0] * len(values))
+    return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
 
 
 class _NoProgress:

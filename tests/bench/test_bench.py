@@ -14,7 +14,7 @@ from laco.bench.anatomy import Anatomy, measure_anatomy
 from laco.bench.counting import _sdpa_backward_flop, flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_mllm
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
-from laco.bench.runner import _scale, build_variants
+from laco.bench.runner import BenchResult, Measurement, _scale, _scale_phase, build_variants
 from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
 from laco.cost import Placement
 
@@ -263,6 +263,27 @@ def test_scaling_adds_the_untimed_layers():
     assert _scale(samples, "train", 4.0) == pytest.approx([1.0 + 3 * 0.5, 2.0 + 3 * 0.2])
     assert _scale(samples, "encoder", 4.0) == [1.0, 2.0]
     assert _scale(samples, "train", 1.0) == [1.0, 2.0]
+
+
+def test_optimizer_share_is_scaled_and_can_be_left_out_of_the_speedup():
+    samples = Samples([1.0], {"optimizer": [0.3], "stack_optimizer": [0.1]})
+    assert _scale_phase(samples, "optimizer", "stack_optimizer", 4.0) == pytest.approx([0.6])
+    assert _scale_phase(Samples([1.0], {}), "optimizer", "stack_optimizer", 4.0) == []
+
+    def measurement(total, optimizer, flops):
+        return Measurement(Samples([total], {}, [0], [0]), [total], flops, flops, flops, 4, None, {}, [optimizer])
+
+    variants = build_variants(12, depths=["1/4"], methods=["laco"], method_depth="1/4", two_stage=None, factor=2)
+    rows = {
+        "none": measurement(6.0, 1.0, 4e9),
+        "external": measurement(5.0, 1.0, 4e9),
+        "laco@1/4": measurement(3.0, 1.0, 2e9),
+    }
+    result = BenchResult(PRESETS["tiny"], {}, {}, variants, {"train": rows}, [], 0.0, 0.0)
+    whole = result.speedup("train", "laco@1/4")
+    compute = result.speedup("train", "laco@1/4", without_optimizer=True)
+    assert (whole.measured, whole.bound) == (pytest.approx(5 / 3), 2.0)
+    assert (compute.measured, compute.efficiency) == (pytest.approx(4 / 2), pytest.approx(1.0))
 
 
 @pytest.mark.parametrize(
