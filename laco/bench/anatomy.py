@@ -10,6 +10,10 @@ measurement, tells them apart and predicts the encoder speed-up from measured ti
 
 for a merge after block ``k`` of ``L`` against the same merge after block ``L`` (external compression: same
 input grid, so the same merge cost).
+
+Each timed call runs its part ``L`` times back to back and reports the time per run. A part timed once would
+measure, on a GPU, how fast the host launches a dozen small kernels into an idle device, not what the part
+costs inside an encoder forward, where the host queues kernels while earlier blocks still run.
 """
 
 from __future__ import annotations
@@ -99,9 +103,14 @@ class Anatomy:
         }
 
 
-def _discard(output: Any) -> None:
-    """Workloads return sub-phase times or ``None``; the parts timed here have none."""
-    return None
+def _repeated(call, times: int):
+    """``call`` run ``times`` times, as a workload (no sub-phase times)."""
+
+    def workload() -> None:
+        for _ in range(times):
+            call()
+
+    return workload
 
 
 def _block_caller(block: nn.Module):
@@ -127,11 +136,13 @@ def measure_anatomy(
     reps: int,
     warmup: int,
     clock: Clock,
+    repeat: int | None = None,
 ) -> Anatomy:
     """Time block ``1`` at the input and at the merged token count, and ``placement``'s merge on its input.
 
     ``switch`` is the run's :class:`~laco.bench.models.CompressionSwitch`; the encoder is left uncompressed
-    while timing, so calling a block runs the block alone.
+    while timing, so calling a block runs the block alone. Every timed call runs its part ``repeat`` times
+    (default: the encoder's depth); the times are per run.
     """
     if len(placement.layers) != 1:
         raise ValueError(f"the anatomy of {name} needs a one-stage placement, got layers {placement.layers}.")
@@ -147,14 +158,18 @@ def measure_anatomy(
         return torch.randn(batch, tokens, width, generator=generator).to(device, dtype)
 
     inputs = {"block_before": hidden(before), "block_after": hidden(after), "merge": hidden(grid[0] * grid[1])}
-    workloads = {
-        "block_before": lambda: _discard(run_block(inputs["block_before"])),
-        "block_after": lambda: _discard(run_block(inputs["block_after"])),
-        "merge": lambda: _discard(merge(inputs["merge"], grid)),
+    parts = {
+        "block_before": lambda: run_block(inputs["block_before"]),
+        "block_after": lambda: run_block(inputs["block_after"]),
+        "merge": lambda: merge(inputs["merge"], grid),
     }
+    repeat = len(blocks) if repeat is None else repeat
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}.")
+    workloads = {part: _repeated(call, repeat) for part, call in parts.items()}
     flops: dict[str, float] = {}
     with torch.inference_mode():
-        for part, call in workloads.items():
+        for part, call in parts.items():
             counter = flop_counter_mode()
             with counter:
                 call()
@@ -167,9 +182,9 @@ def measure_anatomy(
         batch=batch,
         tokens_before=before,
         tokens_after=after,
-        block_before=samples["block_before"].stats(),
-        block_after=samples["block_after"].stats(),
-        merge=samples["merge"].stats(),
+        block_before=Stats.of([t / repeat for t in samples["block_before"].seconds]),
+        block_after=Stats.of([t / repeat for t in samples["block_after"].seconds]),
+        merge=Stats.of([t / repeat for t in samples["merge"].seconds]),
         flops_block_before=flops["block_before"],
         flops_block_after=flops["block_after"],
         flops_merge=flops["merge"],

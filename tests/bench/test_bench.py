@@ -311,6 +311,8 @@ def test_anatomy_calls_the_blocks_of_every_family(family):
     encoder = tiny_encoder(family, attn_implementation="sdpa")
     switch = CompressionSwitch(encoder)
     prefix = PREFIX[family]
+    calls = []
+    switch.adapter.blocks(encoder)[0].register_forward_pre_hook(lambda module, args: calls.append(1))
     parts = measure_anatomy(
         switch,
         Placement((2,), "laco", 2),
@@ -324,7 +326,9 @@ def test_anatomy_calls_the_blocks_of_every_family(family):
         reps=1,
         warmup=0,
         clock=Clock(),
+        repeat=3,
     )
+    assert len(calls) == 2 * (1 + 3)  # both token counts: once under the FLOP counter, then 3 runs per timed call
     assert (parts.tokens_before, parts.tokens_after) == (64 + prefix, 16 + prefix)
     assert parts.flops_block_after < parts.flops_block_before and parts.flops_merge > 0
     assert not laco_patch.is_patched(encoder)  # timed uncompressed: a block call runs the block alone
