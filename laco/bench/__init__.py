@@ -9,7 +9,8 @@ the analytic cost model.
 >>> result = run_benchmark(quick=True, out="runs/bench-quick")          # tiny geometry, seconds
 >>> result = run_benchmark(preset="llava-ov-0.5b", measure=["encoder", "prefill"], reps=5)
 
-Command line (``main`` takes an argv list; ``python -m laco.bench --help``).
+Command line (``main`` takes an argv list; ``python -m laco.bench --help``); ``--compare`` plots earlier runs
+against the setting they differ in (:mod:`laco.bench.sweep`).
 """
 
 from __future__ import annotations
@@ -160,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN",
+        default=None,
+        help="time nothing: compare earlier runs (their bench.json or --out directories), headline speed-up "
+        "against the setting they differ in; table + sweep.png in --out",
+    )
+    parser.add_argument("--by", default=None, help="with --compare: the setting for the x axis (default: batch, ...)")
     return parser
 
 
@@ -169,6 +179,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_presets:
         for name, preset in PRESETS.items():
             print(f"{name:16} {preset.description}")
+        return 0
+    if args.compare:
+        from .sweep import compare
+
+        try:
+            print(
+                compare(
+                    args.compare, by=args.by, out=args.out or f"runs/bench-compare-{time.strftime('%Y%m%d-%H%M%S')}"
+                )
+            )
+        except (ValueError, FileNotFoundError) as error:
+            print(f"laco bench: error: {error}", file=sys.stderr)
+            return 2
         return 0
     two_stage = None if [s.lower() for s in args.two_stage] in ([], ["none"]) else args.two_stage
     preset_name = args.preset or ("tiny" if args.quick else "llava-ov-0.5b")

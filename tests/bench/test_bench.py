@@ -332,3 +332,49 @@ def test_anatomy_calls_the_blocks_of_every_family(family):
     assert (parts.tokens_before, parts.tokens_after) == (64 + prefix, 16 + prefix)
     assert parts.flops_block_after < parts.flops_block_before and parts.flops_merge > 0
     assert not laco_patch.is_patched(encoder)  # timed uncompressed: a block call runs the block alone
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Comparing runs
+
+
+def test_compare_reads_runs_and_plots_the_headline_against_the_batch(quick_run, tmp_path, capsys):
+    out, _ = quick_run
+    second = tmp_path / "batch2"
+    quick = [
+        "--quick",
+        "--no-progress",
+        "--no-plot",
+        "--measure",
+        "encoder",
+        "--methods",
+        "laco",
+        "--two-stage",
+        "none",
+    ]
+    assert main([*quick, "--batch", "2", "--out", str(second)]) == 0
+    capsys.readouterr()
+    assert main(["--compare", str(out), str(second / "bench.json"), "--out", str(tmp_path / "cmp")]) == 0
+    text = capsys.readouterr().out
+    assert "speed-up against batch" in text  # batch, measure and methods differ: batch is preferred
+    encoder_rows = [
+        line.removeprefix("tiny (CPU, 1 thr.)").split() for line in text.splitlines() if " encoder " in line
+    ]
+    assert [row[0] for row in encoder_rows] == ["1", "2"] and all(row[2] == "laco@1/4" for row in encoder_rows)
+    assert sum(" train step " in line for line in text.splitlines()) == 1  # only the batch-1 run trained
+    assert (tmp_path / "cmp" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_errors_name_the_fix(quick_run, tmp_path, capsys):
+    from laco.bench.sweep import load_runs, varying_setting
+
+    out, _ = quick_run
+    with pytest.raises(ValueError, match="at least two runs"):
+        load_runs([out])
+    (tmp_path / "other.json").write_text('{"schema": "something-else"}')
+    with pytest.raises(ValueError, match="not a laco bench result"):
+        load_runs([out, tmp_path / "other.json"])
+    with pytest.raises(ValueError, match="--by"):
+        varying_setting(load_runs([out, out]))
+    assert main(["--compare", str(out), str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err

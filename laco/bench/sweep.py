@@ -1,0 +1,199 @@
+"""Compare earlier ``laco bench`` runs: how the headline speed-ups move with one setting (batch, threads, ...).
+
+A single run answers "how much faster here"; a sweep answers "when does the gain show". On a GPU the ratios grow
+with the batch until kernels are big enough for the FLOP bound to hold; on a CPU they move with the thread count.
+This reads the runs' ``bench.json`` files (nothing is re-timed), prints one row per run and measurement, and plots
+the measured speed-up and its FLOP bound against the setting, one line per preset and device.
+
+>>> from laco.bench.sweep import load_runs, format_sweep
+>>> runs = load_runs(["runs/b8/bench.json", "runs/b32/bench.json"])
+>>> print(format_sweep(runs, "batch"))
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .report import SCHEMA, SHORT
+
+PREFERRED_KEYS = ("batch", "threads", "dtype", "llm_layers", "reps")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``bench.json``: where it came from, and its data."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """Which line of the plot the run belongs to: preset on device (GPU name where there is one)."""
+        machine = self.data["machine"]
+        device = machine["gpu"]["name"] if machine.get("gpu") else f"CPU, {self.data['settings']['threads']} thr."
+        return f"{self.data['preset']['name']} ({device})"
+
+    def headline(self) -> str | None:
+        """LaCo at 1/4 depth if run, else the first one-stage LaCo placement (as the run's summary picks)."""
+        names = [v["name"] for v in self.data["variants"] if v["group"] == "depth"]
+        return "laco@1/4" if "laco@1/4" in names else (names[0] if names else None)
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Read ``bench.json`` files (or directories holding one), checking they are ``laco bench`` output."""
+    runs = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            path = path / "bench.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist; pass the bench.json files (or --out directories) of runs.")
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ValueError(f"{path} is not a laco bench result (expected schema {SCHEMA!r}).")
+        runs.append(Run(path, data))
+    if len(runs) < 2:
+        raise ValueError(f"a comparison needs at least two runs, got {len(runs)}.")
+    return runs
+
+
+def varying_setting(runs: Sequence[Run]) -> str:
+    """The setting the runs differ in, for the x axis (batch first, where several differ)."""
+    differing = [
+        key
+        for key in runs[0].data["settings"]
+        if len({json.dumps(run.data["settings"].get(key), sort_keys=True) for run in runs}) > 1
+    ]
+    for key in PREFERRED_KEYS:
+        if key in differing:
+            return key
+    numeric = [key for key in differing if isinstance(runs[0].data["settings"].get(key), int | float)]
+    if not numeric:
+        raise ValueError(
+            "the runs differ in no numeric setting (they differ in "
+            f"{differing or 'nothing'}); name one with --by, e.g. --by batch."
+        )
+    return numeric[0]
+
+
+def rows(runs: Sequence[Run], key: str) -> list[dict[str, Any]]:
+    """One row per run and measurement with a speed-up: the headline variant against external compression."""
+    out = []
+    for run in runs:
+        if key not in run.data["settings"]:
+            raise ValueError(f"{run.path} has no setting {key!r}; settings are {sorted(run.data['settings'])}.")
+        name = run.headline()
+        if name is None:
+            continue
+        for kind, measurements in run.data["measurements"].items():
+            speed = measurements.get(name, {}).get("speedup")
+            if not speed:
+                continue
+            out.append(
+                {
+                    "label": run.label,
+                    "value": run.data["settings"][key],
+                    "kind": kind,
+                    "variant": name,
+                    "measured": speed["measured"],
+                    "q1": speed["paired_q1"],
+                    "q3": speed["paired_q3"],
+                    "bound": speed["flop_bound"],
+                    "path": str(run.path),
+                }
+            )
+    order = {kind: index for index, kind in enumerate(SHORT)}
+    return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
+
+
+def format_sweep(runs: Sequence[Run], key: str) -> str:
+    """A table: per preset and measurement, the headline speed-up at each value of ``key``."""
+    table = rows(runs, key)
+    header = ["preset (device)", key, "measurement", "variant", "speed-up [IQR]", "FLOP bound", "meas/bound"]
+    cells = [
+        [
+            row["label"],
+            str(row["value"]),
+            SHORT.get(row["kind"], row["kind"]),
+            row["variant"],
+            f"{row['measured']:.2f}x [{row['q1']:.2f}-{row['q3']:.2f}]",
+            f"{row['bound']:.2f}x",
+            f"{row['measured'] / row['bound']:.2f}",
+        ]
+        for row in table
+    ]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    render = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))  # noqa: E731
+    lines = [f"== speed-up against {key} (headline LaCo placement vs external compression)", render(header)]
+    lines.append(render(["-" * w for w in widths]))
+    lines += [render(c) for c in cells]
+    return "\n".join(lines)
+
+
+def plot_sweep(runs: Sequence[Run], key: str, path: str | Path) -> Path:
+    """One panel per measurement: measured speed-up (IQR bars) and FLOP bound (dashed) against ``key``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = rows(runs, key)
+    # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
+    # gain to show; the table keeps it.
+    kinds = [kind for kind in SHORT if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)]
+    if not kinds:
+        raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
+    labels = sorted({row["label"] for row in table})
+    colours = {label: f"C{i}" for i, label in enumerate(labels)}
+    numeric = all(isinstance(row["value"], int | float) for row in table)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for label in labels:
+            points = [row for row in table if row["kind"] == kind and row["label"] == label]
+            if not points:
+                continue
+            xs = [row["value"] if numeric else str(row["value"]) for row in points]
+            measured = [row["measured"] for row in points]
+            errors = [
+                [m - row["q1"] for m, row in zip(measured, points)],
+                [row["q3"] - m for m, row in zip(measured, points)],
+            ]
+            ax.errorbar(
+                xs, measured, yerr=errors, marker="o", color=colours[label], capsize=3, label=f"{label} measured"
+            )
+            ax.plot(
+                xs, [row["bound"] for row in points], "--", color=colours[label], alpha=0.7, label=f"{label} FLOP bound"
+            )
+        if numeric and key == "batch":
+            ax.set_xscale("log", base=2)
+            values = sorted({row["value"] for row in table if row["kind"] == kind})
+            ax.set_xticks(values, [str(v) for v in values])
+        ax.axhline(1.0, color="0.7", linewidth=0.8)
+        ax.set_title(SHORT.get(kind, kind))
+        ax.set_xlabel(key)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("speed-up over external compression")
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=max(1, min(4, len(names))), fontsize="small", frameon=False)
+    fig.suptitle(f"headline LaCo placement vs external compression, against {key}", fontsize="medium")
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(names) - 1) // 4), 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def compare(paths: Sequence[str | Path], by: str | None = None, out: str | Path | None = None) -> str:
+    """Load runs, print-ready table for ``by`` (default: the setting they differ in), and ``out/sweep.png``."""
+    runs = load_runs(paths)
+    key = by or varying_setting(runs)
+    text = format_sweep(runs, key)
+    if out is not None:
+        text += f"\n   plot: {plot_sweep(runs, key, Path(out) / 'sweep.png')}"
+    return text
