@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU figures of the README in one call, sized for a 15-minute lease on an H200 (141 GB; batch 32 of the
-# uncompressed 0.5B training step needs ~110 GB): CUDA-vs-CPU correctness tests, then `laco bench` on the
-# LLaVA-OneVision geometries.
+# uncompressed 0.5B training step peaks at 99 GB): CUDA-vs-CPU correctness tests, then `laco bench` on the
+# LLaVA-OneVision geometries. On an H200 it took 259 s in all (docs/bench-gpu/lease2/bench_gpu.sh.log).
 #   1. 0.5B, batch 32, every placement (encoder, training step, TTFT): the placement table and plot.
 #   2. 7B (4 of 28 layers timed, scaled), batch 32, LaCo@1/4 against external.
 #   3. 0.5B, LaCo@1/4 against external at batch 16 and 8: how the ratios grow with the work per kernel launch.
-# Decode is left out: LaCo and external feed the LLM the same tokens, so its ratio is 1 (the CPU run shows it),
-# and 32 eager decode steps per call are what made the full preset exceed 4 minutes per geometry.
+# Decode is left out: LaCo and external feed the LLM the same tokens, so its ratio is 1, and 32 eager decode
+# steps per call make up half of the full preset's time (`laco bench --preset llava-ov-0.5b --batch 32`, decode
+# included, took 219 s of measurements on the H200: give it its own call).
 # Usage: scripts/bench_gpu.sh [OUT_DIR]      (laco importable: `pip install -e .` or PYTHONPATH=.)
 set -uo pipefail
 out=${1:-runs/bench-gpu}
