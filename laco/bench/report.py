@@ -145,7 +145,7 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
                 if kind == "train":
                     lines += _optimizer_lines(result, main)
         if {"train", "prefill"} & set(result.measurements):
-            lines.append("     (the issue hopes for >= 1.5x; the paper reports 1.20x training, 1.15x inference)")
+            lines.append("     (target >= 1.5x; the paper reports 1.20x training, 1.15x inference)")
     efficiencies = [
         (speed.efficiency, kind, variant.name)
         for kind in result.measurements
