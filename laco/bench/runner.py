@@ -35,7 +35,7 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..compressors import available as available_methods
-from ..cost import Placement, encoder_flops, mllm_flops
+from ..cost import Placement, encoder_flops, mllm_flops, training_activation_bytes
 from ..cost import image_tokens as visual_tokens
 from .anatomy import Anatomy, measure_anatomy
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
@@ -482,20 +482,35 @@ class _Runner:
         return self._optimizers["rest"], self._optimizers["stack"], self._variant_optimizers[variant.placement]
 
     def check_training_memory(self) -> None:
-        """Refuse a training step that cannot fit, before spending minutes to find out."""
+        """Refuse a training step that cannot fit, before spending minutes to find out (on a CPU the OS would
+        kill the process without a Python error)."""
         params = sum(p.numel() for p in self.model.parameters())
         element = torch.tensor([], dtype=self.dtype).element_size()
-        needed = params * element * 4  # weights, gradients, AdamW's two moments
+        state = params * element * 4  # weights, gradients, AdamW's two moments
+        preset = self.preset
+        built_llm = preset.llm.with_layers(self.llm_layers) if self.llm_layers is not None else preset.llm
+        activations = training_activation_bytes(  # the uncompressed variant: the largest
+            preset.encoder,
+            built_llm,
+            None,
+            element_bytes=element,
+            image_size=preset.resolution,
+            images=self.batch,
+            prompt_tokens=preset.prompt_tokens,
+            answer_tokens=preset.answer_tokens,
+        )
         if self.device.type == "cuda":
             available = torch.cuda.mem_get_info(self.device)[0] + params * element
         else:
             gib = _memory_gib("MemAvailable")
             available = None if gib is None else gib * 2**30 + params * element
-        if available is not None and needed > 0.9 * available:
+        if available is not None and state + activations > 0.9 * available:
             raise MemoryError(
-                f"a training step of {params / 1e9:.2f}B parameters in {self.dtype} needs ~{needed / 2**30:.1f} GiB "
-                f"for weights, gradients and AdamW state (activations extra), but ~{available / 2**30:.1f} GiB is "
-                "available. Time fewer LLM layers (--llm-layers), use --dtype bfloat16, or leave train out of --measure."
+                f"a training step of {params / 1e9:.2f}B parameters in {self.dtype} at batch {self.batch} needs "
+                f"~{(state + activations) / 2**30:.1f} GiB ({state / 2**30:.1f} for weights, gradients and AdamW "
+                f"state, ~{activations / 2**30:.1f} for the uncompressed model's activations), but "
+                f"~{available / 2**30:.1f} GiB is available. Use a smaller --batch, time fewer LLM layers "
+                "(--llm-layers), use --dtype bfloat16, or leave train out of --measure."
             )
 
     # -- workloads -------------------------------------------------------------------------------------------

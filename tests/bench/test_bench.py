@@ -10,13 +10,14 @@ from torch.utils.flop_counter import sdpa_backward_flop_count
 
 from laco import patch as laco_patch
 from laco.bench import main, run_benchmark
+from laco.bench import runner as runner_module
 from laco.bench.anatomy import Anatomy, measure_anatomy
 from laco.bench.counting import _sdpa_backward_flop, flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_mllm
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
 from laco.bench.runner import BenchResult, Measurement, _scale, _scale_phase, build_variants
 from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
-from laco.cost import Placement
+from laco.cost import Placement, training_activation_bytes
 
 from tiny_models import FAMILIES, PREFIX, WIDTH, tiny_encoder
 
@@ -133,6 +134,24 @@ def test_errors_name_the_fix():
         run_benchmark("llava-ov-13b", progress=False, echo=False)
     with pytest.raises(ValueError, match="unknown method"):
         build_variants(12, methods=["laco", "tome"])
+
+
+def test_activation_estimate_covers_what_a_training_step_saves(quick_run):
+    out, _ = quick_run
+    saved = json.loads((out / "bench.json").read_text())["measurements"]["train"]["none"]["memory"]["bytes"]
+    tiny = PRESETS["tiny"]
+    estimate = training_activation_bytes(
+        TINY_ENCODER, TINY_LLM, element_bytes=4, prompt_tokens=tiny.prompt_tokens, answer_tokens=tiny.answer_tokens
+    )
+    assert saved <= estimate <= 1.5 * saved  # covers it, with the loss's transients, and not wildly more
+
+
+def test_a_training_step_that_cannot_fit_is_refused_before_it_starts(monkeypatch, capsys):
+    monkeypatch.setattr(runner_module, "_memory_gib", lambda field: 0.001)
+    with pytest.raises(MemoryError, match=r"at batch 3 needs .*--batch"):
+        run_benchmark(quick=True, batch=3, measure=["train"], two_stage=None, progress=False, echo=False)
+    assert main(["--quick", "--no-progress", "--no-plot", "--measure", "train", "--out", "/nonexistent/x"]) == 2
+    assert "activations" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------
