@@ -164,6 +164,9 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
         )
     if result.anatomy is not None:
         lines += format_anatomy(result)
+    host_bound = host_bound_warning(result)
+    if host_bound:
+        lines.append(f"   warning: {host_bound}")
     lines.append(f"   build {result.build_seconds:.1f} s, measurements {result.run_seconds:.1f} s")
     lines += [f"   note: {note}" for note in result.notes]
     for label, path in (files or {}).items():
@@ -185,6 +188,39 @@ def _optimizer_lines(result: BenchResult, name: str) -> list[str]:
         f"       forward + backward alone: {compute.measured:.2f}x [{compute.q1:.2f}-{compute.q3:.2f}], "
         f"{compute.efficiency:.2f} of bound",
     ]
+
+
+HOST_BOUND_SCALING = 0.5
+"""Below this share of the expected growth, an LLM pass over more tokens is taken as host-bound."""
+
+
+def host_bound_warning(result: BenchResult) -> str | None:
+    """Say so when the LLM's prefill did not get slower with ~3x the tokens: a host-bound run.
+
+    Uncompressed and externally compressed prefills run the same decoder layers over different token counts.
+    If the larger one costs hardly more time, the device is waiting for the host to launch kernels (eager mode,
+    small batch on a GPU), and every speed-up in the run understates what the FLOP reduction allows.
+    """
+    rows = result.measurements.get("prefill", {})
+    if "none" not in rows or "external" not in rows:
+        return None
+    big, small = rows["none"], rows["external"]
+    times = [
+        Stats.of(m.samples.phases.get("stack_forward", [])).median if m.samples.phases.get("stack_forward") else None
+        for m in (big, small)
+    ]
+    if None in times or not big.sequence_tokens or not small.sequence_tokens or times[1] <= 0:
+        return None
+    token_ratio = big.sequence_tokens / small.sequence_tokens
+    time_ratio = times[0] / times[1]
+    if token_ratio <= 1.5 or (time_ratio - 1) >= HOST_BOUND_SCALING * (token_ratio - 1):
+        return None
+    return (
+        f"the LLM's decoder layers took {_ms(times[0])} ms of prefill for {big.sequence_tokens} tokens per sequence "
+        f"and {_ms(times[1])} ms for {small.sequence_tokens} ({token_ratio:.1f}x the tokens, {time_ratio:.2f}x the "
+        "time): this run is bound by the host launching kernels, not by arithmetic, so its speed-ups understate "
+        "what the FLOP reduction allows. Raise --batch (and compare runs with --compare)."
+    )
 
 
 def format_anatomy(result: BenchResult) -> list[str]:

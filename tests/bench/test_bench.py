@@ -15,6 +15,7 @@ from laco.bench.anatomy import Anatomy, measure_anatomy
 from laco.bench.counting import _sdpa_backward_flop, flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_mllm
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, preset_from_dict
+from laco.bench.report import host_bound_warning
 from laco.bench.runner import BenchResult, Measurement, _scale, _scale_phase, build_variants
 from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
 from laco.cost import Placement, training_activation_bytes
@@ -303,6 +304,22 @@ def test_optimizer_share_is_scaled_and_can_be_left_out_of_the_speedup():
     compute = result.speedup("train", "laco@1/4", without_optimizer=True)
     assert (whole.measured, whole.bound) == (pytest.approx(5 / 3), 2.0)
     assert (compute.measured, compute.efficiency) == (pytest.approx(4 / 2), pytest.approx(1.0))
+
+
+@pytest.mark.parametrize(("stack_none", "warned"), [(0.0101, True), (0.030, False)])
+def test_a_prefill_that_does_not_grow_with_its_tokens_is_called_host_bound(stack_none, warned):
+    def prefill(stack, sequence):
+        samples = Samples([2 * stack], {"stack_forward": [stack]}, [0], [0])
+        return Measurement(samples, [2 * stack], 1e9, 1e9, 1e9, sequence - 32, sequence)
+
+    variants = build_variants(12, depths=["1/4"], methods=["laco"], method_depth="1/4", two_stage=None, factor=2)
+    rows = {"none": prefill(stack_none, 761), "external": prefill(0.010, 228), "laco@1/4": prefill(0.010, 228)}
+    result = BenchResult(PRESETS["tiny"], {}, {}, variants, {"prefill": rows}, [], 0.0, 0.0)
+    warning = host_bound_warning(result)
+    assert (warning is not None) == warned
+    if warned:
+        assert "3.3x the tokens, 1.01x the time" in warning and "--batch" in warning
+    assert host_bound_warning(BenchResult(PRESETS["tiny"], {}, {}, variants, {}, [], 0.0, 0.0)) is None
 
 
 @pytest.mark.parametrize(
