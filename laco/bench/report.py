@@ -218,7 +218,7 @@ def host_bound_warning(result: BenchResult) -> str | None:
     return (
         f"the LLM's decoder layers took {_ms(times[0])} ms of prefill for {big.sequence_tokens} tokens per sequence "
         f"and {_ms(times[1])} ms for {small.sequence_tokens} ({token_ratio:.1f}x the tokens, {time_ratio:.2f}x the "
-        "time): this run is bound by the host launching kernels, not by arithmetic, so its speed-ups understate "
+        "time): this run is bound by host overhead (Python, kernel launches), not by arithmetic, so its speed-ups understate "
         "what the FLOP reduction allows. Raise --batch (and compare runs with --compare)."
     )
 
