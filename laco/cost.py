@@ -433,7 +433,7 @@ def training_activation_bytes(
     2.9 GB estimated, 2.4 GB saved for backward measured (the loss's transients come on top); H200 bf16, batch
     32, 24 layers: 95 GB estimated, 104 GB peak above the weights measured (gradients included).
     """
-    vision = encoder_flops(encoder, layers, image_size=image_size, factor=2)
+    vision = encoder_flops(encoder, layers, image_size=image_size)
     vision_layer = 9 * encoder.width + (3 if encoder.mlp_kind == "swiglu" else 2) * encoder.mlp
     vision_elements = sum(tokens * vision_layer for tokens in vision.info["tokens_per_layer"])
     sequence = image_tokens(vision, encoder, drop_prefix) + prompt_tokens + answer_tokens

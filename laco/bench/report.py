@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from ..cost import Placement, encoder_flops, mllm_flops
-from .runner import BenchResult, Measurement, Variant
+from .runner import BenchResult, Measurement, SpeedUp, Variant
 from .timing import Stats
 
 SCHEMA = "laco-bench/1"
@@ -128,7 +129,7 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
         + (f", GPU {machine['gpu']['name']}" if machine.get("gpu") else "")
         + f"; torch {machine['torch']}, transformers {machine['transformers']}",
     ]
-    main = _main_variant(result)
+    main = headline_variant((v.name, v.group) for v in result.variants)
     if main is not None:
         variant = result.variant(main)
         tokens = next(iter(result.measurements.values()))[main].image_tokens
@@ -205,12 +206,10 @@ def host_bound_warning(result: BenchResult) -> str | None:
     if "none" not in rows or "external" not in rows:
         return None
     big, small = rows["none"], rows["external"]
-    times = [
-        Stats.of(m.samples.phases.get("stack_forward", [])).median if m.samples.phases.get("stack_forward") else None
-        for m in (big, small)
-    ]
-    if None in times or not big.sequence_tokens or not small.sequence_tokens or times[1] <= 0:
+    stats = [m.samples.phase_stats().get("stack_forward") for m in (big, small)]
+    if None in stats or not big.sequence_tokens or not small.sequence_tokens or stats[1].median <= 0:
         return None
+    times = [s.median for s in stats]
     token_ratio = big.sequence_tokens / small.sequence_tokens
     time_ratio = times[0] / times[1]
     if token_ratio <= 1.5 or (time_ratio - 1) >= HOST_BOUND_SCALING * (token_ratio - 1):
@@ -245,13 +244,13 @@ def format_anatomy(result: BenchResult) -> list[str]:
     return lines
 
 
-def _main_variant(result: BenchResult) -> str | None:
-    """The headline variant: LaCo at 1/4 depth if it was run, else the first single-stage LaCo placement."""
-    depth_variants = [v for v in result.variants if v.group == "depth"]
-    for variant in depth_variants:
-        if variant.name == "laco@1/4":
-            return variant.name
-    return depth_variants[0].name if depth_variants else None
+def headline_variant(variants: Iterable[tuple[str, str]]) -> str | None:
+    """The headline of a run, from its variants' ``(name, group)``: LaCo at 1/4 depth if it was run, else the
+    first single-stage LaCo placement. Shared by the summary and :mod:`laco.bench.sweep` (which reads JSON)."""
+    depth_names = [name for name, group in variants if group == "depth"]
+    if "laco@1/4" in depth_names:
+        return "laco@1/4"
+    return depth_names[0] if depth_names else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -285,27 +284,13 @@ def to_json_dict(result: BenchResult) -> dict[str, Any]:
                 "flops_predicted": m.flops_predicted,
                 "flops_predicted_full": m.flops_predicted_full,
                 "memory": m.memory,
-                "speedup": None
-                if speed is None
-                else {
-                    "baseline": variant.baseline,
-                    "measured": speed.measured,
-                    "paired_q1": speed.q1,
-                    "paired_q3": speed.q3,
-                    "flop_bound": speed.bound,
-                    "measured_over_bound": speed.efficiency,
-                },
+                "speedup": None if speed is None else {"baseline": variant.baseline, **_speedup_json(speed)},
             }
             if m.optimizer_seconds:
                 compute = result.speedup(kind, variant.name, without_optimizer=True)
                 measurements[kind][variant.name]["optimizer_scaled_seconds"] = m.optimizer_seconds
                 if compute is not None:
-                    measurements[kind][variant.name]["speedup"]["without_optimizer"] = {
-                        "measured": compute.measured,
-                        "paired_q1": compute.q1,
-                        "paired_q3": compute.q3,
-                        "measured_over_bound": compute.efficiency,
-                    }
+                    measurements[kind][variant.name]["speedup"]["without_optimizer"] = _speedup_json(compute)
     return {
         "schema": SCHEMA,
         "preset": {
@@ -323,6 +308,16 @@ def to_json_dict(result: BenchResult) -> dict[str, Any]:
         "anatomy": result.anatomy.to_dict() if result.anatomy is not None else None,
         "build_seconds": result.build_seconds,
         "run_seconds": result.run_seconds,
+    }
+
+
+def _speedup_json(speed: SpeedUp) -> dict[str, float]:
+    return {
+        "measured": speed.measured,
+        "paired_q1": speed.q1,
+        "paired_q3": speed.q3,
+        "flop_bound": speed.bound,
+        "measured_over_bound": speed.efficiency,
     }
 
 

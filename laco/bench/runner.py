@@ -864,22 +864,26 @@ def run(settings: BenchSettings) -> BenchResult:
     )
 
 
+def _with_stack_scaled(values: list[float], samples: Samples, stack_phases: Sequence[str], scale: float) -> list[float]:
+    """``values`` plus the decoder stack's share of them (the sum of ``stack_phases``) times ``scale - 1``: the
+    time of the full depth from a run that timed fewer LLM layers."""
+    stack = [0.0] * len(values)
+    for phase in stack_phases:
+        for index, value in enumerate(samples.phases.get(phase, [])[: len(values)]):
+            stack[index] += value
+    return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
+
+
 def _scale(samples: Samples, kind: str, scale: float) -> list[float]:
     """Wall seconds with the LLM decoder stack's time scaled from the timed to the full number of layers."""
     if scale == 1.0 or kind == "encoder":
         return list(samples.seconds)
-    stack = [0.0] * len(samples.seconds)
-    for phase in ("stack_forward", "stack_backward", "stack_optimizer"):
-        for index, value in enumerate(samples.phases.get(phase, [])):
-            stack[index] += value
-    return [seconds + (scale - 1.0) * extra for seconds, extra in zip(samples.seconds, stack)]
+    return _with_stack_scaled(samples.seconds, samples, ("stack_forward", "stack_backward", "stack_optimizer"), scale)
 
 
 def _scale_phase(samples: Samples, phase: str, stack_phase: str, scale: float) -> list[float]:
     """One phase's seconds with its decoder-stack part scaled to the full depth; ``[]`` if it was not timed."""
-    values = samples.phases.get(phase, [])
-    stack = samples.phases.get(stack_phase, [0.0] * len(values))
-    return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
+    return _with_stack_scaled(samples.phases.get(phase, []), samples, (stack_phase,), scale)
 
 
 class _NoProgress:

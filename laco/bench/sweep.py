@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import SCHEMA, SHORT
+from .report import SCHEMA, SHORT, headline_variant
 
 PREFERRED_KEYS = ("batch", "threads", "dtype", "llm_layers", "reps")
 
@@ -38,9 +38,8 @@ class Run:
         return f"{self.data['preset']['name']} ({device})"
 
     def headline(self) -> str | None:
-        """LaCo at 1/4 depth if run, else the first one-stage LaCo placement (as the run's summary picks)."""
-        names = [v["name"] for v in self.data["variants"] if v["group"] == "depth"]
-        return "laco@1/4" if "laco@1/4" in names else (names[0] if names else None)
+        """The variant the run's own summary leads with."""
+        return headline_variant((v["name"], v["group"]) for v in self.data["variants"])
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
