@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -172,6 +173,7 @@ def apply(
             (see :class:`laco.adapters.GenericAdapter`).
         **options: passed to the compressor (``shortcut``, ``init``, ``hidden_dim``, ``pad``, ...).
     """
+    _refuse_compile_wrapper(model, "laco.apply")
     if blocks is not None:
         encoder: nn.Module = model
         adapter: EncoderAdapter = GenericAdapter(
@@ -185,6 +187,7 @@ def apply(
         encoder, adapter = resolve_encoder(model)
     if is_patched(encoder):
         raise ValueError("this encoder is already compressed by laco; call laco.remove(model) before applying again.")
+    _warn_if_compiled(model, "laco.apply")
 
     block_list = adapter.blocks(encoder)
     layers = resolve_layers(layer, len(block_list))
@@ -233,9 +236,11 @@ def build_compressor_for_block(
 
 def remove(model: nn.Module) -> nn.Module:
     """Undo :func:`apply`: drop the compressors and hooks; outputs become bit-identical to the original."""
+    _refuse_compile_wrapper(model, "laco.remove")
     encoder = _patched_encoder(model)
     if encoder is None:
         raise ValueError("this model is not compressed by laco; nothing to remove.")
+    _warn_if_compiled(model, "laco.remove")
     state: _PatchState = encoder._laco
     for stage in state.stages:
         stage.hook.remove()
@@ -247,6 +252,34 @@ def remove(model: nn.Module) -> nn.Module:
     if config is not None and hasattr(config, CONFIG_ATTRIBUTE):
         delattr(config, CONFIG_ATTRIBUTE)
     return model
+
+
+def _refuse_compile_wrapper(model: nn.Module, action: str) -> None:
+    if hasattr(model, "_orig_mod"):
+        raise ValueError(
+            f"{action} got a torch.compile wrapper ({type(model).__name__}), whose traced graphs would not see the "
+            f"change. Call {action} on the original model (wrapper._orig_mod), before compiling it or followed by "
+            "torch.compiler.reset()."
+        )
+
+
+def _warn_if_compiled(model: nn.Module, action: str) -> None:
+    """Warn when ``model`` is, or holds, a ``torch.compile``d module: Dynamo does not guard on module hooks by
+    default (``torch._dynamo.config.skip_nnmodule_hook_guards``), so a graph traced before this call keeps
+    running as if it had not happened, with no error. Compiling after laco.apply is safe."""
+    compiled = [
+        name or type(model).__name__
+        for name, module in model.named_modules()
+        if getattr(module, "_compiled_call_impl", None) is not None or hasattr(module, "_orig_mod")
+    ]
+    if compiled:
+        warnings.warn(
+            f"{action} on a compiled module ({compiled[0]}): graphs torch.compile traced before this call do not see "
+            "it and keep running as they were. Call laco.apply before compiling, or torch.compiler.reset() after "
+            "this call so the next call traces again.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def is_patched(model: nn.Module) -> bool:

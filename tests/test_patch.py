@@ -303,3 +303,31 @@ def test_layer_init_starts_from_the_layer_mlp():
 def test_layer_init_is_refused_for_swiglu_encoders():
     with pytest.raises(ValueError, match="init='layer' needs a plain two-Linear MLP"):
         laco.apply(tiny_encoder("aimv2"), 2, init="layer")
+
+
+def test_a_torch_compile_wrapper_is_refused_with_the_fix():
+    compiled = torch.compile(tiny_encoder("siglip"), backend="aot_eager")
+    with pytest.raises(ValueError, match=r"torch.compile wrapper.*_orig_mod"):
+        laco.apply(compiled, 2)
+
+
+def test_patching_a_module_that_has_run_compiled_warns_and_reset_recovers():
+    # Dynamo does not guard on module hooks: without the warning the graph traced before apply runs on, uncompressed.
+    model = tiny_encoder("siglip")
+    model.compile(backend="aot_eager")
+    x = pixels()
+    assert model(x).last_hidden_state.shape[1] == GRID * GRID
+    with pytest.warns(UserWarning, match=r"laco.apply on a compiled module.*torch.compiler.reset\(\)"):
+        laco.apply(model, 2)
+    torch.compiler.reset()
+    assert model(x).last_hidden_state.shape[1] == GRID * GRID // 4
+    with pytest.warns(UserWarning, match="laco.remove on a compiled module"):
+        laco.remove(model)
+    torch.compiler.reset()
+    assert model(x).last_hidden_state.shape[1] == GRID * GRID
+
+
+def test_no_warning_for_a_model_that_was_never_compiled(recwarn):
+    model = laco.apply(tiny_encoder("siglip"), 2)
+    laco.remove(model)
+    assert not [w for w in recwarn if "compiled" in str(w.message)]
