@@ -57,6 +57,7 @@ def run_benchmark(
     two_stage: Sequence[str] | None = DEFAULT_TWO_STAGE,
     batch: int | None = None,
     seed: int = 0,
+    compile: bool = False,
     out: str | Path | None = None,
     plot: bool = True,
     progress: bool = True,
@@ -65,7 +66,8 @@ def run_benchmark(
     """Run a benchmark, print its tables and summary (``echo``), and write ``bench.json`` and ``bench.png`` to ``out``.
 
     ``None`` arguments take the preset's per-device defaults (see :mod:`laco.bench.presets`). ``quick`` selects
-    the tiny preset (unless ``preset`` is given), 3 rounds and 1 thread: seconds, for CI.
+    the tiny preset (unless ``preset`` is given), 3 rounds and 1 thread: seconds, for CI. ``compile`` times
+    compiled models (each encoder block and LLM decoder layer under ``torch.compile``; decode is left out).
     """
     if quick and threads is None:
         threads = QUICK_THREADS
@@ -85,6 +87,7 @@ def run_benchmark(
         two_stage=tuple(two_stage) if two_stage else None,
         batch=batch,
         seed=seed,
+        compile=compile,
         progress=progress,
     )
     from . import report
@@ -156,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=None, help="images (one per sequence) per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="time compiled models: torch.compile each encoder block and LLM decoder layer (compressors stay eager); "
+        "not for decode",
+    )
+    parser.add_argument(
         "--out", default=None, help="directory for bench.json and bench.png (default runs/bench-<preset>-<time>)"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -213,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             two_stage=two_stage,
             batch=args.batch,
             seed=args.seed,
+            compile=args.compile,
             out=out,
             plot=not args.no_plot,
             progress=not args.no_progress,

@@ -10,6 +10,7 @@ this), with each placement keeping its own compressor weights and optimizer stat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -127,6 +128,19 @@ def build_mllm(
     torch.manual_seed(seed)
     model = LacoLlavaForConditionalGeneration(config)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def compile_blocks(blocks: Iterable[nn.Module]) -> None:
+    """Compile each block's ``forward`` with ``torch.compile`` (regional compilation), in place.
+
+    Why blocks and not the whole model: hooks run in ``Module.__call__``, outside the compiled ``forward``, so
+    laco's merge hooks, which :class:`CompressionSwitch` installs and removes between rounds, and the bench's
+    timing hooks take effect on every call; a whole-model graph would keep the placement it was traced with
+    (Dynamo does not guard on module hooks). Identical blocks share one graph per token count, so a 27-layer
+    encoder compiles a few graphs, not 27. Static shapes: each token count gets its own specialised graph.
+    """
+    for block in blocks:
+        block.forward = torch.compile(block.forward, dynamic=False)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

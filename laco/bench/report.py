@@ -95,6 +95,8 @@ def format_table(result: BenchResult, kind: str) -> str:
     render = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     title = f"== {kind}: {TITLES[kind]}"
     details = [f"batch {settings['batch']}, image {settings['image_size']}px"]
+    if settings.get("compile"):
+        details.append("compiled blocks")
     if kind == "train":
         details.append(
             f"sequence = image + {settings['prompt_tokens']} prompt + {settings['answer_tokens']} answer tokens"
@@ -125,7 +127,8 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
     settings, machine = result.settings, result.machine
     lines = [
         f"== summary: {result.preset.name} ({result.preset.description})",
-        f"   {machine['device']} {settings['dtype']}, {settings['threads']} thread(s) on {machine['cpu']}"
+        f"   {machine['device']} {settings['dtype']}{', compiled' if settings.get('compile') else ''}, "
+        f"{settings['threads']} thread(s) on {machine['cpu']}"
         + (f", GPU {machine['gpu']['name']}" if machine.get("gpu") else "")
         + f"; torch {machine['torch']}, transformers {machine['transformers']}",
     ]
@@ -426,8 +429,8 @@ def write_plot(result: BenchResult, path: str | Path) -> Path:
     axes[0][-1].legend(fontsize=7, loc="upper right")
     settings = result.settings
     figure.suptitle(
-        f"{result.preset.name}: {settings['device']} {settings['dtype']}, {settings['threads']} thread(s), "
-        f"median of {settings['reps']} interleaved rounds (bars: IQR of per-round ratios)",
+        f"{result.preset.name}: {settings['device']} {settings['dtype']}"
+        f"{', compiled' if settings.get('compile') else ''}, {settings['threads']} thread(s), median of {settings['reps']} interleaved rounds (bars: IQR of per-round ratios)",
         fontsize=9,
     )
     figure.tight_layout()

@@ -15,12 +15,16 @@ Measurements (each interleaved over all variants, round-robin, see :mod:`laco.be
   token, greedy first token;
 * ``decode``: ``answer_tokens`` greedy single-token steps with the KV cache left by the prefill.
 
+``compile=True`` times compiled models: each encoder block and LLM decoder layer runs under ``torch.compile``
+(:func:`~laco.bench.models.compile_blocks`), while the compressors and hooks stay eager.
+
 Every variant's first warm-up call runs under ``FlopCounterMode`` (FLOPs counted, plus memory), so counting
 never touches a timed call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -39,7 +43,7 @@ from ..cost import Placement, encoder_flops, mllm_flops, training_activation_byt
 from ..cost import image_tokens as visual_tokens
 from .anatomy import Anatomy, measure_anatomy
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
-from .models import CompressionSwitch, build_encoder, build_mllm, decoder_layers
+from .models import CompressionSwitch, build_encoder, build_mllm, compile_blocks, decoder_layers
 from .presets import MEASUREMENTS, BenchPreset, load_preset
 from .timing import Clock, Samples, StackTimer, Stats, paired_ratios, run_interleaved, usable_cores
 
@@ -54,6 +58,8 @@ DEFAULT_TWO_STAGE: tuple[str, ...] = ("1/4", "1/2")
 DEFAULT_PRESET = "llava-ov-0.5b"
 QUICK_PRESET = "tiny"
 QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1}  # few rounds, whatever the preset
+COMPILE_WARMUP = 2  # the first warm-up call counts FLOPs eagerly; the second compiles
+RECOMPILE_LIMIT = 64  # graphs per compiled block: token counts x grad modes, far more than a preset needs
 OPTIMIZER_LR = 1e-6  # tiny, so repeated steps on random weights stay finite; the cost does not depend on it
 
 
@@ -81,6 +87,7 @@ class BenchSettings:
     factor: int = 2
     batch: int | None = None
     seed: int = 0
+    compile: bool = False
     progress: bool = True
 
 
@@ -384,6 +391,8 @@ class _Runner:
             raise ValueError("float16 on CPU is emulated and meaningless for timing; use --dtype bfloat16 or float32.")
         self.reps = int(pick(settings.reps, "reps"))
         self.warmup = int(pick(settings.warmup, "warmup"))
+        if settings.compile and settings.warmup is None:
+            self.warmup = max(self.warmup, COMPILE_WARMUP)
         self.batch = int(pick(settings.batch, "batch"))
         if self.reps < 1 or self.batch < 1:
             raise ValueError(f"reps and batch must be >= 1 (got reps={self.reps}, batch={self.batch}).")
@@ -395,6 +404,9 @@ class _Runner:
         unknown = sorted(set(self.measure) - set(MEASUREMENTS))
         if unknown:
             raise ValueError(f"unknown measurement(s) {unknown}; choose from {list(MEASUREMENTS)}.")
+        self.notes: list[str] = list(self.preset.notes)
+        if settings.compile:
+            self._check_compile(settings)
         if self.preset.llm is None and set(self.measure) - {"encoder"}:
             raise ValueError(
                 f"preset {self.preset.name!r} has no LLM, so only 'encoder' can be measured (asked: {list(self.measure)}); "
@@ -422,7 +434,25 @@ class _Runner:
             factor=settings.factor,
         )
         self.clock = Clock(self.device)
-        self.notes: list[str] = list(self.preset.notes)
+
+    def _check_compile(self, settings: BenchSettings) -> None:
+        if not hasattr(torch.compiler, "set_stance"):
+            raise ValueError(
+                f"--compile needs torch >= 2.6 (for torch.compiler.set_stance); this is {torch.__version__}."
+            )
+        if self.warmup < COMPILE_WARMUP:
+            raise ValueError(
+                f"--compile needs --warmup >= {COMPILE_WARMUP} (got {self.warmup}): the first warm-up call counts FLOPs "
+                "eagerly and the second compiles, which must not land in a timed round."
+            )
+        if "decode" in self.measure:
+            if settings.measure is not None:
+                raise ValueError(
+                    "--compile does not time decode: every step grows the KV cache, so static-shape graphs would "
+                    "recompile at every token. Leave decode out of --measure (e.g. --measure encoder,train,prefill)."
+                )
+            self.measure = tuple(kind for kind in self.measure if kind != "decode")
+            self.notes.append("decode not timed: compiled decoding would need a static KV cache (see --compile).")
 
     # -- model ---------------------------------------------------------------------------------------------
 
@@ -445,6 +475,9 @@ class _Runner:
             self.tower = self.model.model.vision_tower
             self.stack = StackTimer(decoder_layers(self.model), self.clock).attach()
         self.switch = CompressionSwitch(self.tower)
+        if self.settings.compile:
+            blocks = list(self.switch.adapter.blocks(self.switch.encoder))
+            compile_blocks(blocks + (list(decoder_layers(self.model)) if preset.llm is not None else []))
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         if "train" in self.measure:
             # Before any placement is active, so no compressor lands in the shared optimizers.
@@ -657,6 +690,13 @@ class _Runner:
         prepare()
         memory: dict[str, Any] = {}
         counter = flop_counter_mode()
+        # Compiled or not, the model computes the same thing; counting it eagerly keeps the memory probe's
+        # saved-tensor hooks out of Dynamo, and the first compile out of this call.
+        eager = torch.compiler.set_stance("force_eager") if self.settings.compile else contextlib.nullcontext()
+        with eager:
+            return self._counted(kind, call, counter, memory)
+
+    def _counted(self, kind: str, call, counter, memory: dict[str, Any]) -> tuple[float, dict[str, Any]]:
         if self.device.type == "cuda":
             with cuda_peak(self.device) as peak, counter:
                 call()
@@ -752,55 +792,10 @@ def run(settings: BenchSettings) -> BenchResult:
         for variant in runner.variants
     }
     progress = _progress(sum(gflops.values()) * (runner.warmup + runner.reps), settings.progress)
-    measurements: dict[str, dict[str, Measurement]] = {}
     run_started = time.perf_counter()
     try:
-        for kind in runner.measure:
-            progress.set_description(kind)
-            if kind == "train":
-                runner.model.train()
-            else:
-                runner.model.eval()
-            prepares, calls, counted = {}, {}, {}
-            for variant in runner.variants:
-                prepare, call = runner.workload(kind, variant)
-                prepares[variant.name], calls[variant.name] = prepare, call
-                counted[variant.name] = runner.counted_call(kind, prepare, call)
-                progress.update(gflops[kind, variant.name])
-            samples = run_interleaved(
-                calls,
-                reps=runner.reps,
-                warmup=runner.warmup - 1,
-                clock=runner.clock,
-                prepare=prepares,
-                on_call=lambda name, timed, kind=kind: progress.update(gflops[kind, name]),
-            )
-            measurements[kind] = {}
-            for variant in runner.variants:
-                flops, memory = counted[variant.name]
-                predicted, image_tokens, sequence = runner.predicted(kind, variant, full=False)
-                predicted_full, _, _ = runner.predicted(kind, variant, full=True)
-                actual_tokens = runner.image_tokens(variant)
-                if actual_tokens != image_tokens:
-                    raise RuntimeError(
-                        f"{variant.name}: the model feeds {actual_tokens} visual tokens to the LLM but the cost model "
-                        f"predicts {image_tokens}; laco.cost and the model disagree (a bug to report)."
-                    )
-                measurements[kind][variant.name] = Measurement(
-                    samples=samples[variant.name],
-                    scaled_seconds=_scale(samples[variant.name], kind, runner.llm_scale),
-                    flops_counted=flops,
-                    flops_predicted=predicted,
-                    flops_predicted_full=predicted_full,
-                    image_tokens=image_tokens,
-                    sequence_tokens=sequence,
-                    memory=memory,
-                    optimizer_seconds=_scale_phase(
-                        samples[variant.name], "optimizer", "stack_optimizer", runner.llm_scale
-                    ),
-                )
-            runner.model.zero_grad(set_to_none=True)
-        anatomy = runner.anatomy() if "encoder" in runner.measure else None
+        with _recompile_limit(RECOMPILE_LIMIT) if settings.compile else contextlib.nullcontext():
+            measurements, anatomy = _measure_all(runner, gflops, progress)
     finally:
         progress.close()
     notes = list(runner.notes)
@@ -809,6 +804,12 @@ def run(settings: BenchSettings) -> BenchResult:
             f"LLM timed with {runner.llm_layers} of {runner.preset.llm.layers} decoder layers; the decoder stack's time "
             f"(measured by hooks: forward, and in training backward and its share of the optimizer step) is scaled by "
             f"{runner.llm_scale:g}; embedding, lm_head, projector and vision tower are timed at full size, not scaled."
+        )
+    if settings.compile:
+        notes.append(
+            "compiled: every encoder block and LLM decoder layer ran under torch.compile (inductor, static shapes, "
+            "one graph per token count); compressors, hooks, patch embedding, projector, embeddings and lm_head ran "
+            "eager. FLOPs and memory come from an eager call of the same model."
         )
     notes.append(
         f"warm-up: {runner.warmup} call(s) per variant and measurement, the first under FlopCounterMode; "
@@ -840,6 +841,7 @@ def run(settings: BenchSettings) -> BenchResult:
         "prompt_tokens": runner.preset.prompt_tokens,
         "answer_tokens": runner.preset.answer_tokens,
         "seed": settings.seed,
+        "compile": settings.compile,
         "optimizer": f"AdamW(lr={OPTIMIZER_LR}, fused)",
     }
     machine = describe_machine(runner.device)
@@ -862,6 +864,68 @@ def run(settings: BenchSettings) -> BenchResult:
         run_seconds=time.perf_counter() - run_started,
         anatomy=anatomy,
     )
+
+
+def _measure_all(
+    runner: _Runner, gflops: dict[tuple[str, str], float], progress
+) -> tuple[dict[str, dict[str, Measurement]], Anatomy | None]:
+    """Every measurement of every variant (FLOPs counted first, then timed interleaved), and the anatomy."""
+    measurements: dict[str, dict[str, Measurement]] = {}
+    for kind in runner.measure:
+        progress.set_description(kind)
+        if kind == "train":
+            runner.model.train()
+        else:
+            runner.model.eval()
+        prepares, calls, counted = {}, {}, {}
+        for variant in runner.variants:
+            prepare, call = runner.workload(kind, variant)
+            prepares[variant.name], calls[variant.name] = prepare, call
+            counted[variant.name] = runner.counted_call(kind, prepare, call)
+            progress.update(gflops[kind, variant.name])
+        samples = run_interleaved(
+            calls,
+            reps=runner.reps,
+            warmup=runner.warmup - 1,
+            clock=runner.clock,
+            prepare=prepares,
+            on_call=lambda name, timed, kind=kind: progress.update(gflops[kind, name]),
+        )
+        measurements[kind] = {}
+        for variant in runner.variants:
+            flops, memory = counted[variant.name]
+            predicted, image_tokens, sequence = runner.predicted(kind, variant, full=False)
+            predicted_full, _, _ = runner.predicted(kind, variant, full=True)
+            actual_tokens = runner.image_tokens(variant)
+            if actual_tokens != image_tokens:
+                raise RuntimeError(
+                    f"{variant.name}: the model feeds {actual_tokens} visual tokens to the LLM but the cost model "
+                    f"predicts {image_tokens}; laco.cost and the model disagree (a bug to report)."
+                )
+            measurements[kind][variant.name] = Measurement(
+                samples=samples[variant.name],
+                scaled_seconds=_scale(samples[variant.name], kind, runner.llm_scale),
+                flops_counted=flops,
+                flops_predicted=predicted,
+                flops_predicted_full=predicted_full,
+                image_tokens=image_tokens,
+                sequence_tokens=sequence,
+                memory=memory,
+                optimizer_seconds=_scale_phase(samples[variant.name], "optimizer", "stack_optimizer", runner.llm_scale),
+            )
+        runner.model.zero_grad(set_to_none=True)
+    anatomy = runner.anatomy() if "encoder" in runner.measure else None
+    return measurements, anatomy
+
+
+@contextlib.contextmanager
+def _recompile_limit(limit: int):
+    """Let each compiled block keep a graph per token count (Dynamo's default of 8 would fall back to eager)."""
+    import torch._dynamo
+
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    with torch._dynamo.config.patch(**{name: limit}):
+        yield
 
 
 def _with_stack_scaled(values: list[float], samples: Samples, stack_phases: Sequence[str], scale: float) -> list[float]:

@@ -20,7 +20,8 @@ from typing import Any
 
 from .report import SCHEMA, SHORT, headline_variant
 
-PREFERRED_KEYS = ("batch", "threads", "dtype", "llm_layers", "reps")
+PREFERRED_KEYS = ("batch", "compile", "threads", "dtype", "llm_layers", "reps")
+LATER_SETTINGS = {"compile": False}  # settings added after runs were first recorded, as older runs ran them
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,14 @@ class Run:
     data: dict[str, Any]
 
     @property
+    def settings(self) -> dict[str, Any]:
+        return {**LATER_SETTINGS, **self.data["settings"]}
+
+    @property
     def label(self) -> str:
         """Which line of the plot the run belongs to: preset on device (GPU name where there is one)."""
         machine = self.data["machine"]
-        device = machine["gpu"]["name"] if machine.get("gpu") else f"CPU, {self.data['settings']['threads']} thr."
+        device = machine["gpu"]["name"] if machine.get("gpu") else f"CPU, {self.settings['threads']} thr."
         return f"{self.data['preset']['name']} ({device})"
 
     def headline(self) -> str | None:
@@ -64,13 +69,13 @@ def varying_setting(runs: Sequence[Run]) -> str:
     """The setting the runs differ in, for the x axis (batch first, where several differ)."""
     differing = [
         key
-        for key in runs[0].data["settings"]
-        if len({json.dumps(run.data["settings"].get(key), sort_keys=True) for run in runs}) > 1
+        for key in runs[0].settings
+        if len({json.dumps(run.settings.get(key), sort_keys=True) for run in runs}) > 1
     ]
     for key in PREFERRED_KEYS:
         if key in differing:
             return key
-    numeric = [key for key in differing if isinstance(runs[0].data["settings"].get(key), int | float)]
+    numeric = [key for key in differing if isinstance(runs[0].settings.get(key), int | float)]
     if not numeric:
         raise ValueError(
             "the runs differ in no numeric setting (they differ in "
@@ -83,8 +88,8 @@ def rows(runs: Sequence[Run], key: str) -> list[dict[str, Any]]:
     """One row per run and measurement with a speed-up: the headline variant against external compression."""
     out = []
     for run in runs:
-        if key not in run.data["settings"]:
-            raise ValueError(f"{run.path} has no setting {key!r}; settings are {sorted(run.data['settings'])}.")
+        if key not in run.settings:
+            raise ValueError(f"{run.path} has no setting {key!r}; settings are {sorted(run.settings)}.")
         name = run.headline()
         if name is None:
             continue
@@ -95,7 +100,7 @@ def rows(runs: Sequence[Run], key: str) -> list[dict[str, Any]]:
             out.append(
                 {
                     "label": run.label,
-                    "value": run.data["settings"][key],
+                    "value": run.settings[key],
                     "kind": kind,
                     "variant": name,
                     "measured": speed["measured"],
@@ -148,7 +153,7 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path) -> Path:
         raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
     labels = sorted({row["label"] for row in table})
     colours = {label: f"C{i}" for i, label in enumerate(labels)}
-    numeric = all(isinstance(row["value"], int | float) for row in table)
+    numeric = all(isinstance(row["value"], int | float) and not isinstance(row["value"], bool) for row in table)
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for label in labels:

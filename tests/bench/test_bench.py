@@ -414,3 +414,51 @@ def test_compare_errors_name_the_fix(quick_run, tmp_path, capsys):
         varying_setting(load_runs([out, out]))
     assert main(["--compare", str(out), str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled models
+
+
+def test_compiled_blocks_follow_every_placement_switch():
+    # The hazard this design avoids: a whole-model graph keeps the placement it was traced with.
+    from laco.bench.models import compile_blocks
+
+    model = build_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"))
+    tower = model.model.vision_tower
+    switch = CompressionSwitch(tower)
+    pixels = torch.randn(
+        2, 3, TINY_ENCODER.image_size, TINY_ENCODER.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    placements = [Placement(), Placement((3,)), Placement((3, 6)), Placement((6,), "avgpool"), Placement((3,))]
+    expected = []
+    with torch.inference_mode():
+        for placement in placements:
+            switch.activate(placement)
+            expected.append(tower(pixel_values=pixels).last_hidden_state)
+        compile_blocks(switch.adapter.blocks(switch.encoder))
+        for placement, reference in zip(placements, expected):
+            switch.activate(placement)
+            torch.testing.assert_close(tower(pixel_values=pixels).last_hidden_state, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_compiled_quick_run(tmp_path, capsys):
+    options = ["--quick", "--no-progress", "--no-plot", "--methods", "laco", "--depths", "1/4", "--two-stage", "none"]
+    assert main([*options, "--compile", "--out", str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "cpu float32, compiled" in text and "decode not timed" in text
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["settings"]["compile"] is True and data["settings"]["warmup"] == 2
+    assert list(data["measurements"]) == ["encoder", "train", "prefill"]  # decode left out of the defaults
+    for rows in data["measurements"].values():
+        for row in rows.values():
+            assert row["flops_counted"] == pytest.approx(row["flops_predicted"], rel=0.02)
+            assert len(row["seconds"]) == 3 and all(s > 0 for s in row["seconds"])
+    assert data["measurements"]["train"]["none"]["memory"]["bytes"] > 0  # counted eagerly, saved-tensor hooks work
+
+
+def test_compile_errors_name_the_fix():
+    with pytest.raises(ValueError, match="does not time decode"):
+        run_benchmark(quick=True, compile=True, measure=["decode"], progress=False, echo=False)
+    with pytest.raises(ValueError, match="--warmup >= 2"):
+        run_benchmark(quick=True, compile=True, warmup=1, measure=["encoder"], progress=False, echo=False)
