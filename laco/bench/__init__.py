@@ -179,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "against the setting they differ in; table + sweep.png in --out",
     )
     parser.add_argument("--by", default=None, help="with --compare: the setting for the x axis (default: batch, ...)")
+    parser.add_argument(
+        "--variant", default=None, help="with --compare: the placement to follow, e.g. laco@1/4+1/2 (default: headline)"
+    )
     return parser
 
 
@@ -195,7 +198,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(
                 compare(
-                    args.compare, by=args.by, out=args.out or f"runs/bench-compare-{time.strftime('%Y%m%d-%H%M%S')}"
+                    args.compare,
+                    by=args.by,
+                    out=args.out or f"runs/bench-compare-{time.strftime('%Y%m%d-%H%M%S')}",
+                    variant=args.variant,
                 )
             )
         except (ValueError, FileNotFoundError) as error:

@@ -68,9 +68,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
 def varying_setting(runs: Sequence[Run]) -> str:
     """The setting the runs differ in, for the x axis (batch first, where several differ)."""
     differing = [
-        key
-        for key in runs[0].settings
-        if len({json.dumps(run.settings.get(key), sort_keys=True) for run in runs}) > 1
+        key for key in runs[0].settings if len({json.dumps(run.settings.get(key), sort_keys=True) for run in runs}) > 1
     ]
     for key in PREFERRED_KEYS:
         if key in differing:
@@ -84,15 +82,19 @@ def varying_setting(runs: Sequence[Run]) -> str:
     return numeric[0]
 
 
-def rows(runs: Sequence[Run], key: str) -> list[dict[str, Any]]:
-    """One row per run and measurement with a speed-up: the headline variant against external compression."""
+def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict[str, Any]]:
+    """One row per run and measurement with a speed-up of ``variant`` (default: each run's headline) against its
+    baseline."""
     out = []
     for run in runs:
         if key not in run.settings:
             raise ValueError(f"{run.path} has no setting {key!r}; settings are {sorted(run.settings)}.")
-        name = run.headline()
+        name = variant or run.headline()
         if name is None:
             continue
+        if variant is not None and all(v["name"] != variant for v in run.data["variants"]):
+            names = [v["name"] for v in run.data["variants"]]
+            raise ValueError(f"{run.path} has no variant {variant!r}; it ran {names}.")
         for kind, measurements in run.data["measurements"].items():
             speed = measurements.get(name, {}).get("speedup")
             if not speed:
@@ -114,9 +116,9 @@ def rows(runs: Sequence[Run], key: str) -> list[dict[str, Any]]:
     return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
 
 
-def format_sweep(runs: Sequence[Run], key: str) -> str:
-    """A table: per preset and measurement, the headline speed-up at each value of ``key``."""
-    table = rows(runs, key)
+def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> str:
+    """A table: per preset and measurement, the speed-up of ``variant`` (default: headline) at each ``key``."""
+    table = rows(runs, key, variant)
     header = ["preset (device)", key, "measurement", "variant", "speed-up [IQR]", "FLOP bound", "meas/bound"]
     cells = [
         [
@@ -132,20 +134,21 @@ def format_sweep(runs: Sequence[Run], key: str) -> str:
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
     render = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    lines = [f"== speed-up against {key} (headline LaCo placement vs external compression)", render(header)]
+    subject = variant or "headline LaCo placement"
+    lines = [f"== speed-up against {key} ({subject} vs its external-compression baseline)", render(header)]
     lines.append(render(["-" * w for w in widths]))
     lines += [render(c) for c in cells]
     return "\n".join(lines)
 
 
-def plot_sweep(runs: Sequence[Run], key: str, path: str | Path) -> Path:
+def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | None = None) -> Path:
     """One panel per measurement: measured speed-up (IQR bars) and FLOP bound (dashed) against ``key``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = rows(runs, key)
+    table = rows(runs, key, variant)
     # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
     # gain to show; the table keeps it.
     kinds = [kind for kind in SHORT if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)]
@@ -184,7 +187,8 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path) -> Path:
     axes[0][0].set_ylabel("speed-up over external compression")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=max(1, min(4, len(names))), fontsize="small", frameon=False)
-    fig.suptitle(f"headline LaCo placement vs external compression, against {key}", fontsize="medium")
+    subject = variant or "headline LaCo placement"
+    fig.suptitle(f"{subject} vs its external-compression baseline, against {key}", fontsize="medium")
     fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(names) - 1) // 4), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -193,11 +197,14 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path) -> Path:
     return path
 
 
-def compare(paths: Sequence[str | Path], by: str | None = None, out: str | Path | None = None) -> str:
-    """Load runs, print-ready table for ``by`` (default: the setting they differ in), and ``out/sweep.png``."""
+def compare(
+    paths: Sequence[str | Path], by: str | None = None, out: str | Path | None = None, variant: str | None = None
+) -> str:
+    """Load runs, print-ready table for ``by`` (default: the setting they differ in), and ``out/sweep.png``;
+    ``variant`` picks the placement (default: each run's headline LaCo placement)."""
     runs = load_runs(paths)
     key = by or varying_setting(runs)
-    text = format_sweep(runs, key)
+    text = format_sweep(runs, key, variant)
     if out is not None:
-        text += f"\n   plot: {plot_sweep(runs, key, Path(out) / 'sweep.png')}"
+        text += f"\n   plot: {plot_sweep(runs, key, Path(out) / 'sweep.png', variant)}"
     return text

@@ -399,6 +399,13 @@ def test_compare_reads_runs_and_plots_the_headline_against_the_batch(quick_run, 
     assert [row[0] for row in encoder_rows] == ["1", "2"] and all(row[2] == "laco@1/4" for row in encoder_rows)
     assert sum(" train step " in line for line in text.splitlines()) == 1  # only the batch-1 run trained
     assert (tmp_path / "cmp" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Any placement both runs have can be followed instead of the headline.
+    assert main(["--compare", str(out), str(second), "--variant", "laco@1/2", "--out", str(tmp_path / "cmp2")]) == 0
+    text = capsys.readouterr().out
+    assert "laco@1/2 vs its external-compression baseline" in text
+    assert (
+        sum(" laco@1/2 " in line for line in text.splitlines()) == len(MEASURES) + 1
+    )  # batch 1: all; batch 2: encoder
 
 
 def test_compare_errors_name_the_fix(quick_run, tmp_path, capsys):
@@ -414,6 +421,8 @@ def test_compare_errors_name_the_fix(quick_run, tmp_path, capsys):
         varying_setting(load_runs([out, out]))
     assert main(["--compare", str(out), str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["--compare", str(out), str(out), "--by", "batch", "--variant", "laco@9/10"]) == 2
+    assert "has no variant 'laco@9/10'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------------------
