@@ -17,8 +17,9 @@ Counting convention (the one ``torch.utils.flop_counter.FlopCounterMode`` uses, 
 * LLM layer on ``n`` new tokens that attend to ``n_ctx`` cached + new tokens, GQA-aware:
   ``2n(2 C d_q + 2 C d_kv) + 2n * 3 C I`` (SwiGLU) ``+ 4 n n_ctx d_q``, with ``d_q = heads * head_dim`` and
   ``d_kv = kv_heads * head_dim``; causal masking is *not* discounted (neither does ``FlopCounterMode``);
-* ``lm_head``: ``2 C V`` per token whose logits are computed: every token when training, the last prompt token
-  for the prefill (as ``generate`` does with ``logits_to_keep=1``) and one per decoded token;
+* ``lm_head``: ``2 C V`` per token whose logits are computed: the answer tokens when training (the loss projects
+  only labelled positions), the last prompt token for the prefill (as ``generate`` does with
+  ``logits_to_keep=1``) and one per decoded token;
 * training = 3 x forward (backward computes a gradient for the input and one for the weight of every product),
   with two exceptions that ``FlopCounterMode`` and real kernels share: the patch embedding is 2 x forward (pixels
   need no gradient) and attention scores/mixing are 3.5 x forward (FlashAttention-style backward recomputes the
@@ -379,7 +380,8 @@ def mllm_flops(
     ``prompt_tokens`` of text, then ``answer_tokens`` of answer.
 
     * ``"encoder"``: the vision encoder's forward only;
-    * ``"train"``: forward + backward over image + prompt + answer (logits on every token);
+    * ``"train"``: forward + backward over image + prompt + answer, logits on the answer tokens only (the
+      positions with a label, as :func:`laco.mllm.loss.answer_loss` computes the loss);
     * ``"prefill"``: forward over image + prompt, logits of the last token (time to first token);
     * ``"decode"``: ``answer_tokens`` single-token steps with the KV cache after the prefill.
     """
@@ -406,7 +408,7 @@ def mllm_flops(
         forward.info.update(sequence_tokens=prefill_length)
         return forward
     sequence = prefill_length + answer_tokens
-    forward.merge(llm_flops(llm, sequence).scaled(images))
+    forward.merge(llm_flops(llm, sequence, logits=answer_tokens).scaled(images))
     forward.info.update(sequence_tokens=sequence)
     return forward.training()
 
@@ -428,17 +430,18 @@ def training_activation_bytes(
     Why: a step that does not fit is killed by the OS on a CPU (no Python error), so :mod:`laco.bench` must
     refuse it up front. Kept for backward per token: ``9C + 2I`` elements in an encoder layer (``3I`` for
     SwiGLU) and ``9C + 4I`` in an LLM layer (norm inputs and outputs, q/k/v, attention output, MLP
-    intermediates); the logits in the step's dtype plus their float32 upcast and log-softmax in the loss.
-    Against measurements (LLaVA-OneVision-0.5B geometry, no compression): CPU float32, batch 1, 6 LLM layers:
-    2.9 GB estimated, 2.4 GB saved for backward measured (the loss's transients come on top); H200 bf16, batch
-    32, 24 layers: 95 GB estimated, 104 GB peak above the weights measured (gradients included).
+    intermediates); the answer tokens' logits in the step's dtype plus their float32 upcast and log-softmax in
+    the loss. Against measurements (LLaVA-OneVision-0.5B geometry, no compression), made when the loss still
+    projected every position: CPU float32, batch 1, 6 LLM layers: 2.9 GB estimated, 2.4 GB saved for backward
+    measured (the loss's transients come on top); H200 bf16, batch 32, 24 layers: 95 GB estimated, 104 GB peak
+    above the weights measured (gradients included).
     """
     vision = encoder_flops(encoder, layers, image_size=image_size)
     vision_layer = 9 * encoder.width + (3 if encoder.mlp_kind == "swiglu" else 2) * encoder.mlp
     vision_elements = sum(tokens * vision_layer for tokens in vision.info["tokens_per_layer"])
     sequence = image_tokens(vision, encoder, drop_prefix) + prompt_tokens + answer_tokens
     llm_elements = llm.layers * sequence * (9 * llm.width + 4 * llm.mlp)
-    logits = sequence * llm.vocab
+    logits = answer_tokens * llm.vocab  # the loss projects only the labelled positions
     logits_bytes = logits * (element_bytes + (4 if element_bytes == 4 else 8))  # float32: no upcast copy
     return int(images * ((vision_elements + llm_elements) * element_bytes + logits_bytes))
 

@@ -9,6 +9,8 @@ from laco.bench.counting import flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_encoder, build_mllm
 from laco.compressors import build
 from laco.cost import EncoderGeometry, LLMGeometry, Placement
+from laco.mllm import IGNORE_INDEX
+from laco.mllm.loss import answer_loss
 
 CPU = torch.device("cpu")
 TOLERANCE = 0.02  # relative; what is left is element-wise work the counter ignores (pooling sums)
@@ -111,8 +113,11 @@ def test_mllm_train_prefill_decode_flops_match_counter(mllm, spec):
     kwargs = dict(images=2, prompt_tokens=prompt, answer_tokens=answer)
 
     ids, pixels = _inputs(model, encoder, llm, prompt + answer)
+    labels = ids.clone()
+    labels[:, : ids.shape[1] - answer] = IGNORE_INDEX  # the loss projects the answer tokens only
     model.train()
-    train = counted(lambda: model(input_ids=ids, pixel_values=pixels, labels=ids).loss.backward())
+    batch = {"input_ids": ids, "pixel_values": pixels, "labels": labels}
+    train = counted(lambda: answer_loss(model, batch)[0].backward())
     model.zero_grad(set_to_none=True)
     assert_close(train, cost.mllm_flops(encoder, llm, placement, mode="train", **kwargs).total)
 

@@ -20,7 +20,7 @@ SCHEMA = "laco-bench/1"
 
 TITLES = {
     "encoder": "vision encoder forward (inference)",
-    "train": "training step: forward + backward + AdamW step, everything trainable",
+    "train": "training step: forward + answer loss + backward + AdamW step, everything trainable",
     "prefill": "time to first token: prefill of image + prompt, first token",
     "decode": "decode: greedy tokens with the KV cache",
 }

@@ -10,7 +10,8 @@ what placement buys.
 Measurements (each interleaved over all variants, round-robin, see :mod:`laco.bench.timing`):
 
 * ``encoder``: the vision tower's forward (inference mode);
-* ``train``: a stage-2 training step of the MLLM, everything trainable: forward, backward, AdamW step, zero grad;
+* ``train``: a stage-2 training step of the MLLM, everything trainable: forward, the loss ``laco train`` uses
+  (:func:`laco.mllm.loss.answer_loss`: the LM head projects the answer tokens only), backward, AdamW step, zero grad;
 * ``prefill``: time to first token: forward over image + prompt with an empty KV cache, logits of the last
   token, greedy first token;
 * ``decode``: ``answer_tokens`` greedy single-token steps with the KV cache left by the prefill.
@@ -41,6 +42,7 @@ from .. import patch as laco_patch
 from ..compressors import available as available_methods
 from ..cost import Placement, encoder_flops, mllm_flops, training_activation_bytes
 from ..cost import image_tokens as visual_tokens
+from ..mllm.loss import answer_loss
 from .anatomy import Anatomy, measure_anatomy
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
 from .models import CompressionSwitch, build_encoder, build_mllm, compile_blocks, decoder_layers
@@ -578,7 +580,7 @@ class _Runner:
             rest, stack_optimizer, own = self.optimizers(variant)
             stack.reset()
             t0 = clock.mark()
-            loss = model(**batch).loss
+            loss, _ = answer_loss(model, batch)
             t1 = clock.mark()
             loss.backward()
             t2 = clock.mark()

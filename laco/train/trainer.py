@@ -38,12 +38,12 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..config import RunConfig, dump_config
 from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, split_files
 from ..mllm import (
-    IGNORE_INDEX,
     LacoLlavaForConditionalGeneration,
     LacoProcessor,
     build_mllm,
     resolve_attn_implementation,
 )
+from ..mllm.loss import answer_loss
 from .freezing import count_parameters, part_parameters, set_trainable
 
 logger = logging.getLogger(__name__)
@@ -118,18 +118,8 @@ class LacoTrainer(Trainer):
         return self.optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Next-token loss computed only where there is a label.
-
-        Answers are a few tokens of each sequence, so projecting every position onto the vocabulary (49k entries for
-        SmolLM2) is most of a step's cost; the LM head runs only on the positions whose next token is labelled.
-        """
-        labels = inputs.pop("labels")
-        targets = torch.full_like(labels, IGNORE_INDEX)
-        targets[:, :-1] = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        outputs = model(**inputs, logits_to_keep=keep)
-        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), targets[keep], reduction="sum")
-        loss = loss / (num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp_min(1))
+        """Next-token loss computed only where there is a label (:func:`laco.mllm.loss.answer_loss`)."""
+        loss, outputs = answer_loss(model, inputs, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
