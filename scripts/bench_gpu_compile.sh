@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compiled against eager on a GPU, in one call of a lease after scripts/bench_gpu.sh: does `--compile` (each
 # encoder block and LLM decoder layer under torch.compile) lift the host-bound cases, batch 8 and the two-stage
-# placement, toward their FLOP bounds? Not measured on a GPU yet; on the 2-core CPU `--compile` lifted two-stage
-# TTFT from 0.90 to 0.95 of its bound (README, "Compiled models").
+# placement, toward their FLOP bounds? Not measured on a GPU yet; on the 2-core CPU, where nothing is host-bound,
+# it moved no ratio beyond the noise (README, "Two-stage, and compiled models").
 #   1. 0.5B, batch 8: eager, then compiled (LaCo@1/4 and two-stage 16x against their external baselines).
 #   2. 0.5B, batch 32: compiled, the same placements (eager figures: scripts/bench_gpu.sh, step 2).
 # Then `laco bench --compare OUT/eager-b8 OUT/compiled-b8` puts them side by side.

@@ -690,15 +690,14 @@ class _Runner:
     def counted_call(self, kind: str, prepare, call) -> tuple[float, dict[str, Any]]:
         """Run one untimed call under ``FlopCounterMode`` (and a memory probe); returns (FLOPs, memory)."""
         prepare()
-        memory: dict[str, Any] = {}
-        counter = flop_counter_mode()
         # Compiled or not, the model computes the same thing; counting it eagerly keeps the memory probe's
         # saved-tensor hooks out of Dynamo, and the first compile out of this call.
-        eager = torch.compiler.set_stance("force_eager") if self.settings.compile else contextlib.nullcontext()
-        with eager:
-            return self._counted(kind, call, counter, memory)
+        with torch.compiler.set_stance("force_eager") if self.settings.compile else contextlib.nullcontext():
+            return self._count(kind, call)
 
-    def _counted(self, kind: str, call, counter, memory: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    def _count(self, kind: str, call) -> tuple[float, dict[str, Any]]:
+        memory: dict[str, Any] = {}
+        counter = flop_counter_mode()
         if self.device.type == "cuda":
             with cuda_peak(self.device) as peak, counter:
                 call()
