@@ -1,6 +1,7 @@
 """The LaCo multimodal LLM: LLaVA-style vision tower (optionally compressed) -> projector -> causal LM."""
 
 from .builder import CompressionSpec, build_mllm, resolve_attn_implementation
+from .loss import answer_loss
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
 from .processing import IGNORE_INDEX, IMAGE_TAG, ImageTransform, LacoProcessor, RecordError
 
@@ -13,6 +14,7 @@ __all__ = [
     "LacoLlavaForConditionalGeneration",
     "LacoProcessor",
     "RecordError",
+    "answer_loss",
     "build_mllm",
     "resolve_attn_implementation",
 ]
