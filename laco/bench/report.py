@@ -36,6 +36,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}" if seconds < 100 else f"{seconds * 1e3:.0f}"
 
 
+def _execution(settings: dict[str, Any]) -> str:
+    """How the model ran: its dtype, and whether its blocks were compiled."""
+    return settings["dtype"] + (", compiled" if settings.get("compile") else "")
+
+
 def _layers(variant: Variant) -> str:
     if not variant.placement.compressed:
         return "-"
@@ -127,8 +132,7 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
     settings, machine = result.settings, result.machine
     lines = [
         f"== summary: {result.preset.name} ({result.preset.description})",
-        f"   {machine['device']} {settings['dtype']}{', compiled' if settings.get('compile') else ''}, "
-        f"{settings['threads']} thread(s) on {machine['cpu']}"
+        f"   {machine['device']} {_execution(settings)}, {settings['threads']} thread(s) on {machine['cpu']}"
         + (f", GPU {machine['gpu']['name']}" if machine.get("gpu") else "")
         + f"; torch {machine['torch']}, transformers {machine['transformers']}",
     ]
@@ -429,8 +433,8 @@ def write_plot(result: BenchResult, path: str | Path) -> Path:
     axes[0][-1].legend(fontsize=7, loc="upper right")
     settings = result.settings
     figure.suptitle(
-        f"{result.preset.name}: {settings['device']} {settings['dtype']}"
-        f"{', compiled' if settings.get('compile') else ''}, {settings['threads']} thread(s), median of {settings['reps']} interleaved rounds (bars: IQR of per-round ratios)",
+        f"{result.preset.name}: {settings['device']} {_execution(settings)}, {settings['threads']} thread(s), "
+        f"median of {settings['reps']} interleaved rounds (bars: IQR of per-round ratios)",
         fontsize=9,
     )
     figure.tight_layout()

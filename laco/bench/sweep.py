@@ -116,6 +116,10 @@ def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict
     return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
 
 
+def _subject(variant: str | None) -> str:
+    return variant or "headline LaCo placement"
+
+
 def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> str:
     """A table: per preset and measurement, the speed-up of ``variant`` (default: headline) at each ``key``."""
     table = rows(runs, key, variant)
@@ -134,8 +138,7 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
     ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
     render = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    subject = variant or "headline LaCo placement"
-    lines = [f"== speed-up against {key} ({subject} vs its external-compression baseline)", render(header)]
+    lines = [f"== speed-up against {key} ({_subject(variant)} vs its external-compression baseline)", render(header)]
     lines.append(render(["-" * w for w in widths]))
     lines += [render(c) for c in cells]
     return "\n".join(lines)
@@ -187,8 +190,7 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     axes[0][0].set_ylabel("speed-up over external compression")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=max(1, min(4, len(names))), fontsize="small", frameon=False)
-    subject = variant or "headline LaCo placement"
-    fig.suptitle(f"{subject} vs its external-compression baseline, against {key}", fontsize="medium")
+    fig.suptitle(f"{_subject(variant)} vs its external-compression baseline, against {key}", fontsize="medium")
     fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(names) - 1) // 4), 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
