@@ -9,24 +9,23 @@
 from . import compressors, functional
 from .compressors import PatchMerge, TokenCompressor, build
 from .patch import (
-    LacoSettings,
     apply,
     apply_from_config,
     is_patched,
     load,
     num_tokens,
     output_grid,
+    placement_of,
     remove,
-    resolve_layers,
-    settings,
 )
 from .patch import compressors as attached_compressors
+from .placement import Placement, resolve_layers
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LacoSettings",
     "PatchMerge",
+    "Placement",
     "TokenCompressor",
     "apply",
     "apply_from_config",
@@ -38,7 +37,7 @@ __all__ = [
     "load",
     "num_tokens",
     "output_grid",
+    "placement_of",
     "remove",
     "resolve_layers",
-    "settings",
 ]

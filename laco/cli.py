@@ -96,7 +96,8 @@ def _run_train(args: argparse.Namespace) -> int:
     final = Path(config.output_dir) / "final"
     print(f"  model: {final}")
     if not args.no_eval and config.data.dataset == "easy-vqa":
-        result = _evaluate_run(final, config)
+        result = _evaluate(final, config, config.eval.batch_size, config.eval.max_new_tokens)
+        result.to_json(final.parent / "eval.json")
         print(f"  eval ({config.eval.split}): {result.summary()}")
         _print_answer_types(result)
     return 0
@@ -109,22 +110,16 @@ def _print_answer_types(result) -> None:
         print(f"    {name:7s} {row['accuracy']:6.1%}  (question-only prior {row['question_prior']:.1%}, n={row['n']})")
 
 
-def _evaluate_run(model_dir: Path, config):
+def _evaluate(model_dir: Path, config, batch_size: int, max_new_tokens: int):
+    """Score ``model_dir`` on the evaluation split ``config.data`` / ``config.eval`` name (what train and eval share)."""
     from .data import eval_examples
     from .evaluate import evaluate, load_model
 
     model, processor = load_model(model_dir)
     examples, train_pairs = eval_examples(config.data, config.eval.split, processor, config.eval.limit)
-    result = evaluate(
-        model,
-        processor,
-        examples,
-        train_pairs=train_pairs,
-        batch_size=config.eval.batch_size,
-        max_new_tokens=config.eval.max_new_tokens,
+    return evaluate(
+        model, processor, examples, train_pairs=train_pairs, batch_size=batch_size, max_new_tokens=max_new_tokens
     )
-    result.to_json(model_dir.parent / "eval.json")
-    return result
 
 
 def _add_eval(subparsers) -> None:
@@ -149,8 +144,6 @@ def _add_eval(subparsers) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .data import eval_examples
-    from .evaluate import evaluate, load_model
 
     overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}"]
     if args.eval_json:
@@ -162,17 +155,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             f"data.image_folder={args.image_folder}",
             f"data.train_json={args.eval_json}",
         ]
-    config = load_config(None, overrides)
-    model, processor = load_model(args.model)
-    examples, train_pairs = eval_examples(config.data, config.eval.split, processor, config.eval.limit)
-    result = evaluate(
-        model,
-        processor,
-        examples,
-        train_pairs=train_pairs,
-        batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens,
-    )
+    result = _evaluate(args.model, load_config(None, overrides), args.batch_size, args.max_new_tokens)
     print(result.summary())
     if not args.eval_json:
         _print_answer_types(result)

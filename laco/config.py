@@ -14,7 +14,7 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .mllm.builder import CompressionSpec
+from .placement import Placement
 
 T = TypeVar("T")
 
@@ -27,10 +27,10 @@ class ModelConfig:
     llm: str = "smollm2-135m"
     image_size: int | None = 112
     system_prompt: str | None = ""  # an empty system turn: SmolLM2's template would add a 20-token default
-    # "auto": eager attention on CPU (torch's CPU flash-attention backward is slow on short sequences: eager makes a
-    # training step ~1.4x faster here), the transformers default (SDPA / FlashAttention) on GPU.
+    # "auto": eager attention on CPU, where torch's flash-attention backward is slower than eager on sequences this
+    # short; the transformers default (SDPA / FlashAttention) on GPU.
     attn_implementation: str = "auto"
-    compression: CompressionSpec = field(default_factory=CompressionSpec)
+    compression: Placement = field(default_factory=lambda: Placement("1/4"))
 
 
 @dataclass
@@ -81,7 +81,7 @@ class EvalConfig:
 
 
 def _default_stages() -> list[StageConfig]:
-    # Batch 16 rather than LLaVA's 256: LLaVA's 1e-3 for the projector diverges here (the frozen LLM never reads
+    # Batch 16 rather than LLaVA's 256: LLaVA's 1e-3 for the projector diverges at this batch (the frozen LLM never reads
     # the image); 2e-4 learns easy-VQA's colours within ~100 steps.
     return [
         StageConfig("stage1", ["compressor", "projector"], max_steps=200, learning_rate=2e-4, answer_balance=1.0),
@@ -135,7 +135,7 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_plain(self)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -156,7 +156,29 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     return cls(**values)
 
 
+def to_plain(value: Any) -> Any:
+    """A config dataclass as plain YAML data (placements through their own ``to_dict``)."""
+    if isinstance(value, Placement):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    return value
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
+    if hint is Placement:
+        if isinstance(value, Placement):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping of placement fields (layers, method, ...), got {value!r}.")
+        try:
+            return Placement.from_dict(value)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return from_dict(hint, value, where)
     if get_origin(hint) is list:

@@ -37,7 +37,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from .functional import GridSize
-from .patch import LayerSpec, resolve_layers
+from .placement import LayerSpec, Placement, as_placement
 
 MlpKind = Literal["gelu", "swiglu"]
 Mode = Literal["encoder", "train", "prefill", "decode"]
@@ -178,53 +178,14 @@ def llm_geometry(name: str) -> LLMGeometry:
 # ---------------------------------------------------------------------------------------------------------------
 # Placements
 
-
-@dataclass(frozen=True)
-class Placement:
-    """Where and how the encoder is compressed. ``layers=()`` is no compression; ``(L,)`` is external.
-
-    ``options`` are the compressor's keyword options (stored as sorted pairs so placements stay hashable).
-    """
-
-    layers: tuple[int, ...] = ()
-    method: str = "laco"
-    factor: int = 2
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(
-        cls,
-        spec: LayerSpec | Sequence[LayerSpec] | None,
-        depth: int,
-        method: str = "laco",
-        factor: int = 2,
-        options: Mapping[str, Any] | None = None,
-    ) -> "Placement":
-        """Resolve a layer spec like :func:`laco.apply` does: ``None``/``"none"`` (no compression), ``"last"``
-        or ``"external"`` (after layer ``depth``), an int, a fraction (``0.25``, ``"1/4"``) or a list of them."""
-        items = tuple(sorted((options or {}).items()))
-        if spec is None or spec == "none" or (isinstance(spec, (list, tuple)) and not spec):
-            return cls((), method, factor, items)
-        if spec in ("last", "external"):
-            return cls((depth,), method, factor, items)
-        return cls(resolve_layers(spec, depth), method, factor, items)
-
-    @property
-    def compressed(self) -> bool:
-        return bool(self.layers)
-
-
 PlacementLike = Placement | LayerSpec | Sequence[LayerSpec] | None
 
 
 def _placement(
     spec: PlacementLike, depth: int, method: str, factor: int, options: Mapping[str, Any] | None
 ) -> Placement:
-    if isinstance(spec, Placement):
-        if spec.layers and max(spec.layers) > depth:
-            raise ValueError(f"placement after layer {max(spec.layers)} does not fit an encoder of {depth} layers.")
-        return spec
-    return Placement.of(spec, depth, method, factor, options)
+    """``spec`` (a :class:`~laco.placement.Placement` or a layer spec with the other fields) resolved to ``depth``."""
+    return as_placement(spec, method, factor, options).resolve(depth)
 
 
 @lru_cache(maxsize=512)
@@ -488,7 +449,6 @@ __all__ = [
     "Cost",
     "EncoderGeometry",
     "LLMGeometry",
-    "Placement",
     "compressor_flops",
     "encoder_flops",
     "encoder_geometry",

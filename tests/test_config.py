@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from laco import Placement
 from laco.config import RunConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -18,7 +19,7 @@ def test_every_shipped_run_config_loads(path):
 
 def test_overrides_reach_nested_keys_and_stage_lists():
     config = load_config(None, ["model.compression.layers=1/2", "stages.1.max_steps=7", "data.limit=5"])
-    assert config.model.compression.layers == "1/2"
+    assert config.model.compression == Placement("1/2")
     assert config.stages[1].max_steps == 7 and config.stages[0].max_steps == RunConfig().stages[0].max_steps
     assert config.data.limit == 5
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 import laco
-from laco import cost
+from laco import Placement, cost
 from laco.bench.counting import flop_counter_mode
 from laco.bench.models import CompressionSwitch, build_encoder, build_mllm
 from laco.compressors import build
-from laco.cost import EncoderGeometry, LLMGeometry, Placement
+from laco.cost import EncoderGeometry, LLMGeometry
 from laco.mllm import IGNORE_INDEX
 from laco.mllm.loss import answer_loss
 
@@ -51,7 +51,7 @@ def assert_close(counted_flops: float, predicted: float) -> None:
 def test_encoder_forward_flops_match_counter(family, spec):
     geometry = ENCODERS[family]
     model = build_encoder(geometry, dtype=torch.float32, device=CPU)
-    placement = Placement.of(spec, geometry.layers)
+    placement = Placement(spec).resolve(geometry.layers)
     CompressionSwitch(model).activate(placement)
     pixels = torch.randn(2, 3, geometry.image_size, geometry.image_size)
     with torch.no_grad():
@@ -75,7 +75,7 @@ def test_every_compressor_inside_the_encoder(method):
 def test_encoder_training_flops_match_counter():
     geometry = ENCODERS["dinov2"]
     model = build_encoder(geometry, dtype=torch.float32, device=CPU).train()
-    CompressionSwitch(model).activate(Placement.of([1, 3], geometry.layers))
+    CompressionSwitch(model).activate(Placement([1, 3]).resolve(geometry.layers))
     pixels = torch.randn(1, 3, 32, 32)
     flops = counted(lambda: model(pixel_values=pixels).last_hidden_state.square().mean().backward())
     assert_close(flops, cost.encoder_flops(geometry, [1, 3]).training().total)
@@ -107,7 +107,7 @@ def test_mllm_train_prefill_decode_flops_match_counter(mllm, spec):
     from transformers import DynamicCache
 
     encoder, llm, model = mllm
-    placement = Placement.of(spec, encoder.layers)
+    placement = Placement(spec).resolve(encoder.layers)
     CompressionSwitch(model).activate(placement)
     prompt, answer = 5, 3
     kwargs = dict(images=2, prompt_tokens=prompt, answer_tokens=answer)
@@ -157,17 +157,17 @@ def test_llm_cost_is_gqa_aware():
 
 def test_placements_resolve_like_laco_apply():
     so400m = cost.ENCODERS["siglip-so400m"]
-    assert Placement.of("1/4", 27).layers == (7,)
-    assert Placement.of("external", 27).layers == (27,)
-    assert Placement.of(None, 27).layers == ()
-    assert Placement.of(["1/4", "1/2"], 27).layers == (7, 14)
+    assert Placement("1/4").resolve(27).layers == (7,)
+    assert Placement("external").resolve(27).layers == (27,)
+    assert Placement(None).resolve(27).layers == ()
+    assert Placement(["1/4", "1/2"]).resolve(27).layers == (7, 14)
     assert cost.encoder_flops(so400m, "1/4").info["output_grid"] == (14, 14)
     assert cost.encoder_flops(so400m, ["1/4", "1/2"]).info["output_grid"] == (7, 7)
     internvit = cost.ENCODERS["internvit-300m"]
     tokens = cost.mllm_flops(internvit, cost.LLMS["qwen2-0.5b"], "1/4", mode="prefill").info["image_tokens"]
     assert tokens == 256  # 32x32 -> 16x16; LLaVA's default strategy drops the CLS token
     with pytest.raises(ValueError, match="out of range"):
-        Placement.of(28, 27)
+        Placement(28).resolve(27)
 
 
 def test_speedup_bound_sanity():

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 import laco
-from laco.mllm import CompressionSpec, build_mllm
+from laco import Placement
+from laco.mllm import build_mllm
 
 from tiny_models import FAMILIES, pixels, tiny_encoder, tiny_llm, tiny_tokenizer
 
@@ -85,7 +86,7 @@ def test_mllm_on_cuda_matches_cpu_and_generates():
     model, processor = build_mllm(
         tiny_encoder("dinov2"),
         (tiny_llm(len(tokenizer)), tokenizer),
-        CompressionSpec("1/2", "laco", 2, {}),
+        Placement("1/2", "laco", 2, {}),
         image_size=32,
     )
     images = [Image.new("RGB", (32, 32), (200, 10, 10)), Image.new("RGB", (32, 32), (10, 10, 200))]

@@ -35,7 +35,7 @@ def test_token_counts_after_each_layer(family, layer, expected_layer):
     # hidden_states[0] is the embedding output, hidden_states[k] the output of layer k (after its merge)
     assert counts == [full] * expected_layer + [merged] * (LAYERS + 1 - expected_layer)
     assert laco.num_tokens(model) == merged
-    assert laco.settings(model).layers == (expected_layer,)
+    assert laco.placement_of(model).layers == (expected_layer,)
 
 
 def test_prefix_tokens_pass_through_unchanged(family):
@@ -138,10 +138,14 @@ def test_gradient_checkpointing_gives_the_same_gradients(family):
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_bfloat16(family):
-    model = laco.apply(tiny_encoder(family), 2).to(torch.bfloat16)
-    out = model(pixels().to(torch.bfloat16)).last_hidden_state
-    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+def test_bfloat16_matches_float32(family):
+    """Four blocks and a merge in bfloat16 (8 significant bits) stay within 2% of float32 in relative norm (measured: 0.6-0.7%)."""
+    model = laco.apply(tiny_encoder(family), 2)
+    x = pixels()
+    expected = model(x).last_hidden_state
+    out = model.to(torch.bfloat16)(x.to(torch.bfloat16)).last_hidden_state
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - expected).norm() / expected.norm() < 0.02
 
 
 def test_torch_compile():
@@ -159,7 +163,7 @@ def test_save_and_reload_round_trip(tmp_path, family):
     model.save_pretrained(tmp_path)
     assert not list(tmp_path.glob("*.bin")), "weights must be saved as safetensors only"
     reloaded = laco.load(tmp_path)
-    assert laco.settings(reloaded) == laco.settings(model)
+    assert laco.placement_of(reloaded) == laco.placement_of(model)
     torch.testing.assert_close(reloaded(x).last_hidden_state, expected)
 
 
@@ -234,6 +238,59 @@ def test_generic_vit_with_prefix_tokens():
     assert after.shape == (2, 2 + 12, 16)
     laco.remove(model)
     assert torch.equal(model(x), before)
+
+
+class TimmShapedBlock(torch.nn.Module):
+    """timm's ViT block layout: pre-norm attention and MLP, each a residual branch, on (B, N, C) tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
+        self.attn = torch.nn.MultiheadAttention(dim, 2, batch_first=True)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 2 * dim), torch.nn.GELU(), torch.nn.Linear(2 * dim, dim))
+
+    def forward(self, x):
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class TimmShapedViT(torch.nn.Module):
+    """The attributes timm's ``VisionTransformer`` has: ``patch_embed.proj``, ``cls_token``, ``pos_embed``,
+    ``num_prefix_tokens``, ``embed_dim``, blocks in an ``nn.Sequential`` and a final ``norm``."""
+
+    def __init__(self, dim=16, depth=4, patch=4, grid=6):
+        super().__init__()
+        self.embed_dim, self.num_prefix_tokens = dim, 1
+        self.patch_embed = torch.nn.Module()
+        self.patch_embed.proj = torch.nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = torch.nn.Parameter(torch.randn(1, 1, dim))
+        self.pos_embed = torch.nn.Parameter(torch.randn(1, 1 + grid * grid, dim) * 0.02)
+        self.blocks = torch.nn.Sequential(*(TimmShapedBlock(dim) for _ in range(depth)))
+        self.norm = torch.nn.LayerNorm(dim)
+
+    def forward(self, pixel_values):
+        x = self.patch_embed.proj(pixel_values).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.norm(self.blocks(x))
+
+
+def test_generic_adapter_takes_a_timm_shaped_vit_with_sequential_blocks():
+    torch.manual_seed(0)
+    model = TimmShapedViT().eval()
+    x = pixels(2, 24, 24)  # 6 x 6 grid + CLS
+    before = model(x)
+    laco.apply(model, "1/2", blocks="blocks", num_prefix_tokens=model.num_prefix_tokens, patch_size=4)
+    assert laco.num_tokens(model, 24) == 1 + 9
+    after = model(x)
+    assert after.shape == (2, 1 + 9, 16)
+    laco.remove(model)
+    assert torch.equal(model(x), before)
+
+
+def test_generic_blocks_must_be_a_block_container():
+    with pytest.raises(ValueError, match="nn.ModuleList or nn.Sequential"):
+        laco.apply(TimmShapedViT(), 1, blocks="norm", patch_size=4)
 
 
 @settings(max_examples=20, deadline=None)

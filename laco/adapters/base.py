@@ -72,11 +72,11 @@ class EncoderAdapter:
 
 
 class GenericAdapter(EncoderAdapter):
-    """Any ViT whose blocks sit in an ``nn.ModuleList``, described by the caller.
+    """Any ViT whose blocks sit in an ``nn.ModuleList`` or ``nn.Sequential`` (timm's ``VisionTransformer.blocks``),
+    described by the caller.
 
     Args:
-        blocks: the ``nn.ModuleList`` of blocks, or its dotted path inside the model (``"blocks"``,
-            ``"encoder.layer"``).
+        blocks: the container of blocks, or its dotted path inside the model (``"blocks"``, ``"encoder.layer"``).
         num_prefix_tokens: CLS/register tokens that lead the sequence (timm's ``num_prefix_tokens``).
         patch_size: patch size, to compute the grid from ``pixel_values``.
         grid: a fixed grid ``(H, W)`` instead, or a callable ``pixel_values -> (H, W)``.
@@ -87,7 +87,7 @@ class GenericAdapter(EncoderAdapter):
 
     def __init__(
         self,
-        blocks: nn.ModuleList | str,
+        blocks: nn.ModuleList | nn.Sequential | str,
         *,
         num_prefix_tokens: int = 0,
         patch_size: int | GridSize | None = None,
@@ -107,10 +107,12 @@ class GenericAdapter(EncoderAdapter):
     def matches(self, model: nn.Module) -> bool:
         return True
 
-    def blocks(self, model: nn.Module) -> nn.ModuleList:
+    def blocks(self, model: nn.Module) -> nn.ModuleList | nn.Sequential:
         blocks = model.get_submodule(self._blocks) if isinstance(self._blocks, str) else self._blocks
-        if not isinstance(blocks, nn.ModuleList):
-            raise ValueError(f"blocks must be an nn.ModuleList, got {type(blocks).__name__}.")
+        if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+            raise ValueError(
+                f"blocks must be an nn.ModuleList or nn.Sequential of transformer blocks, got {type(blocks).__name__}."
+            )
         return blocks
 
     def num_prefix_tokens(self, model: nn.Module) -> int:

@@ -29,15 +29,14 @@ from .runner import (
     DTYPES,
     BenchResult,
     BenchSettings,
-    Variant,
+    BenchVariant,
     build_variants,
     run,
 )
 from .timing import Clock, Samples, Stats, run_interleaved
 
-QUICK_THREADS = (
-    1  # tiny ops gain nothing from threads, and on a busy machine OpenMP barriers wait on descheduled threads
-)
+# Tiny ops gain nothing from threads, and with more threads than free cores OpenMP barriers wait on descheduled ones.
+QUICK_THREADS = 1
 
 
 def run_benchmark(
@@ -247,7 +246,7 @@ __all__ = [
     "PRESETS",
     "Samples",
     "Stats",
-    "Variant",
+    "BenchVariant",
     "build_parser",
     "build_variants",
     "load_preset",

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cost import Placement
+from ..placement import Placement
 from .counting import flop_counter_mode
 from .timing import Clock, Stats, run_interleaved
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
-from ..cost import EncoderGeometry, LLMGeometry, Placement
+from ..cost import EncoderGeometry, LLMGeometry
+from ..placement import Placement
 
 FAMILIES = ("siglip", "clip", "dinov2", "internvit", "aimv2")
 
@@ -112,10 +113,7 @@ def build_mllm(
 
     vision = vision_config(encoder)
     if placement is not None and placement.compressed:
-        settings = laco_patch.LacoSettings(
-            placement.layers, placement.method, placement.factor, dict(placement.options)
-        )
-        setattr(vision, laco_patch.CONFIG_ATTRIBUTE, settings.to_dict())
+        setattr(vision, laco_patch.CONFIG_ATTRIBUTE, placement.resolve(encoder.layers).to_dict())
     config = LacoLlavaConfig(
         vision_config=vision,
         text_config=text_config(llm, llm_layers),
@@ -170,9 +168,7 @@ class CompressionSwitch:
         if not placement.compressed:
             return []
         stored = self._compressors.get(placement)
-        laco_patch.apply(
-            self.encoder, list(placement.layers), placement.method, placement.factor, **dict(placement.options)
-        )
+        laco_patch.apply(self.encoder, placement)
         if stored is None:
             self._compressors[placement] = laco_patch.compressors(self.encoder)
         else:

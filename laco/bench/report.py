@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..cost import Placement, encoder_flops, mllm_flops
-from .runner import BenchResult, Measurement, SpeedUp, Variant
+from ..cost import encoder_flops, mllm_flops
+from ..placement import Placement
+from .runner import BenchResult, BenchVariant, Measurement, SpeedUp
 from .timing import Stats
 
 SCHEMA = "laco-bench/1"
@@ -41,7 +42,7 @@ def _execution(settings: dict[str, Any]) -> str:
     return settings["dtype"] + (", compiled" if settings.get("compile") else "")
 
 
-def _layers(variant: Variant) -> str:
+def _layers(variant: BenchVariant) -> str:
     if not variant.placement.compressed:
         return "-"
     text = ",".join(str(k) for k in variant.placement.layers)

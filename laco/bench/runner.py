@@ -40,9 +40,10 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..compressors import available as available_methods
-from ..cost import Placement, encoder_flops, mllm_flops, training_activation_bytes
+from ..cost import encoder_flops, mllm_flops, training_activation_bytes
 from ..cost import image_tokens as visual_tokens
 from ..mllm.loss import answer_loss
+from ..placement import Placement
 from .anatomy import Anatomy, measure_anatomy
 from .counting import SavedTensorBytes, cuda_peak, flop_counter_mode
 from .models import CompressionSwitch, build_encoder, build_mllm, compile_blocks, decoder_layers
@@ -94,7 +95,7 @@ class BenchSettings:
 
 
 @dataclass(frozen=True)
-class Variant:
+class BenchVariant:
     """One placement to time. ``baseline`` names the variant it is compared with (``None``: a reference)."""
 
     name: str
@@ -137,7 +138,7 @@ def build_variants(
     method_depth: str = "1/4",
     two_stage: Sequence[str] | None = DEFAULT_TWO_STAGE,
     factor: int = 2,
-) -> list[Variant]:
+) -> list[BenchVariant]:
     """The variants of one run, for an encoder of ``depth`` layers.
 
     No compression; external (LaCo's merge after layer ``depth``); LaCo at each of ``depths``; LaCo at the
@@ -149,21 +150,23 @@ def build_variants(
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {available_methods()}.")
     variants = [
-        Variant("none", Placement(), "external", "reference", same_tokens_as_baseline=False),
-        Variant("external", Placement((depth,), "laco", factor), None, "reference"),
+        BenchVariant("none", Placement(), "external", "reference", same_tokens_as_baseline=False),
+        BenchVariant("external", Placement((depth,), "laco", factor), None, "reference"),
     ]
     if "laco" in methods:
         for spec in depths:
             variants.append(
-                Variant(f"laco@{_fraction_label(spec)}", Placement.of(spec, depth, "laco", factor), "external", "depth")
+                BenchVariant(
+                    f"laco@{_fraction_label(spec)}", Placement(spec, "laco", factor).resolve(depth), "external", "depth"
+                )
             )
     if two_stage:
         if len(two_stage) < 2:
             raise ValueError(f"two_stage needs at least two depths (e.g. 1/4,1/2), got {list(two_stage)}.")
-        stages = Placement.of(list(two_stage), depth, "laco", factor)
+        stages = Placement(list(two_stage), "laco", factor).resolve(depth)
         if max(stages.layers) == depth:
             raise ValueError(f"two-stage depths {list(two_stage)} reach the last layer; pick depths before it.")
-        external = Variant(
+        external = BenchVariant(
             f"external-{factor ** (2 * len(stages.layers))}x",
             Placement((depth,), "laco", factor ** len(stages.layers)),
             None,
@@ -171,12 +174,12 @@ def build_variants(
         )
         variants.append(external)
         label = "+".join(_fraction_label(s) for s in two_stage)
-        variants.append(Variant(f"laco@{label}", stages, external.name, "two-stage"))
+        variants.append(BenchVariant(f"laco@{label}", stages, external.name, "two-stage"))
     for method in methods:
         if method != "laco":
-            placement = Placement.of(method_depth, depth, method, factor)
-            variants.append(Variant(f"{method}@{_fraction_label(method_depth)}", placement, "external", "method"))
-    unique: dict[Placement, Variant] = {}
+            placement = Placement(method_depth, method, factor).resolve(depth)
+            variants.append(BenchVariant(f"{method}@{_fraction_label(method_depth)}", placement, "external", "method"))
+    unique: dict[Placement, BenchVariant] = {}
     for variant in variants:
         unique.setdefault(variant.placement, variant)
     kept = list(unique.values())
@@ -241,7 +244,7 @@ class BenchResult:
     preset: BenchPreset
     settings: dict[str, Any]
     machine: dict[str, Any]
-    variants: list[Variant]
+    variants: list[BenchVariant]
     measurements: dict[str, dict[str, Measurement]]
     notes: list[str]
     build_seconds: float
@@ -252,7 +255,7 @@ class BenchResult:
     def depth(self) -> int:
         return self.preset.encoder.layers
 
-    def variant(self, name: str) -> Variant:
+    def variant(self, name: str) -> BenchVariant:
         for variant in self.variants:
             if variant.name == name:
                 return variant
@@ -496,7 +499,7 @@ class _Runner:
             return 1.0
         return self.preset.llm.layers / self.llm_layers
 
-    def image_tokens(self, variant: Variant) -> int:
+    def image_tokens(self, variant: BenchVariant) -> int:
         self.switch.activate(variant.placement)
         if self.preset.llm is None:
             return laco_patch.num_tokens(self.tower, self.preset.resolution)
@@ -507,7 +510,7 @@ class _Runner:
         return torch.optim.AdamW(params, lr=OPTIMIZER_LR, weight_decay=0.0, fused=fused)
 
     def optimizers(
-        self, variant: Variant
+        self, variant: BenchVariant
     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer | None]:
         """(rest of the model, LLM decoder stack, this placement's compressors), so the stack's share of the
         optimizer step can be scaled with ``--llm-layers``."""
@@ -551,12 +554,12 @@ class _Runner:
     # -- workloads -------------------------------------------------------------------------------------------
 
     def workload(
-        self, kind: str, variant: Variant
+        self, kind: str, variant: BenchVariant
     ) -> tuple[Callable[[], None], Callable[[], Mapping[str, float] | None]]:
         """``(prepare, call)`` for one measurement of one variant."""
         return getattr(self, f"_{kind}")(variant)
 
-    def _encoder(self, variant: Variant):
+    def _encoder(self, variant: BenchVariant):
         pixel_values = self.inputs.pixel_values
 
         def prepare() -> None:
@@ -568,7 +571,7 @@ class _Runner:
 
         return prepare, call
 
-    def _train(self, variant: Variant):
+    def _train(self, variant: BenchVariant):
         ids = self.inputs.ids(self.image_tokens(variant), with_answer=True)
         batch = {"input_ids": ids, "pixel_values": self.inputs.pixel_values, "labels": self.inputs.labels(ids)}
         model, clock, stack = self.model, self.clock, self.stack
@@ -608,7 +611,7 @@ class _Runner:
 
         return DynamicCache(config=self.model.config.text_config)
 
-    def _prefill_once(self, variant: Variant):
+    def _prefill_once(self, variant: BenchVariant):
         ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
         cache = self._new_cache()
         with torch.inference_mode():
@@ -617,7 +620,7 @@ class _Runner:
             )
         return out.logits[:, -1:].argmax(-1), cache
 
-    def _prefill(self, variant: Variant):
+    def _prefill(self, variant: BenchVariant):
         ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
         state: dict[str, Any] = {}
 
@@ -640,7 +643,7 @@ class _Runner:
 
         return prepare, call
 
-    def _decode(self, variant: Variant):
+    def _decode(self, variant: BenchVariant):
         steps = self.inputs.answer_tokens
         state: dict[str, Any] = {}
 
@@ -712,7 +715,7 @@ class _Runner:
                 call()
         return float(counter.get_total_flops()), memory
 
-    def predicted(self, kind: str, variant: Variant, full: bool) -> tuple[float, int, int | None]:
+    def predicted(self, kind: str, variant: BenchVariant, full: bool) -> tuple[float, int, int | None]:
         """Analytic FLOPs of ``kind`` for ``variant`` (as built, or at the LLM's full depth) and token counts."""
         preset = self.preset
         llm = preset.llm

@@ -23,11 +23,11 @@ class TokenCompressor(nn.Module):
     """Base class: validates input, applies the optional shortcut, reports its output grid and cost.
 
     Subclasses implement :meth:`compress` (the learned or fixed reduction) and :meth:`compress_flops`. Those that
-    work on the ``factor x factor`` blocks set ``uses_blocks``: the block layout is then computed once per call and
-    shared with the shortcut, instead of being laid out twice.
+    work on the ``factor x factor`` neighbourhoods set ``uses_stacked``: the stacked layout (:func:`space_to_channel`)
+    is then computed once per call and shared with the shortcut, instead of being laid out twice.
     """
 
-    uses_blocks: bool = False
+    uses_stacked: bool = False
 
     def __init__(
         self,
@@ -62,14 +62,15 @@ class TokenCompressor(nn.Module):
                 f"{type(self).__name__} was built for width {self.dim} but got tokens of width {x.shape[-1]}; "
                 "build it with dim equal to the encoder's hidden size."
             )
-        blocks = F.space_to_channel(x, size, self.factor, self.pad)[0] if self.uses_blocks or self.shortcut else None
-        y, new_size = self.compress(x, size, blocks)
+        stacked = F.space_to_channel(x, size, self.factor, self.pad)[0] if self.uses_stacked or self.shortcut else None
+        y, new_size = self.compress(x, size, stacked)
         if self.shortcut:
-            y = y + F.channel_average(blocks, self.factor, size)
+            y = y + F.channel_average(stacked, self.factor, size)
         return y, new_size
 
-    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
-        """Reduce ``x`` on grid ``size``; ``blocks`` is ``space_to_channel(x)`` when :attr:`uses_blocks` is set."""
+    def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
+        """Reduce ``x`` on grid ``size``; ``stacked`` is ``space_to_channel(x)`` (each ``factor x factor``
+        neighbourhood stacked along channels) when :attr:`uses_stacked` is set."""
         raise NotImplementedError
 
     def flops(self, size: GridSize, batch: int = 1) -> int:

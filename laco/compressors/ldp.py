@@ -32,7 +32,7 @@ class LDPv2(TokenCompressor):
         self.mlp = nn.Sequential(nn.Linear(dim, self.out_dim), nn.GELU(), nn.Linear(self.out_dim, self.out_dim))
         self.peg = nn.Conv2d(self.out_dim, self.out_dim, kernel_size=3, padding=1, groups=self.out_dim)
 
-    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
+    def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
         pooled, new_size = F.avg_pool_tokens(self.mlp(x), size, self.factor, self.pad)
         image = F.tokens_to_image(pooled, new_size)
         pooled = pooled + F.image_to_tokens(self.peg(image))[0]

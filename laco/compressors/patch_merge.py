@@ -25,7 +25,7 @@ class PatchMerge(TokenCompressor):
 
     Args:
         dim: width of the incoming tokens.
-        factor: merge ``factor x factor`` blocks (2 gives 4x fewer tokens).
+        factor: merge ``factor x factor`` neighbourhoods of tokens (2 gives 4x fewer tokens).
         out_dim: output width; defaults to ``dim`` as needed inside an encoder.
         hidden_dim: width of the MLP's hidden layer; defaults to ``dim`` (about a tenth of a ViT layer's cost
             at the incoming token count).
@@ -116,10 +116,10 @@ class PatchMerge(TokenCompressor):
         self.fc2.weight.copy_(fc2.weight * scale[:, None])
         self.fc2.bias.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(scale)) * scale)
 
-    uses_blocks = True
+    uses_stacked = True
 
-    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
-        y = self.fc2(self.act(self.fc1(self.norm(blocks))))
+    def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
+        y = self.fc2(self.act(self.fc1(self.norm(stacked))))
         if self.branch_scale is not None:
             y = y * self.branch_scale
         return y, self.output_size(size)

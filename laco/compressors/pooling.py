@@ -23,10 +23,10 @@ class AvgPool(TokenCompressor):
             )
         super().__init__(dim, factor, shortcut=False, pad=pad)
 
-    uses_blocks = True
+    uses_stacked = True
 
-    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
-        return F.channel_average(blocks, self.factor, size), self.output_size(size)
+    def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
+        return F.channel_average(stacked, self.factor, size), self.output_size(size)
 
     def compress_flops(self, size: GridSize, out: GridSize) -> int:
         return size[0] * size[1] * self.dim

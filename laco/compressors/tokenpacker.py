@@ -46,14 +46,14 @@ class TokenPacker(TokenCompressor):
         self.mlp = nn.Sequential(nn.Linear(dim, self.out_dim), nn.GELU(), nn.Linear(self.out_dim, self.out_dim))
         nn.init.trunc_normal_(self.slot_embedding, std=0.02)
 
-    uses_blocks = True
+    uses_stacked = True
 
-    def compress(self, x: torch.Tensor, size: GridSize, blocks: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
+    def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
         batch, _, dim = x.shape
         slots, heads = self.factor * self.factor, self.num_heads
         new_size = self.output_size(size)
-        regions = blocks.reshape(batch, -1, slots, dim)
-        points = F.channel_average(blocks, self.factor, size)
+        regions = stacked.reshape(batch, -1, slots, dim)
+        points = F.channel_average(stacked, self.factor, size)
         tokens = regions.shape[1]
 
         q = self.q_proj(self.norm_q(points)).reshape(batch * tokens, 1, heads, dim // heads).transpose(1, 2)

@@ -1,6 +1,6 @@
 """Training and evaluation data: LLaVA conversation JSON as a validated dataset, and easy-VQA converted to it."""
 
-from .easyvqa import EASY_VQA_SPLITS, EasyVqaNotFoundError, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
+from .easyvqa import EASY_VQA_SPLITS, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
 from .llava import (
     DataError,
     DatasetReport,
@@ -17,7 +17,6 @@ __all__ = [
     "EASY_VQA_SPLITS",
     "DataError",
     "DatasetReport",
-    "EasyVqaNotFoundError",
     "LlavaDataset",
     "LlavaExample",
     "LlavaRecord",

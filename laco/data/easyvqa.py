@@ -42,7 +42,6 @@ folder of :class:`~laco.data.LlavaDataset`. The ``id`` numbers the question with
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
@@ -50,10 +49,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..packages import PackageFile, PackageFileNotFoundError
+
 __all__ = [
     "ANSWER_TYPES",
     "EASY_VQA_SPLITS",
-    "EasyVqaNotFoundError",
     "convert_easy_vqa",
     "easy_vqa_answers",
     "easy_vqa_data_dir",
@@ -67,38 +67,16 @@ ANSWER_TYPES: dict[str, tuple[str, ...]] = {
     "colour": ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow"),
 }
 
-_DISTRIBUTION = "easy-vqa"
-_VERSION = "1.0"
-_INSTALL = f"pip install --no-deps {_DISTRIBUTION}=={_VERSION}"
-_ANSWERS_FILE = "easy_vqa/data/answers.txt"
+_ANSWERS = PackageFile("easy-vqa", "1.0", "easy_vqa/data/answers.txt", "easy-VQA data")
 # Written into each converted split folder; it says which conversion the folder holds, so a later call with
 # other arguments (or a newer format) converts again instead of trusting stale files.
 _STAMP_FILE = "conversion.json"
 _FORMAT_VERSION = 1
 
 
-class EasyVqaNotFoundError(ImportError):
-    """The ``easy-vqa`` package, which ships the data, is not installed (or lacks its data files)."""
-
-
 def easy_vqa_data_dir() -> Path:
     """The installed ``easy_vqa/data`` folder (``answers.txt``, ``train/``, ``test/``)."""
-    try:
-        files = importlib.metadata.files(_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise EasyVqaNotFoundError(
-            f"easy-VQA data comes from the PyPI package '{_DISTRIBUTION}', which is not installed. "
-            f"Install it without its (unneeded) dependencies: {_INSTALL}"
-        ) from None
-    for file in files or ():
-        if file.as_posix() == _ANSWERS_FILE:
-            answers = Path(str(file.locate()))
-            if answers.is_file():
-                return answers.parent
-    raise EasyVqaNotFoundError(
-        f"'{_DISTRIBUTION}' is installed but its data file {_ANSWERS_FILE} is missing (wrong version?). "
-        f"Reinstall it: {_INSTALL} --force-reinstall"
-    )
+    return _ANSWERS.locate().parent
 
 
 def easy_vqa_answers() -> list[str]:
@@ -110,14 +88,14 @@ def easy_vqa_answers() -> list[str]:
 def _questions(data_dir: Path, split: str) -> list[tuple[str, str, int]]:
     path = data_dir / split / "questions.json"
     if not path.is_file():
-        raise EasyVqaNotFoundError(f"{path} is missing; reinstall the data: {_INSTALL} --force-reinstall")
+        raise PackageFileNotFoundError(f"{path} is missing; reinstall the data: {_ANSWERS.install} --force-reinstall")
     rows = json.loads(path.read_text(encoding="utf-8"))
     return [(str(question), str(answer), int(image_id)) for question, answer, image_id in rows]
 
 
 def _stamp(split: str, limit_per_split: int | None, records: int | None = None) -> dict[str, object]:
     stamp: dict[str, object] = {
-        "source": f"{_DISTRIBUTION} {_VERSION}",
+        "source": f"{_ANSWERS.distribution} {_ANSWERS.version}",
         "format": _FORMAT_VERSION,
         "split": split,
         "limit_per_split": limit_per_split,
@@ -152,8 +130,8 @@ def _convert_split(data_dir: Path, out_dir: Path, split: str, limit_per_split: i
         for image_id in sorted({image_id for _, _, image_id in questions}):
             source = data_dir / split / "images" / f"{image_id}.png"
             if not source.is_file():
-                raise EasyVqaNotFoundError(
-                    f"image {source} is missing; reinstall the data: {_INSTALL} --force-reinstall"
+                raise PackageFileNotFoundError(
+                    f"image {source} is missing; reinstall the data: {_ANSWERS.install} --force-reinstall"
                 )
             shutil.copyfile(source, images / source.name)
         records = [

@@ -1,6 +1,6 @@
 """The LaCo multimodal LLM: LLaVA-style vision tower (optionally compressed) -> projector -> causal LM."""
 
-from .builder import CompressionSpec, build_mllm, resolve_attn_implementation
+from .builder import build_mllm, resolve_attn_implementation
 from .loss import answer_loss
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
 from .processing import IGNORE_INDEX, IMAGE_TAG, ImageTransform, LacoProcessor, RecordError
@@ -8,7 +8,6 @@ from .processing import IGNORE_INDEX, IMAGE_TAG, ImageTransform, LacoProcessor, 
 __all__ = [
     "IGNORE_INDEX",
     "IMAGE_TAG",
-    "CompressionSpec",
     "ImageTransform",
     "LacoLlavaConfig",
     "LacoLlavaForConditionalGeneration",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,36 +11,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
+from ..placement import Placement
 from ..pretrained import DINOV2_IMAGE_MEAN, DINOV2_IMAGE_SIZE, DINOV2_IMAGE_STD, DINOV2_NAME, load_llm, load_vision
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
 from .processing import IMAGE_TAG, ImageTransform, LacoProcessor
 
 
-@dataclass
-class CompressionSpec:
-    """Where to compress: ``layers=None`` means no compression (the full token grid reaches the LLM).
-
-    ``layers`` takes everything :func:`laco.apply` does: ``"1/4"``, ``0.25``, ``6``, ``[6, 12]``, or
-    ``"last"`` for external compression after the last layer.
-    """
-
-    layers: Any = "1/4"
-    method: str = "laco"
-    factor: int = 2
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def resolved_layers(self, depth: int) -> tuple[int, ...] | None:
-        if self.layers is None or self.layers == "none":
-            return None
-        if self.layers == "last":
-            return (depth,)
-        return laco_patch.resolve_layers(self.layers, depth)
-
-
 def build_mllm(
     vision: str | PreTrainedModel = "dinov2-small",
     llm: str | tuple[PreTrainedModel, PreTrainedTokenizerBase] = "smollm2-135m",
-    compression: CompressionSpec | None = None,
+    compression: Placement | None = None,
     *,
     image_size: int | None = None,
     image_mean: tuple[float, float, float] = DINOV2_IMAGE_MEAN,
@@ -50,7 +29,7 @@ def build_mllm(
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
-    """Vision encoder (compressed as ``compression`` says) -> new 2-layer MLP projector -> LLM.
+    """Vision encoder (compressed as ``compression`` says; ``None``: uncompressed) -> new 2-layer MLP projector -> LLM.
 
     ``vision`` and ``llm`` are names understood by :mod:`laco.pretrained` (the offline defaults
     ``"dinov2-small"`` and ``"smollm2-135m"``, or any hub id / local path) or already-loaded models.
@@ -62,9 +41,7 @@ def build_mllm(
     if laco_patch.is_patched(vision_model):
         raise ValueError("pass the vision encoder uncompressed; build_mllm applies the compression itself.")
     vision_model, adapter = resolve_encoder(vision_model)
-    compression = compression or CompressionSpec(layers=None)
-    depth = len(adapter.blocks(vision_model))
-    layers = compression.resolved_layers(depth)
+    compression = (compression or Placement()).resolve(len(adapter.blocks(vision_model)))
 
     prefix = adapter.num_prefix_tokens(vision_model)
     if prefix > 1:
@@ -79,9 +56,8 @@ def build_mllm(
     for flag in ("vision_use_head", "use_head"):  # SigLIP / AIMv2 pooling heads: LLaVA reads tokens, not the pool
         if getattr(vision_config, flag, False):
             setattr(vision_config, flag, False)
-    if layers is not None:
-        settings = laco_patch.LacoSettings(layers, compression.method, compression.factor, dict(compression.options))
-        setattr(vision_config, laco_patch.CONFIG_ATTRIBUTE, settings.to_dict())
+    if compression.compressed:  # the model applies it when built (LacoLlavaForConditionalGeneration.__init__)
+        setattr(vision_config, laco_patch.CONFIG_ATTRIBUTE, compression.to_dict())
     config = LacoLlavaConfig(
         vision_config=vision_config,
         text_config=language_model.config,

@@ -20,7 +20,7 @@ from ..adapters import resolve_encoder
 class LacoLlavaConfig(LlavaConfig):
     """``LlavaConfig`` with its own ``model_type``, so Auto classes rebuild the LaCo model.
 
-    The compression lives in ``vision_config.laco`` (see :class:`laco.LacoSettings`); ``image_seq_length`` is the
+    The compression lives in ``vision_config.laco`` (see :class:`laco.Placement`); ``image_seq_length`` is the
     number of placeholder tokens per image *after* compression.
     """
 
@@ -43,17 +43,17 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
     def _check_feature_layer(self) -> None:
         """The LLM reads ``hidden_states[vision_feature_layer]``: a compression after that layer would be skipped."""
-        settings = laco_patch.settings(self.vision_tower)
+        placement = laco_patch.placement_of(self.vision_tower)
         feature_layer = self.config.vision_feature_layer
-        if settings is None or not isinstance(feature_layer, int):
+        if placement is None or not isinstance(feature_layer, int):
             return
         _, adapter = resolve_encoder(self.vision_tower)
         depth = len(adapter.blocks(self.vision_tower))
         read_after = feature_layer % (depth + 1)
-        if max(settings.layers) > read_after:
+        if max(placement.layers) > read_after:
             raise ValueError(
                 f"the LLM reads the vision tower's hidden state after layer {read_after} (vision_feature_layer="
-                f"{feature_layer}) but laco compresses after layer {max(settings.layers)}, which would be ignored; "
+                f"{feature_layer}) but laco compresses after layer {max(placement.layers)}, which would be ignored; "
                 "use vision_feature_layer=-1 or compress at an earlier layer."
             )
 

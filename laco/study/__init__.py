@@ -6,111 +6,34 @@ attention probe on real labelled images, over several seeds, and writes tables, 
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
 from pathlib import Path
 
-from .grid import StudyConfig, Variant, load_study_config
+from .grid import QUICK, StudyConfig, StudyVariant, load_study_config
 from .report import write_report
 from .runner import Study, collect_cells, missing_cells
 
 
 def run_study(config: StudyConfig, progress: bool = True, docs: Path | None = None) -> dict:
+    """Train every missing cell of ``config``, then write its tables, JSON and plots (and refresh ``docs``)."""
     cells = Study(config, progress=progress).run()
     return write_report(cells, Path(config.output_dir), docs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="laco study",
-        description="Train every compressor at every depth, with and without the shortcut, inside the real DINOv2-S "
-        "against an attention probe on real tasks; resumable (finished cells are kept).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--config", type=Path, help="YAML study config (configs/study/); default: the full study")
-    parser.add_argument("--quick", action="store_true", help="the CI subset (configs/study/quick.yaml settings)")
-    parser.add_argument("--output-dir", help="where cells, features, tables and plots go")
-    parser.add_argument("--tasks", help="comma-separated: easyvqa-shape, mnist, easyvqa-color")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--steps", type=int, help="training steps per cell")
-    parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
-    parser.add_argument(
-        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
-    )
-    parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
-    parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="write tables, JSON and plots from the cells finished so far and list the missing ones; train nothing",
-    )
-    parser.add_argument(
-        "--docs", type=Path, help="also refresh the generated tables and plots of this markdown file (docs/study.md)"
-    )
-    args = parser.parse_args(argv)
+def main(argv=None) -> int:
+    """``laco study``; see :mod:`laco.study.cli`."""
+    from .cli import main as cli_main
 
-    overrides = {}
-    if args.quick:
-        overrides.update(QUICK)
-    if args.output_dir:
-        overrides["output_dir"] = args.output_dir
-    if args.tasks:
-        overrides["tasks"] = args.tasks.split(",")
-    if args.seeds:
-        overrides["seeds"] = list(range(args.seeds))
-    if args.steps:
-        overrides["steps"] = args.steps
-    if args.threads:
-        overrides["threads"] = args.threads
-    if args.jobs:
-        overrides["jobs"] = args.jobs
-    config = load_study_config(args.config, overrides)
-    variants = config.variants()
-    if args.list:
-        for variant in variants:
-            print(variant.name)
-        print(
-            f"{len(variants)} variants x {len(config.tasks)} tasks x {len(config.seeds)} seeds "
-            f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells"
-        )
-        return 0
-    if args.report_only:
-        outputs = write_report(collect_cells(Path(config.output_dir)), Path(config.output_dir), args.docs)
-        missing = missing_cells(config)
-        if missing:
-            print(f"{len(missing)} cells not finished yet (run the same command without --report-only to train them):")
-            for task, variant, seed in missing:
-                print(f"  {task} {variant} seed {seed}")
-    else:
-        outputs = run_study(config, docs=args.docs)
-    print(f"\n{len(outputs['rows'])} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
-    return 0
+    return cli_main(argv)
 
-
-# The CI subset: one task, two seeds, few steps, a few variants; minutes on two cores.
-QUICK = {
-    "output_dir": "runs/study-quick",
-    "tasks": ["easyvqa-color"],
-    "seeds": [0, 1],
-    "max_train": 128,
-    "max_test": 64,
-    "steps": 5,
-    "batch_size": 16,
-    "depths": ["1/2", "ext"],
-    "methods": ["laco", "pixel_shuffle", "avgpool"],
-    "shortcut_ablation": True,
-    "extra": [],
-    "time_encoder": False,
-    "jobs": 1,  # spawning workers costs more than these few tiny cells
-}
 
 __all__ = [
     "QUICK",
     "Study",
-    "collect_cells",
-    "missing_cells",
     "StudyConfig",
-    "Variant",
+    "StudyVariant",
+    "collect_cells",
     "load_study_config",
     "main",
+    "missing_cells",
     "run_study",
 ]

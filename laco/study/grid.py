@@ -9,12 +9,12 @@ from typing import Any
 import yaml
 
 from ..config import from_dict
-from ..patch import resolve_layers
+from ..placement import Placement
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One way to compress, named for the tables (``laco@1/4``, ``ldpv2+sc@ext``, ``none``)."""
+class StudyVariant:
+    """One arm of the study grid, named for the tables (``laco@1/4``, ``ldpv2+sc@ext``, ``none``)."""
 
     method: str | None  # None: no compression
     depth: tuple[str, ...] = ()  # fractions ("1/4") or "ext" (after the last layer)
@@ -45,8 +45,14 @@ class Variant:
         """The row label without the depth: one line of the depth plot."""
         return self.name.rsplit("@", 1)[0]
 
+    def placement(self, depth: int) -> Placement:
+        """Where this arm compresses in an encoder of ``depth`` layers (``Placement()`` for ``none``)."""
+        if self.method is None:
+            return Placement()
+        return Placement(self.depth, self.method, self.factor, self.options()).resolve(depth)
+
     def layers(self, depth: int) -> tuple[int, ...]:
-        return tuple(depth if d == "ext" else resolve_layers(d, depth)[0] for d in self.depth)
+        return self.placement(depth).layers
 
     def options(self) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -87,15 +93,15 @@ class StudyConfig:
     threads: int | None = None  # torch threads in all (split among the jobs); None: every usable core
     jobs: int = 2  # worker processes sharing the cells, threads // jobs torch threads each (2: what we timed)
 
-    def variants(self) -> list[Variant]:
-        variants = [Variant(None)]
+    def variants(self) -> list[StudyVariant]:
+        variants = [StudyVariant(None)]
         for depth in self.depths:
             for method in self.methods:
                 variants.extend(_method_variants(method, depth, self.shortcut_ablation))
         for extra in self.extra:
             extra = dict(extra)
             extra["depth"] = tuple(extra.get("depth", ()))
-            variants.append(Variant(**extra))
+            variants.append(StudyVariant(**extra))
         seen, unique = set(), []
         for variant in variants:
             if variant.name not in seen:
@@ -104,17 +110,17 @@ class StudyConfig:
         return unique
 
 
-def _method_variants(method: str, depth: str, shortcut_ablation: bool) -> list[Variant]:
+def _method_variants(method: str, depth: str, shortcut_ablation: bool) -> list[StudyVariant]:
     if method == "avgpool":
-        return [Variant("avgpool", (depth,))]
+        return [StudyVariant("avgpool", (depth,))]
     if method == "laco":
         # LaCo is the patch merge *with* the shortcut; without it, it is pixel_shuffle (listed under that name)
-        return [Variant("laco", (depth,))]
+        return [StudyVariant("laco", (depth,))]
     if method == "pixel_shuffle":
-        both = [Variant("pixel_shuffle", (depth,), shortcut=False)]
-        return both + ([Variant("pixel_shuffle", (depth,), shortcut=True)] if shortcut_ablation else [])
-    both = [Variant(method, (depth,), shortcut=False)]
-    return both + ([Variant(method, (depth,), shortcut=True)] if shortcut_ablation else [])
+        both = [StudyVariant("pixel_shuffle", (depth,), shortcut=False)]
+        return both + ([StudyVariant("pixel_shuffle", (depth,), shortcut=True)] if shortcut_ablation else [])
+    both = [StudyVariant(method, (depth,), shortcut=False)]
+    return both + ([StudyVariant(method, (depth,), shortcut=True)] if shortcut_ablation else [])
 
 
 def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> StudyConfig:
@@ -123,3 +129,21 @@ def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] 
         data = yaml.safe_load(Path(path).read_text()) or {}
     data.update(overrides or {})
     return from_dict(StudyConfig, data)
+
+
+# The CI subset: one task, two seeds, few steps, a few variants; minutes on two cores.
+QUICK = {
+    "output_dir": "runs/study-quick",
+    "tasks": ["easyvqa-color"],
+    "seeds": [0, 1],
+    "max_train": 128,
+    "max_test": 64,
+    "steps": 5,
+    "batch_size": 16,
+    "depths": ["1/2", "ext"],
+    "methods": ["laco", "pixel_shuffle", "avgpool"],
+    "shortcut_ablation": True,
+    "extra": [],
+    "time_encoder": False,
+    "jobs": 1,  # spawning workers costs more than these few tiny cells
+}

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from .. import functional as F
 from ..adapters import resolve_encoder
-from ..patch import LacoSettings, build_compressor_for_block
+from ..patch import build_compressor_for_block
+from ..placement import Placement
 from ..pretrained import preprocess_images
 
 
@@ -59,21 +60,6 @@ class AttentionProbe(nn.Module):
         return self.head(self.norm(pooled[:, 0]))
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Compressions of one variant, after resolving fractions on a given encoder."""
-
-    layers: tuple[int, ...]  # empty: no compression
-    method: str
-    factor: int
-    options: tuple[tuple[str, object], ...] = ()
-
-    @property
-    def start(self) -> int:
-        """The first layer whose output the cell computes from (its input comes from the cache)."""
-        return self.layers[0] if self.layers else -1
-
-
 class CompressedSuffix(nn.Module):
     """Compressors + the frozen encoder after the first merge + final norm + attention probe."""
 
@@ -83,22 +69,24 @@ class CompressedSuffix(nn.Module):
         blocks = self.adapter.blocks(encoder)
         self.depth = len(blocks)
         self.prefix = self.adapter.num_prefix_tokens(encoder)
-        self.placement = placement
+        self.placement = placement.resolve(self.depth)
         self.input_grid = grid
         dim = self.adapter.hidden_size(encoder)
-        settings = LacoSettings(placement.layers, placement.method, placement.factor, dict(placement.options))
         self.compressors = nn.ModuleDict(
-            {str(k): build_compressor_for_block(settings, dim, self.adapter, blocks[k - 1]) for k in placement.layers}
+            {
+                str(k): build_compressor_for_block(self.placement, dim, self.adapter, blocks[k - 1])
+                for k in self.placement.layers
+            }
         )
         # frozen parts are referenced, not copied: they are shared by every cell of a study
         self._frozen = {"blocks": blocks, "norm": _final_norm(encoder)}
         self.probe = AttentionProbe(dim, num_classes)
 
     def forward(self, cached: torch.Tensor) -> torch.Tensor:
-        """``cached`` is the output of block ``placement.start`` (or of the last block without compression)."""
+        """``cached`` is the output of block :func:`start_layer`."""
         x = cached.float()
         grid = self.input_grid
-        start = self.placement.start if self.placement.layers else self.depth
+        start = start_layer(self.placement, self.depth)
         blocks = self._frozen["blocks"]
         for layer in range(start, self.depth + 1):
             if str(layer) in self.compressors:
@@ -109,6 +97,11 @@ class CompressedSuffix(nn.Module):
                 x = blocks[layer](x)
         x = self._frozen["norm"](x)
         return self.probe(x[:, self.prefix :])
+
+
+def start_layer(placement: Placement, depth: int) -> int:
+    """The block whose (cached) output a cell starts from: the first merge's, or the last block's without one."""
+    return placement.layers[0] if placement.compressed else depth
 
 
 def _final_norm(encoder: nn.Module) -> nn.Module:

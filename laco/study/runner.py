@@ -30,13 +30,12 @@ from tqdm.auto import tqdm
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
+from ..bench.counting import flop_counter_mode
 from ..bench.timing import usable_cores
 from ..pretrained import load_dinov2_small
-from .grid import StudyConfig, Variant
-from .probe import CompressedSuffix, Placement, prefix_features, train_cell
+from .grid import StudyConfig, StudyVariant
+from .probe import CompressedSuffix, prefix_features, start_layer, train_cell
 from .tasks import load_task
-
-ENCODER_NAME = "dinov2-small"
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -46,7 +45,7 @@ def _atomic_write_json(path: Path, data: Any) -> None:
     os.replace(temporary, path)
 
 
-def cell_path(root: Path, task: str, variant: Variant, seed: int) -> Path:
+def cell_path(root: Path, task: str, variant: StudyVariant, seed: int) -> Path:
     safe = variant.name.replace("/", "_").replace("@", "_at_").replace("+", "_")
     return root / "cells" / task / safe / f"seed{seed}.json"
 
@@ -92,7 +91,7 @@ class Study:
                     self._run_task(task_name, cells, costs)
         return self.collect()
 
-    def _run_parallel(self, pending: dict[str, list[tuple[Variant, int]]]) -> None:
+    def _run_parallel(self, pending: dict[str, list[tuple[StudyVariant, int]]]) -> None:
         config = self.config
         for task_name, cells in pending.items():  # features once, here; workers read the cache
             if cells:
@@ -133,7 +132,7 @@ class Study:
                 "or delete the old cells."
             )
 
-    def _run_task(self, task_name: str, pending: list[tuple[Variant, int]], costs: dict[str, Any]) -> None:
+    def _run_task(self, task_name: str, pending: list[tuple[StudyVariant, int]], costs: dict[str, Any]) -> None:
         config = self.config
         task = self._task(task_name)
         features = self._features(task_name, task, self._starts(pending))
@@ -142,8 +141,8 @@ class Study:
         bar = tqdm(pending, desc=task_name, unit="cell", disable=not self.progress, position=self.position)
         for variant, seed in bar:
             bar.set_postfix_str(f"{variant.name} seed {seed}")
-            placement = self._placement(variant)
-            start = placement.start if variant.method else self.depth
+            placement = variant.placement(self.depth)
+            start = start_layer(placement, self.depth)
             torch.manual_seed(seed)
             model = CompressedSuffix(self.encoder, placement, len(task.classes), self.grid)
             inputs = features[start]
@@ -176,15 +175,9 @@ class Study:
     def _task(self, task_name: str):
         return load_task(task_name).subset(self.config.max_train, self.config.max_test)
 
-    def _starts(self, cells: list[tuple[Variant, int]]) -> list[int]:
+    def _starts(self, cells: list[tuple[StudyVariant, int]]) -> list[int]:
         """The encoder layers whose outputs these cells start from (where their first compressor sits)."""
-        return sorted({self._placement(v).start if v.method else self.depth for v, _ in cells})
-
-    def _placement(self, variant: Variant) -> Placement:
-        if variant.method is None:
-            return Placement((), "none", 2)
-        options = tuple(sorted(variant.options().items()))
-        return Placement(variant.layers(self.depth), variant.method, variant.factor, options)
+        return sorted({start_layer(v.placement(self.depth), self.depth) for v, _ in cells})
 
     # -------------------------------------------------------------------------------------------------------------
 
@@ -210,34 +203,34 @@ class Study:
             os.replace(str(path) + ".tmp", path)
         return cached
 
-    def encoder_costs(self, variants: list[Variant]) -> dict[str, dict[str, float]]:
-        """Encoder forward FLOPs (counted) and median time for every variant, cached in ``costs.json``."""
-        from torch.utils.flop_counter import FlopCounterMode
+    def encoder_costs(self, variants: list[StudyVariant]) -> dict[str, dict[str, float]]:
+        """Encoder forward FLOPs and median time for every variant, cached in ``costs.json``.
 
+        FLOPs come from the benchmark's counter, which also counts fused (SDPA) attention on a CPU.
+        """
         path = self.root / "costs.json"
         costs: dict[str, dict[str, float]] = json.loads(path.read_text()) if path.exists() else {}
-        key = f"{self.config.image_size}"
+        # the tag keeps counts made before attention was counted (plain FlopCounterMode) from being reused
+        key = f"{self.config.image_size}|attention-counted"
         todo = [v for v in variants if f"{v.name}|{key}" not in costs]
         if not todo:
             return {v.name: costs[f"{v.name}|{key}"] for v in variants}
         pixels = torch.randn(16, 3, self.config.image_size, self.config.image_size)
         encoder = self.encoder
         for variant in tqdm(todo, desc="encoder cost", unit="variant", disable=not self.progress):
-            if variant.method is not None:
-                placement = self._placement(variant)
-                laco_patch.apply(
-                    encoder, list(placement.layers), placement.method, placement.factor, **dict(placement.options)
-                )
+            placement = variant.placement(self.depth)
+            if placement.compressed:
+                laco_patch.apply(encoder, placement)
             try:
                 with torch.no_grad():
-                    with FlopCounterMode(display=False) as counter:
+                    with flop_counter_mode() as counter:
                         encoder(pixels[:1])
                     flops = counter.get_total_flops()
                     seconds = (
                         _median_time(lambda: encoder(pixels), repeats=5) if self.config.time_encoder else float("nan")
                     )
             finally:
-                if variant.method is not None:
+                if placement.compressed:
                     laco_patch.remove(encoder)
             costs[f"{variant.name}|{key}"] = {"encoder_gflops": flops / 1e9, "encoder_ms_per_16": seconds * 1e3}
         _atomic_write_json(path, costs)
@@ -247,7 +240,7 @@ class Study:
         return collect_cells(self.root)
 
 
-def _run_share(config: StudyConfig, share: list[tuple[str, Variant, int]], position: int, progress: bool) -> None:
+def _run_share(config: StudyConfig, share: list[tuple[str, StudyVariant, int]], position: int, progress: bool) -> None:
     """A worker process: run ``share``'s cells, reading the parent's cached costs and features."""
     torch.set_num_threads(config.threads)
     study = Study(config, progress=progress)

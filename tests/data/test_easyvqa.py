@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from laco.data import LlavaDataset, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir, easyvqa
-from laco.data.easyvqa import EasyVqaNotFoundError
 from laco.mllm.processing import LacoProcessor
+from laco.packages import PackageFileNotFoundError
 
 
 def _installed() -> bool:
@@ -134,11 +134,11 @@ def test_missing_package_says_how_to_install(tmp_path: Path, monkeypatch: pytest
         raise importlib.metadata.PackageNotFoundError(distribution)
 
     monkeypatch.setattr(importlib.metadata, "files", files)
-    with pytest.raises(EasyVqaNotFoundError, match=r"pip install --no-deps easy-vqa==1\.0"):
+    with pytest.raises(PackageFileNotFoundError, match=r"pip install --no-deps easy-vqa==1\.0"):
         convert_easy_vqa(tmp_path / "out")
-    with pytest.raises(EasyVqaNotFoundError, match=r"pip install --no-deps easy-vqa==1\.0"):
+    with pytest.raises(PackageFileNotFoundError, match=r"pip install --no-deps easy-vqa==1\.0"):
         easy_vqa_answers()
-    assert issubclass(EasyVqaNotFoundError, ImportError)
+    assert issubclass(PackageFileNotFoundError, ImportError)
 
 
 def test_bad_arguments_are_named(tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import laco
-from laco.mllm import CompressionSpec, LacoLlavaForConditionalGeneration, LacoProcessor, build_mllm
+from laco import Placement
+from laco.mllm import LacoLlavaForConditionalGeneration, LacoProcessor, build_mllm
 
 from tiny_models import PREFIX, pixels, tiny_encoder, tiny_llm, tiny_tokenizer
 
@@ -16,7 +17,7 @@ def build(layers="1/2", family="dinov2", method="laco", **options):
     return build_mllm(
         tiny_encoder(family),
         (tiny_llm(len(tokenizer)), tokenizer),
-        CompressionSpec(layers, method, 2, options),
+        Placement(layers, method, 2, options),
         image_size=32,
     )
 
@@ -70,7 +71,7 @@ def test_save_and_reload_round_trip(tmp_path):
     assert not list(tmp_path.glob("*.bin")) and list(tmp_path.glob("*.safetensors"))
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
     assert isinstance(reloaded, LacoLlavaForConditionalGeneration)
-    assert laco.settings(reloaded.model.vision_tower).layers == (1, 3)
+    assert laco.placement_of(reloaded.model.vision_tower).layers == (1, 3)
     reprocessor = LacoProcessor.from_pretrained(tmp_path)
     assert reprocessor.num_image_tokens == processor.num_image_tokens
     torch.testing.assert_close(reloaded(**reprocessor(["what color is the shape?"], [image])).logits, expected)
@@ -88,4 +89,4 @@ def test_build_refuses_an_already_compressed_encoder():
     tokenizer = tiny_tokenizer()
     encoder = laco.apply(tiny_encoder("dinov2"), 2)
     with pytest.raises(ValueError, match="uncompressed"):
-        build_mllm(encoder, (tiny_llm(len(tokenizer)), tokenizer), CompressionSpec(2))
+        build_mllm(encoder, (tiny_llm(len(tokenizer)), tokenizer), Placement(2))

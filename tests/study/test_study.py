@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from laco.study import QUICK, Study, StudyConfig, Variant, load_study_config, main, missing_cells, run_study
+from laco.study import QUICK, Study, StudyConfig, StudyVariant, load_study_config, main, missing_cells, run_study
 from laco.study.grid import _method_variants
 from laco.study.probe import CompressedSuffix, train_cell
 from laco.study.report import aggregate, markdown_tables
@@ -23,13 +23,13 @@ def test_the_default_grid_covers_every_method_depth_and_shortcut():
 
 
 def test_variant_names_and_layers():
-    assert Variant("laco", ("1/4",)).layers(12) == (3,)
-    assert Variant("laco", ("1/4",)).layers(27) == (7,)
-    assert Variant("laco", ("ext",)).layers(12) == (12,)
-    assert Variant("laco", ("1/4", "1/2")).name == "laco@1/4+1/2"
-    assert Variant("laco", ("1/4",), init="layer").name == "laco[layer]@1/4"
-    assert Variant("laco", ("1/4",), factor=3).name == "lacox3@1/4"
-    assert Variant("ldpv2", ("1/2",), shortcut=True).name == "ldpv2+sc@1/2"
+    assert StudyVariant("laco", ("1/4",)).layers(12) == (3,)
+    assert StudyVariant("laco", ("1/4",)).layers(27) == (7,)
+    assert StudyVariant("laco", ("ext",)).layers(12) == (12,)
+    assert StudyVariant("laco", ("1/4", "1/2")).name == "laco@1/4+1/2"
+    assert StudyVariant("laco", ("1/4",), init="layer").name == "laco[layer]@1/4"
+    assert StudyVariant("laco", ("1/4",), factor=3).name == "lacox3@1/4"
+    assert StudyVariant("ldpv2", ("1/2",), shortcut=True).name == "ldpv2+sc@1/2"
     assert [v.name for v in _method_variants("tokenpacker", "1/6", True)] == ["tokenpacker@1/6", "tokenpacker+sc@1/6"]
 
 
@@ -60,14 +60,7 @@ EVERY_VARIANT = StudyConfig(
 
 @pytest.mark.parametrize("variant", EVERY_VARIANT, ids=lambda v: v.name)
 def test_every_variant_builds_and_trains_one_step(variant, study_encoder):
-    from laco.study.probe import Placement
-
-    depth = 12
-    placement = (
-        Placement((), "none", 2)
-        if variant.method is None
-        else Placement(variant.layers(depth), variant.method, variant.factor, tuple(sorted(variant.options().items())))
-    )
+    placement = variant.placement(12)
     grid = (6, 6) if variant.factor == 3 else (8, 8)
     model = CompressedSuffix(study_encoder, placement, num_classes=3, grid=grid)
     inputs = torch.randn(4, 1 + grid[0] * grid[1], 384, dtype=torch.bfloat16)
@@ -82,7 +75,7 @@ def test_every_variant_builds_and_trains_one_step(variant, study_encoder):
 
 
 def test_seeds_are_reproducible_and_distinct(study_encoder):
-    from laco.study.probe import Placement
+    from laco import Placement
 
     inputs = torch.randn(16, 65, 384, dtype=torch.bfloat16)
     labels = torch.arange(16) % 3
@@ -120,7 +113,7 @@ def test_quick_study_runs_resumes_and_caches(tmp_path, capsys):
     assert {r["variant"] for r in rows} == {v.name for v in config.variants()}
 
     # kill simulation: drop one finished cell; a rerun recomputes only that one and keeps the rest untouched
-    victim = cell_path(tmp_path, "easyvqa-color", Variant("laco", ("ext",)), 1)
+    victim = cell_path(tmp_path, "easyvqa-color", StudyVariant("laco", ("ext",)), 1)
     kept = {p: p.stat().st_mtime_ns for p in cells if p != victim}
     victim.unlink()
     # --report-only writes the report from what is there and names the missing cell, training nothing
@@ -228,3 +221,30 @@ def test_docs_keep_their_text_and_get_fresh_tables(tmp_path):
     assert "Hand-written reading." in text and "| new |" in text and "| old |" not in text
     assert text.count("generated tables begin (study)") == 1
     assert (tmp_path / "figures" / "study_study_depth.png").exists()
+
+
+def test_study_flops_are_the_bench_counters_with_attention_counted(tmp_path):
+    """The study counts encoder FLOPs with the benchmark's counter, which also counts fused CPU attention."""
+    from laco import apply, remove
+    from laco.bench.counting import flop_counter_mode
+
+    config = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["1/2"], "methods": ["laco"]})
+    study = Study(config, progress=False)
+    variants = [v for v in config.variants() if v.name in ("none", "laco@1/2")]
+    costs = study.encoder_costs(variants)
+    pixels = torch.randn(1, 3, config.image_size, config.image_size)
+    for variant in variants:
+        placement = variant.placement(study.depth)
+        if placement.compressed:
+            apply(study.encoder, placement)
+        with torch.no_grad(), flop_counter_mode() as counter:
+            study.encoder(pixels)
+        if placement.compressed:
+            remove(study.encoder)
+        assert costs[variant.name]["encoder_gflops"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-9)
+    # attention is in the count: more than the dense products alone (what a plain FlopCounterMode sees on CPU SDPA)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as plain:
+        study.encoder(pixels)
+    assert costs["none"]["encoder_gflops"] > plain.get_total_flops() / 1e9

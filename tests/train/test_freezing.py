@@ -1,6 +1,7 @@
 import pytest
 
-from laco.mllm import CompressionSpec, build_mllm
+from laco import Placement
+from laco.mllm import build_mllm
 from laco.train import count_parameters, part_parameters, set_trainable
 
 from tiny_models import tiny_encoder, tiny_llm, tiny_tokenizer
@@ -9,9 +10,7 @@ from tiny_models import tiny_encoder, tiny_llm, tiny_tokenizer
 @pytest.fixture(scope="module")
 def model():
     tokenizer = tiny_tokenizer()
-    model, _ = build_mllm(
-        tiny_encoder("dinov2"), (tiny_llm(len(tokenizer)), tokenizer), CompressionSpec(2), image_size=32
-    )
+    model, _ = build_mllm(tiny_encoder("dinov2"), (tiny_llm(len(tokenizer)), tokenizer), Placement(2), image_size=32)
     return model
 
 

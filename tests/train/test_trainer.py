@@ -150,14 +150,15 @@ def test_two_process_ddp_on_cpu(parts, tmp_path):
 
 
 def test_part_learning_rates_make_parameter_groups(parts, tmp_path):
-    from laco.mllm import CompressionSpec, build_mllm
+    from laco import Placement
+    from laco.mllm import build_mllm
     from laco.train import LacoTrainer, part_parameters, set_trainable
     from laco.train.trainer import _training_arguments
 
     config = load_config(write_config(tmp_path / "run.yaml", parts, tmp_path / "run"))
     config.stages[1].part_learning_rates = {"projector": 1e-2}
     vision, llm, _, _ = parts
-    model, _ = build_mllm(str(vision), str(llm), CompressionSpec(2), image_size=32)
+    model, _ = build_mllm(str(vision), str(llm), Placement(2), image_size=32)
     set_trainable(model, config.stages[1].trainable)
     trainer = LacoTrainer(
         model=model,
@@ -193,13 +194,14 @@ def test_answer_balanced_sampling_weights(parts):
 
 
 def test_sparse_loss_equals_the_full_lm_loss(parts, tmp_path):
+    from laco import Placement
     from laco.data import LlavaDataset, MultimodalCollator
-    from laco.mllm import CompressionSpec, LacoProcessor, build_mllm
+    from laco.mllm import LacoProcessor, build_mllm
     from laco.train import LacoTrainer
     from laco.train.trainer import _training_arguments
 
     vision, llm, data_json, images = parts
-    model, processor = build_mllm(str(vision), str(llm), CompressionSpec(2), image_size=32)
+    model, processor = build_mllm(str(vision), str(llm), Placement(2), image_size=32)
     assert isinstance(processor, LacoProcessor)
     dataset = LlavaDataset(data_json, images, processor, progress=False, limit=6)
     batch = MultimodalCollator(processor.tokenizer.pad_token_id)([dataset[i] for i in range(6)])
