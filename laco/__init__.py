@@ -7,12 +7,11 @@
 """
 
 from . import compressors, functional
+from .checkpoints import apply_from_config, load
 from .compressors import PatchMerge, TokenCompressor, build
 from .patch import (
     apply,
-    apply_from_config,
     is_patched,
-    load,
     num_tokens,
     output_grid,
     placement_of,

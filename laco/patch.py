@@ -4,11 +4,18 @@ How it works, without copying any upstream ``forward``:
 
 * the compressor becomes a child module of block ``k`` (attribute ``laco_compressor``), so it is saved,
   moved, sharded and checkpointed with that block, and the pretrained weights keep their names;
-* a forward hook on block ``k`` (run before any other hook, so ``output_hidden_states`` records the
-  compressed tokens) splits off the prefix tokens, compresses the grid tokens and concatenates them back;
-* a forward pre-hook on the encoder reads the grid from ``pixel_values``, so non-square and
-  non-default image sizes work. Each stage's grid is derived from that input grid, not carried from the
-  previous stage, so recomputation under gradient checkpointing sees the same grids.
+* a forward pre-hook on the encoder asks the encoder's adapter for the *layout* of this call's tokens
+  (:mod:`laco.adapters.layout`: prefix tokens and a row-major grid read from ``pixel_values`` for batched ViTs;
+  packed per-image grids for native-resolution towers), so non-square and non-default image sizes work;
+* a forward hook on block ``k`` (run before any other hook, so ``output_hidden_states`` records the merged
+  tokens) lets that layout merge the image tokens and pass the others through;
+* where the adapter says so, a forward pre-hook on every later block replaces the arguments the encoder
+  computed for the full grid (attention segments, rotary embeddings) with those of the merged tokens;
+* the adapter changes what else the placement's mode needs around the encoder (e.g. a post-encoder merger),
+  and undoes it on :func:`remove`.
+
+Each stage's layout is derived from the input layout, not carried from the previous stage, so recomputation
+under gradient checkpointing sees the same layouts.
 
 The model's own forward, attention implementation (eager / SDPA / FlashAttention), hidden-state capture and
 gradient checkpointing keep working. :func:`remove` takes everything out again and restores bit-identical
@@ -19,19 +26,17 @@ Only a plain attribute (``_laco``) is added to the patched *instance*; no librar
 
 from __future__ import annotations
 
-import json
-import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import functional as F
-from .adapters import EncoderAdapter, GenericAdapter, resolve_encoder
+from .adapters import MODEL_ADAPTERS, EncoderAdapter, GenericAdapter, find_model_adapter, resolve_encoder
+from .adapters.base import Undo
+from .adapters.layout import GridLayout, TokenLayout
 from .compressors import TokenCompressor, build
 from .functional import GridSize
 from .placement import FORMAT as PLACEMENT_FORMAT
@@ -50,20 +55,28 @@ class _Stage:
 
 @dataclass
 class _PatchState:
+    """What :func:`apply` attached, and the layout of the current forward call's input."""
+
     adapter: EncoderAdapter
+    encoder: nn.Module  # a cycle, on purpose: deepcopy and pickling map it to the copy, as they do the hooks
     placement: Placement
-    num_prefix_tokens: int
     stages: list[_Stage]
-    grid_hook: torch.utils.hooks.RemovableHandle | None = None
-    input_grid: GridSize | None = None
+    handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+    undo: list[Undo] = field(default_factory=list)
+    input_layout: TokenLayout | None = None
 
     def compressor(self, stage: int) -> TokenCompressor:
         return getattr(self.stages[stage].block, COMPRESSOR_ATTRIBUTE)
 
-    def grid_after(self, grid: GridSize, stages: int) -> GridSize:
+    def layout_after(self, layout: TokenLayout, stages: int) -> TokenLayout:
+        """``layout`` once the first ``stages`` merges have run."""
         for index in range(stages):
-            grid = self.compressor(index).output_size(grid)
-        return grid
+            layout = layout.after(self.compressor(index))
+        return layout
+
+    def stages_before_block(self, block_index: int) -> int:
+        """How many merges run before block ``block_index`` (0-based): those after blocks 1..block_index."""
+        return sum(stage.layer <= block_index for stage in self.stages)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -77,6 +90,7 @@ def apply(
     factor: int | None = None,
     *,
     mode: str | None = None,
+    processor: Any | None = None,
     blocks: nn.Module | str | None = None,
     num_prefix_tokens: int | None = None,
     patch_size: int | GridSize | None = None,
@@ -94,30 +108,57 @@ def apply(
         method: a compressor name from :func:`laco.compressors.available` (default ``"laco"``, LaCo's patch merge).
         factor: merge ``factor x factor`` blocks of tokens (default 2).
         mode: see :data:`laco.placement.MODES` (default ``"auto"``).
+        processor: the model's processor, updated in place (placeholder counts) where a whole-model adapter
+            knows the model (:mod:`laco.adapters.model`).
         blocks, num_prefix_tokens, patch_size, grid, hidden_size: describe a ViT laco has no adapter for
             (see :class:`laco.adapters.GenericAdapter`).
         **options: passed to the compressor (``shortcut``, ``init``, ``hidden_dim``, ``pad``, ...).
     """
     _refuse_compile_wrapper(model, "laco.apply")
     placement = _placement_argument(layer, method, factor, mode, options)
-    encoder, adapter = _encoder_and_adapter(model, blocks, num_prefix_tokens, patch_size, grid, hidden_size)
+    model_adapter = find_model_adapter(model) if blocks is None else None
+    if model_adapter is not None:
+        encoder, adapter = model_adapter.encoder(model)
+    else:
+        encoder, adapter = _encoder_and_adapter(model, blocks, num_prefix_tokens, patch_size, grid, hidden_size)
+        if processor is not None:
+            raise ValueError(
+                f"processor= is for whole MLLMs laco knows ({_model_adapter_names()}); {type(model).__name__} is not "
+                "one, so leave processor out and size its placeholders with laco.num_tokens."
+            )
     if is_patched(encoder):
         raise ValueError("this encoder is already compressed by laco; call laco.remove(model) before applying again.")
     _warn_if_compiled(model, "laco.apply")
 
     block_list = adapter.blocks(encoder)
-    placement = _resolved_for(placement, adapter, len(block_list))
+    placement = placement.resolve(len(block_list))
+    if model_adapter is not None:
+        placement = replace(placement, mode=model_adapter.resolve_mode(model, placement))
+        model_adapter.check(model, placement)
+    else:
+        placement = replace(placement, mode=adapter.resolve_mode(encoder, placement))
     dim = adapter.hidden_size(encoder)
     built = [build_compressor_for_block(placement, dim, adapter, block_list[k - 1]) for k in placement.layers]
 
-    state = _PatchState(adapter, placement, adapter.num_prefix_tokens(encoder), stages=[])
+    state = _PatchState(adapter, encoder, placement, stages=[])
     for index, (k, compressor) in enumerate(zip(placement.layers, built)):
         block = block_list[k - 1]
         block.add_module(COMPRESSOR_ATTRIBUTE, compressor)
         hook = block.register_forward_hook(_StageHook(state, index), prepend=True)
         state.stages.append(_Stage(k, block, hook))
-    state.grid_hook = encoder.register_forward_pre_hook(_GridHook(state), with_kwargs=True)
+    state.handles.append(encoder.register_forward_pre_hook(_InputHook(state), with_kwargs=True))
+    if adapter.rewrites_block_inputs:
+        for block_index in range(placement.layers[0], len(block_list)):
+            hook = _BlockInputsHook(state, block_index)
+            state.handles.append(block_list[block_index].register_forward_pre_hook(hook, with_kwargs=True))
+    state.undo = adapter.install(encoder, placement)
     encoder._laco = state
+    if model_adapter is not None:
+        try:
+            state.undo += model_adapter.install(model, placement, processor)
+        except Exception:
+            remove(encoder)
+            raise
     config = getattr(encoder, "config", None)
     if config is not None:
         setattr(config, CONFIG_ATTRIBUTE, {**placement.to_dict(), "format": PLACEMENT_FORMAT})
@@ -146,6 +187,10 @@ def _placement_argument(
     return placement
 
 
+def _model_adapter_names() -> str:
+    return ", ".join(sorted(cls.__name__ for adapter in MODEL_ADAPTERS for cls in adapter.model_classes)) or "none"
+
+
 def _encoder_and_adapter(
     model: nn.Module,
     blocks: nn.Module | str | None,
@@ -163,17 +208,6 @@ def _encoder_and_adapter(
             "num_prefix_tokens=, patch_size=, grid= and hidden_size= describe a generic ViT; pass blocks= too."
         )
     return resolve_encoder(model)
-
-
-def _resolved_for(placement: Placement, adapter: EncoderAdapter, depth: int) -> Placement:
-    """Resolve layers against the encoder's depth and ``mode="auto"`` against what the encoder supports."""
-    placement = placement.resolve(depth)
-    if placement.mode == "keep_llm_tokens":
-        raise ValueError(
-            f"mode='keep_llm_tokens' moves a model's own post-encoder compression inside the encoder, and a "
-            f"{adapter.family} encoder has none; use mode='compress_more' (or 'auto')."
-        )
-    return replace(placement, mode="compress_more")
 
 
 def build_compressor_for_block(
@@ -209,11 +243,13 @@ def remove(model: nn.Module) -> nn.Module:
         raise ValueError("this model is not compressed by laco; nothing to remove.")
     _warn_if_compiled(model, "laco.remove")
     state: _PatchState = encoder._laco
+    for undo in reversed(state.undo):
+        undo()
     for stage in state.stages:
         stage.hook.remove()
         delattr(stage.block, COMPRESSOR_ATTRIBUTE)
-    if state.grid_hook is not None:
-        state.grid_hook.remove()
+    for handle in state.handles:
+        handle.remove()
     del encoder._laco
     config = getattr(encoder, "config", None)
     if config is not None and hasattr(config, CONFIG_ATTRIBUTE):
@@ -281,8 +317,8 @@ def _patched_encoder(model: nn.Module) -> nn.Module | None:
 # Hooks
 
 
-class _GridHook:
-    """Encoder forward pre-hook: record the input patch grid, from which every stage derives its own.
+class _InputHook:
+    """Encoder forward pre-hook: record the layout of this call's input, from which every stage derives its own.
 
     Hooks are objects holding the patch state rather than closures, so ``copy.deepcopy`` (EMA copies, some
     distributed wrappers) and pickling give the copy hooks that drive the copy's compressors, not the original's.
@@ -292,136 +328,81 @@ class _GridHook:
         self.state = state
 
     def __call__(self, module, args, kwargs):
-        pixel_values = args[0] if args else kwargs.get("pixel_values")
-        if kwargs.get("attention_mask") is not None:
-            raise ValueError(
-                "a laco-compressed encoder cannot take an attention_mask over its input tokens: the mask no "
-                "longer matches after the merge. Call it without attention_mask."
-            )
-        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4:
-            self.state.input_grid = self.state.adapter.grid(module, pixel_values)
-        else:
-            self.state.input_grid = None
+        self.state.input_layout = self.state.adapter.layout(module, args, kwargs)
         return None
 
 
 class _StageHook:
-    """Forward hook of block k: compress its output's grid tokens, pass prefix tokens through."""
+    """Forward hook of block k: merge the image tokens of its output as the layout says."""
 
     def __init__(self, state: _PatchState, index: int) -> None:
         self.state, self.index = state, index
 
     def __call__(self, module, args, output):
-        state, index = self.state, self.index
         hidden = output[0] if isinstance(output, tuple) else output
-        grid = _grid_before_stage(state, index, hidden.shape[1])
-        prefix, tokens = F.split_prefix(hidden, state.num_prefix_tokens)
-        merged, _ = getattr(module, COMPRESSOR_ATTRIBUTE)(tokens, grid)
-        hidden = torch.cat([prefix, merged], dim=1) if state.num_prefix_tokens else merged
+        layout = _layout_before_stage(self.state, self.index, hidden)
+        hidden = layout.merge(hidden, getattr(module, COMPRESSOR_ATTRIBUTE))
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
-def _grid_before_stage(state: _PatchState, index: int, num_tokens: int) -> GridSize:
-    grid_tokens = num_tokens - state.num_prefix_tokens
-    if state.input_grid is not None:
-        grid = state.grid_after(state.input_grid, index)
-        if grid[0] * grid[1] != grid_tokens:
-            raise ValueError(
-                f"layer {state.stages[index].layer} produced {grid_tokens} grid tokens (after "
-                f"{state.num_prefix_tokens} prefix tokens) but the {state.input_grid[0]}x{state.input_grid[1]} input "
-                f"grid gives {grid[0]}x{grid[1]} here; is num_prefix_tokens right for this encoder?"
-            )
-        return grid
-    # No pixel_values seen (blocks called directly, or inputs_embeds): only a square grid can be inferred.
-    side = math.isqrt(grid_tokens)
-    if side * side != grid_tokens:
-        raise ValueError(
-            f"cannot infer the grid of {grid_tokens} tokens at layer {state.stages[index].layer}: call the encoder "
-            "with pixel_values, or describe it with laco.apply(..., grid=(H, W))."
-        )
-    return side, side
+class _BlockInputsHook:
+    """Forward pre-hook of a block after a merge: give it the arguments its (merged) tokens need."""
+
+    def __init__(self, state: _PatchState, block_index: int) -> None:
+        self.state, self.block_index = state, block_index
+
+    def __call__(self, module, args, kwargs):
+        state = self.state
+        if state.input_layout is None:
+            return None
+        layout = state.layout_after(state.input_layout, state.stages_before_block(self.block_index))
+        replaced = layout.block_inputs(self.block_index, kwargs)
+        return None if replaced is None else (args, replaced)
+
+
+def _layout_before_stage(state: _PatchState, index: int, hidden: torch.Tensor) -> TokenLayout:
+    where = f"layer {state.stages[index].layer}"
+    if state.input_layout is None:  # no readable input (blocks called directly, inputs_embeds)
+        return state.adapter.fallback_layout(state.encoder, hidden, where)
+    layout = state.layout_after(state.input_layout, index)
+    layout.check(hidden, where)
+    return layout
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Token counts and persistence
+# Token counts
+
+
+def output_layout(model: nn.Module, image_size: int | GridSize | None = None) -> TokenLayout:
+    """The layout of the tokens the (possibly compressed) encoder emits for one image of ``image_size``."""
+    encoder = _patched_encoder(model)
+    if encoder is None:
+        encoder, adapter = resolve_encoder(model)
+        return adapter.layout_for_image_size(encoder, image_size)
+    state: _PatchState = encoder._laco
+    return state.layout_after(state.adapter.layout_for_image_size(encoder, image_size), len(state.stages))
 
 
 def output_grid(model: nn.Module, image_size: int | GridSize | None = None) -> GridSize:
     """The grid of patch tokens the (possibly compressed) encoder emits for an image of ``image_size``."""
-    encoder = _patched_encoder(model)
-    if encoder is None:
-        encoder, adapter = resolve_encoder(model)
-        state = None
-    else:
-        state, adapter = encoder._laco, encoder._laco.adapter
-    size = adapter.default_image_size(encoder) if image_size is None else image_size
-    grid = adapter.grid_for_image_size(encoder, size)
-    return grid if state is None else state.grid_after(grid, len(state.stages))
+    layout = output_layout(model, image_size)
+    if not isinstance(layout, GridLayout):
+        raise ValueError(f"{type(model).__name__} packs its tokens ({type(layout).__name__}); use laco.num_tokens.")
+    return layout.grid
 
 
-def num_tokens(model: nn.Module, image_size: int | GridSize | None = None, *, include_prefix: bool = True) -> int:
-    """How many tokens the encoder emits for one image (``image_size`` defaults to the config's).
+def num_tokens(
+    model: nn.Module, image_size: int | GridSize | None = None, *, include_prefix: bool = True, **inputs: Any
+) -> int:
+    """How many tokens one image becomes (``image_size`` defaults to the config's).
 
-    An MLLM sizes its image placeholders with this. ``include_prefix=False`` counts only grid tokens.
+    For a whole MLLM laco knows (:mod:`laco.adapters.model`), what its LLM receives per image, as described by
+    ``image_size`` or ``inputs`` (e.g. ``grid_thw=`` for packed towers); an MLLM sizes its image placeholders
+    with this. For an encoder, the tokens it emits; ``include_prefix=False`` counts only grid tokens.
     """
-    encoder = _patched_encoder(model)
-    if encoder is None:
-        encoder, adapter = resolve_encoder(model)
-    else:
-        adapter = encoder._laco.adapter
-    height, width = output_grid(model, image_size)
-    return height * width + (adapter.num_prefix_tokens(encoder) if include_prefix else 0)
-
-
-def apply_from_config(model: nn.Module) -> nn.Module:
-    """Re-apply the compression recorded in ``model.config.laco`` (for models built from a saved config)."""
-    encoder, _ = resolve_encoder(model)
-    recorded = getattr(encoder.config, CONFIG_ATTRIBUTE, None)
-    if not recorded:
-        return model
-    return apply(model, Placement.from_dict(recorded))
-
-
-def load(path: str | Path, **kwargs: Any) -> nn.Module:
-    """Load a vision encoder saved (with ``save_pretrained``) after :func:`apply`, compressors included.
-
-    The pretrained weights load through ``AutoModel.from_pretrained`` (so its key conversions apply), the
-    compression is rebuilt from ``config.laco`` and the compressor weights are read from the same
-    safetensors file(s). Any other mismatch between checkpoint and model is an error.
-    """
-    from safetensors import safe_open
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    path = Path(path)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the compressor keys are "unexpected" until apply_from_config; checked below
-    try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    apply_from_config(model)
-    expected = {name for name in model.state_dict() if f".{COMPRESSOR_ATTRIBUTE}." in name}
-    saved: dict[str, torch.Tensor] = {}
-    for file in _safetensors_files(path):
-        with safe_open(file, framework="pt") as handle:
-            saved.update({name: handle.get_tensor(name) for name in handle.keys() if name in expected})
-    other_unexpected = sorted(set(info["unexpected_keys"]) - expected)
-    missing = sorted((set(info["missing_keys"]) - expected) | (expected - set(saved)))
-    if missing or other_unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not match the model: missing {missing}, unexpected {other_unexpected}."
-        )
-    model.load_state_dict(saved, strict=False)
-    return model.eval()
-
-
-def _safetensors_files(path: Path) -> list[Path]:
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [path / shard for shard in shards]
-    single = path / "model.safetensors"
-    if not single.exists():
-        raise FileNotFoundError(f"no model.safetensors (or index) in {path}; laco only loads safetensors weights.")
-    return [single]
+    model_adapter = find_model_adapter(model)
+    if model_adapter is not None:
+        return model_adapter.num_tokens(model, image_size, **inputs)
+    if inputs:
+        raise ValueError(f"{type(model).__name__} takes no {sorted(inputs)}; pass image_size.")
+    return output_layout(model, image_size).num_tokens(include_prefix)

@@ -9,6 +9,8 @@ from .base import EncoderAdapter, GenericAdapter, MlpParts
 from .clip import ClipAdapter
 from .dinov2 import Dinov2Adapter
 from .internvit import InternVitAdapter
+from .layout import GridLayout, TokenLayout
+from .model import MODEL_ADAPTERS, ModelAdapter, find_model_adapter, register_model_adapter
 from .siglip import SiglipAdapter
 
 ADAPTERS: list[EncoderAdapter] = [
@@ -29,10 +31,14 @@ def find_adapter(model: nn.Module) -> EncoderAdapter | None:
 
 
 def resolve_encoder(model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
-    """Find the supported vision encoder in ``model`` (itself, or inside a CLIP/SigLIP/LLaVA-style wrapper)."""
+    """Find the supported vision encoder in ``model`` (itself, inside an MLLM a whole-model adapter knows, or inside
+    a CLIP/SigLIP/LLaVA-style wrapper)."""
     adapter = find_adapter(model)
     if adapter is not None:
         return model, adapter
+    model_adapter = find_model_adapter(model)
+    if model_adapter is not None:
+        return model_adapter.encoder(model)
     for path in _VISION_ATTRIBUTES:
         try:
             inner = model.get_submodule(path)
@@ -48,4 +54,17 @@ def resolve_encoder(model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
     )
 
 
-__all__ = ["ADAPTERS", "EncoderAdapter", "GenericAdapter", "MlpParts", "find_adapter", "resolve_encoder"]
+__all__ = [
+    "ADAPTERS",
+    "MODEL_ADAPTERS",
+    "EncoderAdapter",
+    "GenericAdapter",
+    "GridLayout",
+    "MlpParts",
+    "ModelAdapter",
+    "TokenLayout",
+    "find_adapter",
+    "find_model_adapter",
+    "register_model_adapter",
+    "resolve_encoder",
+]

@@ -1,19 +1,27 @@
 """What laco needs to know about a vision encoder family, and the generic adapter for any other ViT.
 
-An adapter names, for one family of Hugging Face vision models: where the transformer blocks are, how many
-prefix tokens (CLS, registers) lead the sequence, the patch size (to turn ``pixel_values`` into a grid) and,
-optionally, the parts of a block's MLP (to initialise a patch merge from it). One small file per family.
+An adapter names, for one family of Hugging Face vision models: where the transformer blocks are, how the image
+tokens lie in the hidden states (:meth:`EncoderAdapter.layout`, a :class:`~laco.adapters.layout.TokenLayout`:
+prefix tokens and a row-major grid for batched ViTs, packed sequences for native-resolution towers), how many
+tokens an image of a given size becomes, which compression modes the model supports and what else must change
+around the encoder for them (:meth:`EncoderAdapter.install`) and, optionally, the parts of a block's MLP (to
+initialise a patch merge from it). One small file per family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..placement import Placement
+from .layout import GridLayout, TokenLayout
+
 GridSize = tuple[int, int]
+Undo = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -33,11 +41,15 @@ def _pair(value) -> GridSize:
 
 
 class EncoderAdapter:
-    """Describes one encoder family. Subclasses set :attr:`model_classes` and :attr:`blocks_path`."""
+    """Describes one encoder family. Subclasses set :attr:`model_classes` and :attr:`blocks_path`; the defaults
+    describe a batched ViT (``pixel_values`` of shape ``(B, 3, H, W)``, prefix tokens, a row-major grid)."""
 
     family: str = "generic"
     model_classes: tuple[type[nn.Module], ...] = ()
     blocks_path: str = ""
+    rewrites_block_inputs: bool = False
+    """Whether blocks after a merge need other arguments than the encoder computed (packed layouts: their
+    attention segments and rotary embeddings); laco then puts a forward pre-hook on each of them."""
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_classes)
@@ -64,11 +76,55 @@ class EncoderAdapter:
 
     def grid_for_image_size(self, model: nn.Module, image_size: int | GridSize) -> GridSize:
         (height, width), (patch_h, patch_w) = _pair(image_size), self.patch_size(model)
+        if height < patch_h or width < patch_w:
+            raise ValueError(
+                f"image size {height}x{width} is smaller than one {patch_h}x{patch_w} patch; pass the size in pixels."
+            )
         return height // patch_h, width // patch_w
 
     def mlp_parts(self, block: nn.Module) -> MlpParts | None:
         """The block's MLP, for ``init="layer"``; ``None`` where it is not a plain two-Linear MLP."""
         return None
+
+    # -- token layout ------------------------------------------------------------------------------------------
+
+    def layout(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> TokenLayout | None:
+        """The layout of the tokens one call of ``model(*args, **kwargs)`` makes, or ``None`` when the inputs do
+        not tell (``inputs_embeds``, blocks called directly): then :meth:`fallback_layout` is asked."""
+        if kwargs.get("attention_mask") is not None:
+            raise ValueError(
+                "a laco-compressed encoder cannot take an attention_mask over its input tokens: the mask no "
+                "longer matches after the merge. Call it without attention_mask."
+            )
+        pixel_values = args[0] if args else kwargs.get("pixel_values")
+        if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4:
+            return GridLayout(self.grid(model, pixel_values), self.num_prefix_tokens(model))
+        return None
+
+    def fallback_layout(self, model: nn.Module, hidden: torch.Tensor, where: str) -> TokenLayout:
+        """A layout inferred from the hidden states alone (a square grid), for calls :meth:`layout` cannot read."""
+        return GridLayout.square(hidden.shape[1], self.num_prefix_tokens(model), where)
+
+    def layout_for_image_size(self, model: nn.Module, image_size: int | GridSize | None = None) -> TokenLayout:
+        """The input layout of one image of ``image_size`` (default: the model's own), for counting tokens."""
+        size = self.default_image_size(model) if image_size is None else image_size
+        return GridLayout(self.grid_for_image_size(model, size), self.num_prefix_tokens(model))
+
+    # -- modes and what changes around the encoder ---------------------------------------------------------------
+
+    def resolve_mode(self, model: nn.Module, placement: Placement) -> str:
+        """The concrete mode of ``placement`` for ``model``; encoders without a post-encoder merge only add one."""
+        if placement.mode == "keep_llm_tokens":
+            raise ValueError(
+                f"mode='keep_llm_tokens' moves a model's own post-encoder compression inside the encoder, and a "
+                f"{self.family} encoder has none; use mode='compress_more' (or 'auto')."
+            )
+        return "compress_more"
+
+    def install(self, model: nn.Module, placement: Placement) -> list[Undo]:
+        """Change what must change around the encoder for ``placement`` (e.g. replace a post-encoder merger);
+        returns the callables that undo it, run in reverse order by :func:`laco.remove`."""
+        return []
 
 
 class GenericAdapter(EncoderAdapter):

@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, LlavaConfig, L
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
+from ..checkpoints import apply_from_config
 
 
 @strict
@@ -34,7 +35,7 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(config)
         tower = self.model.vision_tower
         if getattr(config.vision_config, laco_patch.CONFIG_ATTRIBUTE, None):
-            laco_patch.apply_from_config(tower)
+            apply_from_config(tower)
         self._check_feature_layer()
 
     @property
