@@ -19,47 +19,80 @@ from .patch import COMPRESSOR_ATTRIBUTE, CONFIG_ATTRIBUTE, apply
 from .placement import Placement
 
 
-def apply_from_config(model: nn.Module) -> nn.Module:
-    """Re-apply the compression recorded in ``model.config.laco`` (for models built from a saved config)."""
+def apply_from_config(model: nn.Module, *, processor: Any | None = None) -> nn.Module:
+    """Re-apply the compression recorded in ``model.config.laco`` (for models built from a saved config).
+
+    ``model`` may be an encoder or a whole MLLM laco knows (its tower's config holds the settings); ``processor`` is
+    updated as :func:`laco.apply` would update it.
+    """
     encoder, _ = resolve_encoder(model)
     recorded = getattr(encoder.config, CONFIG_ATTRIBUTE, None)
     if not recorded:
         return model
-    return apply(model, Placement.from_dict(recorded))
+    extra = {} if processor is None else {"processor": processor}
+    return apply(model, Placement.from_dict(recorded), **extra)
 
 
-def load(path: str | Path, **kwargs: Any) -> nn.Module:
-    """Load a vision encoder saved (with ``save_pretrained``) after :func:`apply`, compressors included.
+def load(
+    path: str | Path, model_class: type[nn.Module] | None = None, *, processor: Any | None = None, **kwargs: Any
+) -> nn.Module:
+    """Load a model saved (with ``save_pretrained``) after :func:`apply`: an encoder, or a whole MLLM laco knows
+    (e.g. ``Qwen2_5_VLForConditionalGeneration``), compressors and any module laco replaced included.
 
-    The pretrained weights load through ``AutoModel.from_pretrained`` (so its key conversions apply), the
-    compression is rebuilt from ``config.laco`` and the compressor weights are read from the same
-    safetensors file(s). Any other mismatch between checkpoint and model is an error.
+    The pretrained weights load through ``model_class.from_pretrained`` (default: the class ``config.json`` names,
+    else ``AutoModel``), so its key conversions apply; the compression is rebuilt from ``config.laco`` (updating
+    ``processor`` in place where the model's mode needs it); then every weight laco owns is read from the same
+    safetensors file(s): the compressors, and modules laco replaced with others of a new shape (a Qwen-VL merger
+    made 1x). Any other mismatch between checkpoint and model is an error.
     """
     from safetensors import safe_open
-    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     path = Path(path)
+    model_class = model_class or _saved_class(path)
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the compressor keys are "unexpected" until apply_from_config; checked below
+    hf_logging.set_verbosity_error()  # laco's keys are "unexpected" or "mismatched" until apply_from_config
     try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        model, info = model_class.from_pretrained(
+            path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
-    apply_from_config(model)
-    expected = {name for name in model.state_dict() if f".{COMPRESSOR_ATTRIBUTE}." in name}
+    apply_from_config(model, processor=processor)
+    state = model.state_dict()
+    mismatched = {entry[0] for entry in info.get("mismatched_keys", ())}
+    compressor_keys = {name for name in state if f".{COMPRESSOR_ATTRIBUTE}." in name}
+    expected = compressor_keys | ((set(info["missing_keys"]) | mismatched | set(info["unexpected_keys"])) & set(state))
     saved: dict[str, torch.Tensor] = {}
     for file in _safetensors_files(path):
         with safe_open(file, framework="pt") as handle:
             saved.update({name: handle.get_tensor(name) for name in handle.keys() if name in expected})
-    other_unexpected = sorted(set(info["unexpected_keys"]) - expected)
-    missing = sorted((set(info["missing_keys"]) - expected) | (expected - set(saved)))
+    other_unexpected = sorted(set(info["unexpected_keys"]) - set(state))
+    missing = sorted(expected - set(saved))
     if missing or other_unexpected:
         raise ValueError(
             f"checkpoint {path} does not match the model: missing {missing}, unexpected {other_unexpected}."
         )
     model.load_state_dict(saved, strict=False)
     return model.eval()
+
+
+def _saved_class(path: Path) -> type[nn.Module]:
+    """The class ``config.json`` names (``architectures``), found in ``transformers`` or its model's module."""
+    import importlib
+
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    config_file = path / "config.json"
+    names = json.loads(config_file.read_text()).get("architectures") or [] if config_file.exists() else []
+    if not names:
+        return AutoModel
+    found = getattr(transformers, names[0], None)
+    if found is None:
+        module = type(AutoConfig.from_pretrained(path)).__module__.replace(".configuration_", ".modeling_")
+        found = getattr(importlib.import_module(module), names[0], None)
+    return found or AutoModel
 
 
 def _safetensors_files(path: Path) -> list[Path]:

@@ -303,6 +303,13 @@ def compressors(model: nn.Module) -> list[TokenCompressor]:
     return [encoder._laco.compressor(index) for index in range(len(encoder._laco.stages))]
 
 
+def input_layout_of(model: nn.Module) -> TokenLayout | None:
+    """The layout of the current (or last) forward call's input of a patched encoder, for hooks an adapter
+    installs around the encoder (e.g. on a post-encoder merger) that must follow the same token order."""
+    encoder = _patched_encoder(model)
+    return None if encoder is None else encoder._laco.input_layout
+
+
 def _patched_encoder(model: nn.Module) -> nn.Module | None:
     if hasattr(model, "_laco"):
         return model
@@ -328,8 +335,8 @@ class _InputHook:
         self.state = state
 
     def __call__(self, module, args, kwargs):
-        self.state.input_layout = self.state.adapter.layout(module, args, kwargs)
-        return None
+        layout = self.state.input_layout = self.state.adapter.layout(module, args, kwargs)
+        return None if layout is None else layout.encoder_inputs(args, kwargs)
 
 
 class _StageHook:

@@ -11,6 +11,8 @@ from .dinov2 import Dinov2Adapter
 from .internvit import InternVitAdapter
 from .layout import GridLayout, TokenLayout
 from .model import MODEL_ADAPTERS, ModelAdapter, find_model_adapter, register_model_adapter
+from .qwen_vl import QWEN_ADAPTERS
+from .qwen_vl_model import QwenVLModelAdapter
 from .siglip import SiglipAdapter
 
 ADAPTERS: list[EncoderAdapter] = [
@@ -19,6 +21,7 @@ ADAPTERS: list[EncoderAdapter] = [
     Dinov2Adapter(),
     Aimv2Adapter(),
     InternVitAdapter(),
+    *QWEN_ADAPTERS,
 ]
 
 # Composite models keep their vision encoder under one of these attributes (CLIPModel, SiglipModel: vision_model;
@@ -62,6 +65,7 @@ __all__ = [
     "GridLayout",
     "MlpParts",
     "ModelAdapter",
+    "QwenVLModelAdapter",
     "TokenLayout",
     "find_adapter",
     "find_model_adapter",

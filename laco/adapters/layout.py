@@ -38,6 +38,14 @@ class TokenLayout:
     def check(self, hidden: torch.Tensor, where: str) -> None:
         """Raise a clear error if ``hidden`` does not hold the tokens this layout describes."""
 
+    def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        """Arguments the encoder itself must receive instead of ``(args, kwargs)``, or ``None`` to leave them.
+
+        A packed layout hands the encoder index tensors it computed anyway (rotary positions, window order), so
+        the encoder does not compute them twice, and so they stay right where the adapter changed an attribute
+        they are derived from (Qwen-VL's ``spatial_merge_size`` in ``compress_more`` mode)."""
+        return None
+
     def block_inputs(self, block_index: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         """Keyword arguments block ``block_index`` (0-based) must receive on these tokens instead of ``kwargs``,
         or ``None`` when the block needs nothing but the tokens (every batched ViT)."""

@@ -28,6 +28,10 @@ class TokenCompressor(nn.Module):
     """
 
     uses_stacked: bool = False
+    neighbourhood_wise: bool = False
+    """Whether :meth:`compress` maps each ``factor x factor`` neighbourhood on its own, from ``stacked`` alone (never
+    reading ``x`` or the grid's arrangement beyond padding): then :meth:`merge_stacked` can merge neighbourhoods that
+    a packed layout has already stacked (Qwen-VL's merge units are 4 consecutive tokens), without a grid."""
 
     def __init__(
         self,
@@ -67,6 +71,26 @@ class TokenCompressor(nn.Module):
         if self.shortcut:
             y = y + F.channel_average(stacked, self.factor, size)
         return y, new_size
+
+    def merge_stacked(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Merge complete (unpadded) neighbourhoods already stacked along channels: ``(B, M, f*f*C) -> (B, M, out)``.
+
+        Only for :attr:`neighbourhood_wise` compressors, whose output for a neighbourhood does not depend on where
+        it lies, so the ``M`` neighbourhoods are treated as one unpadded row of them.
+        """
+        if not self.neighbourhood_wise:
+            raise ValueError(
+                f"{type(self).__name__} reads the token grid, not neighbourhoods alone; call it on (x, size)."
+            )
+        groups = self.factor * self.factor
+        if stacked.dim() != 3 or stacked.shape[-1] != groups * self.dim:
+            raise ValueError(
+                f"expected stacked neighbourhoods of shape (batch, M, {groups} * {self.dim}), got {tuple(stacked.shape)}."
+            )
+        y, _ = self.compress(None, (self.factor, self.factor * stacked.shape[1]), stacked)
+        if self.shortcut:
+            y = y + F.channel_average(stacked, self.factor)
+        return y
 
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
         """Reduce ``x`` on grid ``size``; ``stacked`` is ``space_to_channel(x)`` (each ``factor x factor``

@@ -117,6 +117,7 @@ class PatchMerge(TokenCompressor):
         self.fc2.bias.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(scale)) * scale)
 
     uses_stacked = True
+    neighbourhood_wise = True
 
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
         y = self.fc2(self.act(self.fc1(self.norm(stacked))))

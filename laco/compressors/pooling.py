@@ -24,6 +24,7 @@ class AvgPool(TokenCompressor):
         super().__init__(dim, factor, shortcut=False, pad=pad)
 
     uses_stacked = True
+    neighbourhood_wise = True
 
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
         return F.channel_average(stacked, self.factor, size), self.output_size(size)

@@ -47,9 +47,10 @@ class TokenPacker(TokenCompressor):
         nn.init.trunc_normal_(self.slot_embedding, std=0.02)
 
     uses_stacked = True
+    neighbourhood_wise = True
 
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
-        batch, _, dim = x.shape
+        batch, dim = stacked.shape[0], self.dim
         slots, heads = self.factor * self.factor, self.num_heads
         new_size = self.output_size(size)
         regions = stacked.reshape(batch, -1, slots, dim)
@@ -62,7 +63,7 @@ class TokenPacker(TokenCompressor):
         v = self.v_proj(kv).reshape(batch * tokens, slots, heads, dim // heads).transpose(1, 2)
         mask = None
         if size[0] % self.factor or size[1] % self.factor:
-            mask = self._real_slots(size, x.device).repeat(batch, 1)[:, None, None, :]
+            mask = self._real_slots(size, stacked.device).repeat(batch, 1)[:, None, None, :]
         attended = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         attended = attended.transpose(1, 2).reshape(batch, tokens, dim)
         return self.mlp(self.o_proj(attended)), new_size

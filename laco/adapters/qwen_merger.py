@@ -1,0 +1,142 @@
+"""What changes around a Qwen-VL tower's post-encoder mergers when LaCo merges inside it.
+
+``keep_llm_tokens``: the tower's own 2x2 merge has moved inside the ViT, so the final merger (and Qwen3-VL's
+DeepStack mergers fed by layers after the merge) must take one token per output instead of four. Each becomes a
+*1x merger*: a copy of the pretrained one whose first Linear sums its four input blocks, so a token that is the
+average of four identical tokens maps exactly as those four did (a LayerNorm over the concatenation, Qwen3-VL's
+DeepStack "postshuffle" norm, folds its affine into that Linear first). The copies are new modules; the originals
+are put back by :func:`laco.remove`.
+
+``compress_more``: the pretrained mergers stay and merge the merged grid 2x2 once more. Two hooks keep the outputs
+in the order the LLM expects: Qwen2.5-VL un-permutes the merger's output with the *input's* window index, which has
+four times too many entries now, so the merger's real output is set aside in row-major order and handed back as the
+tower's ``pooler_output``; Qwen3-VL's DeepStack taps that precede the merge see four times too many tokens, so their
+outputs are averaged over each 2x2 block (parameter-free) to line up with the LLM's tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .base import Undo
+
+
+@torch.no_grad()
+def one_to_one_merger(merger: nn.Module, width: int) -> nn.Module:
+    """A 1x copy of a Qwen-VL patch merger (``PatchMerger``, ``Qwen2_5_VLPatchMerger``, ``Qwen3VLVisionPatchMerger``)
+    that maps each token of width ``width`` to one output, initialised from the pretrained merger."""
+    groups = merger.hidden_size // width
+    new = copy.deepcopy(merger)
+    if hasattr(merger, "ln_q"):  # Qwen2-VL, Qwen2.5-VL: norm per token, mlp[0] on the concatenation
+        new.mlp[0] = _summed_linear(merger.mlp[0], groups, width)
+    elif getattr(merger, "use_postshuffle_norm", False):  # Qwen3-VL DeepStack: LayerNorm over the concatenation
+        norm = merger.norm
+        new.norm = nn.LayerNorm(width, eps=norm.eps, device=norm.weight.device, dtype=norm.weight.dtype)
+        new.linear_fc1 = _summed_linear(merger.linear_fc1, groups, width, norm.weight, norm.bias)
+    elif hasattr(merger, "linear_fc1"):  # Qwen3-VL: norm per token
+        new.linear_fc1 = _summed_linear(merger.linear_fc1, groups, width)
+    else:
+        raise ValueError(f"laco does not know the merger {type(merger).__name__}; it cannot be made 1x.")
+    new.hidden_size = width  # the merger views its normalised input as (-1, hidden_size): one token each now
+    return new
+
+
+def _summed_linear(
+    linear: nn.Linear, groups: int, width: int, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None
+) -> nn.Linear:
+    """``linear`` on ``groups`` concatenated copies of one token (after an affine ``scale * x + shift`` over the
+    concatenation, if given), as one Linear on the token."""
+    weight = linear.weight.view(linear.out_features, groups, width)
+    bias = linear.bias.clone() if linear.bias is not None else torch.zeros_like(weight[:, 0, 0])
+    if shift is not None:
+        bias += linear.weight @ shift
+    if scale is not None:
+        weight = weight * scale.view(1, groups, width)
+    new = nn.Linear(width, linear.out_features, device=weight.device, dtype=weight.dtype)
+    new.weight.copy_(weight.sum(1))
+    new.bias.copy_(bias)
+    return new
+
+
+def swap_module(parent: nn.Module, name: str, new: nn.Module) -> Undo:
+    """Replace child ``name`` of ``parent`` (an attribute or a ModuleList index); returns the undo."""
+    original = parent.get_submodule(name)
+    *path, last = name.split(".")
+    owner = parent.get_submodule(".".join(path)) if path else parent
+    owner._modules[last] = new  # setattr and ModuleList.__setitem__ both land here
+
+    def undo() -> None:
+        owner._modules[last] = original
+
+    return undo
+
+
+# --------------------------------------------------------------------------------------------------------------
+# compress_more: hooks that keep the outputs in the LLM's order. Objects rather than closures, so copy.deepcopy of the
+# model gives the copy hooks that read the copy's state, as laco's own hooks do.
+
+
+def _call_grids(encoder: nn.Module):
+    """The grids of the tower's running forward call, or ``None`` outside one."""
+    from ..patch import input_layout_of  # patch imports the adapters package
+
+    layout = input_layout_of(encoder)
+    grids = getattr(layout, "grids", None)
+    return None if grids is None or getattr(grids, "finished", False) else grids
+
+
+class SetAsideWindowedOutput:
+    """Forward hook of Qwen2.5-VL's final merger (``compress_more``): keep its real output in row-major order and
+    hand the tower's forward a zero-width stand-in that its own ``[argsort(window_index)]`` can index."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def __call__(self, module, args, output):
+        grids = _call_grids(self.encoder)
+        if grids is None:
+            return None
+        grids.final_output = output[grids.output_order]
+        return output.new_empty((grids.units, 0))
+
+
+class PoolEarlyTap:
+    """Forward hook of a Qwen3-VL DeepStack merger that reads a layer before the merge (``compress_more``): average
+    its outputs over each 2x2 block of merge units, the LLM's tokens."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def __call__(self, module, args, output):
+        grids = _call_grids(self.encoder)
+        if grids is None:
+            return None
+        return output[grids.rows_to_blocks].view(-1, grids.group, output.shape[-1]).mean(1)
+
+
+class FinishCall:
+    """Forward hook of the tower (``compress_more``): put the set-aside merger output in ``pooler_output`` and mark
+    the call finished, so a merger called on its own afterwards is left alone."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        self.encoder = encoder
+
+    def __call__(self, module, args, output):
+        grids = _call_grids(self.encoder)
+        if grids is None:
+            return None
+        grids.finished = True
+        final = getattr(grids, "final_output", None)
+        if final is None:
+            return None
+        grids.final_output = None
+        if isinstance(output, tuple):
+            return (output[0], final, *output[2:])
+        output["pooler_output"] = final
+        return output
+
+
+__all__ = ["FinishCall", "PoolEarlyTap", "SetAsideWindowedOutput", "one_to_one_merger", "swap_module"]

@@ -1,0 +1,176 @@
+"""Whole Qwen2-VL, Qwen2.5-VL and Qwen3-VL models (``*ForConditionalGeneration`` and ``*Model``).
+
+``keep_llm_tokens`` changes nothing outside the tower: the LLM receives the same tokens at the same M-RoPE
+positions, so the processor, ``get_rope_index``, chat templates and a serving engine's placeholder counts stay.
+
+``compress_more`` gives the LLM one token per 2x2 block of merge units (16x fewer tokens than patches, against the
+model's own 4x), and three things follow, each changed on this model's or processor's *instance* and undone by
+:func:`laco.remove`:
+
+* the model splits the tower's output per image by ``visual.spatial_merge_size`` (set by the tower's adapter);
+* ``get_rope_index`` (the LLM's 3-D positions, called by the forward and by ``generate``) receives every grid with
+  ``h`` and ``w`` divided by the factor, so its ``h // merge_size`` is the merged grid: an instance attribute
+  wrapping the class's own method;
+* the processor's ``replace_image_token`` / ``replace_video_token`` receive the same coarser grids, so each image
+  gets ``t * h * w / 16`` placeholders (the image processor itself, whose patch order depends on its
+  ``merge_size``, is left alone).
+
+Grids whose merge units do not pair up 2x2 (sides that are not multiples of 56 px) are refused where they are
+first seen (processor, rope index or tower) with an error naming the image and its grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLModel,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLModel,
+)
+
+from ..placement import Placement
+from .base import EncoderAdapter, GridSize, Undo, _pair
+from .model import ModelAdapter, register_model_adapter
+from .packed import MORE, check_grid_thw
+from .qwen_vl import QWEN_ADAPTERS, QwenVisionAdapter
+
+_WHOLE = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
+_INNER = (Qwen2VLModel, Qwen2_5_VLModel, Qwen3VLModel)
+_GRID_KEYS = ("image_grid_thw", "video_grid_thw")
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    return model.model if isinstance(model, _WHOLE) else model
+
+
+def _coarser(grid: Any, factor: int, merge: int, patch: int) -> Any:
+    """``grid`` (rows of t, h, w) with h and w divided by ``factor``, refused unless every row divides."""
+    rows = torch.as_tensor(grid)
+    check_grid_thw(rows.reshape(-1, 3), merge, None, MORE, patch)  # the clear error, naming the image
+    if isinstance(grid, torch.Tensor):
+        coarse = grid.clone()
+    else:
+        coarse = rows.clone().numpy() if hasattr(grid, "__array__") else rows.clone()
+    coarse[..., 1:] //= factor
+    return coarse
+
+
+class CoarserRopeIndex:
+    """Instance attribute ``get_rope_index`` of a Qwen-VL model in ``compress_more`` mode: the class's method on
+    grids of the merged tokens. Holds the model (not a bound method) so ``copy.deepcopy`` maps it to the copy."""
+
+    def __init__(self, model: nn.Module, factor: int, merge: int, patch: int) -> None:
+        self.model, self.factor, self.merge, self.patch = model, factor, merge, patch
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        method = type(self.model).get_rope_index
+        bound = inspect.signature(method).bind(self.model, *args, **kwargs)
+        for key in _GRID_KEYS:
+            if bound.arguments.get(key) is not None:
+                bound.arguments[key] = _coarser(bound.arguments[key], self.factor, self.merge, self.patch)
+        return method(*bound.args, **bound.kwargs)
+
+
+class CoarserPlaceholders:
+    """Instance attribute ``replace_image_token`` / ``replace_video_token`` of a Qwen-VL processor in
+    ``compress_more`` mode: the class's method, given grids of the merged tokens."""
+
+    def __init__(self, processor: Any, name: str, key: str, factor: int, merge: int, patch: int) -> None:
+        self.processor, self.name, self.key = processor, name, key
+        self.factor, self.merge, self.patch = factor, merge, patch
+
+    def __call__(self, inputs: Any, index: int, **kwargs: Any) -> str:
+        coarse = {**inputs, self.key: _coarser(inputs[self.key], self.factor, self.merge, self.patch)}
+        return getattr(type(self.processor), self.name)(self.processor, coarse, index, **kwargs)
+
+
+def _set_instance_attribute(owner: Any, name: str, value: Any) -> Undo:
+    """``owner.name = value`` on the instance; the undo restores what the instance held (or deletes it)."""
+    missing = object()
+    before = vars(owner).get(name, missing)
+    object.__setattr__(owner, name, value)
+
+    def undo() -> None:
+        if before is missing:
+            object.__delattr__(owner, name)
+        else:
+            object.__setattr__(owner, name, before)
+
+    return undo
+
+
+class QwenVLModelAdapter(ModelAdapter):
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL models: the tower is ``model.visual`` (``model.model.visual``)."""
+
+    family = "qwen-vl"
+    model_classes = _WHOLE + _INNER
+
+    def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
+        visual = _inner(model).visual
+        adapter = next(a for a in QWEN_ADAPTERS if a.matches(visual))
+        return visual, adapter
+
+    def _geometry(self, model: nn.Module) -> tuple[QwenVisionAdapter, nn.Module, int, int]:
+        visual, adapter = self.encoder(model)
+        return adapter, visual, adapter.merge_size(visual), adapter.patch_size(visual)[0]
+
+    def install(self, model: nn.Module, placement: Placement, processor: Any | None) -> list[Undo]:
+        if placement.mode != MORE:
+            return []  # keep_llm_tokens: the LLM's tokens, positions and placeholders do not change
+        _, _, merge, patch = self._geometry(model)
+        factor = placement.factor
+        undo = [
+            _set_instance_attribute(
+                _inner(model), "get_rope_index", CoarserRopeIndex(_inner(model), factor, merge, patch)
+            )
+        ]
+        if processor is not None:
+            for name, key in (("replace_image_token", "image_grid_thw"), ("replace_video_token", "video_grid_thw")):
+                if not callable(getattr(processor, name, None)):
+                    raise ValueError(
+                        f"processor= must be the model's Qwen-VL processor (with {name}); got {type(processor).__name__}."
+                    )
+                wrapper = CoarserPlaceholders(processor, name, key, factor, merge, patch)
+                undo.append(_set_instance_attribute(processor, name, wrapper))
+        return undo
+
+    def num_tokens(
+        self, model: nn.Module, image_size: int | GridSize | None = None, *, grid_thw: Any = None, **inputs: Any
+    ) -> int | list[int]:
+        """Tokens the LLM receives: for one image of ``image_size`` (pixels, as the processor resized it), or per
+        row of ``grid_thw`` (a list for several rows, an int for one ``(t, h, w)``)."""
+        from ..patch import placement_of
+
+        if inputs:
+            raise ValueError(f"{type(model).__name__} takes image_size= or grid_thw=, not {sorted(inputs)}.")
+        adapter, visual, merge, patch = self._geometry(model)
+        placement = placement_of(visual)
+        mode = placement.mode if placement is not None else "keep_llm_tokens"
+        per_token = merge * merge * (placement.factor**2 if mode == MORE else 1)
+        if grid_thw is None:
+            if image_size is None:
+                adapter.default_image_size(visual)  # raises: native resolution has no default
+            height, width = _pair(image_size)
+            grid_thw = [1, height // patch, width // patch]
+            if height % (patch * merge) or width % (patch * merge):
+                raise ValueError(
+                    f"image size {height}x{width} px is not a multiple of {patch * merge} px, which the processor "
+                    "resizes every image to; pass the resized size or grid_thw."
+                )
+        rows = torch.as_tensor(grid_thw)
+        single = rows.dim() == 1
+        rows = check_grid_thw(rows.reshape(-1, 3), merge, None, mode, patch)
+        counts = [int(t * h * w) // per_token for t, h, w in rows.tolist()]
+        return counts[0] if single else counts
+
+
+register_model_adapter(QwenVLModelAdapter())
+
+__all__ = ["CoarserPlaceholders", "CoarserRopeIndex", "QwenVLModelAdapter"]
