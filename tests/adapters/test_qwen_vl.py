@@ -216,7 +216,9 @@ def test_one_to_one_mergers_map_an_average_as_the_four_tokens():
 def test_gradients_reach_the_merge_every_later_block_and_the_1x_merger(family):
     tower = laco.apply(tiny_tower(family).train(), LAYER, init="default")
     out = tower(packed_pixels(EVEN), grid_thw=EVEN)
-    (out.pooler_output.square().mean() + sum(f.square().mean() for f in getattr(out, "deepstack_features", []))).backward()
+    (
+        out.pooler_output.square().mean() + sum(f.square().mean() for f in getattr(out, "deepstack_features", []))
+    ).backward()
     for name, module in [("merge", laco.attached_compressors(tower)[0]), ("merger", tower.merger)]:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
     for index in range(LAYER, DEPTH):
