@@ -63,10 +63,11 @@ def load(
     mismatched = {entry[0] for entry in info.get("mismatched_keys", ())}
     compressor_keys = {name for name in state if f".{COMPRESSOR_ATTRIBUTE}." in name}
     expected = compressor_keys | ((set(info["missing_keys"]) | mismatched | set(info["unexpected_keys"])) & set(state))
+    names = _checkpoint_names(model, expected)  # save_pretrained may rename keys (Qwen-VL: model.visual -> visual)
     saved: dict[str, torch.Tensor] = {}
     for file in _safetensors_files(path):
         with safe_open(file, framework="pt") as handle:
-            saved.update({name: handle.get_tensor(name) for name in handle.keys() if name in expected})
+            saved.update({names[name]: handle.get_tensor(name) for name in handle.keys() if name in names})
     other_unexpected = sorted(set(info["unexpected_keys"]) - set(state))
     missing = sorted(expected - set(saved))
     if missing or other_unexpected:
@@ -77,6 +78,19 @@ def load(
     return model.eval()
 
 
+def _checkpoint_names(model: nn.Module, keys: set[str]) -> dict[str, str]:
+    """``{name in the checkpoint: name in the model}`` for ``keys``, through the renaming ``save_pretrained`` applies."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # a transformers without weight conversions saves the model's own names
+        return {key: key for key in keys}
+    names = {}
+    for key in keys:
+        (saved_name,) = revert_weight_conversion(model, {key: torch.empty(0)})
+        names[saved_name] = key
+    return names
+
+
 def _saved_class(path: Path) -> type[nn.Module]:
     """The class ``config.json`` names (``architectures``), found in ``transformers`` or its model's module."""
     import importlib
@@ -85,7 +99,7 @@ def _saved_class(path: Path) -> type[nn.Module]:
     from transformers import AutoConfig, AutoModel
 
     config_file = path / "config.json"
-    names = json.loads(config_file.read_text()).get("architectures") or [] if config_file.exists() else []
+    names = (json.loads(config_file.read_text()).get("architectures") or []) if config_file.exists() else []
     if not names:
         return AutoModel
     found = getattr(transformers, names[0], None)

@@ -18,7 +18,7 @@ from transformers import (
 )
 
 PATCH, TEMPORAL, WIDTH, DEPTH = 4, 2, 32, 4
-IMAGE_TOKEN, VIDEO_TOKEN, VOCAB = 300, 301, 320
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VOCAB = 343, 344, 345, 360  # the ids tiny_processor's tokenizer gives
 FAMILIES = ["qwen2", "qwen2.5", "qwen3"]
 
 _TEXT = dict(
@@ -37,7 +37,7 @@ _ROPE = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000
 
 
 def tiny_config(family: str):
-    common = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=302)
+    common = dict(image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START)
     vision = dict(depth=DEPTH, num_heads=4, patch_size=PATCH, temporal_patch_size=TEMPORAL)
     if family == "qwen2":
         vision.update(embed_dim=WIDTH, hidden_size=32, mlp_ratio=2)
@@ -81,3 +81,41 @@ def packed_pixels(grid_thw: torch.Tensor, seed: int = 1) -> torch.Tensor:
 
 def grid(*rows) -> torch.Tensor:
     return torch.tensor([list(row) for row in rows])
+
+
+def tiny_processor(family: str):
+    """The family's processor on tiny_models' trained tokenizer and a PIL image processor with 4 px patches.
+
+    Images only: Qwen-VL processors also require a video processor, and transformers' video processors import
+    torchvision, which this environment does not have; the class below drops that attribute.
+    """
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor, Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from tiny_models import tiny_tokenizer
+
+    base = {"qwen2": Qwen2VLProcessor, "qwen2.5": Qwen2_5_VLProcessor, "qwen3": Qwen3VLProcessor}[family]
+
+    class ImageOnlyProcessor(base):
+        @classmethod
+        def get_attributes(cls):
+            return ["image_processor", "tokenizer"]
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"]}
+    )
+    tokenizer.pad_token, tokenizer.padding_side = "<unk>", "left"
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == IMAGE_TOKEN
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=PATCH, temporal_patch_size=TEMPORAL, merge_size=2, min_pixels=16, max_pixels=64 * 64
+    )
+    return ImageOnlyProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def images(*sizes):
+    """Plain-colour PIL images of the given (width, height) sizes."""
+    from PIL import Image
+
+    colours = [(200, 30, 30), (30, 40, 220), (30, 200, 40), (230, 220, 30)]
+    return [Image.new("RGB", size, colours[i % len(colours)]) for i, size in enumerate(sizes)]

@@ -86,9 +86,13 @@ class CoarserPlaceholders:
         self.processor, self.name, self.key = processor, name, key
         self.factor, self.merge, self.patch = factor, merge, patch
 
-    def __call__(self, inputs: Any, index: int, **kwargs: Any) -> str:
-        coarse = {**inputs, self.key: _coarser(inputs[self.key], self.factor, self.merge, self.patch)}
-        return getattr(type(self.processor), self.name)(self.processor, coarse, index, **kwargs)
+    def __call__(self, *args: Any, **kwargs: Any) -> str:
+        method = getattr(type(self.processor), self.name)
+        bound = inspect.signature(method).bind(self.processor, *args, **kwargs)
+        name = list(bound.signature.parameters)[1]  # image_inputs / video_inputs
+        inputs = bound.arguments[name]
+        bound.arguments[name] = {**inputs, self.key: _coarser(inputs[self.key], self.factor, self.merge, self.patch)}
+        return method(*bound.args, **bound.kwargs)
 
 
 def _set_instance_attribute(owner: Any, name: str, value: Any) -> Undo:

@@ -1,0 +1,133 @@
+"""LaCo in whole Qwen2-VL, Qwen2.5-VL and Qwen3-VL models: both modes, the processor's placeholder counts, the LLM's
+rope index, batched generate with the KV cache, and save/reload."""
+
+import json
+
+import pytest
+import torch
+from qwen_models import IMAGE_TOKEN, grid, images, tiny_model, tiny_processor
+
+import laco
+
+FAMILIES = ["qwen2", "qwen2.5", "qwen3"]
+MODES = ["keep_llm_tokens", "compress_more"]
+LAYER = 2
+PROMPTS = ["describe <|image_pad|> red", "<|image_pad|> what color is the shape?"]
+SIZES = [(32, 48), (32, 32)]  # (width, height): 8x12 and 8x8 patches, merge-unit grids that pair up 2x2
+
+
+def inputs(processor, sizes=SIZES, prompts=PROMPTS):
+    return processor(text=list(prompts), images=images(*sizes), return_tensors="pt", padding=True)
+
+
+def generate(model, batch, **kwargs):
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=0, **kwargs)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def single(batch, index):
+    """Sample ``index`` of a left-padded processor batch, unpadded, with its own image."""
+    keep = batch["attention_mask"][index].bool()
+    rows = batch["image_grid_thw"].prod(-1).tolist()
+    start = sum(rows[:index])
+    return {
+        "input_ids": batch["input_ids"][index : index + 1, keep],
+        "attention_mask": batch["attention_mask"][index : index + 1, keep],
+        "mm_token_type_ids": batch["mm_token_type_ids"][index : index + 1, keep],
+        "pixel_values": batch["pixel_values"][start : start + rows[index]],
+        "image_grid_thw": batch["image_grid_thw"][index : index + 1],
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generate_batches_images_of_different_sizes_with_the_kv_cache(family, mode):
+    model, processor = tiny_model(family), tiny_processor(family)
+    laco.apply(model, LAYER, mode=mode, processor=processor, init="default")
+    batch = inputs(processor)
+    expected = [laco.num_tokens(model, grid_thw=row) for row in batch["image_grid_thw"]]
+    assert (batch["input_ids"] == IMAGE_TOKEN).sum(-1).tolist() == expected
+    assert expected == [24 // (4 if mode == "compress_more" else 1), 16 // (4 if mode == "compress_more" else 1)]
+    tokens = generate(model, batch)
+    assert torch.equal(generate(model, batch, use_cache=False), tokens)
+    for index in range(2):
+        assert torch.equal(generate(model, single(batch, index)), tokens[index : index + 1])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_keep_llm_tokens_leaves_the_llm_side_alone(family):
+    model, processor = tiny_model(family), tiny_processor(family)
+    before = inputs(processor)
+    laco.apply(model, LAYER, processor=processor)
+    assert laco.placement_of(model).mode == "keep_llm_tokens"
+    after = inputs(processor)
+    assert all(torch.equal(before[key], after[key]) for key in before)
+    assert "get_rope_index" not in vars(model.model) and "replace_image_token" not in vars(processor)
+    with torch.no_grad():
+        out = model(**after)
+    assert out.logits.shape[:2] == after["input_ids"].shape
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_compress_more_updates_processor_and_rope_index_and_remove_restores_them(family):
+    model, processor = tiny_model(family), tiny_processor(family)
+    before = inputs(processor)
+    with torch.no_grad():
+        logits = model(**before).logits
+    laco.apply(model, LAYER, mode="compress_more", processor=processor)
+    after = inputs(processor)
+    assert (after["input_ids"] == IMAGE_TOKEN).sum() * 4 == (before["input_ids"] == IMAGE_TOKEN).sum()
+    positions, _ = model.model.get_rope_index(
+        after["input_ids"], after["mm_token_type_ids"], image_grid_thw=after["image_grid_thw"]
+    )
+    # the first image: 1x(12/4)x(8/4) LLM tokens, M-RoPE (h, w) positions over a 3x2 grid
+    image = positions[:, 0, after["input_ids"][0] == IMAGE_TOKEN]
+    assert (image[1] - image[1].min()).tolist() == [0, 0, 1, 1, 2, 2]
+    assert (image[2] - image[2].min()).tolist() == [0, 1, 0, 1, 0, 1]
+    laco.remove(model)
+    assert "get_rope_index" not in vars(model.model) and "replace_image_token" not in vars(processor)
+    restored = inputs(processor)
+    assert all(torch.equal(before[key], restored[key]) for key in before)
+    with torch.no_grad():
+        assert torch.equal(model(**restored).logits, logits)
+
+
+def test_compress_more_refuses_a_grid_whose_merge_units_do_not_pair_up_naming_the_image():
+    model, processor = tiny_model("qwen2.5"), tiny_processor("qwen2.5")
+    laco.apply(model, LAYER, mode="compress_more", processor=processor)
+    message = r"image 0 has grid_thw \[1, 4, 6\], a 2x3 grid of merge units.* multiples of 16 px"
+    with pytest.raises(ValueError, match=message):
+        inputs(processor, sizes=[(24, 16)], prompts=["<|image_pad|>"])
+    with pytest.raises(ValueError, match=message):
+        laco.num_tokens(model, grid_thw=[1, 4, 6])
+
+
+def test_num_tokens_says_what_the_llm_receives():
+    model = tiny_model("qwen2")
+    assert laco.num_tokens(model, (32, 48)) == 24
+    assert laco.num_tokens(model, grid_thw=grid((1, 8, 12), (2, 4, 6))) == [24, 12]
+    laco.apply(model, LAYER)
+    assert laco.num_tokens(model, grid_thw=[2, 4, 6]) == 12
+    laco.remove(model)
+    laco.apply(model, LAYER, mode="compress_more")
+    assert laco.num_tokens(model, (32, 48)) == 6 and laco.num_tokens(model, grid_thw=[[2, 8, 8]]) == [8]
+
+
+@pytest.mark.parametrize(
+    "family, mode", [("qwen2.5", "keep_llm_tokens"), ("qwen3", "keep_llm_tokens"), ("qwen2", "compress_more")]
+)
+def test_save_and_reload_restores_the_mode_the_1x_mergers_and_the_merge(tmp_path, family, mode):
+    model, processor = tiny_model(family), tiny_processor(family)
+    laco.apply(model, LAYER, mode=mode, processor=processor, init="default")
+    batch = inputs(processor)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["vision_config"]["laco"]
+    assert saved["mode"] == mode and saved["layers"] == [LAYER]
+    fresh = tiny_processor(family)
+    reloaded = laco.load(tmp_path, processor=fresh, attn_implementation="eager")
+    assert type(reloaded) is type(model) and laco.placement_of(reloaded) == laco.placement_of(model)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs(fresh)).logits, expected)
