@@ -439,6 +439,19 @@ def predicted_speedup(
     )
 
 
+_NATIVE = ("PACKED_ENCODERS", "PACKED_LLMS", "PackedEncoderGeometry", "packed_encoder_flops", "packed_mllm_flops")
+
+
+def __getattr__(name: str) -> Any:
+    """Native-resolution towers (packed sequences, window attention) are counted in :mod:`laco.cost_native`,
+    which builds on this module; their names are served from here too, imported on first use."""
+    if name in _NATIVE:
+        from . import cost_native
+
+        return getattr(cost_native, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ATTENTION_TRAIN_MULTIPLIER",
     "ENCODERS",
