@@ -297,3 +297,17 @@ def test_num_tokens_of_a_tower_counts_its_hidden_tokens():
         laco.num_tokens(tower)
     with pytest.raises(ValueError, match="multiple of 8 px"):
         laco.num_tokens(tower, (30, 48))
+
+
+def test_later_blocks_get_the_merged_segments_windows_and_flash_attention_lengths():
+    tower = laco.apply(tiny_tower("qwen2.5"), LAYER)
+    seen = {}
+    for block in (2, 3):  # block 2 windowed, block 3 full attention
+        hook = lambda m, a, kw, block=block: seen.__setitem__(block, kw)  # noqa: E731
+        tower.blocks[block].register_forward_pre_hook(hook, with_kwargs=True)
+    grid_thw = grid((1, 16, 12))  # 8x6 merge units: windows of 4x4 units, 4x4 / 4x2 / 4x4 / 4x2
+    # FlashAttention computes max_seqlen / max_window_seqlen; passed in, they show what the blocks get then
+    with torch.no_grad():
+        tower(packed_pixels(grid_thw), grid_thw=grid_thw, max_seqlen=192, max_window_seqlen=64)
+    assert seen[2]["cu_seqlens"].tolist() == [0, 16, 24, 40, 48] and seen[2]["max_seqlen"] == 16
+    assert seen[3]["cu_seqlens"].tolist() == [0, 48] and seen[3]["max_seqlen"] == 48

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from qwen_models import IMAGE_TOKEN, grid, images, tiny_model, tiny_processor
+from qwen_models import IMAGE_TOKEN, VIDEO_TOKEN, grid, images, packed_pixels, tiny_model, tiny_processor
 
 import laco
 
@@ -131,3 +131,29 @@ def test_save_and_reload_restores_the_mode_the_1x_mergers_and_the_merge(tmp_path
     assert type(reloaded) is type(model) and laco.placement_of(reloaded) == laco.placement_of(model)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs(fresh)).logits, expected)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_video_and_an_image_in_one_prompt(family, mode):
+    """Video frames (t=2, then 4 patches per side more) next to an image: placeholders per frame, the LLM's rope index
+    and generate follow (Qwen3-VL puts a timestamp between frames, so each frame is its own run of placeholders)."""
+    model = laco.apply(tiny_model(family), LAYER, mode=mode, init="default")
+    video, image = grid((2, 8, 8)), grid((1, 8, 12))
+    per_frame = laco.num_tokens(model, grid_thw=[1, 8, 8])
+    frames = [[VIDEO_TOKEN] * per_frame] * 2
+    video_ids = frames[0] + [7] + frames[1] if family == "qwen3" else frames[0] + frames[1]
+    ids = [5, 6] + video_ids + [8] + [IMAGE_TOKEN] * laco.num_tokens(model, grid_thw=image[0]) + [9]
+    input_ids = torch.tensor([ids])
+    types = torch.where(input_ids == IMAGE_TOKEN, 1, torch.where(input_ids == VIDEO_TOKEN, 2, 0))
+    batch = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        mm_token_type_ids=types,
+        pixel_values=packed_pixels(image),
+        image_grid_thw=image,
+        pixel_values_videos=packed_pixels(video, seed=2),
+        video_grid_thw=video,
+    )
+    tokens = generate(model, batch)
+    assert tokens.shape == (1, 4) and torch.equal(generate(model, batch, use_cache=False), tokens)
