@@ -284,14 +284,14 @@ class PackedLayout(TokenLayout):
         if fast:
             merged = compressor.merge_stacked(hidden.reshape(1, grids.units, grids.group * hidden.shape[-1]))[0]
             order = grids.fast_order
-            return merged if order is None else merged[order]
+            return merged if order is None else merged[order.to(merged.device)]
         outputs, units = [], []
         for size, rows, merged_units in grids.rowmajor_groups:
-            out, _ = compressor(hidden[rows], size)
+            out, _ = compressor(hidden[rows.to(hidden.device)], size)
             outputs.append(out.reshape(-1, out.shape[-1]))
             units.append(merged_units.reshape(-1))
         position = torch.argsort(torch.cat(units))  # row of each unit in the concatenated outputs
-        return torch.cat(outputs)[position[grids.merged_units]]
+        return torch.cat(outputs)[position[grids.merged_units].to(hidden.device)]
 
     def block_inputs(self, block_index: int, kwargs: dict[str, Any]) -> dict[str, Any] | None:
         if not self.merged:
@@ -304,12 +304,13 @@ class PackedLayout(TokenLayout):
         grids, windows = self.grids, self.grids.windows
         full = windows is None or block_index in windows.full_blocks
         cu_seqlens = grids.cu_seqlens if full else grids.cu_window_seqlens
-        inputs = dict(kwargs, cu_seqlens=cu_seqlens.to(kwargs["cu_seqlens"].dtype))
+        given = kwargs["cu_seqlens"]
+        inputs = dict(kwargs, cu_seqlens=cu_seqlens.to(device=given.device, dtype=given.dtype))
         if kwargs.get("max_seqlen") is not None:
             inputs["max_seqlen"] = grids.max_seqlen("full" if full else "window", cu_seqlens)
         if grids.rotary is None:
             reference = kwargs["position_embeddings"][0]
-            positions = grids.unit_positions[grids.merged_units]
+            positions = grids.unit_positions[grids.merged_units].to(reference.device)
             grids.rotary = self.rotary(reference, positions)
         inputs["position_embeddings"] = grids.rotary
         return inputs

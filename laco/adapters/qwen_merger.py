@@ -99,7 +99,7 @@ class SetAsideWindowedOutput:
         grids = _call_grids(self.encoder)
         if grids is None:
             return None
-        grids.final_output = output[grids.output_order]
+        grids.final_output = output[grids.output_order.to(output.device)]
         return output.new_empty((grids.units, 0))
 
 
@@ -114,7 +114,8 @@ class PoolEarlyTap:
         grids = _call_grids(self.encoder)
         if grids is None:
             return None
-        return output[grids.rows_to_blocks].view(-1, grids.group, output.shape[-1]).mean(1)
+        blocks = output[grids.rows_to_blocks.to(output.device)]
+        return blocks.view(-1, grids.group, output.shape[-1]).mean(1)
 
 
 class FinishCall:

@@ -311,3 +311,14 @@ def test_later_blocks_get_the_merged_segments_windows_and_flash_attention_length
         tower(packed_pixels(grid_thw), grid_thw=grid_thw, max_seqlen=192, max_window_seqlen=64)
     assert seen[2]["cu_seqlens"].tolist() == [0, 16, 24, 40, 48] and seen[2]["max_seqlen"] == 16
     assert seen[3]["cu_seqlens"].tolist() == [0, 48] and seen[3]["max_seqlen"] == 48
+
+
+def test_a_tower_saved_after_apply_reloads_with_laco_load(tmp_path):
+    """Qwen2-VL's tower class is not exported by transformers; laco.load finds it from its config's module."""
+    tower = laco.apply(tiny_tower("qwen2"), LAYER, init="default")
+    pixels = packed_pixels(EVEN)
+    expected = run(tower, pixels, EVEN)[0]
+    tower.save_pretrained(tmp_path)
+    reloaded = laco.load(tmp_path, attn_implementation="eager")
+    assert type(reloaded) is type(tower) and laco.placement_of(reloaded) == laco.placement_of(tower)
+    torch.testing.assert_close(run(reloaded, pixels, EVEN)[0], expected)
