@@ -6,7 +6,8 @@ How it works, without copying any upstream ``forward``:
   moved, sharded and checkpointed with that block, and the pretrained weights keep their names;
 * a forward pre-hook on the encoder asks the encoder's adapter for the *layout* of this call's tokens
   (:mod:`laco.adapters.layout`: prefix tokens and a row-major grid read from ``pixel_values`` for batched ViTs;
-  packed per-image grids for native-resolution towers), so non-square and non-default image sizes work;
+  packed per-image grids for native-resolution towers), so non-square and non-default image sizes work; the
+  layout may hand the encoder index tensors it computed anyway (:meth:`TokenLayout.encoder_inputs`);
 * a forward hook on block ``k`` (run before any other hook, so ``output_hidden_states`` records the merged
   tokens) lets that layout merge the image tokens and pass the others through;
 * where the adapter says so, a forward pre-hook on every later block replaces the arguments the encoder

@@ -166,3 +166,20 @@ def test_shapes_over_random_grids(method, batch, height, width, factor):
 
 def test_public_api_exports_patch_merge():
     assert laco.PatchMerge is PatchMerge
+
+
+@pytest.mark.parametrize("method", ["laco", "pixel_shuffle", "avgpool", "tokenpacker"])
+def test_neighbourhood_wise_compressors_merge_stacked_neighbourhoods(method):
+    """merge_stacked on space_to_channel's output equals the compressor on the grid (packed towers' fast path)."""
+    torch.manual_seed(0)
+    compressor = build(method, 16, 2, **({"init": "default"} if method in ("laco", "pixel_shuffle") else {}))
+    x = torch.randn(2, 6 * 4, 16)
+    expected, _ = compressor(x, (6, 4))
+    stacked, _ = F.space_to_channel(x, (6, 4), 2)
+    assert compressor.neighbourhood_wise
+    torch.testing.assert_close(compressor.merge_stacked(stacked), expected)
+
+
+def test_merge_stacked_is_refused_by_compressors_that_read_the_grid():
+    with pytest.raises(ValueError, match="reads the token grid"):
+        build("ldpv2", 16, 2).merge_stacked(torch.randn(1, 4, 64))
