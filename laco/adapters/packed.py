@@ -151,10 +151,11 @@ class PackedGrids:
 
     @cached_property
     def blocks_of_units(self) -> torch.Tensor:
-        """Merge units in ``compress_more`` block order: each 2x2 block of units consecutive, blocks row-major."""
-        parts = []
+        """Merge units in ``compress_more`` block order: each ``merge x merge`` block of units (what the final merger
+        merges) consecutive, blocks row-major."""
+        parts, m = [], self.merge
         for t, units_h, units_w, base in self._frames():
-            local = self._arange(units_h * units_w).reshape(units_h // 2, 2, units_w // 2, 2)
+            local = self._arange(units_h * units_w).reshape(units_h // m, m, units_w // m, m)
             local = local.permute(0, 2, 1, 3).reshape(-1)
             parts.extend(local + base + frame * units_h * units_w for frame in range(t))
         return torch.cat(parts)
