@@ -24,6 +24,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,9 +34,11 @@ from transformers import Qwen2_5_VLVisionConfig, Qwen2VLVisionConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
-import laco
-from laco import Placement
-from laco.cost_native import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's laco, not another installed one
+
+import laco  # noqa: E402
+from laco import Placement  # noqa: E402
+from laco.cost_native import (  # noqa: E402
     PACKED_ENCODERS,
     PACKED_LLMS,
     PackedEncoderGeometry,
@@ -66,7 +69,7 @@ def build_tower(g: PackedEncoderGeometry, attn: str) -> torch.nn.Module:
         )  # fmt: skip
         tower = Qwen2_5_VisionTransformerPretrainedModel(config)
     elif g.family == "qwen2-vl":
-        config = Qwen2VLVisionConfig(embed_dim=g.width, hidden_size=g.out_width, mlp_ratio=g.mlp / g.width, **common)
+        config = Qwen2VLVisionConfig(embed_dim=g.width, hidden_size=g.out_width, mlp_ratio=g.mlp // g.width, **common)
         tower = Qwen2VisionTransformerPretrainedModel(config)
     else:
         raise ValueError(f"no bench tower for {g.name}")
