@@ -13,7 +13,7 @@ speed-up is the median of the per-round ratios. The merge and the rewritten per-
 own (layout, merge, arguments of every later block; median of several repetitions) as a share of the compressed
 tower's median time.
 
-    nice -n 5 python scripts/bench_qwen_tower.py --sizes 448 896 1344 mixed --rounds 5 3 2 2 --threads 2
+    OMP_WAIT_POLICY=PASSIVE nice -n 5 python scripts/bench_qwen_tower.py --sizes 448 1344 mixed 896 --rounds 3 2
 """
 
 from __future__ import annotations
@@ -252,12 +252,15 @@ def main() -> None:
         warmup = packed_inputs(geometry, SIZES[size])[0].shape[0] <= args.no_warmup_above
         print(f"{size}: {rounds} rounds, warm-up {warmup}", flush=True)
         report["sizes"][size] = run_size(tower, geometry, size, rounds, warmup)
-    report["machine"]["loadavg_end"] = os.getloadavg()
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{geometry.name}-tower"
+        report["machine"]["loadavg_end"] = os.getloadavg()
+        write(report, args.out / f"{geometry.name}-tower")  # after every size: a long run stopped early keeps them
+    print(markdown(report))
+
+
+def write(report: dict, stem: Path) -> None:
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
 
 
 if __name__ == "__main__":
