@@ -259,8 +259,8 @@ def main() -> None:
 
 def write(report: dict, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    stem.with_suffix(".md").write_text(markdown(report))
+    stem.parent.joinpath(f"{stem.name}.json").write_text(json.dumps(report, indent=1))  # names hold dots (qwen2.5)
+    stem.parent.joinpath(f"{stem.name}.md").write_text(markdown(report))
 
 
 if __name__ == "__main__":
