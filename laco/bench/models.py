@@ -84,7 +84,7 @@ def text_config(geometry: LLMGeometry, layers: int | None = None, attn_implement
     return config
 
 
-def build_encoder(geometry: EncoderGeometry, *, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
+def random_encoder(geometry: EncoderGeometry, *, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
     """A randomly initialised vision encoder of ``geometry`` in eval mode."""
     from transformers import AutoModel
 
@@ -93,7 +93,7 @@ def build_encoder(geometry: EncoderGeometry, *, dtype: torch.dtype, device: torc
     return model.to(device=device, dtype=dtype).eval()
 
 
-def build_mllm(
+def random_mllm(
     encoder: EncoderGeometry,
     llm: LLMGeometry,
     *,
