@@ -82,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.compare:
         try:
-            print(compare(args.compare, by=args.by, out=args.out or f"runs/bench-compare-{stamp}", variant=args.variant))
+            print(
+                compare(args.compare, by=args.by, out=args.out or f"runs/bench-compare-{stamp}", variant=args.variant)
+            )
         except (ValueError, FileNotFoundError) as error:
             return _error(error)
         return 0

@@ -49,7 +49,13 @@ def _panel(axis, result: BenchResult, spec: Measurement) -> None:
                 label=f"{variant.name} vs 16x ext.",
             )  # fmt: skip
             axis.plot(
-                [point[0]], [speed.bound], "*", color="C3", markerfacecolor="none", markersize=10, label="its FLOP bound"
+                [point[0]],
+                [speed.bound],
+                "*",
+                color="C3",
+                markerfacecolor="none",
+                markersize=10,
+                label="its FLOP bound",
             )
         else:
             marker, color = METHOD_STYLES.get(variant.placement.method, ("o", "C6"))

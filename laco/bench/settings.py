@@ -69,7 +69,8 @@ class BenchSettings:
     """Everything a run depends on; ``None`` fields take the preset's per-device defaults (:func:`resolve`)."""
 
     preset: str | BenchPreset | None = option(
-        None, f"built-in preset ({', '.join(PRESETS)}) or a .yaml file; default {DEFAULT_PRESET} ({QUICK_PRESET} with --quick)"
+        None,
+        f"built-in preset ({', '.join(PRESETS)}) or a .yaml file; default {DEFAULT_PRESET} ({QUICK_PRESET} with --quick)",
     )
     quick: bool = option(False, "CI mode: tiny geometry (unless --preset), 3 rounds, 1 thread", FLAG)
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
@@ -203,7 +204,9 @@ def resolve(settings: BenchSettings) -> ResolvedSettings:
     if reps < 1 or batch < 1:
         raise ValueError(f"reps and batch must be >= 1 (got reps={reps}, batch={batch}).")
     if warmup < 1:
-        raise ValueError(f"warmup must be >= 1 (got {warmup}): the first warm-up call of every variant counts its FLOPs.")
+        raise ValueError(
+            f"warmup must be >= 1 (got {warmup}): the first warm-up call of every variant counts its FLOPs."
+        )
     measure, notes = _measure(settings, tuple(pick(settings.measure, "measure")), warmup)
     if preset.llm is None and any(measurement(name).needs_llm for name in measure):
         encoder_only = ", ".join(repr(name) for name, spec in MEASUREMENTS.items() if not spec.needs_llm)

@@ -161,7 +161,9 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     table = rows(runs, key, variant)
     # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
     # gain to show; the table keeps it.
-    kinds = [kind for kind in MEASUREMENTS if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)]
+    kinds = [
+        kind for kind in MEASUREMENTS if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)
+    ]
     if not kinds:
         raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
     labels = sorted({row["label"] for row in table})
