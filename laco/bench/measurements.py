@@ -133,16 +133,7 @@ def predict(settings: ResolvedSettings, mode: str, placement: Placement, *, full
     if llm is None:
         cost = encoder_flops(preset.encoder, placement, image_size=preset.resolution, images=settings.batch)
         return Prediction(cost.total, image_tokens(cost, preset.encoder, drop_prefix=False), None)
-    cost = mllm_flops(
-        preset.encoder,
-        llm,
-        placement,
-        mode=mode,
-        image_size=preset.resolution,
-        images=settings.batch,
-        prompt_tokens=preset.prompt_tokens,
-        answer_tokens=preset.answer_tokens,
-    )
+    cost = mllm_flops(preset.encoder, llm, placement, mode=mode, **settings.cost_inputs)
     return Prediction(cost.total, int(cost.info["image_tokens"]), cost.info.get("sequence_tokens"))
 
 

@@ -144,17 +144,12 @@ def _anatomy(bench: Testbed, variants: Sequence[BenchVariant]) -> Anatomy | None
     settings = bench.settings
     wanted = f"laco@{fraction_label(settings.requested.method_depth)}"
     variant = next((v for v in candidates if v.name == wanted), candidates[0])
-    encoder = settings.preset.encoder
     return measure_anatomy(
         bench.switch,
         variant.placement,
         variant.name,
-        grid=encoder.grid(settings.preset.resolution),
-        prefix=encoder.prefix,
-        width=encoder.width,
         batch=settings.batch,
-        dtype=settings.dtype,
-        device=settings.device,
+        image_size=settings.preset.resolution,
         reps=settings.reps,
         warmup=settings.warmup,
         clock=bench.clock,

@@ -167,6 +167,17 @@ class ResolvedSettings:
             return 1.0
         return self.preset.llm.layers / self.llm_layers
 
+    @property
+    def cost_inputs(self) -> dict[str, int]:
+        """What one call processes, as :func:`laco.cost.mllm_flops` and its kin take it."""
+        preset = self.preset
+        return {
+            "image_size": preset.resolution,
+            "images": self.batch,
+            "prompt_tokens": preset.prompt_tokens,
+            "answer_tokens": preset.answer_tokens,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The ``settings`` of ``bench.json``: every requested field as resolved, plus what the preset fixed."""
         data: dict[str, Any] = {}

@@ -122,19 +122,12 @@ class Testbed:
     def check_training_memory(self) -> None:
         """Refuse a training step that cannot fit, before spending minutes to find out (on a CPU the OS would
         kill the process without a Python error)."""
-        settings, preset = self.settings, self.preset
+        settings = self.settings
         params = sum(p.numel() for p in self.model.parameters())
         element = torch.tensor([], dtype=self.dtype).element_size()
         state = params * element * 4  # weights, gradients, AdamW's two moments
         activations = training_activation_bytes(  # the uncompressed variant: the largest
-            preset.encoder,
-            settings.built_llm,
-            None,
-            element_bytes=element,
-            image_size=preset.resolution,
-            images=settings.batch,
-            prompt_tokens=preset.prompt_tokens,
-            answer_tokens=preset.answer_tokens,
+            self.preset.encoder, settings.built_llm, None, element_bytes=element, **settings.cost_inputs
         )
         free = machine.available_memory_bytes(self.device)
         available = None if free is None else free + params * element  # the weights are already allocated

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from laco import Placement
 from laco import patch as laco_patch
@@ -12,7 +11,7 @@ from laco.bench.models import CompressionSwitch
 from laco.bench.presets import TINY_ENCODER
 from laco.bench.timing import Clock, Stats
 
-from tiny_models import FAMILIES, PREFIX, WIDTH, tiny_encoder
+from tiny_models import FAMILIES, PREFIX, tiny_encoder
 
 
 def test_quick_run_times_the_parts_of_the_headline_merge(quick_run):
@@ -54,18 +53,13 @@ def test_anatomy_calls_the_blocks_of_every_family(family):
         switch,
         Placement((2,), "laco", 2),
         "laco@1/2",
-        grid=(8, 8),
-        prefix=prefix,
-        width=WIDTH,
         batch=2,
-        dtype=torch.float32,
-        device=torch.device("cpu"),
         reps=1,
         warmup=0,
         clock=Clock(),
         repeat=3,
     )
     assert len(calls) == 2 * (1 + 3)  # both token counts: once under the FLOP counter, then 3 runs per timed call
-    assert (parts.tokens_before, parts.tokens_after) == (64 + prefix, 16 + prefix)
+    assert (parts.tokens_before, parts.tokens_after) == (64 + prefix, 16 + prefix)  # the 8x8 grid of its 32px images
     assert parts.flops_block_after < parts.flops_block_before and parts.flops_merge > 0
     assert not laco_patch.is_patched(encoder)  # timed uncompressed: a block call runs the block alone
