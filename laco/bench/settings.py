@@ -180,9 +180,10 @@ class ResolvedSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``settings`` of ``bench.json``: every requested field as resolved, plus what the preset fixed."""
+        resolved = {f.name for f in fields(self)}
         data: dict[str, Any] = {}
         for f in fields(BenchSettings):
-            value = getattr(self, f.name) if hasattr(self, f.name) else getattr(self.requested, f.name)
+            value = getattr(self if f.name in resolved else self.requested, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
         data.update(
             preset=self.preset.name,
