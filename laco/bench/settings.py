@@ -96,12 +96,12 @@ class BenchSettings:
     compile: bool = option(
         False,
         "time compiled models: torch.compile each encoder block and LLM decoder layer (compressors stay eager); "
-        "not for decode",
+        "not for " + ",".join(name for name, spec in MEASUREMENTS.items() if spec.compile_blocker),
         FLAG,
     )
 
     def __post_init__(self) -> None:
-        # Lists from the command line or a caller become tuples, so settings stay hashable and comparable.
+        # Lists from the command line or a caller become tuples: equal settings compare equal however given.
         object.__setattr__(self, "measure", _tuple(self.measure))
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "depths", tuple(self.depths))
