@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cost import ENCODERS, LLMS, EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
-
-MEASUREMENTS: tuple[str, ...] = ("encoder", "train", "prefill", "decode")
+from .measurements import default_measurements
 
 # Per-device defaults every preset starts from. A CPU has little compute, so few repetitions; GPUs get more
 # rounds and bf16 (what MLLMs are trained and served in).
@@ -71,7 +70,7 @@ class BenchPreset:
         if key in self.defaults.get(device_type, {}):
             return self.defaults[device_type][key]
         if key == "measure":
-            return MEASUREMENTS if self.llm is not None else ("encoder",)
+            return default_measurements(with_llm=self.llm is not None)
         if key == "batch":
             return 1
         return BASE_DEFAULTS[device_type].get(key)
@@ -98,7 +97,7 @@ _add(
         "LLaVA-OneVision-0.5B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-0.5B",
         ENCODERS["siglip-so400m"],
         LLMS["qwen2-0.5b"],
-        # On 2 CPU cores the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
+        # On a CPU the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
         defaults={"cpu": {"llm_layers": 6}},
         notes=(_SO400M_NOTE,),
     )

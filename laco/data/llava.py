@@ -32,16 +32,6 @@ from tqdm.auto import tqdm
 
 from ..mllm.processing import IGNORE_INDEX, ROLES, LacoProcessor, RecordError
 
-__all__ = [
-    "DataError",
-    "DatasetReport",
-    "LlavaDataset",
-    "LlavaExample",
-    "LlavaRecord",
-    "MultimodalCollator",
-    "SkipReason",
-]
-
 logger = logging.getLogger(__name__)
 
 # How many example ids per skip reason the report (and the warning) keeps.
