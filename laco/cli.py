@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .precision import PRECISIONS
+
 DEFAULT_RUN_HELP = (
     "Without --config, the embedded default: DINOv2-S (offline weights) + SmolLM2-135M-Instruct, LaCo at 1/4 "
     "depth, stage 1 (merge + projector) then stage 2 (+ LLM) on easy-VQA, evaluated on its test split."
@@ -45,7 +47,15 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--image-folder", help="folder the JSON's 'image' paths are relative to")
     parser.add_argument("--limit", type=int, help="use only the first N usable training records")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="auto (bf16 where the hardware has it, else fp32), bf16, fp16 or fp32"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    parser.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="train and score one run per seed (e.g. 0,1,2) under OUTPUT_DIR/seed<N>; mean ± std in OUTPUT_DIR/seeds.json",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 4 steps per stage on 64 records, 32 eval questions"
     )
@@ -75,6 +85,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"data.limit={args.limit}")
     if args.strict:
         overrides.append("data.strict=true")
+    if args.precision:
+        overrides += [f"training.precision={args.precision}", f"eval.precision={args.precision}"]
     if args.quick:
         overrides += ["data.limit=64", "eval.limit=32", "training.logging_steps=1", "training.save_steps=2"]
         overrides += [f"stages.{i}.max_steps=4" for i in range(2)] + [f"stages.{i}.batch_size=4" for i in range(2)]
@@ -83,9 +95,18 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .train import train
 
     config = load_config(args.config, _train_overrides(args))
+    if args.seeds is not None:
+        return _run_seeds(config, args.seeds)
+    _train_and_evaluate(config, evaluate=not args.no_eval)
+    return 0
+
+
+def _train_and_evaluate(config, evaluate: bool):
+    """Train ``config``, print its summary and (on easy-VQA) score it; returns (summary, eval result or None)."""
+    from .train import train
+
     summary = train(config)
     print("\ntraining summary")
     for stage in summary["stages"]:
@@ -95,12 +116,63 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     final = Path(config.output_dir) / "final"
     print(f"  model: {final}")
-    if not args.no_eval and config.data.dataset == "easy-vqa":
-        result = _evaluate(final, config, config.eval.batch_size, config.eval.max_new_tokens)
-        result.to_json(final.parent / "eval.json")
-        print(f"  eval ({config.eval.split}): {result.summary()}")
-        _print_answer_types(result)
+    if not evaluate or not _has_eval_split(config):
+        return summary, None
+    result = _evaluate(final, config, config.eval.batch_size, config.eval.max_new_tokens)
+    result.to_json(final.parent / "eval.json")
+    print(f"  eval ({config.eval.split}): {result.summary()}")
+    _print_answer_types(result)
+    return summary, result
+
+
+def _has_eval_split(config) -> bool:
+    return config.data.dataset == "easy-vqa" or bool(config.data.eval_json)
+
+
+def _run_seeds(config, seeds: list[int]) -> int:
+    """One run per seed under ``output_dir/seed<N>``, each recorded in ``output_dir/seeds.json`` when it ends."""
+    import dataclasses
+    import json
+    import time
+
+    from .data.easyvqa import ANSWER_TYPES
+    from .train.seeds import SeedRecord, describe_machine, markdown_table, record_seed, seed_dir
+
+    if not _has_eval_split(config):
+        raise SystemExit("--seeds scores every seed: train on easy-VQA, or give data.eval_json (--set data.eval_json=...).")
+    for seed in seeds:
+        run = dataclasses.replace(config, seed=seed, output_dir=str(seed_dir(config.output_dir, seed)))
+        print(f"\n=== seed {seed}: {run.output_dir} ===")
+        started = time.perf_counter()
+        summary, result = _train_and_evaluate(run, evaluate=True)
+        wall = time.perf_counter() - started
+        model_config = json.loads((Path(run.output_dir) / "final" / "config.json").read_text())
+        record = SeedRecord(
+            seed=seed,
+            run=run.output_dir,
+            wall_seconds=round(wall, 1),
+            train_seconds=round(sum(stage["seconds"] for stage in summary["stages"]), 1),
+            eval_seconds=result.seconds,
+            accuracy=result.accuracy,
+            groups={name: row["accuracy"] for name, row in result.by_group(ANSWER_TYPES).items()},
+            majority_accuracy=result.majority_accuracy,
+            question_prior_accuracy=result.question_prior_accuracy,
+            image_tokens=int(model_config["image_seq_length"]),
+            precision=summary["precision"]["name"],
+        )
+        record_seed(config.output_dir, record, describe_machine())
+    print("\n" + markdown_table([config.output_dir])[0])
     return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers such as 0,1,2, not {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds needs distinct seeds >= 0 such as 0,1,2, not {text!r}")
+    return seeds
 
 
 def _print_answer_types(result) -> None:
@@ -115,7 +187,7 @@ def _evaluate(model_dir: Path, config, batch_size: int, max_new_tokens: int):
     from .data import eval_examples
     from .evaluate import evaluate, load_model
 
-    model, processor = load_model(model_dir)
+    model, processor = load_model(model_dir, precision=config.eval.precision)
     examples, train_pairs = eval_examples(config.data, config.eval.split, processor, config.eval.limit)
     return evaluate(
         model, processor, examples, train_pairs=train_pairs, batch_size=batch_size, max_new_tokens=max_new_tokens
@@ -139,13 +211,14 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="questions per generate call")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit")
     parser.add_argument("--output", type=Path, help="write the result (with every prediction) to this JSON file")
+    _add_precision(parser)
     parser.set_defaults(handler=_run_eval)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}"]
+    overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}", f"eval.precision={args.precision}"]
     if args.eval_json:
         if not args.image_folder:
             raise SystemExit("--eval-json needs --image-folder")
@@ -174,6 +247,7 @@ def _add_generate(subparsers) -> None:
     parser.add_argument("--image", type=Path, required=True, help="the image file")
     parser.add_argument("--prompt", required=True, help="the question")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    _add_precision(parser)
     parser.set_defaults(handler=_run_generate)
 
 
@@ -184,9 +258,39 @@ def _run_generate(args: argparse.Namespace) -> int:
 
     if not args.image.exists():
         raise SystemExit(f"image {args.image} not found")
-    model, processor = load_model(args.model)
+    model, processor = load_model(args.model, precision=args.precision)
     print(answer(model, processor, [Image.open(args.image).convert("RGB")], [args.prompt], args.max_new_tokens)[0])
     return 0
+
+
+def _add_table(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "table",
+        help="one table of arms trained with --seeds: mean ± std, blind baselines, machine",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("arms", nargs="+", type=Path, help="output directories of `laco train --seeds` runs")
+    parser.add_argument("--out", type=Path, help="also write the table here (markdown) and its data (.json beside it)")
+    parser.set_defaults(handler=_run_table)
+
+
+def _run_table(args: argparse.Namespace) -> int:
+    from .train.seeds import markdown_table, write_table
+
+    print(markdown_table(args.arms)[0])
+    if args.out:
+        print("wrote", *write_table(args.arms, args.out))
+    return 0
+
+
+def _add_precision(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="the dtype the model answers in: auto (bf16 where the hardware multiplies it natively, else fp32), "
+        "bf16, fp16 (GPU) or fp32",
+    )
 
 
 def _add_delegate(subparsers, name: str, help_text: str, module: str) -> None:
@@ -203,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_eval(subparsers)
     _add_generate(subparsers)
+    _add_table(subparsers)
     _add_delegate(subparsers, "bench", "time LaCo against external compression at real geometries", "laco.bench")
     _add_delegate(
         subparsers, "study", "the quality study: every compressor, depth and shortcut on real tasks", "laco.study"

@@ -15,10 +15,13 @@ from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 import yaml
 
 from .placement import Placement
+from .precision import normalize as normalize_precision
 
 T = TypeVar("T")
 
 TRAINABLE_PARTS = ("compressor", "projector", "llm", "vision_after_merge", "vision")
+# Keys an older config may still use, and what replaced them (named in the error instead of a bare "unknown key").
+RENAMED = {"bf16": "precision: auto | bf16 | fp16 | fp32 (auto picks bf16 only where the hardware has it)"}
 
 
 @dataclass
@@ -64,7 +67,8 @@ class StageConfig:
 
 @dataclass
 class TrainingConfig:
-    bf16: bool = True
+    # auto: bf16 autocast where the hardware multiplies bf16 natively (see laco.precision), float32 elsewhere
+    precision: str = "auto"
     logging_steps: int = 10
     save_steps: int = 50
     gradient_checkpointing: bool = False
@@ -74,6 +78,7 @@ class TrainingConfig:
 
 @dataclass
 class EvalConfig:
+    precision: str = "auto"  # the dtype the model answers in (see laco.precision)
     split: str = "test"
     limit: int | None = 1000
     batch_size: int = 32
@@ -128,6 +133,11 @@ class RunConfig:
                 raise ValueError(f"stage {stage.name!r}: part_learning_rates for unknown part(s) {unknown}.")
             if stage.max_steps < 1 or stage.batch_size < 1 or stage.grad_accum < 1:
                 raise ValueError(f"stage {stage.name!r}: max_steps, batch_size and grad_accum must be >= 1.")
+        for where, value in (("training.precision", self.training.precision), ("eval.precision", self.eval.precision)):
+            try:
+                normalize_precision(value)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
         if self.data.dataset not in ("easy-vqa", "llava"):
             raise ValueError(f"data.dataset must be 'easy-vqa' or 'llava', got {self.data.dataset!r}.")
         if self.data.dataset == "llava" and not (self.data.train_json and self.data.image_folder):
@@ -148,8 +158,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    renamed = [f"{key} is now {RENAMED[key]}" for key in unknown if key in RENAMED]
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}; accepted: {sorted(names)}.")
+        hint = f" ({'; '.join(renamed)})" if renamed else ""
+        raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}{hint}; accepted: {sorted(names)}.")
     values = {}
     for name, value in data.items():
         values[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)

@@ -16,6 +16,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation
+from .precision import choose as choose_precision
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -69,13 +70,18 @@ class EvalResult:
 def load_model(
     directory: str | Path,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: str = "fp32",
     attn_implementation: str = "auto",
 ):
-    """A trained model and its processor from a checkpoint directory written by ``laco train``."""
+    """A trained model and its processor from a checkpoint directory written by ``laco train``.
+
+    ``precision`` (see :mod:`laco.precision`) is the dtype the weights are loaded in: ``auto`` is bf16 where the
+    device multiplies it natively and float32 elsewhere.
+    """
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory} has no config.json; point --model at a run's final/ directory.")
+    dtype = choose_precision(precision, device).dtype
     model = LacoLlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
     model.set_attn_implementation(resolve_attn_implementation(attn_implementation))
     return model, LacoProcessor.from_pretrained(directory)

@@ -16,19 +16,18 @@ from typing import Any
 import torch
 
 from ..cost import LLMGeometry
+from ..precision import PRECISIONS, Precision
+from ..precision import choose as choose_precision
+from ..precision import normalize as normalize_precision
 from .measurements import MEASUREMENTS, Measurement, measurement
 from .presets import PRESETS, BenchPreset, load_preset
 from .timing import usable_cores
 from .variants import DEFAULT_DEPTHS, DEFAULT_METHODS, DEFAULT_TWO_STAGE
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}  # fmt: skip
 DEFAULT_PRESET = "llava-ov-0.5b"
 QUICK_PRESET = "tiny"
-QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1}  # few rounds, whatever the preset
+# Few rounds whatever the preset, and float32 everywhere so CI counts the same thing on every machine.
+QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1, "precision": "fp32"}
 # Tiny ops gain nothing from threads, and with more threads than free cores OpenMP barriers wait on descheduled ones.
 QUICK_THREADS = 1
 COMPILE_WARMUP = 2  # the first warm-up call counts FLOPs eagerly; the second compiles
@@ -74,7 +73,12 @@ class BenchSettings:
     )
     quick: bool = option(False, "CI mode: tiny geometry (unless --preset), 3 rounds, 1 thread", FLAG)
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    dtype: str | None = option(None, "default: float32 on CPU, bfloat16 on CUDA", choices=sorted(DTYPES))
+    precision: str | None = option(
+        None,
+        "auto (bf16 where the device multiplies it natively, else fp32), bf16, fp16 (GPU) or fp32; default: the "
+        "preset's, auto",
+        choices=PRECISIONS,
+    )
     threads: int | None = option(None, "torch intra-op threads (default: usable cores)", int)
     reps: int | None = option(None, "timed rounds (default: preset's, 3 on CPU, 10 on CUDA)", int)
     warmup: int | None = option(None, "untimed rounds, >= 1; the first counts FLOPs", int)
@@ -128,7 +132,7 @@ class ResolvedSettings:
     requested: BenchSettings
     preset: BenchPreset
     device: torch.device
-    dtype: torch.dtype
+    precision: Precision
     threads: int
     reps: int
     warmup: int
@@ -140,6 +144,10 @@ class ResolvedSettings:
     @property
     def measurements(self) -> list[Measurement]:
         return [measurement(name) for name in self.measure]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
 
     @property
     def dtype_name(self) -> str:
@@ -185,6 +193,7 @@ class ResolvedSettings:
         for f in fields(BenchSettings):
             value = getattr(self if f.name in resolved else self.requested, f.name)
             data[f.name] = list(value) if isinstance(value, tuple) else value
+        data["precision"] = self.precision.to_dict()
         data.update(
             preset=self.preset.name,
             device=str(self.device),
@@ -209,7 +218,7 @@ def resolve(settings: BenchSettings) -> ResolvedSettings:
             return value
         return QUICK_OVERRIDES[key] if quick and key in QUICK_OVERRIDES else preset.default(device.type, key)
 
-    dtype = _dtype(pick(settings.dtype, "dtype"), device)
+    precision = _precision(pick(settings.precision, "precision"), device)
     reps, warmup, batch = (int(pick(getattr(settings, key), key)) for key in ("reps", "warmup", "batch"))
     if settings.compile and settings.warmup is None:
         warmup = max(warmup, COMPILE_WARMUP)
@@ -233,7 +242,7 @@ def resolve(settings: BenchSettings) -> ResolvedSettings:
         requested=settings,
         preset=preset,
         device=device,
-        dtype=dtype,
+        precision=precision,
         threads=threads,
         reps=reps,
         warmup=warmup,
@@ -261,12 +270,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose one of {sorted(DTYPES)}.")
-    if DTYPES[name] == torch.float16 and device.type == "cpu":
-        raise ValueError("float16 on CPU is emulated and meaningless for timing; use --dtype bfloat16 or float32.")
-    return DTYPES[name]
+def _precision(name: str, device: torch.device) -> Precision:
+    if normalize_precision(name) == "fp16" and device.type == "cpu":
+        raise ValueError("float16 on CPU is emulated and meaningless for timing; use --precision bf16, fp32 or auto.")
+    return choose_precision(name, device)
 
 
 def _measure(settings: BenchSettings, measure: tuple[str, ...], warmup: int) -> tuple[tuple[str, ...], list[str]]:

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..precision import PRECISIONS
 from . import run_study
 from .grid import QUICK, load_study_config
 from .report import write_report
@@ -28,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
     parser.add_argument(
         "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="cells' autocast: auto (bf16 where the CPU has it natively, else fp32)"
     )
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
     parser.add_argument(
@@ -55,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["threads"] = args.threads
     if args.jobs:
         overrides["jobs"] = args.jobs
+    if args.precision:
+        overrides["precision"] = args.precision
     config = load_study_config(args.config, overrides)
     variants = config.variants()
     if args.list:

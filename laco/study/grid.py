@@ -90,6 +90,8 @@ class StudyConfig:
         ]
     )
     time_encoder: bool = True
+    # auto: bf16 autocast for the cells where the CPU multiplies bf16 natively, float32 elsewhere (laco.precision)
+    precision: str = "auto"
     threads: int | None = None  # torch threads in all (split among the jobs); None: every usable core
     jobs: int = 2  # worker processes sharing the cells, threads // jobs torch threads each (2: what we timed)
 

@@ -44,6 +44,8 @@ from ..mllm import (
     resolve_attn_implementation,
 )
 from ..mllm.loss import answer_loss
+from ..precision import Precision
+from ..precision import choose as choose_precision
 from .freezing import count_parameters, part_parameters, set_trainable
 
 logger = logging.getLogger(__name__)
@@ -140,9 +142,12 @@ class LacoTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> TrainingArguments:
+def _training_arguments(
+    config: RunConfig, stage_index: int, output: Path, precision: Precision | None = None
+) -> TrainingArguments:
     stage, training = config.stages[stage_index], config.training
     cuda = torch.cuda.is_available()
+    precision = precision or choose_precision(training.precision, "cuda" if cuda else "cpu", warn=False)
     return TrainingArguments(
         output_dir=str(output),
         max_steps=stage.max_steps,
@@ -157,7 +162,8 @@ def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> Tr
         save_strategy="steps",
         save_steps=training.save_steps,
         save_total_limit=1,
-        bf16=training.bf16 and (not cuda or torch.cuda.is_bf16_supported()),
+        bf16=precision.name == "bf16",
+        fp16=precision.name == "fp16",
         use_cpu=not cuda,
         activation_checkpointing=training.gradient_checkpointing,
         dataloader_num_workers=training.dataloader_num_workers,
@@ -208,6 +214,9 @@ def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
     if config.training.threads:
         torch.set_num_threads(config.training.threads)
     set_seed(config.seed)
+    precision = choose_precision(config.training.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    if not quiet:
+        print(f"precision: {precision.describe()}")
 
     model, processor = _model_for_next_stage(config, output)
     json_path, image_folder = split_files(config.data, "train")
@@ -236,7 +245,7 @@ def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
             print(f"{stage.name}: training {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters ({parts})")
         trainer = LacoTrainer(
             model=model,
-            args=_training_arguments(config, index, stage_dir),
+            args=_training_arguments(config, index, stage_dir, precision),
             train_dataset=dataset,
             data_collator=collator,
             processing_class=processor.tokenizer,
@@ -277,8 +286,9 @@ def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
         if final.exists():
             shutil.rmtree(final)
         shutil.copytree(last_final, final)
-        (output / "summary.json").write_text(json.dumps({"name": config.name, "stages": summaries}, indent=2) + "\n")
-    return {"name": config.name, "output_dir": str(output), "stages": summaries}
+        summary = {"name": config.name, "precision": precision.to_dict(), "stages": summaries}
+        (output / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return {"name": config.name, "output_dir": str(output), "precision": precision.to_dict(), "stages": summaries}
 
 
 def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_yaml_preset_and_builtin_presets():
     preset = load_preset(REPO / "configs" / "bench" / "internvl-0.5b.yaml")
     assert preset.encoder.name == "internvit-300m" and preset.llm.name == "qwen2-0.5b"
-    assert preset.default("cpu", "llm_layers") == 6 and preset.default("cuda", "dtype") == "bfloat16"
+    assert preset.default("cpu", "llm_layers") == 6 and preset.default("cuda", "precision") == "bf16"
     assert preset.default("cpu", "measure") == ("encoder", "train", "prefill", "decode")
     assert PRESETS["llava-ov-0.5b"].encoder.layers == 27 and PRESETS["llava-ov-0.5b"].llm.name == "qwen2-0.5b"
     assert PRESETS["llava-ov-7b"].llm.width == 3584
