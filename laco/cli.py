@@ -139,7 +139,9 @@ def _run_seeds(config, seeds: list[int]) -> int:
     from .train.seeds import SeedRecord, describe_machine, markdown_table, record_seed, seed_dir
 
     if not _has_eval_split(config):
-        raise SystemExit("--seeds scores every seed: train on easy-VQA, or give data.eval_json (--set data.eval_json=...).")
+        raise SystemExit(
+            "--seeds scores every seed: train on easy-VQA, or give data.eval_json (--set data.eval_json=...)."
+        )
     for seed in seeds:
         run = dataclasses.replace(config, seed=seed, output_dir=str(seed_dir(config.output_dir, seed)))
         print(f"\n=== seed {seed}: {run.output_dir} ===")

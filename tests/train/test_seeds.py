@@ -14,7 +14,9 @@ MACHINE = {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "gpu": None}
 
 def _record(seed: int, accuracy: float, shape: float) -> SeedRecord:
     groups = {"yes/no": 0.8, "shape": shape, "colour": 0.5}
-    return SeedRecord(seed, f"run/seed{seed}", 600.0 + seed * 60, 500.0, 100.0, accuracy, groups, 0.37, 0.67, 16, "fp32")
+    return SeedRecord(
+        seed, f"run/seed{seed}", 600.0 + seed * 60, 500.0, 100.0, accuracy, groups, 0.37, 0.67, 16, "fp32"
+    )
 
 
 def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
