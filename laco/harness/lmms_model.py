@@ -160,7 +160,7 @@ class LacoLmms(lmms):
         for batch in batches:
             missing = []
             for index in batch:
-                cached = self.responses.get(keys[index]) if self.responses else None
+                cached = self.responses.get(keys[index]) if self.responses is not None else None
                 if cached is None:
                     missing.append(index)
                 else:
@@ -169,7 +169,7 @@ class LacoLmms(lmms):
                 answers = compute(missing)
                 for index, answer in zip(missing, answers):
                     results[index] = answer
-                if self.responses:
+                if self.responses is not None:
                     self.responses.add((keys[index], results[index]) for index in missing)
             bar.update(len(batch))
         return results

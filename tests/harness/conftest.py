@@ -12,7 +12,6 @@ import importlib
 import importlib.metadata
 import os
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,8 @@ import yaml
 
 from laco.cli import main
 
+from harness.lmms_setup import ENTRY_GROUP, REPO, declared_entry_point
 from tiny_models import save_tiny_parts
-
-REPO = Path(__file__).resolve().parents[2]
-ENTRY_GROUP = "lmms_eval.models"
-
-
-def declared_entry_point() -> str:
-    """``laco = "module:function"`` as this checkout's pyproject.toml declares it."""
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return project["entry-points"][ENTRY_GROUP]["laco"]
-
 
 def _installed() -> bool:
     return any(ep.name == "laco" for ep in importlib.metadata.entry_points(group=ENTRY_GROUP))
