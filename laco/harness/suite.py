@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.easyvqa import EasyVqaNotFoundError
 from .report import Score, SuiteReport, TaskRun
 from .responses import checkpoint_fingerprint
 from .tasks import EASYVQA_TASKS, default_tasks_dir, write_easyvqa_tasks
@@ -56,8 +57,11 @@ def _task_manager(tasks: Sequence[str], include_paths: Sequence[Path]):
     from lmms_eval.tasks import TaskManager
 
     paths = [str(Path(p).resolve()) for p in include_paths]
-    if any(task in EASYVQA_TASKS for task in tasks):
+    try:
         paths.append(str(write_easyvqa_tasks(default_tasks_dir())))
+    except EasyVqaNotFoundError:
+        if any(task in EASYVQA_TASKS for task in tasks):
+            raise  # its message says how to install the data
     manager = TaskManager("WARNING", include_path=paths or None, model_name="laco")
     unknown = [task for task in tasks if task not in manager.all_tasks]
     if unknown:
@@ -82,6 +86,13 @@ def _check_plugin() -> None:
         )
 
 
+def _unwrap_retries(error: BaseException) -> BaseException:
+    """The error behind lmms-eval's retry wrapper (tenacity's RetryError says only that attempts failed)."""
+    while hasattr(error, "last_attempt") and error.last_attempt.exception() is not None:
+        error = error.last_attempt.exception()
+    return error
+
+
 def _check_datasets(tasks: Sequence[str], manager) -> None:
     """Load every task once before any model, so a missing dataset fails fast and names its task."""
     from lmms_eval.tasks import get_task_dict
@@ -90,8 +101,9 @@ def _check_datasets(tasks: Sequence[str], manager) -> None:
         try:
             get_task_dict([task], manager)
         except Exception as error:
+            cause = _unwrap_retries(error)
             raise SuiteError(
-                f"task {task!r}: its dataset could not be loaded ({type(error).__name__}: {error}). Hub datasets "
+                f"task {task!r}: its dataset could not be loaded ({type(cause).__name__}: {cause}). Hub datasets "
                 "(MME, GQA, TextVQA, MMBench, ...) need the hub or a local copy; see docs/evaluation.md."
             ) from error
 
@@ -207,7 +219,8 @@ def _run_pair(run: TaskRun, checkpoint: Path, output: Path, manager, limit, batc
     except KeyboardInterrupt:
         raise
     except Exception as error:
-        run.status, run.error = "failed", f"{type(error).__name__}: {error}"
+        cause = _unwrap_retries(error)
+        run.status, run.error = "failed", f"{type(cause).__name__}: {cause}"
         raise SuiteError(f"{run.label} on {run.task}: {run.error}") from error
     run.status, run.rows, run.seconds = "done", _primary_scores(results), round(time.perf_counter() - started, 1)
     saved_path.parent.mkdir(parents=True, exist_ok=True)
