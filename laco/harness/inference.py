@@ -32,7 +32,9 @@ class GenerationSettings:
     num_beams: int = 1
 
     @classmethod
-    def from_task(cls, kwargs: Mapping[str, Any], default_max_new_tokens: int) -> tuple["GenerationSettings", list[str]]:
+    def from_task(
+        cls, kwargs: Mapping[str, Any], default_max_new_tokens: int
+    ) -> tuple["GenerationSettings", list[str]]:
         """Settings from a task's ``generation_kwargs``, and the keys we do not use (model-specific ones)."""
         until = kwargs.get("until") or ()
         if isinstance(until, str):

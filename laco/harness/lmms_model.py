@@ -145,8 +145,11 @@ class LacoLmms(lmms):
     def _warn_ignored(self, keys: list[str]) -> None:
         new = [key for key in keys if key not in self._warned]
         if new:
-            logger.warning("--model laco ignores the generation settings %s (it honours until, max_new_tokens, "
-                           "temperature, top_p, top_k, num_beams).", new)
+            logger.warning(
+                "--model laco ignores the generation settings %s (it honours until, max_new_tokens, "
+                "temperature, top_p, top_k, num_beams).",
+                new,
+            )
             self._warned.update(new)
 
     @contextlib.contextmanager

@@ -77,7 +77,8 @@ class SuiteReport:
         notes = [
             "",
             "Scores in % (± standard error); Δ = first model minus that baseline, in points. "
-            f"lmms-eval {self.lmms_eval_version}, " + ("all documents." if self.limit is None else f"first {self.limit} documents per task."),
+            f"lmms-eval {self.lmms_eval_version}, "
+            + ("all documents." if self.limit is None else f"first {self.limit} documents per task."),
         ]
         notes += [f"- **{model['label']}**: `{model['checkpoint']}`" for model in self.models]
         if pending:

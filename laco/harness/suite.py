@@ -128,8 +128,10 @@ def _samples(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """Per-document answers, for auditing a score: the document, its target, what the model said, its metric."""
     keep = {"doc_id", "target", "filtered_resps", "input"}
     return {
-        task: [{k: v for k, v in sample.items() if k in keep or k in results["higher_is_better"].get(task, {})}
-               for sample in samples]
+        task: [
+            {k: v for k, v in sample.items() if k in keep or k in results["higher_is_better"].get(task, {})}
+            for sample in samples
+        ]
         for task, samples in results.get("samples", {}).items()
     }
 
@@ -189,7 +191,9 @@ def run_suite(
             _run_pair(run, checkpoint, output, manager, limit, batch_size, device)
             primary = next(iter(run.rows.values()), None)
             if primary is not None:
-                print(f"    {primary.metric} {100 * primary.value:.1f}% (n={primary.n}, {run.seconds:.0f} s)", flush=True)
+                print(
+                    f"    {primary.metric} {100 * primary.value:.1f}% (n={primary.n}, {run.seconds:.0f} s)", flush=True
+                )
             report.write(output)
     except (KeyboardInterrupt, SuiteError) as stop:
         report.write(output)

@@ -22,6 +22,7 @@ from laco.cli import main
 from harness.lmms_setup import ENTRY_GROUP, REPO, declared_entry_point
 from tiny_models import save_tiny_parts
 
+
 def _installed() -> bool:
     return any(ep.name == "laco" for ep in importlib.metadata.entry_points(group=ENTRY_GROUP))
 

@@ -21,7 +21,9 @@ def documents(tmp_path_factory):
     docs = []
     for index, (name, colour) in enumerate(COLOURS.items()):
         Image.new("RGB", (32, 32), colour).save(folder / f"{name}.png")
-        docs.append({"id": f"doc-{index}", "question": "what color is the shape?", "image": str(folder / f"{name}.png")})
+        docs.append(
+            {"id": f"doc-{index}", "question": "what color is the shape?", "image": str(folder / f"{name}.png")}
+        )
     return docs
 
 

@@ -70,9 +70,10 @@ def test_an_interrupted_suite_leaves_a_partial_table(easyvqa_checkpoint, lmms_en
         run_suite(easyvqa_checkpoint, TASKS, tmp_path, limit=4, batch_size=4)
     data = json.loads((tmp_path / "suite.json").read_text())
     assert [run["status"] for run in data["runs"]] == ["done", "pending"]
-    assert "Not run yet (partial table; run the same command again to finish): run/easyvqa_colour_mc" in (
-        tmp_path / "suite.md"
-    ).read_text()
+    assert (
+        "Not run yet (partial table; run the same command again to finish): run/easyvqa_colour_mc"
+        in (tmp_path / "suite.md").read_text()
+    )
 
 
 def test_an_unknown_task_is_named_with_suggestions(easyvqa_checkpoint, lmms_env, tmp_path):

@@ -34,7 +34,9 @@ def test_questions_are_laco_evals_in_the_same_order(task_dir, easyvqa_checkpoint
     _, processor = load_model(easyvqa_checkpoint)
     examples, _ = eval_examples(load_config(None).data, "test", processor, limit=50)
     documents = _documents(task_dir / "easyvqa" / "easyvqa_test.jsonl")[:50]
-    assert [(d["id"], d["question"], d["answer"]) for d in documents] == [(e.id, e.question, e.answer) for e in examples]
+    assert [(d["id"], d["question"], d["answer"]) for d in documents] == [
+        (e.id, e.question, e.answer) for e in examples
+    ]
     assert [d["image"] for d in documents] == [str(e.image.resolve()) for e in examples]
 
 
