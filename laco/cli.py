@@ -203,21 +203,73 @@ def _add_eval(subparsers) -> None:
         description="Greedy answers scored by normalised exact match, next to the majority-answer baseline.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--model", type=Path, required=True, help="a model directory written by laco train (its final/)"
-    )
+    parser.add_argument("--model", type=Path, help="a model directory written by laco train (its final/)")
     parser.add_argument("--split", default="test", help="easy-VQA split to score (when --eval-json is not given)")
     parser.add_argument("--eval-json", help="LLaVA JSON to score instead of easy-VQA (single-turn records)")
     parser.add_argument("--image-folder", help="image folder for --eval-json")
     parser.add_argument("--limit", type=int, default=1000, help="score the first N questions (0: all)")
     parser.add_argument("--batch-size", type=int, default=32, help="questions per generate call")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit")
-    parser.add_argument("--output", type=Path, help="write the result (with every prediction) to this JSON file")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="write the result (with every prediction) to this JSON file; with --suite: the folder for suite.json, "
+        "suite.md and per-task results (default runs/suite)",
+    )
+    # lmms-eval (laco/harness, docs/evaluation.md)
+    parser.add_argument(
+        "--suite",
+        help="score lmms-eval tasks instead (comma-separated), e.g. easyvqa,easyvqa_colour_mc or mme,gqa; "
+        "--limit applies per task",
+    )
+    parser.add_argument(
+        "--baseline", type=Path, action="append", default=[], help="with --suite: also score this model (repeatable)"
+    )
+    parser.add_argument(
+        "--include-path", type=Path, action="append", default=[], help="with --suite: a folder of your own task YAMLs"
+    )
+    parser.add_argument(
+        "--write-tasks",
+        type=Path,
+        metavar="DIR",
+        help="write laco's easy-VQA lmms-eval tasks into DIR (for lmms-eval --include_path DIR) and exit",
+    )
     _add_precision(parser)
     parser.set_defaults(handler=_run_eval)
 
 
+def _run_lmms_eval(args: argparse.Namespace) -> int:
+    if args.write_tasks:
+        from .harness import write_easyvqa_tasks
+
+        print(f"wrote easy-VQA lmms-eval tasks to {write_easyvqa_tasks(args.write_tasks)}")
+        return 0
+    from .harness.suite import SuiteError, run_suite
+
+    try:
+        report = run_suite(
+            args.model,
+            [task.strip() for task in args.suite.split(",") if task.strip()],
+            args.output or Path("runs/suite"),
+            baselines=args.baseline,
+            limit=args.limit or None,
+            batch_size=args.batch_size,
+            include_paths=args.include_path,
+            precision=args.precision,
+        )
+    except SuiteError as error:
+        raise SystemExit(f"laco eval --suite: {error}") from error
+    print("\n" + report.markdown())
+    return 0
+
+
 def _run_eval(args: argparse.Namespace) -> int:
+    if args.write_tasks or args.suite:
+        if args.suite and args.model is None:
+            raise SystemExit("--suite needs --model")
+        return _run_lmms_eval(args)
+    if args.model is None:
+        raise SystemExit("laco eval needs --model (or --write-tasks DIR)")
     from .config import load_config
 
     overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}", f"eval.precision={args.precision}"]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..precision import PRECISIONS
 from . import run_study
 from .grid import QUICK, load_study_config
-from .report import write_report
-from .runner import collect_cells, missing_cells
+from .report import refresh_costs, write_report
+from .runner import Study, collect_cells, missing_cells
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,6 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=Path, help="also refresh the generated tables and plots of this markdown file (docs/study.md)"
     )
+    parser.add_argument(
+        "--recount-costs",
+        action="store_true",
+        help="with --docs: count every variant's encoder FLOPs again and redraw that page's tables and plots from its "
+        "recorded rows (docs/study-data/); trains nothing and needs no cells",
+    )
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -70,6 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{len(variants)} variants x {len(config.tasks)} tasks x {len(config.seeds)} seeds "
             f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells"
         )
+        return 0
+    if args.recount_costs:
+        if args.docs is None:
+            raise SystemExit("--recount-costs rewrites a docs page: pass --docs docs/study.md")
+        with tempfile.TemporaryDirectory() as scratch:  # counts only: no times, no cost cache in the study folder
+            counting = dataclasses.replace(config, output_dir=scratch, time_encoder=False)
+            costs = Study(counting, progress=True).encoder_costs(variants)
+            rows = refresh_costs(args.docs, Path(config.output_dir).name, costs, Path(scratch))
+        print(f"{len(rows)} rows of {args.docs} redrawn with recounted encoder FLOPs")
         return 0
     if args.report_only:
         outputs = write_report(collect_cells(Path(config.output_dir)), Path(config.output_dir), args.docs)

@@ -222,12 +222,44 @@ def write_report(cells: list[dict[str, Any]], directory: Path, docs: Path | None
     paths = plot(rows, directory) if rows else []
     if docs is not None:
         update_docs(docs, tables, paths, directory.name)
+        save_rows(docs, directory.name, rows)
     return {
         "json": directory / "study_results.json",
         "tables": directory / "study_tables.md",
         "plots": paths,
         "rows": rows,
     }
+
+
+def rows_path(docs: Path, name: str) -> Path:
+    """Where a docs page keeps the aggregated rows behind its generated tables (``docs/study-data/<name>.json``),
+    so tables and plots can be redrawn (e.g. with recounted costs) without the cells that produced them."""
+    return docs.parent / "study-data" / f"{name}.json"
+
+
+def save_rows(docs: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    path = rows_path(docs, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    return path
+
+
+def refresh_costs(docs: Path, name: str, costs: dict[str, dict[str, float]], directory: Path) -> list[dict[str, Any]]:
+    """Redraw the generated part of ``docs`` for study ``name`` with every row's encoder GFLOPs taken from ``costs``
+    (variant -> ``encoder_gflops``); accuracies and times stay as measured. Plots go to ``directory`` first."""
+    path = rows_path(docs, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the study with --docs {docs} once to record its rows.")
+    rows = json.loads(path.read_text())
+    missing = sorted({row["variant"] for row in rows} - set(costs))
+    if missing:
+        raise ValueError(f"no cost counted for variant(s) {missing}; run with the study config that produced {docs}.")
+    for row in rows:
+        row["encoder_gflops"] = costs[row["variant"]]["encoder_gflops"]
+    directory.mkdir(parents=True, exist_ok=True)
+    update_docs(docs, markdown_tables(rows), plot(rows, directory), name)
+    save_rows(docs, name, rows)
+    return rows
 
 
 def update_docs(docs: Path, tables: str, plots: list[Path], name: str) -> None:
