@@ -15,7 +15,7 @@ from .report import refresh_costs, write_report
 from .runner import Study, collect_cells, missing_cells
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laco study",
         description="Train every compressor at every depth, with and without the shortcut, inside the real DINOv2-S "
@@ -50,8 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="with --docs: count every variant's encoder FLOPs again and redraw that page's tables and plots from its "
         "recorded rows (docs/study-data/); trains nothing and needs no cells",
     )
-    args = parser.parse_args(argv)
+    return parser
 
+
+def _overrides(args: argparse.Namespace) -> dict:
     overrides = {}
     if args.quick:
         overrides.update(QUICK)
@@ -69,9 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["jobs"] = args.jobs
     if args.precision:
         overrides["precision"] = args.precision
-    config = load_study_config(args.config, overrides)
-    variants = config.variants()
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = load_study_config(args.config, _overrides(args))
     if args.list:
+        variants = config.variants()
         for variant in variants:
             print(variant.name)
         print(
@@ -80,14 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.recount_costs:
-        if args.docs is None:
-            raise SystemExit("--recount-costs rewrites a docs page: pass --docs docs/study.md")
-        with tempfile.TemporaryDirectory() as scratch:  # counts only: no times, no cost cache in the study folder
-            counting = dataclasses.replace(config, output_dir=scratch, time_encoder=False)
-            costs = Study(counting, progress=True).encoder_costs(variants)
-            rows = refresh_costs(args.docs, Path(config.output_dir).name, costs, Path(scratch))
-        print(f"{len(rows)} rows of {args.docs} redrawn with recounted encoder FLOPs")
-        return 0
+        return _recount_costs(config, args.docs)
     if args.report_only:
         outputs = write_report(collect_cells(Path(config.output_dir)), Path(config.output_dir), args.docs)
         missing = missing_cells(config)
@@ -98,4 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         outputs = run_study(config, docs=args.docs)
     print(f"\n{len(outputs['rows'])} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
+    return 0
+
+
+def _recount_costs(config, docs: Path | None) -> int:
+    """Count every variant's encoder FLOPs again and redraw ``docs`` from its recorded rows."""
+    if docs is None:
+        raise SystemExit("--recount-costs rewrites a docs page: pass --docs docs/study.md")
+    with tempfile.TemporaryDirectory() as scratch:  # counts only: no times, no cost cache in the study folder
+        counting = dataclasses.replace(config, output_dir=scratch, time_encoder=False)
+        costs = Study(counting, progress=True).encoder_costs(config.variants())
+        rows = refresh_costs(docs, Path(config.output_dir).name, costs, Path(scratch))
+    print(f"{len(rows)} rows of {docs} redrawn with recounted encoder FLOPs")
     return 0
