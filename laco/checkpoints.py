@@ -62,6 +62,22 @@ def load(path: str | Path, **kwargs: Any) -> nn.Module:
     return model.eval()
 
 
+def share_key_mapping(model_type: str, like: str) -> None:
+    """Load and save checkpoints of ``model_type`` with the key mapping ``transformers`` registers for ``like``.
+
+    ``transformers`` renames checkpoint keys per model type on load (and back on save); a laco model type that
+    subclasses a stock model needs the same mapping, or the stock checkpoint's keys do not meet the model's.
+    """
+    from transformers.conversion_mapping import (
+        get_checkpoint_conversion_mapping,
+        register_checkpoint_conversion_mapping,
+    )
+
+    mapping = get_checkpoint_conversion_mapping(like)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(model_type, mapping, overwrite=True)
+
+
 def _safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():

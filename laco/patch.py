@@ -356,8 +356,7 @@ class _BlockInputsHook:
         if state.input_layout is None:
             return None
         layout = state.layout_after(state.input_layout, state.stages_before_block(self.block_index))
-        replaced = layout.block_inputs(self.block_index, kwargs)
-        return None if replaced is None else (args, replaced)
+        return layout.block_call(self.block_index, args, kwargs)
 
 
 def _layout_before_stage(state: _PatchState, index: int, hidden: torch.Tensor) -> TokenLayout:

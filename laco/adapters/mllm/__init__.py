@@ -1,0 +1,11 @@
+"""Whole-model adapters for the MLLMs people already have: one file per family, each registered on import.
+
+``laco.apply(mllm, layer, processor=...)`` goes through them (see :mod:`laco.adapters.model`); ``docs/retrofit.md``
+describes what each changes in the model, its config and its processor.
+"""
+
+from .base import MllmAdapter
+from .llava import LlavaAdapter, LlavaNextAdapter
+from .llava_onevision import LlavaOnevisionAdapter
+
+__all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter", "MllmAdapter"]
