@@ -6,6 +6,8 @@ describes what each changes in the model, its config and its processor.
 
 from .base import MllmAdapter
 from .llava import LlavaAdapter, LlavaNextAdapter
+from .idefics3 import Idefics3Adapter, SmolVLMAdapter
+from .internvl import InternVLAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 
-__all__ = ["LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter", "MllmAdapter"]
+__all__ = ["Idefics3Adapter", "InternVLAdapter", "LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter", "MllmAdapter", "SmolVLMAdapter"]

@@ -10,7 +10,6 @@ times fewer tokens).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import nn
@@ -20,6 +19,7 @@ from ...placement import Placement
 from ..base import EncoderAdapter, GridSize, Undo
 from ..model import ModelAdapter
 from .changes import Changes
+from .connector import TileCheck
 
 
 def total_factor(placement: Placement) -> int:
@@ -183,6 +183,9 @@ class MllmAdapter(ModelAdapter):
 
     def install(self, model: nn.Module, placement: Placement, processor: Any | None) -> list[Undo]:
         changes = Changes()
+        if self.remaining_factor(model, placement) > 1:
+            tower, _ = self.encoder(model)
+            changes.forward_pre_hook(tower, TileCheck(self, model, placement), with_kwargs=True)
         self.change_model(model, placement, changes)
         if processor is not None:
             self.change_processor(model, placement, processor, changes)
@@ -205,10 +208,6 @@ def require(processor: Any, names: tuple[str, ...], family: str) -> None:
             "Pass the processor the model was released with (AutoProcessor.from_pretrained), or leave it out and size "
             "placeholders with laco.num_tokens(model)."
         )
-
-
-def side(value: float) -> int:
-    return int(math.isqrt(int(value)))
 
 
 __all__ = ["MllmAdapter", "merged_grid", "patch_size_for", "read_layers", "require", "total_factor"]

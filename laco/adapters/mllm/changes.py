@@ -63,8 +63,8 @@ class Changes:
                 setattr(view.vision_config, name, value)
         self.set(module, "config", view)
 
-    def forward_pre_hook(self, module: nn.Module, hook: Callable) -> None:
-        handle = module.register_forward_pre_hook(hook)
+    def forward_pre_hook(self, module: nn.Module, hook: Callable, with_kwargs: bool = False) -> None:
+        handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
         self.undo.append(_RemoveHook(module, "_forward_pre_hooks", handle.id))
 
     def add(self, undo: Undo) -> None:
