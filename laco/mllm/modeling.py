@@ -50,4 +50,4 @@ AutoConfig.register(LacoLlavaConfig.model_type, LacoLlavaConfig, exist_ok=True)
 AutoModelForImageTextToText.register(LacoLlavaConfig, LacoLlavaForConditionalGeneration, exist_ok=True)
 # Stock LLaVA saves and loads its checkpoints with a key mapping registered for model_type "llava"; without the same
 # mapping a LLaVA checkpoint loads with its LM head silently re-initialised (language_model.lm_head -> lm_head).
-share_key_mapping(LacoLlavaConfig.model_type, "llava")
+share_key_mapping(LacoLlavaForConditionalGeneration, "llava")
