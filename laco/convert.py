@@ -135,7 +135,9 @@ def _check_tensors_kept(src: Path, dst: Path) -> list[str]:
     """Every tensor of ``src`` is in ``dst`` under its name, bit for bit; returns the new tensors' names."""
     before, after = _tensors(src), _tensors(dst)
     missing = sorted(set(before) - set(after))
-    changed = [name for name in sorted(set(before) & set(after)) if not torch.equal(_read(before[name]), _read(after[name]))]
+    changed = [
+        name for name in sorted(set(before) & set(after)) if not torch.equal(_read(before[name]), _read(after[name]))
+    ]
     if missing or changed:
         raise RuntimeError(
             f"the converted checkpoint in {dst} does not keep every tensor of {src}: missing {missing[:5]}, changed "

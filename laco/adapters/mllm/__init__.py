@@ -5,10 +5,19 @@ describes what each changes in the model, its config and its processor.
 """
 
 from .base import MllmAdapter
-from .llava import LlavaAdapter, LlavaNextAdapter
 from .gemma3 import Gemma3Adapter
 from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
+from .llava import LlavaAdapter, LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 
-__all__ = ["Gemma3Adapter", "Idefics3Adapter", "InternVLAdapter", "LlavaAdapter", "LlavaNextAdapter", "LlavaOnevisionAdapter", "MllmAdapter", "SmolVLMAdapter"]
+__all__ = [
+    "Gemma3Adapter",
+    "Idefics3Adapter",
+    "InternVLAdapter",
+    "LlavaAdapter",
+    "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
+    "MllmAdapter",
+    "SmolVLMAdapter",
+]

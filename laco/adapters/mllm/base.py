@@ -68,7 +68,9 @@ class MllmAdapter(ModelAdapter):
         tower = model.get_submodule(self.tower_path)
         adapter = find_adapter(tower)
         if adapter is None:
-            raise ValueError(f"laco has no adapter for the vision tower of this {self.family} ({type(tower).__name__}).")
+            raise ValueError(
+                f"laco has no adapter for the vision tower of this {self.family} ({type(tower).__name__})."
+            )
         return tower, adapter
 
     def depth(self, model: nn.Module) -> int:
@@ -132,9 +134,14 @@ class MllmAdapter(ModelAdapter):
         if min(read) >= last_merge:
             return
         if len(read) == 1:
-            problem, alternative = f"a merge after layer {last_merge} would be ignored", ", or set config.vision_feature_layer=-1"
+            problem, alternative = (
+                f"a merge after layer {last_merge} would be ignored",
+                ", or set config.vision_feature_layer=-1",
+            )
         else:
-            problem = f"the hidden states it concatenates would have different token counts (merge after layer {last_merge})"
+            problem = (
+                f"the hidden states it concatenates would have different token counts (merge after layer {last_merge})"
+            )
             alternative = ""
         raise ValueError(
             f"this {self.family} reads the vision tower's hidden states after layer(s) {read} "
