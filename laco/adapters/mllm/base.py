@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from ... import functional as F
 from ...placement import Placement
-from ..base import EncoderAdapter, GridSize, Undo
+from ..base import EncoderAdapter, GridSize, Undo, _pair
 from ..model import ModelAdapter
 from .changes import Changes
-from .connector import TileCheck
+from .connector import PlaceholderCheck, TileCheck
 
 
 def total_factor(placement: Placement) -> int:
@@ -149,15 +150,14 @@ class MllmAdapter(ModelAdapter):
             f"(laco.apply(model, {min(read)}) or a fraction of depth){alternative}."
         )
 
-    def llm_grid(
-        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None, where: str = ""
-    ) -> GridSize:
-        """The grid of tokens the LLM receives for one tile under ``placement``; a clear error where the model's own
-        compression cannot take the merged grid."""
+    def llm_grid(self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None) -> GridSize:
+        """The grid of tokens the LLM receives for one tile (of ``image_size``, default the model's) under
+        ``placement``; a clear error where the model's own compression cannot take the merged grid."""
         grid = self.tile_grid(model, image_size)
         merged, rest = merged_grid(grid, placement), self.remaining_factor(model, placement)
         if merged[0] % rest or merged[1] % rest:
-            size = f"a {where}tile of {grid[0]}x{grid[1]} patches"
+            pixels = "" if image_size is None else "{}x{} px ".format(*_pair(image_size))
+            size = f"a {pixels}tile of {grid[0]}x{grid[1]} patches"
             raise ValueError(
                 f"{size} becomes {merged[0]}x{merged[1]} tokens after {placement.label()}, which {self.own_compression} "
                 f"of this {self.family} cannot reduce by {rest} per side. Use tiles whose patch grid is a multiple of "
@@ -183,6 +183,14 @@ class MllmAdapter(ModelAdapter):
         height, width = self.llm_grid(model, placement, image_size)
         return height * width
 
+    fixed_tile_count = True
+    """Whether every tile of ``pixel_values`` gives the LLM the same number of tokens (not so for AnyRes unpadding):
+    then prompts are checked against the merged count before the forward."""
+
+    def count_tiles(self, pixel_values: torch.Tensor) -> int:
+        """Tiles (images) in a batch of ``pixel_values`` as the model's forward takes it."""
+        return int(pixel_values.shape[0])
+
     def num_tokens(self, model: nn.Module, image_size: int | GridSize | None = None, **inputs: Any) -> int:
         if inputs:
             raise ValueError(f"laco.num_tokens of a {self.family} takes image_size only, not {sorted(inputs)}.")
@@ -193,6 +201,8 @@ class MllmAdapter(ModelAdapter):
         if self.remaining_factor(model, placement) > 1:
             tower, _ = self.encoder(model)
             changes.forward_pre_hook(tower, TileCheck(self, model, placement), with_kwargs=True)
+        if self.fixed_tile_count:
+            changes.forward_pre_hook(model, PlaceholderCheck(self, model), with_kwargs=True)
         self.change_model(model, placement, changes)
         if processor is not None:
             self.change_processor(model, placement, processor, changes)

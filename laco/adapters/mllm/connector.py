@@ -1,4 +1,5 @@
-"""Connectors made 1x (or smaller) for ``keep_llm_tokens``, and the check that a tile's merged grid fits the model.
+"""Connectors made 1x (or smaller) for ``keep_llm_tokens``, and the checks that a tile's merged grid fits the model
+and that prompts hold as many placeholders as the merged model gives.
 
 A pixel-shuffle connector (InternVL, Idefics3/SmolVLM) concatenates each ``s x s`` block of tokens, token-major
 (``dy, dx, c``), and projects ``s*s*C`` channels. When laco's merges (factor ``r`` per side) take over part of that
@@ -53,9 +54,39 @@ class TileCheck:
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         pixel_values = args[0] if args else kwargs.get("pixel_values")
         if isinstance(pixel_values, torch.Tensor) and pixel_values.dim() == 4:
-            size = tuple(pixel_values.shape[-2:])
-            self.adapter.llm_grid(self.model, self.placement, size, where=f"{size[0]}x{size[1]} px ")
+            self.adapter.llm_grid(self.model, self.placement, tuple(pixel_values.shape[-2:]))
         return None
 
 
-__all__ = ["TileCheck", "Widen", "widen"]
+class PlaceholderCheck:
+    """Forward pre-hook on a model that gives every tile the same number of tokens: refuse prompts whose image
+    placeholders do not match the merged count, naming the prompt and the fix, before the model's own check fails
+    with only the totals (typically: a processor laco did not update)."""
+
+    def __init__(self, adapter: Any, model: nn.Module) -> None:
+        self.adapter, self.model = adapter, model
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        input_ids, pixel_values = kwargs.get("input_ids"), kwargs.get("pixel_values")
+        if not isinstance(input_ids, torch.Tensor) or not isinstance(pixel_values, torch.Tensor):
+            return None
+        per_tile = self.adapter.num_tokens(self.model, tuple(pixel_values.shape[-2:]))  # refuses a tile it cannot take
+        found = (input_ids == self.model.config.image_token_id).sum(-1).tolist()
+        tiles = self.adapter.count_tiles(pixel_values)
+        if sum(found) == tiles * per_tile:
+            return None
+        row = next((i for i, count in enumerate(found) if count % per_tile), None)
+        where = (
+            f"prompt {row} holds {found[row]} image tokens, not a multiple of {per_tile}; in all, "
+            if row is not None
+            else ""
+        )
+        raise ValueError(
+            f"{where}the prompts hold {sum(found)} image tokens for {tiles} image tile(s), but after laco's merge "
+            f"this {self.adapter.family} gives {per_tile} per tile ({tiles * per_tile}). Were they made by a processor "
+            "laco did not update? Pass it to laco.apply(model, ..., processor=processor) and process the prompts "
+            "again, or size the placeholders with laco.num_tokens(model)."
+        )
+
+
+__all__ = ["PlaceholderCheck", "TileCheck", "Widen", "widen"]

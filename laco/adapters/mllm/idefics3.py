@@ -128,6 +128,10 @@ class Idefics3Adapter(MllmAdapter):
             dim = model.config.vision_config.hidden_size
             changes.forward_pre_hook(connector.modality_projection, Widen(dim, rest, total_factor(placement)))
 
+    def count_tiles(self, pixel_values: torch.Tensor) -> int:
+        # (batch, images, 3, H, W): all-zero images pad the batch and are dropped by the model
+        return int((pixel_values.flatten(-3) != 0).any(-1).sum())
+
     def change_processor(self, model: nn.Module, placement: Placement, processor: Any, changes: Changes) -> None:
         require(processor, ("image_seq_len",), self.family)
         changes.set(processor, "image_seq_len", self.tokens_per_tile(model))

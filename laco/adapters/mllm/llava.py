@@ -75,6 +75,7 @@ class LlavaAdapter(MllmAdapter):
 class LlavaNextAdapter(LlavaAdapter):
     family = "LLaVA-NeXT"
     model_classes = (LlavaNextForConditionalGeneration,)
+    fixed_tile_count = False  # unpadding: an image's count depends on its size
 
     def check(self, model: nn.Module, placement: Placement) -> None:
         super().check(model, placement)
