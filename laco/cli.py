@@ -219,17 +219,11 @@ def _add_convert(subparsers) -> None:
 
 def _run_convert(args: argparse.Namespace) -> int:
     from .convert import convert, describe
+    from .placement import Placement
 
     try:
-        summary = convert(
-            args.src,
-            args.dst,
-            args.layer,
-            mode=args.mode,
-            method=args.method,
-            factor=args.factor,
-            overwrite=args.overwrite,
-        )
+        placement = Placement(args.layer, args.method, args.factor, mode=args.mode)
+        summary = convert(args.src, args.dst, placement, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         raise SystemExit(f"laco convert: {error}") from error
     print(describe(summary))
