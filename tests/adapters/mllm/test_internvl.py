@@ -71,3 +71,13 @@ def test_conversion_round_trip_in_both_modes(tmp_path):
     for mode in ("keep_llm_tokens", "compress_more"):
         model = check_conversion(internvl(), tmp_path / mode, 2, mode=mode, auto_processor=False)
         assert laco.placement_of(model).mode == mode
+
+
+def test_fine_tuning_reaches_the_merge_and_the_pretrained_connector():
+    tiny = internvl()
+    laco.apply(tiny.model, 2, processor=tiny.processor)
+    tiny.model.train()
+    inputs = tiny.inputs()
+    tiny.model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert laco.attached_compressors(tiny.model)[0].fc2.weight.grad.abs().sum() > 0
+    assert tiny.model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
