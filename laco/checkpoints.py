@@ -92,18 +92,48 @@ def share_key_mapping(model_class: type[nn.Module], like: str) -> None:
 
     ``transformers`` renames checkpoint keys on load (and back on save) by the model's class name or ``model_type``,
     and skips the stock mappings for classes defined outside it; without one, a stock checkpoint's keys do not meet
-    the subclass's (LLaVA's LM head, saved as ``language_model.lm_head``, would be silently re-initialised). The
-    mapping is registered under the class name, which takes precedence, and under the laco ``model_type``.
+    the subclass's. The mapping is registered under the class name, which takes precedence, and the laco
+    ``model_type``.
     """
-    from transformers.conversion_mapping import (
-        get_checkpoint_conversion_mapping,
-        register_checkpoint_conversion_mapping,
-    )
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 
-    mapping = get_checkpoint_conversion_mapping(like)
+    mapping = _stock_mapping(like)
     if mapping is not None:
         for name in (model_class.__name__, model_class.config_class.model_type):
             register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
+
+
+def stock_key_mapping(like: str) -> dict[str, str]:
+    """The renames of a stock ``model_type``'s mapping as ``from_pretrained(key_mapping=...)`` takes them."""
+    return {
+        transform.source_patterns[0]: transform.target_patterns[0]
+        for transform in _stock_mapping(like) or ()
+        if len(transform.source_patterns) == len(transform.target_patterns) == 1
+    }
+
+
+def _stock_mapping(like: str) -> list | None:
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    return get_checkpoint_conversion_mapping(like)
+
+
+def saved_keys(path: str | Path) -> set[str]:
+    """The tensor names of a local safetensors checkpoint (empty if ``path`` is not one: a hub id, pickle weights)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_dir():
+        return set()
+    try:
+        files = _safetensors_files(path)
+    except FileNotFoundError:
+        return set()
+    names: set[str] = set()
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            names.update(handle.keys())
+    return names
 
 
 def _safetensors_files(path: Path) -> list[Path]:

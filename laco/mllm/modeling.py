@@ -5,8 +5,8 @@ LM, ``<image>`` placeholders, ``pixel_values`` / ``input_ids`` / ``labels``, ``g
 with one addition made through the constructor: if ``config.vision_config.laco`` holds LaCo settings, the
 compression is applied to the model when it is built (through LLaVA's whole-model adapter, which refuses merges
 after the feature layer the LLM reads). So ``save_pretrained`` writes the compressors' weights (safetensors) and
-settings (config.json), and ``from_pretrained`` rebuilds both. Its checkpoints use LLaVA's key names, so
-``from_pretrained`` also loads a stock LLaVA checkpoint (uncompressed until :func:`laco.apply`).
+settings (config.json), and ``from_pretrained`` rebuilds both. ``from_pretrained`` also loads a stock LLaVA
+checkpoint (uncompressed until :func:`laco.apply`), renaming its keys as stock LLaVA does.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, AutoModelForImageTextToText, LlavaConfig, LlavaForConditionalGeneration
 
 from .. import patch as laco_patch
-from ..checkpoints import apply_from_config, share_key_mapping
+from ..checkpoints import apply_from_config, saved_keys, stock_key_mapping
+
+STOCK_PREFIXES = ("language_model.", "vision_tower.", "multi_modal_projector.")
+"""How a stock LLaVA checkpoint's keys begin (``LlavaForConditionalGeneration`` saves them so)."""
 
 
 @strict
@@ -37,6 +40,18 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if getattr(config.vision_config, laco_patch.CONFIG_ATTRIBUTE, None):
             apply_from_config(self)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``from_pretrained``, also for a stock LLaVA checkpoint: its keys (``language_model.lm_head``, ...) are
+        renamed as ``LlavaForConditionalGeneration`` renames them, where they would otherwise miss the model and leave
+        the LM head silently re-initialised. laco's own checkpoints keep the names they are saved with (which the
+        Trainer's checkpoint resume loads directly), so the renaming applies only where the saved keys need it."""
+        if "key_mapping" not in kwargs and any(
+            name.startswith(STOCK_PREFIXES) for name in saved_keys(pretrained_model_name_or_path)
+        ):
+            kwargs["key_mapping"] = stock_key_mapping("llava")
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
     @property
     def vision_tower(self):
         return self.model.vision_tower
@@ -48,6 +63,3 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
 AutoConfig.register(LacoLlavaConfig.model_type, LacoLlavaConfig, exist_ok=True)
 AutoModelForImageTextToText.register(LacoLlavaConfig, LacoLlavaForConditionalGeneration, exist_ok=True)
-# Stock LLaVA saves and loads its checkpoints with a key mapping registered for model_type "llava"; without the same
-# mapping a LLaVA checkpoint loads with its LM head silently re-initialised (language_model.lm_head -> lm_head).
-share_key_mapping(LacoLlavaForConditionalGeneration, "llava")

@@ -158,10 +158,11 @@ class MllmAdapter(ModelAdapter):
         if merged[0] % rest or merged[1] % rest:
             pixels = "" if image_size is None else "{}x{} px ".format(*_pair(image_size))
             size = f"a {pixels}tile of {grid[0]}x{grid[1]} patches"
+            keep = ", mode='keep_llm_tokens'" if placement.mode == "compress_more" else ""
             raise ValueError(
                 f"{size} becomes {merged[0]}x{merged[1]} tokens after {placement.label()}, which {self.own_compression} "
                 f"of this {self.family} cannot reduce by {rest} per side. Use tiles whose patch grid is a multiple of "
-                f"{total_factor(placement) * rest} per side, mode='keep_llm_tokens', or fewer merges."
+                f"{total_factor(placement) * rest} per side{keep}, or fewer merges."
             )
         return merged[0] // rest, merged[1] // rest
 

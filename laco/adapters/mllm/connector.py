@@ -67,7 +67,8 @@ class PlaceholderCheck:
         self.adapter, self.model = adapter, model
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        input_ids, pixel_values = kwargs.get("input_ids"), kwargs.get("pixel_values")
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        pixel_values = kwargs.get("pixel_values")
         if not isinstance(input_ids, torch.Tensor) or not isinstance(pixel_values, torch.Tensor):
             return None
         per_tile = self.adapter.num_tokens(self.model, tuple(pixel_values.shape[-2:]))  # refuses a tile it cannot take

@@ -95,7 +95,9 @@ def test_a_laco_model_checkpoint_converts_with_its_own_processor(tmp_path):
 def test_prompts_from_a_processor_laco_did_not_update_are_refused_with_the_fix():
     tiny = llava()
     laco.apply(tiny.model, 2)  # no processor=: it still counts 64 per image
-    with pytest.raises(ValueError, match=r"hold 192 image tokens for 3 image tile\(s\).*16 per tile \(48\).*processor="):
+    with pytest.raises(
+        ValueError, match=r"hold 192 image tokens for 3 image tile\(s\).*16 per tile \(48\).*processor="
+    ):
         tiny.logits()
     laco.remove(tiny.model)
     laco.apply(tiny.model, 2, processor=tiny.processor)
