@@ -199,14 +199,18 @@ class MllmAdapter(ModelAdapter):
 
     def install(self, model: nn.Module, placement: Placement, processor: Any | None) -> list[Undo]:
         changes = Changes()
-        if self.remaining_factor(model, placement) > 1:
-            tower, _ = self.encoder(model)
-            changes.forward_pre_hook(tower, TileCheck(self, model, placement), with_kwargs=True)
-        if self.fixed_tile_count:
-            changes.forward_pre_hook(model, PlaceholderCheck(self, model), with_kwargs=True)
-        self.change_model(model, placement, changes)
-        if processor is not None:
-            self.change_processor(model, placement, processor, changes)
+        try:
+            if self.remaining_factor(model, placement) > 1:
+                tower, _ = self.encoder(model)
+                changes.forward_pre_hook(tower, TileCheck(self, model, placement), with_kwargs=True)
+            if self.fixed_tile_count:
+                changes.forward_pre_hook(model, PlaceholderCheck(self, model), with_kwargs=True)
+            self.change_model(model, placement, changes)
+            if processor is not None:
+                self.change_processor(model, placement, processor, changes)
+        except Exception:
+            changes.revert()  # laco.apply then removes the merge: nothing stays half-done
+            raise
         return changes.undo
 
     def change_model(self, model: nn.Module, placement: Placement, changes: Changes) -> None:

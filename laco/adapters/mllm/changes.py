@@ -24,15 +24,16 @@ class _Restore:
         setattr(self.obj, self.name, self.value)
 
 
-class _RemoveHook:
-    """Remove a hook by its id from the module's own dict (a deep copy has the same ids in its copied dicts)."""
+class _RemovePreHook:
+    """Remove a forward pre-hook by its id from the module's own dicts (a deep copy has the same ids in its copies,
+    where a ``RemovableHandle`` would still point at the original's)."""
 
-    def __init__(self, module: nn.Module, registry: str, hook_id: int) -> None:
-        self.module, self.registry, self.hook_id = module, registry, hook_id
+    def __init__(self, module: nn.Module, hook_id: int) -> None:
+        self.module, self.hook_id = module, hook_id
 
     def __call__(self) -> None:
-        getattr(self.module, self.registry).pop(self.hook_id, None)
-        getattr(self.module, "_forward_pre_hooks_with_kwargs", {}).pop(self.hook_id, None)
+        self.module._forward_pre_hooks.pop(self.hook_id, None)
+        self.module._forward_pre_hooks_with_kwargs.pop(self.hook_id, None)
 
 
 class Changes:
@@ -65,10 +66,13 @@ class Changes:
 
     def forward_pre_hook(self, module: nn.Module, hook: Callable, with_kwargs: bool = False) -> None:
         handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
-        self.undo.append(_RemoveHook(module, "_forward_pre_hooks", handle.id))
+        self.undo.append(_RemovePreHook(module, handle.id))
 
-    def add(self, undo: Undo) -> None:
-        self.undo.append(undo)
+    def revert(self) -> None:
+        """Undo every change so far, newest first."""
+        for undo in reversed(self.undo):
+            undo()
+        self.undo.clear()
 
 
 __all__ = ["Changes"]

@@ -102,3 +102,11 @@ def test_prompts_from_a_processor_laco_did_not_update_are_refused_with_the_fix()
     laco.remove(tiny.model)
     laco.apply(tiny.model, 2, processor=tiny.processor)
     tiny.logits()
+
+
+def test_a_processor_of_another_model_is_refused_and_nothing_stays_changed():
+    tiny = llava()
+    with pytest.raises(ValueError, match="must be the LLaVA model's own processor; dict has no"):
+        laco.apply(tiny.model, 2, processor={})
+    assert not laco.is_patched(tiny.model) and tiny.model.config.image_seq_length == 64
+    assert not tiny.model._forward_pre_hooks and not tiny.model._forward_pre_hooks_with_kwargs
