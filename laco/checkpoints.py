@@ -29,17 +29,24 @@ def apply_from_config(model: nn.Module) -> nn.Module:
 
 
 def load(path: str | Path, **kwargs: Any) -> nn.Module:
-    """Load a vision encoder saved (with ``save_pretrained``) after :func:`apply`, compressors included.
+    """Load a model saved (with ``save_pretrained``) after :func:`apply`, compressors included.
 
-    The pretrained weights load through ``AutoModel.from_pretrained`` (so its key conversions apply), the
-    compression is rebuilt from ``config.laco`` and the compressor weights are read from the same
-    safetensors file(s). Any other mismatch between checkpoint and model is an error.
+    A multimodal LLM of a family laco knows (a ``laco convert`` output, or a stock model saved after
+    ``laco.apply``) loads as that family's LaCo class, which re-applies the compression from
+    ``vision_config.laco`` before its weights load. A vision encoder loads through ``AutoModel.from_pretrained``
+    (so its key conversions apply), the compression is rebuilt from ``config.laco`` and the compressor weights
+    are read from the same safetensors file(s). Any other mismatch between checkpoint and model is an error.
     """
     from safetensors import safe_open
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
+    from .adapters.mllm.models import laco_model_class
+
     path = Path(path)
+    model_class = laco_model_class(AutoConfig.from_pretrained(path).model_type)
+    if model_class is not None:
+        return _load_mllm(path, model_class, **kwargs)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the compressor keys are "unexpected" until apply_from_config; checked below
     try:
@@ -60,6 +67,73 @@ def load(path: str | Path, **kwargs: Any) -> nn.Module:
         )
     model.load_state_dict(saved, strict=False)
     return model.eval()
+
+
+def _load_mllm(path: Path, model_class: type[nn.Module], **kwargs: Any) -> nn.Module:
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a stock model_type loaded as its LaCo class is meant, not a mistake
+    try:
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing {sorted(info['missing_keys'])}, unexpected "
+            f"{sorted(info['unexpected_keys'])}."
+        )
+    return model.eval()
+
+
+def share_key_mapping(model_class: type[nn.Module], like: str) -> None:
+    """Load and save checkpoints of a laco subclass of a stock model with the key mapping ``transformers`` registers
+    for the stock ``model_type`` ``like``.
+
+    ``transformers`` renames checkpoint keys on load (and back on save) by the model's class name or ``model_type``,
+    and skips the stock mappings for classes defined outside it; without one, a stock checkpoint's keys do not meet
+    the subclass's. The mapping is registered under the class name, which takes precedence, and the laco
+    ``model_type``.
+    """
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+
+    mapping = _stock_mapping(like)
+    if mapping is not None:
+        for name in (model_class.__name__, model_class.config_class.model_type):
+            register_checkpoint_conversion_mapping(name, mapping, overwrite=True)
+
+
+def stock_key_mapping(like: str) -> dict[str, str]:
+    """The renames of a stock ``model_type``'s mapping as ``from_pretrained(key_mapping=...)`` takes them."""
+    return {
+        transform.source_patterns[0]: transform.target_patterns[0]
+        for transform in _stock_mapping(like) or ()
+        if len(transform.source_patterns) == len(transform.target_patterns) == 1
+    }
+
+
+def _stock_mapping(like: str) -> list | None:
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    return get_checkpoint_conversion_mapping(like)
+
+
+def saved_keys(path: str | Path) -> set[str]:
+    """The tensor names of a local safetensors checkpoint (empty if ``path`` is not one: a hub id, pickle weights)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_dir():
+        return set()
+    try:
+        files = _safetensors_files(path)
+    except FileNotFoundError:
+        return set()
+    names: set[str] = set()
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            names.update(handle.keys())
+    return names
 
 
 def _safetensors_files(path: Path) -> list[Path]:
