@@ -28,7 +28,7 @@ from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from vllm.config import VllmConfig
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
-from vllm.multimodal.parse import ImageProcessorItems, ImageSize, MultiModalDataItems
+from vllm.multimodal.parse import ImageSize, MultiModalDataItems
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
     BaseMultiModalProcessor,
@@ -127,7 +127,7 @@ class LacoMultiModalProcessor(BaseMultiModalProcessor[LacoProcessingInfo]):
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
-        mm_items.get_items("image", ImageProcessorItems)  # raises a clear error for unsupported image inputs
+        # Called with only the items missing from vLLM's processor cache, possibly none: read nothing from them.
         token = self.info.spec.image_token_id
         return [
             PromptReplacement(modality="image", target=[token], replacement=[token] * self.info.get_num_image_tokens())
