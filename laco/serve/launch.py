@@ -118,17 +118,20 @@ def vllm_server(
     python: str | Path | None = None,
     name: str = "laco",
     max_model_len: int = 1024,
+    dtype: str = "float32",
+    eager: bool = True,
     extra_args: Sequence[str] = (),
     log: str | Path,
     startup_timeout: float = 600,
 ) -> Iterator[Server]:
-    """Run ``vllm serve model_dir`` (float32, eager) on a free local port until the block ends."""
+    """Run ``vllm serve model_dir`` on a free local port until the block ends (float32 and eager by default: what
+    the CPU backend runs, and what makes its answers equal ``laco generate``'s)."""
     python = check_serving(python)
     port = free_port()
     command = [
         str(python.parent / "vllm"), "serve", str(model_dir), "--served-model-name", name,
-        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
-        "--max-model-len", str(max_model_len), *extra_args,
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len", str(max_model_len),
+        *(["--enforce-eager"] if eager else []), *extra_args,
     ]  # fmt: skip
     log = Path(log)
     with log.open("w") as handle:
