@@ -16,6 +16,7 @@ processor caches cannot skip work. The ratios are set next to the FLOP bound of 
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import statistics
@@ -28,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cost import Placement, mllm_flops
+from ..cost import mllm_flops
+from ..placement import Placement
 from .presets import load_preset
 
 VARIANTS = ("laco@1/4", "external")  # measured, then reported as external / laco
@@ -78,7 +80,7 @@ def build_checkpoints(settings: ServingSettings, directory: Path) -> dict[str, P
 
     preset = load_preset(settings.preset)
     depth = preset.encoder.layers
-    placements = {VARIANTS[0]: Placement.of(settings.depth, depth), VARIANTS[1]: Placement.of("external", depth)}
+    placements = {VARIANTS[0]: Placement(settings.depth).resolve(depth), VARIANTS[1]: Placement("last").resolve(depth)}
     paths = {}
     for name, placement in placements.items():
         path = directory / name.replace("@", "-").replace("/", "-")
@@ -99,6 +101,7 @@ def build_checkpoints(settings: ServingSettings, directory: Path) -> dict[str, P
         model.save_pretrained(path)
         processor.save_pretrained(path)
         del model
+        gc.collect()  # laco's hooks and the encoder reference each other: only the cycle collector frees the weights
     return paths
 
 
@@ -159,7 +162,7 @@ def flop_bounds(settings: ServingSettings, prompt_tokens: int) -> dict[str, floa
     preset = load_preset(settings.preset)
     llm = preset.llm if settings.llm_layers is None else preset.llm.with_layers(settings.llm_layers)
     costs = {}
-    for name, spec in zip(VARIANTS, (settings.depth, "external")):
+    for name, spec in zip(VARIANTS, (settings.depth, "last")):
         common = dict(mode="prefill", prompt_tokens=prompt_tokens, answer_tokens=settings.output_tokens)
         prefill = mllm_flops(preset.encoder, llm, spec, **common).total
         decode = mllm_flops(preset.encoder, llm, spec, **{**common, "mode": "decode"}).total

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("laco bench: error: --requests, --rounds and --output-tokens must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out or f"runs/bench-vllm-{time.strftime('%Y%m%d-%H%M%S')}")
+    # A plain SIGTERM would end Python without unwinding, leaving both vLLM servers running: exit through
+    # SystemExit instead, so the servers are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from ..serve.launch import ServeUnavailable
 
     try:

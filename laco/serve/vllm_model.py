@@ -230,7 +230,7 @@ class LacoLlavaForVllm(nn.Module, SupportsMultiModal):
         loaded = AutoWeightsLoader(self).load_weights(
             others(), mapper=self.hf_to_vllm_mapper
         )
-        load_tower_weights(self.vision_tower, tower_weights)
+        self.vision_tower = load_tower(self.vision_tower, tower_weights)
         return loaded | {f"vision_tower.{name}" for name, _ in self.vision_tower.named_parameters()}
 
 
@@ -247,25 +247,37 @@ def build_vision_tower(vision_config) -> nn.Module:
     return tower.eval()
 
 
-def load_tower_weights(tower: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    """Load the tower's saved weights (checkpoint names) into ``tower``, strictly.
+def load_tower(tower: nn.Module, saved: dict[str, torch.Tensor]) -> nn.Module:
+    """The tower rebuilt from its saved weights (checkpoint names), replacing the placeholder ``tower``.
 
     ``save_pretrained`` writes some encoders under their legacy names (DINOv2's ``attention.attention.query``,
-    which transformers 5 loads as ``attention.q_proj``), so the names go through transformers' own loading, which
-    knows every family's renames, as :func:`laco.load` does; the compressors (unknown to transformers) are then
-    taken by name. Any weight missing or left over is an error.
+    which transformers 5 loads as ``attention.q_proj``), so the tower loads through transformers' own
+    ``from_pretrained``, which knows every family's renames, and the compressors (unknown to transformers) are then
+    taken by name, as :func:`laco.load` does. Any weight missing or left over is an error. Replacing the tower
+    rather than copying into it keeps one tower in memory, not two.
     """
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
     config = tower.config
-    reference = MODEL_MAPPING[type(config)].from_pretrained(
-        None, config=config, state_dict=saved, dtype=next(tower.parameters()).dtype
+    reference = next(tower.parameters())
+    loaded, info = MODEL_MAPPING[type(config)].from_pretrained(
+        None,
+        config=config,
+        state_dict=saved,
+        dtype=reference.dtype,
+        attn_implementation=config._attn_implementation,
+        output_loading_info=True,
     )
-    state = reference.state_dict()
-    compressor = {name: tensor for name, tensor in saved.items() if f".{laco_patch.COMPRESSOR_ATTRIBUTE}." in name}
-    missing, unexpected = tower.load_state_dict({**state, **compressor}, strict=False)
+    if getattr(config, laco_patch.CONFIG_ATTRIBUTE, None):
+        apply_from_config(loaded)
+    expected = {name for name in loaded.state_dict() if f".{laco_patch.COMPRESSOR_ATTRIBUTE}." in name}
+    compressors = {name: tensor for name, tensor in saved.items() if name in expected}
+    missing = sorted((set(info["missing_keys"]) - expected) | (expected - set(compressors)))
+    unexpected = sorted(set(info["unexpected_keys"]) - expected)
     if missing or unexpected:
         raise CheckpointError(f"the vision tower's weights do not fit: missing {missing}, unexpected {unexpected}.")
+    loaded.load_state_dict(compressors, strict=False)
+    return loaded.to(reference.device).eval()
 
 
 def _text_architecture(model_type: str) -> str:

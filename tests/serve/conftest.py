@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from laco.evaluate import answer, load_model
-from laco.mllm import CompressionSpec, build_mllm
+from laco import Placement
+from laco.mllm import build_mllm
 from laco.serve.launch import ServeUnavailable, check_serving, repo_root
 
 from tiny_models import COLORS, IMAGE, tiny_encoder, tiny_tokenizer
@@ -45,7 +46,7 @@ def save_tiny_laco(directory: Path, family: str, layers) -> Path:
     tokenizer = tiny_tokenizer()
     llm = tiny_llm_for_vllm(len(tokenizer) + 1)  # room for the <image> token build_mllm adds
     model, processor = build_mllm(
-        tiny_encoder(family), (llm, tokenizer), CompressionSpec(layers=layers), image_size=IMAGE, system_prompt=""
+        tiny_encoder(family), (llm, tokenizer), Placement(layers), image_size=IMAGE, system_prompt=""
     )
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

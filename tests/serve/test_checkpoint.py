@@ -7,7 +7,7 @@ import json
 import pytest
 
 import laco.serve.launch
-from laco.patch import SETTINGS_FORMAT, LacoSettings
+from laco.placement import FORMAT
 from laco.serve import CheckpointError, read_checkpoint
 from laco.serve.launch import cpu_problem, serve_python
 
@@ -48,8 +48,8 @@ def test_refuses_a_checkpoint_without_laco_settings(checkpoint):
 
 
 def test_refuses_settings_from_a_newer_laco(checkpoint):
-    _edit_config(checkpoint, lambda config: config["vision_config"]["laco"].update(format=SETTINGS_FORMAT + 1))
-    with pytest.raises(CheckpointError, match=r"newer laco \(settings format 2; this laco reads format 1"):
+    _edit_config(checkpoint, lambda config: config["vision_config"]["laco"].update(format=FORMAT + 1))
+    with pytest.raises(CheckpointError, match=r"saved in format 2, newer than this laco reads \(1\); upgrade laco"):
         read_checkpoint(checkpoint)
 
 
@@ -71,12 +71,6 @@ def test_refuses_a_missing_processor_file_and_a_foreign_model(checkpoint):
     _edit_config(checkpoint, lambda config: config.update(model_type="llava"))
     with pytest.raises(CheckpointError, match=r"'llava' checkpoint, not a laco one"):
         read_checkpoint(checkpoint)
-
-
-def test_settings_record_their_format():
-    data = LacoSettings((3,)).to_dict()
-    assert data["format"] == SETTINGS_FORMAT
-    assert LacoSettings.from_dict(data) == LacoSettings((3,))
 
 
 def test_serving_environment_problems_are_explained(tmp_path):

@@ -82,7 +82,7 @@ def test_offline_greedy_answers_equal_laco_generate(tmp_path, serving_python, de
         assert result["token_ids"] == expected, f"{name}: vLLM {result['token_ids']} != laco generate {expected}"
     refused_missing, refused_newer = (result.get("error", "") for result in results[len(models) :])
     assert "CheckpointError" in refused_missing and "has no LaCo settings: vision_config.laco is missing" in refused_missing
-    assert "CheckpointError" in refused_newer and "written by a newer laco (settings format 99" in refused_newer
+    assert "CheckpointError" in refused_newer and "saved in format 99, newer than this laco reads" in refused_newer
 
 
 def _chat(server, image_url: str, question: str) -> dict:
