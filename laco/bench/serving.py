@@ -16,7 +16,6 @@ processor caches cannot skip work. The ratios are set next to the FLOP bound of 
 from __future__ import annotations
 
 import base64
-import gc
 import io
 import json
 import statistics
@@ -70,13 +69,12 @@ class ServingResult:
 
 
 def build_checkpoints(settings: ServingSettings, directory: Path) -> dict[str, Path]:
-    """Save one random-weight checkpoint per variant (same seed: same weights but for the merge's place)."""
-    import torch
+    """Save one random-weight checkpoint per variant (same seed: same weights but for the merge's place).
 
-    from ..mllm import LacoProcessor
-    from ..mllm.processing import ImageTransform
-    from .models import build_mllm
-    from .tokenizer import bench_tokenizer
+    Each is built in a child process, so this process never holds a 0.9B-parameter model while the servers run.
+    """
+    import subprocess
+    import sys
 
     preset = load_preset(settings.preset)
     depth = preset.encoder.layers
@@ -85,24 +83,39 @@ def build_checkpoints(settings: ServingSettings, directory: Path) -> dict[str, P
     for name, placement in placements.items():
         path = directory / name.replace("@", "-").replace("/", "-")
         paths[name] = path
-        if (path / "laco_processor.json").exists():
+        if (path / "laco_processor.json").exists() and list(path.glob("*.safetensors")):
             continue  # kept from an earlier run with --keep-models
-        tokenizer = bench_tokenizer()
-        model = build_mllm(
-            preset.encoder, preset.llm, llm_layers=settings.llm_layers, dtype=torch.float32,
-            device=torch.device("cpu"), placement=placement, seed=settings.seed,
-        )  # fmt: skip
-        processor = LacoProcessor(
-            tokenizer, ImageTransform(preset.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), system_prompt=""
-        )
-        processor.num_image_tokens = model.num_image_tokens(preset.resolution)
-        model.config.image_token_index = processor.image_token_id  # the tokenizer's <image>, inside the vocabulary
-        model.config.image_seq_length = processor.num_image_tokens
-        model.save_pretrained(path)
-        processor.save_pretrained(path)
-        del model
-        gc.collect()  # laco's hooks and the encoder reference each other: only the cycle collector frees the weights
+        job = json.dumps({"settings": asdict(settings), "placement": placement.to_dict(), "path": str(path)})
+        code = f"from laco.bench.serving import _build_one; _build_one({job!r})"
+        if subprocess.run([sys.executable, "-c", code]).returncode != 0:
+            raise RuntimeError(f"building the {name} checkpoint failed; see its output above.")
     return paths
+
+
+def _build_one(job: str) -> None:
+    """Build and save one checkpoint (run in a child process by :func:`build_checkpoints`)."""
+    import torch
+
+    from ..mllm import LacoProcessor
+    from ..mllm.processing import ImageTransform
+    from .models import build_mllm
+    from .tokenizer import bench_tokenizer
+
+    data = json.loads(job)
+    settings, placement, path = ServingSettings(**data["settings"]), Placement.from_dict(data["placement"]), data["path"]
+    preset = load_preset(settings.preset)
+    model = build_mllm(
+        preset.encoder, preset.llm, llm_layers=settings.llm_layers, dtype=torch.float32,
+        device=torch.device("cpu"), placement=placement, seed=settings.seed,
+    )  # fmt: skip
+    processor = LacoProcessor(
+        bench_tokenizer(), ImageTransform(preset.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), system_prompt=""
+    )
+    processor.num_image_tokens = model.num_image_tokens(preset.resolution)
+    model.config.image_token_index = processor.image_token_id  # the tokenizer's <image>, inside the vocabulary
+    model.config.image_seq_length = processor.num_image_tokens
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
