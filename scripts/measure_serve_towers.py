@@ -36,14 +36,18 @@ def _vllm_context():
     return set_current_vllm_config(config)
 
 
-def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _interleaved(first, second, reps: int) -> tuple[float, float, float]:
+    """Medians of ``first`` and ``second`` timed alternately (order swapped each round), and of their per-round
+    ratio: on a shared machine the load changes between rounds, a round's pair sees the same load."""
+    first(), second()  # warm-up
+    times = {0: [], 1: []}
+    for rep in range(reps):
+        for index in (0, 1) if rep % 2 == 0 else (1, 0):
+            started = time.perf_counter()
+            (first, second)[index]()
+            times[index].append(time.perf_counter() - started)
+    ratios = [a / b for a, b in zip(times[0], times[1])]
+    return statistics.median(times[0]), statistics.median(times[1]), statistics.median(ratios)
 
 
 def main() -> None:
@@ -76,18 +80,25 @@ def main() -> None:
             for implementation in ("eager", "sdpa"):
                 hf_tower.set_attn_implementation(implementation)
                 laco.apply(hf_tower, layer)
-                laco.apply(vllm_tower, layer, blocks="vision_model.encoder.layers", patch_size=14, hidden_size=geometry.width)
-                for hf_merge, vllm_merge in zip(laco.attached_compressors(hf_tower), laco.attached_compressors(vllm_tower)):
+                laco.apply(
+                    vllm_tower, layer, blocks="vision_model.encoder.layers", patch_size=14, hidden_size=geometry.width
+                )
+                for hf_merge, vllm_merge in zip(
+                    laco.attached_compressors(hf_tower), laco.attached_compressors(vllm_tower)
+                ):
                     vllm_merge.load_state_dict(hf_merge.state_dict())
                 with torch.inference_mode():
                     # LLaVA reads the last hidden state before the post-norm; vLLM's tower without post-norm returns it.
                     hf_out = hf_tower(pixels, output_hidden_states=True).hidden_states[-1]
                     vllm_out = vllm_tower(pixels)
-                    hf_time = _median_time(lambda: hf_tower(pixels, output_hidden_states=True), args.reps)
-                    vllm_time = _median_time(lambda: vllm_tower(pixels), args.reps)
+                    hf_time, vllm_time, ratio = _interleaved(
+                        lambda: hf_tower(pixels, output_hidden_states=True), lambda: vllm_tower(pixels), args.reps
+                    )
+                difference = (hf_out[0] - vllm_out.reshape(hf_out[0].shape)).abs().max()
                 print(
-                    f"{placement:9s} transformers[{implementation}] {hf_time * 1000:7.0f} ms   vLLM tower {vllm_time * 1000:7.0f} ms"
-                    f"   tokens out {hf_out.shape[1]}/{vllm_out.shape[-2]}   max |diff| {(hf_out[0] - vllm_out.reshape(hf_out[0].shape)).abs().max():.2e}",
+                    f"{placement:9s} transformers[{implementation}] {hf_time * 1000:7.0f} ms   vLLM tower "
+                    f"{vllm_time * 1000:7.0f} ms   transformers/vLLM {ratio:.2f} (median of paired rounds)   "
+                    f"tokens out {hf_out.shape[1]}/{vllm_out.shape[-2]}   max |diff| {difference:.2e}",
                     flush=True,
                 )
                 laco.remove(hf_tower)

@@ -102,7 +102,11 @@ def _build_one(job: str) -> None:
     from .tokenizer import bench_tokenizer
 
     data = json.loads(job)
-    settings, placement, path = ServingSettings(**data["settings"]), Placement.from_dict(data["placement"]), data["path"]
+    settings, placement, path = (
+        ServingSettings(**data["settings"]),
+        Placement.from_dict(data["placement"]),
+        data["path"],
+    )
     preset = load_preset(settings.preset)
     model = build_mllm(
         preset.encoder, preset.llm, llm_layers=settings.llm_layers, dtype=torch.float32,
@@ -141,7 +145,10 @@ def chat_request(model: str, url: str, max_tokens: int) -> dict[str, Any]:
         "temperature": 0,
         "messages": [
             {"role": "system", "content": ""},
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}]},
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}],
+            },
         ],
     }
 
@@ -160,7 +167,9 @@ def measure_round(server, urls: list[str], settings: ServingSettings) -> dict[st
     batch = urls[1:]
     started = time.perf_counter()
     with ThreadPoolExecutor(len(batch)) as pool:
-        results = list(pool.map(lambda url: _send(server, chat_request(server.model, url, settings.output_tokens)), batch))
+        results = list(
+            pool.map(lambda url: _send(server, chat_request(server.model, url, settings.output_tokens)), batch)
+        )
     wall = time.perf_counter() - started
     tokens = sum(count for _, count in results)
     return {"ttft_s": ttft, "requests_per_s": len(batch) / wall, "output_tokens_per_s": tokens / wall}
@@ -207,8 +216,13 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
             log = out / f"serve-{name.replace('/', '-')}.log"
             servers[name] = stack.enter_context(
                 vllm_server(
-                    paths[name], python=python, name=name, extra_args=args, log=log,
-                    dtype="float32" if on_cpu else "bfloat16", eager=on_cpu,
+                    paths[name],
+                    python=python,
+                    name=name,
+                    extra_args=args,
+                    log=log,
+                    dtype="float32" if on_cpu else "bfloat16",
+                    eager=on_cpu,
                 )  # fmt: skip
             )
         for index in range(settings.warmup + settings.rounds):
@@ -240,8 +254,12 @@ def _commit() -> str | None:
     from ..serve.launch import repo_root
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(), capture_output=True, text=True)
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(), capture_output=True, text=True
+        )
     except OSError:
         return None
     return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if commit.returncode == 0 else None

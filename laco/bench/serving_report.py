@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda with a CUDA build of vLLM in --serve-python")
     parser.add_argument("--serve-python", default=None, help="Python of the vLLM environment (default .venv-serve)")
     parser.add_argument("--keep-models", action="store_true", help="keep the saved checkpoints for another run")
-    parser.add_argument("--out", default=None, help="directory for serving.json/.md/.png (default runs/bench-vllm-<time>)")
+    parser.add_argument(
+        "--out", default=None, help="directory for serving.json/.md/.png (default runs/bench-vllm-<time>)"
+    )
     return parser
 
 
@@ -123,5 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table, summary = format_table(result), format_summary(result)
     (out / "serving.md").write_text(f"{table}\n\n{summary}\n")
     print(f"\n{table}\n\n{summary}\n")
-    print(f"files: {write_json(result, out / 'serving.json')}, {write_plot(result, out / 'serving.png')}, {out / 'serving.md'}")
+    print(
+        f"files: {write_json(result, out / 'serving.json')}, {write_plot(result, out / 'serving.png')}, {out / 'serving.md'}"
+    )
     return 0

@@ -23,4 +23,12 @@ def register() -> None:
         ModelRegistry.register_model(ARCHITECTURE, VLLM_MODEL)
 
 
-__all__ = ["ARCHITECTURE", "VLLM_MODEL", "CheckpointError", "ServeSpec", "placeholder_count", "read_checkpoint", "register"]
+__all__ = [
+    "ARCHITECTURE",
+    "VLLM_MODEL",
+    "CheckpointError",
+    "ServeSpec",
+    "placeholder_count",
+    "read_checkpoint",
+    "register",
+]

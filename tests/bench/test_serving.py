@@ -36,7 +36,15 @@ def test_table_sets_ratios_next_to_bounds():
         VARIANTS[0]: {"ttft_s": 2.0, "requests_per_s": 0.5, "output_tokens_per_s": 8.0},
         VARIANTS[1]: {"ttft_s": 4.0, "requests_per_s": 0.25, "output_tokens_per_s": 4.0},
     }
-    result = ServingResult({}, {}, 196, 20, medians=medians, ratios={"ttft": 2.0, "requests_per_s": 2.0, "output_tokens_per_s": 2.0}, bounds={"ttft": 2.5, "requests_per_s": 2.0, "output_tokens_per_s": 2.0})
+    result = ServingResult(
+        {},
+        {},
+        196,
+        20,
+        medians=medians,
+        ratios={"ttft": 2.0, "requests_per_s": 2.0, "output_tokens_per_s": 2.0},
+        bounds={"ttft": 2.5, "requests_per_s": 2.0, "output_tokens_per_s": 2.0},
+    )
     table = format_table(result)
     assert "| TTFT (s) | 2.000 | 4.000 | **2.00x** | 2.50x | 0.80 |" in table
 

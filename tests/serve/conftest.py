@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from laco.evaluate import answer, load_model
 from laco import Placement
+from laco.evaluate import answer, load_model
 from laco.mllm import build_mllm
 from laco.serve.launch import ServeUnavailable, check_serving, repo_root
 

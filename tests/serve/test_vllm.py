@@ -81,7 +81,10 @@ def test_offline_greedy_answers_equal_laco_generate(tmp_path, serving_python, de
         expected = laco_generate(models[name], requests[name], MAX_TOKENS)
         assert result["token_ids"] == expected, f"{name}: vLLM {result['token_ids']} != laco generate {expected}"
     refused_missing, refused_newer = (result.get("error", "") for result in results[len(models) :])
-    assert "CheckpointError" in refused_missing and "has no LaCo settings: vision_config.laco is missing" in refused_missing
+    assert (
+        "CheckpointError" in refused_missing
+        and "has no LaCo settings: vision_config.laco is missing" in refused_missing
+    )
     assert "CheckpointError" in refused_newer and "saved in format 99, newer than this laco reads" in refused_newer
 
 
