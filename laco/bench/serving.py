@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -98,7 +99,7 @@ def _build_one(job: str) -> None:
 
     from ..mllm import LacoProcessor
     from ..mllm.processing import ImageTransform
-    from .models import build_mllm
+    from .models import random_mllm
     from .tokenizer import bench_tokenizer
 
     data = json.loads(job)
@@ -108,7 +109,7 @@ def _build_one(job: str) -> None:
         data["path"],
     )
     preset = load_preset(settings.preset)
-    model = build_mllm(
+    model = random_mllm(
         preset.encoder, preset.llm, llm_layers=settings.llm_layers, dtype=torch.float32,
         device=torch.device("cpu"), placement=placement, seed=settings.seed,
     )  # fmt: skip
@@ -198,14 +199,16 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
     import torch
 
     from ..serve.launch import check_serving, vllm_server
-    from .runner import describe_machine
+    from .machine import Machine
 
     python = check_serving(settings.serve_python)  # fail before minutes of model building
     out.mkdir(parents=True, exist_ok=True)
     paths = build_checkpoints(settings, out / "models")
     preset = load_preset(settings.preset)
     spec = json.loads((paths[VARIANTS[0]] / "laco_processor.json").read_text())
-    machine = dict(describe_machine(torch.device(settings.device)), commit=_commit(), vllm=_vllm_version(python))
+    machine = Machine.describe(torch.device(settings.device)).to_dict()
+    # Other processes share the CPU with the servers; the load average says how busy the machine was.
+    machine.update(commit=_commit(), vllm=_vllm_version(python), load_average_start=os.getloadavg())
     result = ServingResult(asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths))
     result.bounds = flop_bounds(settings, result.prompt_tokens)
     args = ["--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", str(settings.requests)]
@@ -239,6 +242,7 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
                     print(f"{label:8s} {name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
             if index >= settings.warmup:
                 result.order.append(order)
+    result.machine["load_average_end"] = os.getloadavg()
     _summarise(result)
     if not settings.keep_models:
         for path in paths.values():
