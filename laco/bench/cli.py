@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     for setting in fields(BenchSettings):
         _settings_option(parser, setting)
     parser.add_argument(
+        "--engine",
+        choices=["torch", "vllm"],
+        default="torch",
+        help="torch: time the model in this process; vllm: LaCo vs external served by vLLM (see --engine vllm --help)",
+    )
+    parser.add_argument(
         "--out", default=None, help="directory for bench.json and bench.png (default runs/bench-<preset>-<time>)"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
@@ -69,11 +75,25 @@ def _error(error: Exception) -> int:
     return 2
 
 
+def _engine(argv: list[str]) -> str:
+    for index, arg in enumerate(argv):
+        if arg.startswith("--engine="):
+            return arg.split("=", 1)[1]
+        if arg == "--engine" and index + 1 < len(argv):
+            return argv[index + 1]
+    return "torch"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: ``laco bench [options]``; returns the exit status."""
     from . import run_benchmark
     from .sweep import compare
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _engine(argv) == "vllm":  # a serving benchmark has its own options (laco.bench.serving_report)
+        from .serving_report import main as serving_main
+
+        return serving_main(argv)
     args = build_parser().parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.list_presets:
