@@ -11,6 +11,26 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--limit 0`` and ``--jobs 0`` were silently ignored before)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a whole number >= {low}")
+    return value
+
+
 DEFAULT_RUN_HELP = (
     "Without --config, the embedded default: DINOv2-S (offline weights) + SmolLM2-135M-Instruct, LaCo at 1/4 "
     "depth, stage 1 (merge + projector) then stage 2 (+ LLM) on easy-VQA, evaluated on its test split."
@@ -43,9 +63,14 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--llm", help="causal LM: 'smollm2-135m' (offline) or a hub id / local path")
     parser.add_argument("--train-json", help="LLaVA conversation JSON to train on (with --image-folder)")
     parser.add_argument("--image-folder", help="folder the JSON's 'image' paths are relative to")
-    parser.add_argument("--limit", type=int, help="use only the first N usable training records")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N usable training records")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    parser.add_argument(
+        "--force-config",
+        action="store_true",
+        help="continue a run even though this config changes its result (refused otherwise; logged in the run)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 4 steps per stage on 64 records, 32 eval questions"
     )
@@ -71,7 +96,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides += ["data.dataset=llava", f"data.train_json={args.train_json}"]
     if args.image_folder:
         overrides.append(f"data.image_folder={args.image_folder}")
-    if args.limit:
+    if args.limit is not None:
         overrides.append(f"data.limit={args.limit}")
     if args.strict:
         overrides.append("data.strict=true")
@@ -86,7 +111,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .train import train
 
     config = load_config(args.config, _train_overrides(args))
-    summary = train(config)
+    summary = train(config, force_config=args.force_config)
     print("\ntraining summary")
     for stage in summary["stages"]:
         print(
@@ -95,11 +120,12 @@ def _run_train(args: argparse.Namespace) -> int:
         )
     final = Path(config.output_dir) / "final"
     print(f"  model: {final}")
-    if not args.no_eval and config.data.dataset == "easy-vqa":
+    if not args.no_eval and (config.data.dataset == "easy-vqa" or config.data.eval_json):
         result = _evaluate(final, config, config.eval.batch_size, config.eval.max_new_tokens)
         result.to_json(final.parent / "eval.json")
         print(f"  eval ({config.eval.split}): {result.summary()}")
-        _print_answer_types(result)
+        if config.data.dataset == "easy-vqa":
+            _print_answer_types(result)
     return 0
 
 
@@ -135,9 +161,10 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--split", default="test", help="easy-VQA split to score (when --eval-json is not given)")
     parser.add_argument("--eval-json", help="LLaVA JSON to score instead of easy-VQA (single-turn records)")
     parser.add_argument("--image-folder", help="image folder for --eval-json")
-    parser.add_argument("--limit", type=int, default=1000, help="score the first N questions (0: all)")
-    parser.add_argument("--batch-size", type=int, default=32, help="questions per generate call")
-    parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit")
+    parser.add_argument("--limit", type=non_negative_int, default=1000, help="score the first N questions (0: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="questions per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=8, help="answer length limit")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     parser.add_argument("--output", type=Path, help="write the result (with every prediction) to this JSON file")
     parser.set_defaults(handler=_run_eval)
 
@@ -146,6 +173,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .config import load_config
 
     overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}"]
+    if args.strict:
+        overrides.append("data.strict=true")
+    if args.output is not None:  # before the evaluation, not after it: a bad path must not cost the whole run
+        _prepare_output(args.output)
     if args.eval_json:
         if not args.image_folder:
             raise SystemExit("--eval-json needs --image-folder")
@@ -164,6 +195,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_output(path: Path) -> None:
+    """Create the parent folder of an output file and check it can be written, before any work is done."""
+    if path.is_dir():
+        raise SystemExit(f"--output {path} is a directory; name a JSON file, e.g. {path / 'eval.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"cannot write --output {path}: {error}") from None
+
+
 def _add_generate(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
@@ -173,19 +217,22 @@ def _add_generate(subparsers) -> None:
     parser.add_argument("--model", type=Path, required=True, help="a model directory written by laco train")
     parser.add_argument("--image", type=Path, required=True, help="the image file")
     parser.add_argument("--prompt", required=True, help="the question")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer length limit")
     parser.set_defaults(handler=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from .data.images import ImageProblem, load_rgb
     from .evaluate import answer, load_model
 
     if not args.image.exists():
         raise SystemExit(f"image {args.image} not found")
+    try:
+        image = load_rgb(args.image)  # the reader training uses: pixel budget, 16-bit images scaled
+    except ImageProblem as problem:
+        raise SystemExit(str(problem)) from None
     model, processor = load_model(args.model)
-    print(answer(model, processor, [Image.open(args.image).convert("RGB")], [args.prompt], args.max_new_tokens)[0])
+    print(answer(model, processor, [image], [args.prompt], args.max_new_tokens)[0])
     return 0
 
 

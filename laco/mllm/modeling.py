@@ -10,6 +10,7 @@ compressors' weights (safetensors) and settings (config.json), and ``from_pretra
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
+from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, LlavaConfig, LlavaForConditionalGeneration
 
 from .. import patch as laco_patch
@@ -37,6 +38,14 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if getattr(config.vision_config, laco_patch.CONFIG_ATTRIBUTE, None):
             apply_from_config(tower)
         self._check_feature_layer()
+        # No padding row in the LLM's embedding, whatever the config says. The Trainer copies the tokenizer's pad id
+        # (the EOS token for most chat LLMs) into the saved config, and nn.Embedding(padding_idx=EOS) would freeze
+        # the EOS row of a model loaded from that config but not of the one build_mllm assembled: a run resumed
+        # from a saved stage would train differently. Padded positions are masked (attention mask, labels), so no
+        # model needs the row; padding_idx only changes gradients, never a forward pass.
+        embeddings = self.get_input_embeddings()
+        if isinstance(embeddings, nn.Embedding):
+            embeddings.padding_idx = None
 
     @property
     def vision_tower(self):

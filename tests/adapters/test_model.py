@@ -3,10 +3,11 @@ restored, and a failing install leaves the model untouched."""
 
 import pytest
 import torch
-from tiny_models import tiny_encoder
 
 import laco
 from laco.adapters import MODEL_ADAPTERS, ModelAdapter, find_adapter, register_model_adapter
+
+from tiny_models import tiny_encoder
 
 
 class Wrapper(torch.nn.Module):
