@@ -305,17 +305,35 @@ def _save_final(trainer: LacoTrainer, processor: LacoProcessor, final: Path, sum
     ``save_model`` writes FSDP's sharded format instead, which ``laco eval`` cannot read). A kill at any point
     leaves no marker, so a rerun saves the stage again from its last checkpoint.
     """
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None  # a collective
     if trainer.is_world_process_zero():
         if final.exists():
             shutil.rmtree(final)  # what an interrupted save left
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(final, state_dict=state_dict)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if sharded:
+            model = _unsharded(model, state_dict)
+        model.save_pretrained(final)
         # the final model directory holds safetensors and JSON only: no pickled training arguments
         atomic_write_text(final / "training_args.json", trainer.args.to_json_string())
         processor.save_pretrained(final)
         atomic_write_text(final / DONE_MARKER, json.dumps(summary, indent=2) + "\n")
     del state_dict
     trainer.accelerator.wait_for_everyone()
+
+
+def _unsharded(model: LacoLlavaForConditionalGeneration, state_dict: dict[str, torch.Tensor]):
+    """A plain copy of a sharded ``model`` holding the gathered ``state_dict`` (built on the meta device, no copy).
+
+    ``save_pretrained`` on the sharded model itself would touch its DTensor parameters (to find tied weights) from
+    rank 0 alone, a collective the other ranks never join: the run hangs. Loading strictly also proves the gathered
+    weights are the whole model.
+    """
+    with torch.device("meta"):
+        plain = type(model)(model.config)
+    plain.load_state_dict(state_dict, strict=True, assign=True)
+    plain.tie_weights()
+    return plain
 
 
 def _publish_final(output: Path, config: RunConfig, summaries: list[dict[str, Any]]) -> None:

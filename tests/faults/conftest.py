@@ -1,0 +1,46 @@
+"""Fixtures of the fault suite: tiny model parts, and one uninterrupted reference run every fault is compared with.
+
+Tests marked ``slow`` here (the costlier kill points) run only with ``LACO_SLOW=1``; the default run keeps a
+representative subset (a SIGKILL in stage 2 and between the stages, a full disk, every damaged-file case).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from laco.cli import main
+
+from faults.runs import write_run_config
+from tiny_models import save_tiny_parts, write_color_dataset
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("LACO_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="a slow kill point: LACO_SLOW=1 runs it")
+    for item in items:
+        if item.get_closest_marker("slow") and HERE in Path(item.fspath).parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def parts(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
+    """(vision dir, LLM dir, LLaVA JSON, image folder) of tiny random models and a learnable colour dataset."""
+    directory = tmp_path_factory.mktemp("tiny-parts")
+    vision, llm = save_tiny_parts(directory)
+    data_json, images = write_color_dataset(directory / "data", count=32)
+    return vision, llm, data_json, images
+
+
+@pytest.fixture(scope="session")
+def reference(parts, tmp_path_factory) -> Path:
+    """An uninterrupted `laco train` (+ evaluation) of the fault tests' config: the run every other must equal."""
+    directory = tmp_path_factory.mktemp("reference")
+    config = write_run_config(directory / "run.yaml", parts, directory / "run")
+    assert main(["train", "--config", str(config)]) == 0
+    return directory / "run"
