@@ -266,7 +266,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return importlib.import_module(f"laco.{argv[0]}").main(argv[1:]) or 0
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except _refusals() as refusal:
+        # a refusal is the answer, not a crash: its message names the problem and the fix, without a traceback
+        raise SystemExit(f"laco {args.command}: {refusal}") from None
+
+
+def _refusals() -> tuple[type[Exception], ...]:
+    """Errors that refuse a request before (or instead of) doing the wrong thing."""
+    from .checkpoints import CheckpointMismatch
+    from .data.llava import DataError
+    from .train.resume import ConfigMismatch, RunDirectoryBusy
+
+    return (CheckpointMismatch, ConfigMismatch, DataError, RunDirectoryBusy)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 
 from laco.cli import main
 
-from faults.runs import write_run_config
+from faults.runs import crash_run, write_run_config
 from tiny_models import save_tiny_parts, write_color_dataset
 
 HERE = Path(__file__).parent
@@ -44,3 +44,9 @@ def reference(parts, tmp_path_factory) -> Path:
     config = write_run_config(directory / "run.yaml", parts, directory / "run")
     assert main(["train", "--config", str(config)]) == 0
     return directory / "run"
+
+
+@pytest.fixture(scope="session")
+def crashed(parts, tmp_path_factory) -> Path:
+    """A run stopped in stage 2 after its checkpoint-4 (checkpoints 2 and 4 on disk); copy it before changing it."""
+    return crash_run(parts, tmp_path_factory.mktemp("crashed")).parent

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+
+from laco.cli import main
+from laco.train.trainer import LacoTrainer
 
 REPO = Path(__file__).resolve().parents[2]
 KILL_AT = Path(__file__).with_name("kill_at.py")
@@ -99,3 +104,33 @@ def kill_at(target: str, call: int, *laco_args: str, timeout: float = 600) -> su
         + process.stderr[-3000:]
     )
     return process
+
+
+CRASH_AT_STAGE2_STEP5 = STEPS[0] + 5  # stage 2's checkpoints 2 and 4 are on disk
+
+
+def crash_run(parts, directory: Path, step_call: int = CRASH_AT_STAGE2_STEP5) -> Path:
+    """A run that stopped with an error at training step call ``step_call``; returns its config file."""
+    config = write_run_config(directory / "run.yaml", parts, directory / "run")
+    original, calls = LacoTrainer.training_step, 0
+
+    def crash(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == step_call:
+            raise RuntimeError("simulated crash")
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LacoTrainer, "training_step", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            main(["train", "--config", str(config), "--no-eval"])
+    return config
+
+
+def copy_of(crashed: Path, tmp_path: Path) -> Path:
+    """A copy of the crashed run (its config pointing at the copy); returns the copy's config file."""
+    shutil.copytree(crashed / "run", tmp_path / "run")
+    config = tmp_path / "run.yaml"
+    config.write_text((crashed / "run.yaml").read_text().replace(str(crashed / "run"), str(tmp_path / "run")))
+    return config
