@@ -32,6 +32,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint whose tensors do not fit the model its config describes."""
 
 
+class UnsafeWeights(ValueError):
+    """Weights offered only as pickle files, which laco refuses to load."""
+
+
 def refuse_pickle(path: str | Path) -> None:
     """Refuse a local model directory whose weights exist only as pickle files (hub ids are left to the loader)."""
     path = Path(path)
@@ -39,7 +43,7 @@ def refuse_pickle(path: str | Path) -> None:
         return
     pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ValueError(
+        raise UnsafeWeights(
             f"{path} holds its weights only as pickle file(s) {pickles}; laco loads safetensors only, because "
             "unpickling a file can run arbitrary code. If you trust the file, convert it once: "
             f"`AutoModel.from_pretrained('{path}').save_pretrained('{path}-safetensors')` (transformers writes "

@@ -275,11 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _refusals() -> tuple[type[Exception], ...]:
     """Errors that refuse a request before (or instead of) doing the wrong thing."""
-    from .checkpoints import CheckpointMismatch
+    from .checkpoints import CheckpointMismatch, UnsafeWeights
     from .data.llava import DataError
     from .train.resume import ConfigMismatch, RunDirectoryBusy
 
-    return (CheckpointMismatch, ConfigMismatch, DataError, RunDirectoryBusy)
+    return (CheckpointMismatch, ConfigMismatch, DataError, RunDirectoryBusy, UnsafeWeights)
 
 
 if __name__ == "__main__":

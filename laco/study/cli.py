@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import positive_int
 from . import run_study
 from .grid import QUICK, load_study_config
 from .report import write_report
@@ -23,11 +24,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the CI subset (configs/study/quick.yaml settings)")
     parser.add_argument("--output-dir", help="where cells, features, tables and plots go")
     parser.add_argument("--tasks", help="comma-separated: easyvqa-shape, mnist, easyvqa-color")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--steps", type=int, help="training steps per cell")
-    parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
+    parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    parser.add_argument("--steps", type=positive_int, help="training steps per cell")
+    parser.add_argument("--threads", type=positive_int, help="torch threads in all (default: every usable core)")
     parser.add_argument(
-        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
+        "--jobs", type=positive_int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
     )
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
     parser.add_argument(
@@ -45,17 +46,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides.update(QUICK)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
-    if args.tasks:
-        overrides["tasks"] = args.tasks.split(",")
-    if args.seeds:
+    if args.tasks is not None:
+        overrides["tasks"] = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    if args.seeds is not None:
         overrides["seeds"] = list(range(args.seeds))
-    if args.steps:
+    if args.steps is not None:
         overrides["steps"] = args.steps
-    if args.threads:
+    if args.threads is not None:
         overrides["threads"] = args.threads
-    if args.jobs:
+    if args.jobs is not None:
         overrides["jobs"] = args.jobs
-    config = load_study_config(args.config, overrides)
+    try:
+        config = load_study_config(args.config, overrides)
+    except ValueError as error:  # refused before any work: say why, without a traceback
+        parser.error(str(error))
     variants = config.variants()
     if args.list:
         for variant in variants:
