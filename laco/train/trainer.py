@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments, set_seed
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from ..atomic import atomic_write_text
 from ..checkpoints import from_pretrained_strict
@@ -311,9 +312,7 @@ def _save_final(trainer: LacoTrainer, processor: LacoProcessor, final: Path, sum
         if final.exists():
             shutil.rmtree(final)  # what an interrupted save left
         model = trainer.accelerator.unwrap_model(trainer.model)
-        if sharded:
-            model = _unsharded(model, state_dict)
-        model.save_pretrained(final)
+        model.save_pretrained(final, state_dict=_untied(model, state_dict) if sharded else None)
         # the final model directory holds safetensors and JSON only: no pickled training arguments
         atomic_write_text(final / "training_args.json", trainer.args.to_json_string())
         processor.save_pretrained(final)
@@ -322,18 +321,16 @@ def _save_final(trainer: LacoTrainer, processor: LacoProcessor, final: Path, sum
     trainer.accelerator.wait_for_everyone()
 
 
-def _unsharded(model: LacoLlavaForConditionalGeneration, state_dict: dict[str, torch.Tensor]):
-    """A plain copy of a sharded ``model`` holding the gathered ``state_dict`` (built on the meta device, no copy).
+def _untied(model: LacoLlavaForConditionalGeneration, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the copies that gathering made of tied weights (a tied LLM's LM head).
 
-    ``save_pretrained`` on the sharded model itself would touch its DTensor parameters (to find tied weights) from
-    rank 0 alone, a collective the other ranks never join: the run hangs. Loading strictly also proves the gathered
-    weights are the whole model.
+    ``save_pretrained`` recognises tied weights by shared storage, which gathered copies no longer have; it would
+    save the LM head twice, and the final model would differ in its keys from one trained in a single process.
     """
-    with torch.device("meta"):
-        plain = type(model)(model.config)
-    plain.load_state_dict(state_dict, strict=True, assign=True)
-    plain.tie_weights()
-    return plain
+    for tied, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
+        if tied in state_dict and source in state_dict:
+            del state_dict[tied]
+    return state_dict
 
 
 def _publish_final(output: Path, config: RunConfig, summaries: list[dict[str, Any]]) -> None:
@@ -367,6 +364,9 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
     if finished:
         source = output / finished[-1].name / FINAL
         logger.info("starting from finished stage %s", source)
+        # Built whole, and its Trainer shards it. Under DeepSpeed ZeRO-3 the last stage's Trainer left transformers
+        # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
+        unset_hf_deepspeed_config()
         model = from_pretrained_strict(LacoLlavaForConditionalGeneration, source)
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
