@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 from laco.cli import main
 from laco.train.checkpoints import MANIFEST, checkpoint_problem, last_complete_checkpoint, prune
@@ -33,6 +34,17 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(
     assert main(["train", "--config", str(config), "--no-eval"]) == 0
     assert (stage2 / "incomplete-checkpoint-4" / damaged).exists(), "kept aside for inspection, not deleted"
     assert_same_model(tmp_path / "run" / "final", reference / "final")
+
+
+def test_a_checkpoint_whose_weights_miss_tensors_is_refused_not_resumed_from(crashed: Path, tmp_path: Path) -> None:
+    # The Trainer's own loader warned "missing keys" and went on: stage 2 resumed with the stage-1 LLM.
+    config = copy_of(crashed, tmp_path)
+    checkpoint = tmp_path / "run" / "stage2" / "checkpoint-4"
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "layers.1." not in k}, checkpoint / "model.safetensors")
+    (checkpoint / MANIFEST).unlink()  # as an older laco wrote it: the structure is sound, the content is not
+    with pytest.raises(SystemExit, match=r"missing: .*language_model.*layers\.1\."):
+        main(["train", "--config", str(config), "--no-eval"])
 
 
 def test_a_checkpoint_written_before_manifests_is_checked_by_structure(crashed: Path, tmp_path: Path) -> None:

@@ -100,3 +100,13 @@ def test_a_full_disk_then_a_rerun_with_space_gives_the_same_model(
             main(["train", "--config", str(config)])
     assert main(["train", "--config", str(config)]) == 0
     _assert_same_run(tmp_path / "run", reference)
+
+
+def test_a_reloaded_stage_trains_like_the_one_in_memory(reference: Path) -> None:
+    """The Trainer writes the tokenizer's pad id (EOS) into the saved config; a model loaded from it must not get an
+    embedding padding row (which freezes EOS's embedding) that the model assembled in memory never had."""
+    from laco.evaluate import load_model
+
+    model, processor = load_model(reference / "stage1" / "final")
+    assert model.config.text_config.pad_token_id == processor.tokenizer.eos_token_id
+    assert model.get_input_embeddings().padding_idx is None

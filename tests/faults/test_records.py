@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from laco import Placement
@@ -24,6 +25,8 @@ from laco.cli import main
 from laco.data import DataError, LlavaDataset, MultimodalCollator, SkipReason
 from laco.data.images import load_rgb
 from laco.mllm import build_mllm
+
+from faults.runs import run_config
 
 
 def _turns(*turns: tuple[str, str]) -> list[dict[str, str]]:
@@ -183,3 +186,15 @@ def test_eval_skips_what_training_skips_and_scores_the_rest(reference: Path, hos
     assert sorted(p["id"] for p in scored["predictions"]) == ["good", "sixteen-bit"]  # multi-turn: not scorable
     with pytest.raises(SystemExit, match="tag-after-last-answer"):
         main(["eval", "--model", str(reference / "final"), "--strict", *arguments])
+
+
+def test_training_on_hostile_records_runs_past_its_first_batches(parts, hostile_files, tmp_path: Path) -> None:
+    # these records used to pass the check (even with --strict) and kill training at the first batch, every rerun
+    vision, llm, _, _ = parts
+    json_path, folder = hostile_files
+    config = run_config(parts, tmp_path / "run", data={"train_json": str(json_path), "image_folder": str(folder)})
+    for stage in config["stages"]:
+        stage.update(max_steps=2, batch_size=3)  # every usable record in every batch
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    with pytest.warns(UserWarning, match="7 skipped"):
+        assert main(["train", "--config", str(tmp_path / "run.yaml"), "--no-eval"]) == 0
