@@ -1,4 +1,6 @@
-"""Training checkpoints that can always be resumed from: sealed when complete, checked before use, never the only copy.
+"""What a run leaves on disk, written so a rerun can always continue: checkpoints and each stage's final model.
+
+Checkpoints can always be resumed from: sealed when complete, checked before use, never the only copy.
 
 The ``Trainer`` writes a checkpoint as many files (weights, optimizer, scheduler, RNG states, ``trainer_state.json``)
 over several seconds, so a kill, a full disk or a crash can leave any of them missing or cut short. Resuming from
@@ -14,6 +16,9 @@ such a checkpoint either crashes on every rerun or, worse, continues from half-w
 
 Checkpoints written before manifests existed (no :data:`MANIFEST`) are accepted when ``trainer_state.json`` exists
 and every file passes the structural checks.
+
+A stage's ``final/`` counts as done once its marker (:data:`DONE_MARKER`) is written, atomically and last
+(:func:`save_stage_final`); the run's ``final/`` is replaced in one rename (:func:`publish_final`).
 """
 
 from __future__ import annotations
@@ -24,16 +29,24 @@ import shutil
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import torch
+from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import atomic_write_text
 
+if TYPE_CHECKING:
+    from ..config import RunConfig
+    from ..mllm import LacoLlavaForConditionalGeneration, LacoProcessor
+
 logger = logging.getLogger(__name__)
 
 MANIFEST = "laco-checkpoint.json"
+FINAL = "final"
+DONE_MARKER = "laco-stage-done.json"
 KEEP = 2
 """Complete checkpoints kept per stage: the newest, and one to fall back to if the newest is found damaged."""
 
@@ -185,3 +198,71 @@ def prune(stage_dir: Path, keep: int = KEEP) -> None:
             shutil.rmtree(checkpoint, ignore_errors=True)
         elif checkpoint is found[0] or checkpoint_problem(checkpoint) is None:
             complete += 1
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Stage outputs
+
+
+def stage_done(directory: Path) -> bool:
+    """Whether the stage finished: its ``final/`` holds the marker, written (atomically) after everything else."""
+    marker = directory / FINAL / DONE_MARKER
+    try:
+        return isinstance(json.loads(marker.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def save_stage_final(trainer: Trainer, processor: "LacoProcessor", final: Path, summary: dict[str, Any]) -> None:
+    """Write a stage's ``final/`` (safetensors + processor) and, last, the marker that says the stage is done.
+
+    Every process takes part: under FSDP and ZeRO-3 the full weights exist only once gathered (the Trainer's
+    ``save_model`` writes FSDP's sharded format instead, which ``laco eval`` cannot read). A kill at any point
+    leaves no marker, so a rerun saves the stage again from its last checkpoint.
+    """
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None  # a collective
+    if trainer.is_world_process_zero():
+        if final.exists():
+            shutil.rmtree(final)  # what an interrupted save left
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(final, state_dict=_untied(model, state_dict) if sharded else None)
+        # the final model directory holds safetensors and JSON only: no pickled training arguments
+        atomic_write_text(final / "training_args.json", trainer.args.to_json_string())
+        processor.save_pretrained(final)
+        atomic_write_text(final / DONE_MARKER, json.dumps(summary, indent=2) + "\n")
+    del state_dict
+    trainer.accelerator.wait_for_everyone()
+
+
+def _untied(model: "LacoLlavaForConditionalGeneration", state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the copies that gathering made of tied weights (a tied LLM's LM head).
+
+    ``save_pretrained`` recognises tied weights by shared storage, which gathered copies no longer have; it would
+    save the LM head twice, and the final model would differ in its keys from one trained in a single process.
+    """
+    for tied, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
+        if tied in state_dict and source in state_dict:
+            del state_dict[tied]
+    return state_dict
+
+
+def publish_final(output: Path, config: "RunConfig", summaries: list[dict[str, Any]]) -> None:
+    """Copy the last stage's model to ``final/`` (replaced in one rename) and write ``summary.json``."""
+    staging = output / ".final.tmp"
+    if staging.exists():
+        shutil.rmtree(staging)
+    shutil.copytree(output / config.stages[-1].name / FINAL, staging)
+    final = output / FINAL
+    if final.exists():
+        shutil.rmtree(final)
+    staging.rename(final)
+    atomic_write_text(output / "summary.json", json.dumps({"name": config.name, "stages": summaries}, indent=2) + "\n")
+
+
+def previous_summaries(output: Path) -> list[dict[str, Any]]:
+    summaries = []
+    for marker in sorted(output.glob(f"*/{FINAL}/{DONE_MARKER}")):
+        if marker.parent.parent != output and stage_done(marker.parent.parent):
+            summaries.append(json.loads(marker.read_text()))
+    return summaries

@@ -26,11 +26,9 @@ would not be, lives in :mod:`laco.train.checkpoints` (sealed, checked checkpoint
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,7 +39,6 @@ from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from ..atomic import atomic_write_text
 from ..checkpoints import from_pretrained_strict
 from ..config import RunConfig
 from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, llava_dataset
@@ -52,14 +49,19 @@ from ..mllm import (
     resolve_attn_implementation,
 )
 from ..mllm.loss import answer_loss
-from .checkpoints import last_complete_checkpoint, prune, seal
+from .checkpoints import (
+    last_complete_checkpoint,
+    previous_summaries,
+    prune,
+    publish_final,
+    save_stage_final,
+    seal,
+    stage_done,
+)
 from .freezing import count_parameters, part_parameters, set_trainable
 from .resume import RunLock, accept_config
 
 logger = logging.getLogger(__name__)
-
-FINAL = "final"
-DONE_MARKER = "laco-stage-done.json"
 
 
 @dataclass
@@ -208,15 +210,6 @@ def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> Tr
     )
 
 
-def _stage_done(directory: Path) -> bool:
-    """Whether the stage finished: its ``final/`` holds the marker, written (atomically) after everything else."""
-    marker = directory / FINAL / DONE_MARKER
-    try:
-        return isinstance(json.loads(marker.read_text()), dict)
-    except (OSError, ValueError):
-        return False
-
-
 def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False) -> dict[str, Any]:
     """Run every stage of ``config`` (resuming a previous run in the same ``output_dir``); returns the summary.
 
@@ -235,9 +228,9 @@ def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False)
         dataset = llava_dataset(config.data, "train", processor, limit=config.data.limit, progress=not quiet)
         if not quiet:
             print(f"data: {dataset.report.summary()}")
-        summaries: list[dict[str, Any]] = _previous_summaries(output)
+        summaries: list[dict[str, Any]] = previous_summaries(output)
         for index, stage in enumerate(config.stages):
-            if _stage_done(output / stage.name):
+            if stage_done(output / stage.name):
                 continue
             if model is None:  # the previous stage just finished: start from its final/, as a rerun would
                 model, _ = _model_for_next_stage(config, output)
@@ -246,7 +239,7 @@ def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False)
             gc.collect()  # the finished stage's model, optimizer and gradients
             summaries = [s for s in summaries if s["name"] != stage.name] + [summary]
         if _is_main_process():
-            _publish_final(output, config, summaries)
+            publish_final(output, config, summaries)
     return {"name": config.name, "output_dir": str(output), "stages": summaries}
 
 
@@ -295,55 +288,8 @@ def _train_stage(
         images=trainer.images_seen,
         world_size=trainer.args.world_size,
     )
-    _save_final(trainer, processor, stage_dir / FINAL, asdict(summary))
+    save_stage_final(trainer, processor, stage_dir / "final", asdict(summary))
     return asdict(summary)
-
-
-def _save_final(trainer: LacoTrainer, processor: LacoProcessor, final: Path, summary: dict[str, Any]) -> None:
-    """Write a stage's ``final/`` (safetensors + processor) and, last, the marker that says the stage is done.
-
-    Every process takes part: under FSDP and ZeRO-3 the full weights exist only once gathered (the Trainer's
-    ``save_model`` writes FSDP's sharded format instead, which ``laco eval`` cannot read). A kill at any point
-    leaves no marker, so a rerun saves the stage again from its last checkpoint.
-    """
-    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None  # a collective
-    if trainer.is_world_process_zero():
-        if final.exists():
-            shutil.rmtree(final)  # what an interrupted save left
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        model.save_pretrained(final, state_dict=_untied(model, state_dict) if sharded else None)
-        # the final model directory holds safetensors and JSON only: no pickled training arguments
-        atomic_write_text(final / "training_args.json", trainer.args.to_json_string())
-        processor.save_pretrained(final)
-        atomic_write_text(final / DONE_MARKER, json.dumps(summary, indent=2) + "\n")
-    del state_dict
-    trainer.accelerator.wait_for_everyone()
-
-
-def _untied(model: LacoLlavaForConditionalGeneration, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the copies that gathering made of tied weights (a tied LLM's LM head).
-
-    ``save_pretrained`` recognises tied weights by shared storage, which gathered copies no longer have; it would
-    save the LM head twice, and the final model would differ in its keys from one trained in a single process.
-    """
-    for tied, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
-        if tied in state_dict and source in state_dict:
-            del state_dict[tied]
-    return state_dict
-
-
-def _publish_final(output: Path, config: RunConfig, summaries: list[dict[str, Any]]) -> None:
-    """Copy the last stage's model to ``final/`` (replaced in one rename) and write ``summary.json``."""
-    staging = output / ".final.tmp"
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(output / config.stages[-1].name / FINAL, staging)
-    final = output / FINAL
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
-    atomic_write_text(output / "summary.json", json.dumps({"name": config.name, "stages": summaries}, indent=2) + "\n")
 
 
 def _check_world_size(trainer: Trainer) -> None:
@@ -360,9 +306,9 @@ def _check_world_size(trainer: Trainer) -> None:
 
 def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
     """The model the first unfinished stage starts from: the last finished stage's, or a freshly assembled one."""
-    finished = [s for s in config.stages if _stage_done(output / s.name)]
+    finished = [s for s in config.stages if stage_done(output / s.name)]
     if finished:
-        source = output / finished[-1].name / FINAL
+        source = output / finished[-1].name / "final"
         logger.info("starting from finished stage %s", source)
         # Built whole, and its Trainer shards it. Under DeepSpeed ZeRO-3 the last stage's Trainer left transformers
         # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
@@ -380,14 +326,6 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         attn_implementation=spec.attn_implementation,
     )
     return model, processor
-
-
-def _previous_summaries(output: Path) -> list[dict[str, Any]]:
-    summaries = []
-    for marker in sorted(output.glob(f"*/{FINAL}/{DONE_MARKER}")):
-        if marker.parent.parent != output and _stage_done(marker.parent.parent):
-            summaries.append(json.loads(marker.read_text()))
-    return summaries
 
 
 def _last_logged_loss(trainer: Trainer) -> float:
