@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+from .. import patch as laco_patch
+from ..adapters import resolve_encoder
 from ..checkpoints import from_pretrained_strict
 from ..config import RunConfig
 from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, llava_dataset
@@ -49,6 +51,7 @@ from ..mllm import (
     resolve_attn_implementation,
 )
 from ..mllm.loss import answer_loss
+from ..placement import Placement
 from .checkpoints import (
     last_complete_checkpoint,
     previous_summaries,
@@ -59,7 +62,7 @@ from .checkpoints import (
     stage_done,
 )
 from .freezing import count_parameters, part_parameters, set_trainable
-from .resume import RunLock, accept_config
+from .resume import ConfigMismatch, RunLock, accept_config
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +317,7 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
         unset_hf_deepspeed_config()
         model = from_pretrained_strict(LacoLlavaForConditionalGeneration, source)
+        _check_placement(model, config, source)
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
     spec = config.model
@@ -326,6 +330,22 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         attn_implementation=spec.attn_implementation,
     )
     return model, processor
+
+
+def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path) -> None:
+    """A finished stage's model carries its own compression; a config asking for another would be ignored."""
+    tower = model.model.vision_tower
+    saved = laco_patch.placement_of(tower) or Placement()
+    _, adapter = resolve_encoder(tower)
+    wanted = config.model.compression.resolve(len(adapter.blocks(tower)))
+    if wanted.mode == "auto":  # the adapter chose the mode when the model was built
+        wanted = replace(wanted, mode=saved.mode)
+    if saved.to_dict() != wanted.to_dict():
+        raise ConfigMismatch(
+            f"the finished stage in {source} was trained with compression {saved.label()} ({saved.to_dict()}), the "
+            f"config asks for {wanted.label()}; a finished stage's model cannot change (not even with "
+            "--force-config). Train the new compression into a new --output-dir."
+        )
 
 
 def _last_logged_loss(trainer: Trainer) -> float:

@@ -90,3 +90,10 @@ def test_harmless_keys_are_what_a_rerun_may_change() -> None:
         assert not is_harmless(key), key
     assert not is_harmless("training.precision"), "keys added later change the result until listed"
     assert "eval" in HARMLESS
+
+
+def test_force_config_cannot_change_the_model_of_a_finished_stage(crashed: Path, tmp_path: Path) -> None:
+    # before, --layers 1 after a kill dropped the trained compressor and trained a new one with the old optimizer
+    config = copy_of(crashed, tmp_path)
+    with pytest.raises(SystemExit, match=r"trained with compression laco@2 .*asks for laco@1.*new --output-dir"):
+        main(["train", "--config", str(config), "--layers", "1", "--force-config"])
