@@ -3,11 +3,17 @@
 A patched model records its placement as ``config.laco`` (see :func:`laco.apply`), so ``save_pretrained`` writes
 the settings next to the compressors' weights (safetensors, under the blocks they follow) and these functions
 rebuild both.
+
+Every load is strict (:func:`from_pretrained_strict`): a checkpoint whose tensors do not fit the model its config
+describes (missing, unexpected or mis-shaped, e.g. a compressor saved after another layer) is refused, naming the
+keys, rather than loaded with random tensors in the gaps. Weights are read from safetensors only: a pickle file
+(``.bin``, ``.pt``) can run arbitrary code when loaded, so laco never unpickles one.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,78 @@ from torch import nn
 from .adapters import resolve_encoder
 from .patch import COMPRESSOR_ATTRIBUTE, CONFIG_ATTRIBUTE, apply
 from .placement import Placement
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_SHOWN_KEYS = 8
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose tensors do not fit the model its config describes."""
+
+
+class UnsafeWeights(ValueError):
+    """Weights offered only as pickle files, which laco refuses to load."""
+
+
+def refuse_pickle(path: str | Path) -> None:
+    """Refuse a local model directory whose weights exist only as pickle files (hub ids are left to the loader)."""
+    path = Path(path)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise UnsafeWeights(
+            f"{path} holds its weights only as pickle file(s) {pickles}; laco loads safetensors only, because "
+            "unpickling a file can run arbitrary code. If you trust the file, convert it once: "
+            f"`AutoModel.from_pretrained('{path}').save_pretrained('{path}-safetensors')` (transformers writes "
+            "safetensors), and load that directory."
+        )
+
+
+def check_loading_info(info: dict[str, Any], path: str | Path, *, ignore: Callable[[str], bool] | None = None) -> None:
+    """Raise :class:`CheckpointMismatch` if transformers' ``output_loading_info`` reports any mismatch."""
+    keep = (lambda key: not ignore(key)) if ignore is not None else (lambda key: True)
+    problems = []
+    for kind, label in (
+        ("missing_keys", "missing"),
+        ("unexpected_keys", "unexpected"),
+        ("mismatched_keys", "mis-shaped"),
+    ):
+        keys = sorted(str(key if isinstance(key, str) else key[0]) for key in info.get(kind) or ())
+        keys = [key for key in keys if keep(key)]
+        if keys:
+            shown = ", ".join(keys[:_SHOWN_KEYS]) + (f", ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else "")
+            problems.append(f"{label}: {shown}")
+    problems += [str(message) for message in info.get("error_msgs") or ()]
+    if problems:
+        raise CheckpointMismatch(
+            f"the weights in {path} do not fit the model its config.json describes ("
+            + "; ".join(problems)
+            + "); loading them would leave tensors at random. Point at the directory laco saved for this config "
+            "(a run's final/), or fix config.json (e.g. vision_config.laco.layers) to match the weights."
+        )
+
+
+def from_pretrained_strict(cls: Any, path: str | Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path)`` from safetensors only, refusing any missing, unexpected or mis-shaped tensor."""
+    from transformers.utils import logging as hf_logging
+
+    refuse_pickle(path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers prints its load report and carries on; we raise instead
+    try:
+        model, info = cls.from_pretrained(path, use_safetensors=True, output_loading_info=True, **kwargs)
+    except RuntimeError as error:
+        if "mismatched_sizes" not in str(error) and "size mismatch" not in str(error):
+            raise
+        raise CheckpointMismatch(
+            f"the weights in {path} do not fit the model its config.json describes: a tensor has another shape "
+            f"({error}). Point at the directory laco saved for this config."
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    check_loading_info(info, path)
+    return model
 
 
 def apply_from_config(model: nn.Module) -> nn.Module:
@@ -44,13 +122,14 @@ def load(path: str | Path, **kwargs: Any) -> nn.Module:
     from .adapters.mllm.models import laco_model_class
 
     path = Path(path)
+    refuse_pickle(path)
     model_class = laco_model_class(AutoConfig.from_pretrained(path).model_type)
     if model_class is not None:
         return _load_mllm(path, model_class, **kwargs)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the compressor keys are "unexpected" until apply_from_config; checked below
     try:
-        model, info = AutoModel.from_pretrained(path, output_loading_info=True, **kwargs)
+        model, info = AutoModel.from_pretrained(path, output_loading_info=True, use_safetensors=True, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
     apply_from_config(model)
@@ -62,7 +141,7 @@ def load(path: str | Path, **kwargs: Any) -> nn.Module:
     other_unexpected = sorted(set(info["unexpected_keys"]) - expected)
     missing = sorted((set(info["missing_keys"]) - expected) | (expected - set(saved)))
     if missing or other_unexpected:
-        raise ValueError(
+        raise CheckpointMismatch(
             f"checkpoint {path} does not match the model: missing {missing}, unexpected {other_unexpected}."
         )
     model.load_state_dict(saved, strict=False)
@@ -70,20 +149,8 @@ def load(path: str | Path, **kwargs: Any) -> nn.Module:
 
 
 def _load_mllm(path: Path, model_class: type[nn.Module], **kwargs: Any) -> nn.Module:
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a stock model_type loaded as its LaCo class is meant, not a mistake
-    try:
-        model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if info["missing_keys"] or info["unexpected_keys"]:
-        raise ValueError(
-            f"checkpoint {path} does not match the model: missing {sorted(info['missing_keys'])}, unexpected "
-            f"{sorted(info['unexpected_keys'])}."
-        )
-    return model.eval()
+    # a stock model_type loaded as its LaCo class is meant, not a mistake; any tensor that does not fit is one
+    return from_pretrained_strict(model_class, path, **kwargs).eval()
 
 
 def share_key_mapping(model_class: type[nn.Module], like: str) -> None:

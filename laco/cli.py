@@ -13,6 +13,26 @@ from pathlib import Path
 
 from .precision import PRECISIONS
 
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--limit 0`` and ``--jobs 0`` were silently ignored before)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: use a whole number >= {low}")
+    return value
+
+
 DEFAULT_RUN_HELP = (
     "Without --config, the embedded default: DINOv2-S (offline weights) + SmolLM2-135M-Instruct, LaCo at 1/4 "
     "depth, stage 1 (merge + projector) then stage 2 (+ LLM) on easy-VQA, evaluated on its test split."
@@ -45,7 +65,7 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--llm", help="causal LM: 'smollm2-135m' (offline) or a hub id / local path")
     parser.add_argument("--train-json", help="LLaVA conversation JSON to train on (with --image-folder)")
     parser.add_argument("--image-folder", help="folder the JSON's 'image' paths are relative to")
-    parser.add_argument("--limit", type=int, help="use only the first N usable training records")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N usable training records")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     parser.add_argument(
         "--precision", choices=PRECISIONS, help="auto (bf16 where the hardware has it, else fp32), bf16, fp16 or fp32"
@@ -55,6 +75,11 @@ def _add_train(subparsers) -> None:
         "--seeds",
         type=_seed_list,
         help="train and score one run per seed (e.g. 0,1,2) under OUTPUT_DIR/seed<N>; mean ± std in OUTPUT_DIR/seeds.json",
+    )
+    parser.add_argument(
+        "--force-config",
+        action="store_true",
+        help="continue a run even though this config changes its result (refused otherwise; logged in the run)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 4 steps per stage on 64 records, 32 eval questions"
@@ -81,7 +106,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides += ["data.dataset=llava", f"data.train_json={args.train_json}"]
     if args.image_folder:
         overrides.append(f"data.image_folder={args.image_folder}")
-    if args.limit:
+    if args.limit is not None:
         overrides.append(f"data.limit={args.limit}")
     if args.strict:
         overrides.append("data.strict=true")
@@ -98,16 +123,16 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, _train_overrides(args))
     if args.seeds is not None:
-        return _run_seeds(config, args.seeds)
-    _train_and_evaluate(config, evaluate=not args.no_eval)
+        return _run_seeds(config, args.seeds, force_config=args.force_config)
+    _train_and_evaluate(config, evaluate=not args.no_eval, force_config=args.force_config)
     return 0
 
 
-def _train_and_evaluate(config, evaluate: bool):
+def _train_and_evaluate(config, evaluate: bool, force_config: bool = False):
     """Train ``config``, print its summary and (on easy-VQA) score it; returns (summary, eval result or None)."""
     from .train import train
 
-    summary = train(config)
+    summary = train(config, force_config=force_config)
     print("\ntraining summary")
     for stage in summary["stages"]:
         print(
@@ -121,7 +146,8 @@ def _train_and_evaluate(config, evaluate: bool):
     result = _evaluate(final, config, config.eval.batch_size, config.eval.max_new_tokens)
     result.to_json(final.parent / "eval.json")
     print(f"  eval ({config.eval.split}): {result.summary()}")
-    _print_answer_types(result)
+    if config.data.dataset == "easy-vqa":
+        _print_answer_types(result)
     return summary, result
 
 
@@ -129,7 +155,7 @@ def _has_eval_split(config) -> bool:
     return config.data.dataset == "easy-vqa" or bool(config.data.eval_json)
 
 
-def _run_seeds(config, seeds: list[int]) -> int:
+def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
     """One run per seed under ``output_dir/seed<N>``, each recorded in ``output_dir/seeds.json`` when it ends."""
     import dataclasses
     import json
@@ -146,7 +172,7 @@ def _run_seeds(config, seeds: list[int]) -> int:
         run = dataclasses.replace(config, seed=seed, output_dir=str(seed_dir(config.output_dir, seed)))
         print(f"\n=== seed {seed}: {run.output_dir} ===")
         started = time.perf_counter()
-        summary, result = _train_and_evaluate(run, evaluate=True)
+        summary, result = _train_and_evaluate(run, evaluate=True, force_config=force_config)
         wall = time.perf_counter() - started
         model_config = json.loads((Path(run.output_dir) / "final" / "config.json").read_text())
         record = SeedRecord(
@@ -207,9 +233,10 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--split", default="test", help="easy-VQA split to score (when --eval-json is not given)")
     parser.add_argument("--eval-json", help="LLaVA JSON to score instead of easy-VQA (single-turn records)")
     parser.add_argument("--image-folder", help="image folder for --eval-json")
-    parser.add_argument("--limit", type=int, default=1000, help="score the first N questions (0: all)")
-    parser.add_argument("--batch-size", type=int, default=32, help="questions per generate call")
-    parser.add_argument("--max-new-tokens", type=int, default=8, help="answer length limit")
+    parser.add_argument("--limit", type=non_negative_int, default=1000, help="score the first N questions (0: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="questions per generate call")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=8, help="answer length limit")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad record instead of skipping it")
     parser.add_argument(
         "--output",
         type=Path,
@@ -273,6 +300,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .config import load_config
 
     overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}", f"eval.precision={args.precision}"]
+    if args.strict:
+        overrides.append("data.strict=true")
+    if args.output is not None:  # before the evaluation, not after it: a bad path must not cost the whole run
+        _prepare_output(args.output)
     if args.eval_json:
         if not args.image_folder:
             raise SystemExit("--eval-json needs --image-folder")
@@ -291,6 +322,19 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_output(path: Path) -> None:
+    """Create the parent folder of an output file and check it can be written, before any work is done."""
+    if path.is_dir():
+        raise SystemExit(f"--output {path} is a directory; name a JSON file, e.g. {path / 'eval.json'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.with_name(f".{path.name}.probe")
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise SystemExit(f"cannot write --output {path}: {error}") from None
+
+
 def _add_generate(subparsers) -> None:
     parser = subparsers.add_parser(
         "generate",
@@ -300,20 +344,23 @@ def _add_generate(subparsers) -> None:
     parser.add_argument("--model", type=Path, required=True, help="a model directory written by laco train")
     parser.add_argument("--image", type=Path, required=True, help="the image file")
     parser.add_argument("--prompt", required=True, help="the question")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32, help="answer length limit")
     _add_precision(parser)
     parser.set_defaults(handler=_run_generate)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from .data.images import ImageProblem, load_rgb
     from .evaluate import answer, load_model
 
     if not args.image.exists():
         raise SystemExit(f"image {args.image} not found")
+    try:
+        image = load_rgb(args.image)  # the reader training uses: pixel budget, 16-bit images scaled
+    except ImageProblem as problem:
+        raise SystemExit(str(problem)) from None
     model, processor = load_model(args.model, precision=args.precision)
-    print(answer(model, processor, [Image.open(args.image).convert("RGB")], [args.prompt], args.max_new_tokens)[0])
+    print(answer(model, processor, [image], [args.prompt], args.max_new_tokens)[0])
     return 0
 
 
@@ -416,7 +463,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return importlib.import_module(f"laco.{argv[0]}").main(argv[1:]) or 0
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except _refusals() as refusal:
+        # a refusal is the answer, not a crash: its message names the problem and the fix, without a traceback
+        raise SystemExit(f"laco {args.command}: {refusal}") from None
+
+
+def _refusals() -> tuple[type[Exception], ...]:
+    """Errors that refuse a request before (or instead of) doing the wrong thing."""
+    from .checkpoints import CheckpointMismatch, UnsafeWeights
+    from .data.llava import DataError
+    from .train.resume import ConfigMismatch, RunDirectoryBusy
+
+    return (CheckpointMismatch, ConfigMismatch, DataError, RunDirectoryBusy, UnsafeWeights)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ checkpoint (uncompressed until :func:`laco.apply`), renaming its keys as stock L
 from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
+from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, LlavaConfig, LlavaForConditionalGeneration
 
 from .. import patch as laco_patch
@@ -39,6 +40,14 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         super().__init__(config)
         if getattr(config.vision_config, laco_patch.CONFIG_ATTRIBUTE, None):
             apply_from_config(self)
+        # No padding row in the LLM's embedding, whatever the config says. The Trainer copies the tokenizer's pad id
+        # (the EOS token for most chat LLMs) into the saved config, and nn.Embedding(padding_idx=EOS) would freeze
+        # the EOS row of a model loaded from that config but not of the one build_mllm assembled: a run resumed
+        # from a saved stage would train differently. Padded positions are masked (attention mask, labels), so no
+        # model needs the row; padding_idx only changes gradients, never a forward pass.
+        embeddings = self.get_input_embeddings()
+        if isinstance(embeddings, nn.Embedding):
+            embeddings.padding_idx = None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import positive_int
 from ..precision import PRECISIONS
 from . import run_study
 from .grid import QUICK, load_study_config
@@ -26,11 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="the CI subset (configs/study/quick.yaml settings)")
     parser.add_argument("--output-dir", help="where cells, features, tables and plots go")
     parser.add_argument("--tasks", help="comma-separated: easyvqa-shape, mnist, easyvqa-color")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--steps", type=int, help="training steps per cell")
-    parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
+    parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    parser.add_argument("--steps", type=positive_int, help="training steps per cell")
+    parser.add_argument("--threads", type=positive_int, help="torch threads in all (default: every usable core)")
     parser.add_argument(
-        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
+        "--jobs", type=positive_int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
     )
     parser.add_argument(
         "--precision", choices=PRECISIONS, help="cells' autocast: auto (bf16 where the CPU has it natively, else fp32)"
@@ -59,15 +60,15 @@ def _overrides(args: argparse.Namespace) -> dict:
         overrides.update(QUICK)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
-    if args.tasks:
-        overrides["tasks"] = args.tasks.split(",")
-    if args.seeds:
+    if args.tasks is not None:
+        overrides["tasks"] = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    if args.seeds is not None:
         overrides["seeds"] = list(range(args.seeds))
-    if args.steps:
+    if args.steps is not None:
         overrides["steps"] = args.steps
-    if args.threads:
+    if args.threads is not None:
         overrides["threads"] = args.threads
-    if args.jobs:
+    if args.jobs is not None:
         overrides["jobs"] = args.jobs
     if args.precision:
         overrides["precision"] = args.precision
@@ -75,8 +76,12 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = load_study_config(args.config, _overrides(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_study_config(args.config, _overrides(args))
+    except ValueError as error:  # refused before any work: say why, without a traceback
+        parser.error(str(error))
     if args.list:
         variants = config.variants()
         for variant in variants:
