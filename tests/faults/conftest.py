@@ -1,5 +1,4 @@
-"""Fixtures of the fault suite: tiny model parts, and one uninterrupted reference run every fault is compared with.
-"""
+"""Fixtures of the fault suite: tiny model parts, and one uninterrupted reference run every fault is compared with."""
 
 from __future__ import annotations
 
