@@ -4,11 +4,14 @@
 >>> laco.apply(vision_model, layer="1/4")      # LaCo's patch merge after a quarter of the layers
 >>> laco.num_tokens(vision_model)              # tokens per image, for sizing image placeholders
 >>> laco.remove(vision_model)                  # back to the original, bit for bit
+>>> laco.apply(mllm, "1/4", processor=processor)  # a whole LLaVA / InternVL / Idefics3 / Gemma3 ... and its processor
+>>> laco.convert("llava-dir", "laco-dir", "1/4")  # a LaCo checkpoint that AutoModelForImageTextToText reloads
 """
 
 from . import compressors, functional
 from .checkpoints import apply_from_config, load
 from .compressors import PatchMerge, TokenCompressor, build
+from .convert import convert  # also registers the LaCo model types of the retrofitted MLLM families
 from .patch import (
     apply,
     is_patched,
@@ -31,6 +34,7 @@ __all__ = [
     "attached_compressors",
     "build",
     "compressors",
+    "convert",
     "functional",
     "is_patched",
     "load",

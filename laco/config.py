@@ -8,17 +8,22 @@ Unknown keys are errors that list the accepted ones, so a typo never silently fa
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
 from .placement import Placement
+from .precision import normalize as normalize_precision
 
 T = TypeVar("T")
 
 TRAINABLE_PARTS = ("compressor", "projector", "llm", "vision_after_merge", "vision")
+# Keys an older config may still use, and what replaced them (named in the error instead of a bare "unknown key").
+RENAMED = {"bf16": "precision: auto | bf16 | fp16 | fp32 (auto picks bf16 only where the hardware has it)"}
 
 
 @dataclass
@@ -42,6 +47,11 @@ class DataConfig:
     max_length: int = 256
     limit: int | None = None
     strict: bool = False
+    # Image paths in the JSON must stay inside image_folder (no "../", no absolute paths) unless this is true.
+    allow_outside_image_folder: bool = False
+    # Images above this many pixels are skipped as bad records (decoding a 10000 x 10000 PNG costs ~1 GB and ~10 s;
+    # training resizes every image to image_size anyway). 50 megapixels admits any camera photo.
+    max_image_pixels: int = 50_000_000
 
 
 @dataclass
@@ -64,7 +74,8 @@ class StageConfig:
 
 @dataclass
 class TrainingConfig:
-    bf16: bool = True
+    # auto: bf16 autocast where the hardware multiplies bf16 natively (see laco.precision), float32 elsewhere
+    precision: str = "auto"
     logging_steps: int = 10
     save_steps: int = 50
     gradient_checkpointing: bool = False
@@ -74,6 +85,7 @@ class TrainingConfig:
 
 @dataclass
 class EvalConfig:
+    precision: str = "auto"  # the dtype the model answers in (see laco.precision)
     split: str = "test"
     limit: int | None = 1000
     batch_size: int = 32
@@ -108,34 +120,68 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "RunConfig":
+        """Check values that have the right type but cannot run; every message names the key and the fix."""
         if not self.stages:
             raise ValueError("a run needs at least one stage under 'stages'.")
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}.")
-        for stage in self.stages:
-            unknown = sorted(set(stage.trainable) - set(TRAINABLE_PARTS))
-            if unknown:
-                raise ValueError(
-                    f"stage {stage.name!r}: unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}."
-                )
-            if not 0.0 <= stage.answer_balance <= 1.0:
-                raise ValueError(
-                    f"stage {stage.name!r}: answer_balance must lie in [0, 1], got {stage.answer_balance}."
-                )
-            unknown = sorted(set(stage.part_learning_rates) - set(TRAINABLE_PARTS))
-            if unknown:
-                raise ValueError(f"stage {stage.name!r}: part_learning_rates for unknown part(s) {unknown}.")
-            if stage.max_steps < 1 or stage.batch_size < 1 or stage.grad_accum < 1:
-                raise ValueError(f"stage {stage.name!r}: max_steps, batch_size and grad_accum must be >= 1.")
+        for index, stage in enumerate(self.stages):
+            _validate_stage(stage, f"stages.{index}")
+        for where, value in (("training.precision", self.training.precision), ("eval.precision", self.eval.precision)):
+            try:
+                normalize_precision(value)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
         if self.data.dataset not in ("easy-vqa", "llava"):
             raise ValueError(f"data.dataset must be 'easy-vqa' or 'llava', got {self.data.dataset!r}.")
         if self.data.dataset == "llava" and not (self.data.train_json and self.data.image_folder):
             raise ValueError("data.dataset='llava' needs data.train_json and data.image_folder.")
+        _at_least(1, "data.max_length", self.data.max_length)
+        _at_least(1, "data.limit", self.data.limit, optional=True)
+        _at_least(1, "data.max_image_pixels", self.data.max_image_pixels)
+        _at_least(1, "model.image_size", self.model.image_size, optional=True)
+        _at_least(1, "training.logging_steps", self.training.logging_steps)
+        _at_least(1, "training.save_steps", self.training.save_steps)
+        _at_least(0, "training.dataloader_num_workers", self.training.dataloader_num_workers)
+        _at_least(1, "training.threads", self.training.threads, optional=True)
+        _at_least(1, "eval.limit", self.eval.limit, optional=True)
+        _at_least(1, "eval.batch_size", self.eval.batch_size)
+        _at_least(1, "eval.max_new_tokens", self.eval.max_new_tokens)
         return self
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+def _validate_stage(stage: StageConfig, where: str) -> None:
+    unknown = sorted(set(stage.trainable) - set(TRAINABLE_PARTS))
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}.")
+    if not 0.0 <= stage.answer_balance <= 1.0:
+        raise ValueError(f"stage {stage.name!r}: answer_balance must lie in [0, 1], got {stage.answer_balance}.")
+    unknown = sorted(set(stage.part_learning_rates) - set(TRAINABLE_PARTS))
+    if unknown:
+        raise ValueError(f"stage {stage.name!r}: part_learning_rates for unknown part(s) {unknown}.")
+    if stage.max_steps < 1 or stage.batch_size < 1 or stage.grad_accum < 1:
+        raise ValueError(f"stage {stage.name!r}: max_steps, batch_size and grad_accum must be >= 1.")
+    for part, rate in {"": stage.learning_rate, **stage.part_learning_rates}.items():
+        if rate <= 0:
+            key = f"{where}.part_learning_rates.{part}" if part else f"{where}.learning_rate"
+            raise ValueError(f"{key} must be a positive learning rate such as 2e-4, got {rate}.")
+    _at_least(0, f"{where}.weight_decay", stage.weight_decay)
+    if not 0.0 <= stage.warmup_ratio <= 1.0:
+        raise ValueError(
+            f"{where}.warmup_ratio must lie in [0, 1] (a fraction of max_steps), got {stage.warmup_ratio}."
+        )
+
+
+def _at_least(low: int, key: str, value: float | None, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if value is None or value < low:
+        hint = " (or null for no limit)" if optional else ""
+        raise ValueError(f"{key} must be >= {low}{hint}, got {value!r}.")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -148,8 +194,10 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
+    renamed = [f"{key} is now {RENAMED[key]}" for key in unknown if key in RENAMED]
     if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}; accepted: {sorted(names)}.")
+        hint = f" ({'; '.join(renamed)})" if renamed else ""
+        raise ValueError(f"unknown key(s) {unknown} in {where or cls.__name__}{hint}; accepted: {sorted(names)}.")
     values = {}
     for name, value in data.items():
         values[name] = _convert(hints[name], value, f"{where}.{name}" if where else name)
@@ -181,12 +229,67 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: {error}") from None
     if dataclasses.is_dataclass(hint) and isinstance(value, dict):
         return from_dict(hint, value, where)
-    if get_origin(hint) is list:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [option for option in get_args(hint) if option is not type(None)]
+        if value is None:
+            return None
+        if len(options) == 1:
+            return _convert(options[0], value, where)
+        return value
+    if origin is list:
         (item,) = get_args(hint)
         if not isinstance(value, list):
             raise ValueError(f"{where} must be a list, got {value!r}.")
-        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_convert(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = get_args(hint)
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a mapping, got {value!r}.")
+        return {str(key): _convert(item, v, f"{where}.{key}") for key, v in value.items()}
+    if hint in _SCALARS:
+        return _SCALARS[hint](value, where)
     return value
+
+
+def _to_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"{where} must be true or false, got {value!r}.")
+
+
+def _to_int(value: Any, where: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"{where} must be a whole number, got {value!r}.")
+
+
+def _to_float(value: Any, where: str) -> float:
+    # YAML 1.1 (what PyYAML reads) takes 1e-3 without a decimal point for a string: accept any number spelled out.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError(f"{where} must be a number such as 2e-4, got {value!r}.") from None
+    else:
+        raise ValueError(f"{where} must be a number such as 2e-4, got {value!r}.")
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be a finite number, got {value!r}.")
+    return number
+
+
+def _to_str(value: Any, where: str) -> str:
+    # YAML reads a bare 2024 as a number; as a name or a path it means the text.
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{where} must be text, got {value!r}.")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -203,29 +306,48 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
-    """``model.compression.layers=1/2`` or ``stages.0.max_steps=10``: values are parsed as YAML scalars."""
+    """``model.compression.layers=1/2`` or ``stages.0.max_steps=10``: values are parsed as YAML scalars.
+
+    Types are checked afterwards, against the dataclass fields (:func:`from_dict`).
+    """
     if "=" not in override:
         raise ValueError(f"override {override!r} must look like key.path=value, e.g. stages.0.max_steps=10.")
     key, raw = override.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else None
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {override!r}: cannot read the value {raw!r} ({error}).") from None
     parts = key.strip().split(".")
     node: Any = data
-    for index, part in enumerate(parts[:-1]):
-        following_is_index = parts[index + 1].isdigit()
+    try:
+        for index, part in enumerate(parts[:-1]):
+            following_is_index = parts[index + 1].isdigit()
+            if isinstance(node, list):
+                node = node[_list_index(node, part)]
+                continue
+            if not isinstance(node, dict):
+                raise ValueError(f"{'.'.join(parts[:index])} is a value, not a section")
+            if part not in node:
+                if part == "stages":
+                    node[part] = [dataclasses.asdict(stage) for stage in _default_stages()]
+                else:
+                    node[part] = [] if following_is_index else {}
+            node = node[part]
+        last = parts[-1]
         if isinstance(node, list):
-            node = node[int(part)]
-            continue
-        if part not in node:
-            if part == "stages":
-                node[part] = [dataclasses.asdict(stage) for stage in _default_stages()]
-            else:
-                node[part] = [] if following_is_index else {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            node[_list_index(node, last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ValueError(f"{'.'.join(parts[:-1])} is a value, not a section")
+    except ValueError as error:
+        raise ValueError(f"override {override!r}: {error}.") from None
+
+
+def _list_index(items: list[Any], part: str) -> int:
+    if not part.isdigit() or int(part) >= len(items):
+        raise ValueError(f"{part!r} is not an index of a list of {len(items)} (0..{len(items) - 1})")
+    return int(part)
 
 
 def dump_config(config: RunConfig, path: str | Path) -> None:

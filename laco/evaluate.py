@@ -15,7 +15,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write_text
+from .checkpoints import from_pretrained_strict
+from .data.images import load_rgb
 from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation
+from .precision import choose as choose_precision
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -63,20 +67,26 @@ class EvalResult:
         data = asdict(self)
         if not include_predictions:
             data.pop("predictions")
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def load_model(
     directory: str | Path,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    precision: str = "fp32",
     attn_implementation: str = "auto",
 ):
-    """A trained model and its processor from a checkpoint directory written by ``laco train``."""
+    """A trained model and its processor from a checkpoint directory written by ``laco train``.
+
+    ``precision`` (see :mod:`laco.precision`) is the dtype the weights are loaded in: ``auto`` is bf16 where the
+    device multiplies it natively and float32 elsewhere.
+    """
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory} has no config.json; point --model at a run's final/ directory.")
-    model = LacoLlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+    dtype = choose_precision(precision, device).dtype
+    # strict: weights that do not fit the config (a missing compressor, one saved after another layer) are refused
+    model = from_pretrained_strict(LacoLlavaForConditionalGeneration, directory, dtype=dtype).to(device).eval()
     model.set_attn_implementation(resolve_attn_implementation(attn_implementation))
     return model, LacoProcessor.from_pretrained(directory)
 
@@ -142,7 +152,7 @@ def evaluate(
     batches = range(0, len(examples), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         batch = examples[start : start + batch_size]
-        images = [Image.open(path).convert("RGB") for _, path, _, _ in batch]
+        images = [load_rgb(path, max_pixels=None) for _, path, _, _ in batch]  # checked with the dataset
         outputs = answer(model, processor, images, [question for _, _, question, _ in batch], max_new_tokens)
         for offset, ((example_id, _, question, reference), output) in enumerate(zip(batch, outputs)):
             predictions.append(

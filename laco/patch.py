@@ -103,7 +103,9 @@ def apply(
 
     Args:
         model: a supported Hugging Face vision encoder (SigLIP, CLIP, DINOv2, AIMv2, InternViT), a model that
-            holds one (``CLIPModel``, ``SiglipModel``, LLaVA-style), or any ViT described by ``blocks=``.
+            holds one (``CLIPModel``, ``SiglipModel``), a whole MLLM of a family laco knows (LLaVA, LLaVA-NeXT,
+            LLaVA-OneVision, InternVL, Idefics3, SmolVLM, Gemma3: :mod:`laco.adapters.mllm`), or any ViT described
+            by ``blocks=``.
         layer: a :class:`~laco.placement.Placement`, or after which block(s): an int k (1..L), a fraction of
             depth (0.25, ``"1/4"``), ``"last"``, or a list.
         method: a compressor name from :func:`laco.compressors.available` (default ``"laco"``, LaCo's patch merge).
@@ -364,8 +366,7 @@ class _BlockInputsHook:
         if state.input_layout is None:
             return None
         layout = state.layout_after(state.input_layout, state.stages_before_block(self.block_index))
-        replaced = layout.block_inputs(self.block_index, kwargs)
-        return None if replaced is None else (args, replaced)
+        return layout.block_call(self.block_index, args, kwargs)
 
 
 def _layout_before_stage(state: _PatchState, index: int, hidden: torch.Tensor) -> TokenLayout:

@@ -378,15 +378,17 @@ def load_vision(name_or_path: str | Path = DINOV2_NAME, **kwargs: Any) -> PreTra
     """A vision encoder by name: ``"dinov2-small"`` (offline default) or any hub id / local path.
 
     ``kwargs`` go to ``load_dinov2_small`` for the special name and to ``from_pretrained``
-    otherwise. Composite image-text checkpoints (CLIP, SigLIP...) are loaded whole and their
+    otherwise, which reads safetensors only and refuses weights that do not fit the config. Composite image-text checkpoints (CLIP, SigLIP...) are loaded whole and their
     ``vision_model`` returned, since a vision encoder is what LaCo compresses. Loading whole
     costs the text tower's memory for a moment, but is right for any composite layout, where
     loading the vision class alone relies on its checkpoint prefix matching.
     """
     if str(name_or_path) == DINOV2_NAME:
         return load_dinov2_small(**kwargs)
+    from .checkpoints import from_pretrained_strict
+
     config = AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(kwargs))
-    model = AutoModel.from_pretrained(name_or_path, config=config, **kwargs)
+    model = from_pretrained_strict(AutoModel, name_or_path, config=config, **kwargs)
     if hasattr(config, "vision_config") and hasattr(model, "vision_model"):
         return model.vision_model
     return model
@@ -396,10 +398,12 @@ def load_llm(name_or_path: str | Path = SMOLLM2_NAME, **kwargs: Any) -> tuple[Pr
     """A causal LM and its tokenizer: ``"smollm2-135m"`` (offline default) or any hub id / path.
 
     ``kwargs`` go to ``load_smollm2`` for the special name and to
-    ``AutoModelForCausalLM.from_pretrained`` otherwise.
+    ``AutoModelForCausalLM.from_pretrained`` otherwise (safetensors only; weights must fit the config).
     """
     if str(name_or_path) == SMOLLM2_NAME:
         return load_smollm2(**kwargs)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    from .checkpoints import from_pretrained_strict
+
+    model = from_pretrained_strict(AutoModelForCausalLM, name_or_path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(kwargs))
     return model, tokenizer

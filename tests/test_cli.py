@@ -65,7 +65,7 @@ def test_train_eval_generate_on_tiny_models(tmp_path, capsys):
                         "batch_size": 4,
                     },
                 ],
-                "training": {"bf16": False, "save_steps": 100},
+                "training": {"precision": "fp32", "save_steps": 100},
             }
         )
     )
@@ -132,3 +132,6 @@ def test_default_run_quick_with_real_weights(tmp_path):
     assert "eval (test): exact match" in process.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert [s["steps"] for s in summary["stages"]] == [4, 4]
+    chosen = summary["precision"]  # what auto chose on this machine, and why, in the log and the summary
+    assert chosen["requested"] == "auto" and chosen["name"] in ("bf16", "fp32") and chosen["reason"]
+    assert f"precision: {chosen['name']} ({chosen['reason']})" in process.stdout

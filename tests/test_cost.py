@@ -6,7 +6,7 @@ import torch
 import laco
 from laco import Placement, cost
 from laco.bench.counting import flop_counter_mode
-from laco.bench.models import CompressionSwitch, build_encoder, build_mllm
+from laco.bench.models import CompressionSwitch, random_encoder, random_mllm
 from laco.compressors import build
 from laco.cost import EncoderGeometry, LLMGeometry
 from laco.mllm import IGNORE_INDEX
@@ -50,7 +50,7 @@ def assert_close(counted_flops: float, predicted: float) -> None:
 @pytest.mark.parametrize("spec", PLACEMENTS, ids=str)
 def test_encoder_forward_flops_match_counter(family, spec):
     geometry = ENCODERS[family]
-    model = build_encoder(geometry, dtype=torch.float32, device=CPU)
+    model = random_encoder(geometry, dtype=torch.float32, device=CPU)
     placement = Placement(spec).resolve(geometry.layers)
     CompressionSwitch(model).activate(placement)
     pixels = torch.randn(2, 3, geometry.image_size, geometry.image_size)
@@ -64,7 +64,7 @@ def test_encoder_forward_flops_match_counter(family, spec):
 @pytest.mark.parametrize("method", laco.compressors.available())
 def test_every_compressor_inside_the_encoder(method):
     geometry = ENCODERS["siglip"]  # 9x9: the padded-border path of every method
-    model = build_encoder(geometry, dtype=torch.float32, device=CPU)
+    model = random_encoder(geometry, dtype=torch.float32, device=CPU)
     CompressionSwitch(model).activate(Placement((2,), method))
     pixels = torch.randn(1, 3, 36, 36)
     with torch.no_grad():
@@ -74,7 +74,7 @@ def test_every_compressor_inside_the_encoder(method):
 
 def test_encoder_training_flops_match_counter():
     geometry = ENCODERS["dinov2"]
-    model = build_encoder(geometry, dtype=torch.float32, device=CPU).train()
+    model = random_encoder(geometry, dtype=torch.float32, device=CPU).train()
     CompressionSwitch(model).activate(Placement([1, 3]).resolve(geometry.layers))
     pixels = torch.randn(1, 3, 32, 32)
     flops = counted(lambda: model(pixel_values=pixels).last_hidden_state.square().mean().backward())
@@ -92,7 +92,7 @@ def test_compressor_flops_come_from_the_compressors():
 def mllm(request):
     encoder = ENCODERS[request.param]
     llm = LLM if request.param == "siglip" else LLM_UNTIED
-    model = build_mllm(encoder, llm, dtype=torch.float32, device=CPU)
+    model = random_mllm(encoder, llm, dtype=torch.float32, device=CPU)
     return encoder, llm, model
 
 

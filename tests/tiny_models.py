@@ -166,3 +166,49 @@ def write_color_dataset(directory, count: int = 32, size: int = IMAGE):
     path = directory / "colors.json"
     path.write_text(json.dumps(records))
     return path, directory
+
+
+def write_run_config(path, parts, output, steps=(3, 3), save_steps=2, **data):
+    """A two-stage run config over the tiny parts of ``save_tiny_parts`` + ``write_color_dataset``, as YAML."""
+    import yaml
+
+    vision, llm, data_json, images = parts
+    config = {
+        "name": "tiny",
+        "output_dir": str(output),
+        "model": {
+            "vision": str(vision),
+            "llm": str(llm),
+            "image_size": 32,
+            "system_prompt": None,
+            "compression": {"layers": 2},
+        },
+        "data": {
+            "dataset": "llava",
+            "train_json": str(data_json),
+            "eval_json": str(data_json),
+            "image_folder": str(images),
+            "max_length": 64,
+            **data,
+        },
+        "stages": [
+            {
+                "name": "stage1",
+                "trainable": ["compressor", "projector"],
+                "max_steps": steps[0],
+                "batch_size": 4,
+                "learning_rate": 1e-2,
+            },
+            {
+                "name": "stage2",
+                "trainable": ["compressor", "projector", "llm"],
+                "max_steps": steps[1],
+                "batch_size": 4,
+                "learning_rate": 1e-3,
+            },
+        ],
+        "training": {"precision": "fp32", "logging_steps": 1, "save_steps": save_steps, "threads": 1},
+        "eval": {"limit": 8, "batch_size": 8, "max_new_tokens": 3},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

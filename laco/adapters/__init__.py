@@ -24,6 +24,8 @@ ADAPTERS: list[EncoderAdapter] = [
     *QWEN_ADAPTERS,
 ]
 
+from . import mllm  # noqa: E402, F401  (registers the whole-model adapters; they import this package's base modules)
+
 # Composite models keep their vision encoder under one of these attributes (CLIPModel, SiglipModel: vision_model;
 # LLaVA-style models: vision_tower, possibly one level down in .model).
 _VISION_ATTRIBUTES = ("vision_model", "vision_tower", "model.vision_tower", "model.vision_model")

@@ -51,6 +51,13 @@ class TokenLayout:
         or ``None`` when the block needs nothing but the tokens (every batched ViT)."""
         return None
 
+    def block_call(self, block_index: int, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]] | None:
+        """The ``(args, kwargs)`` block ``block_index`` (0-based) must be called with on these tokens, or ``None`` to
+        keep the call as it is. Only keyword arguments change by default (:meth:`block_inputs`); a layout overrides
+        this for blocks that take what changes positionally (Idefics3's attention mask)."""
+        replaced = self.block_inputs(block_index, kwargs)
+        return None if replaced is None else (args, replaced)
+
     def num_tokens(self, include_prefix: bool = True) -> int:
         """Tokens per image (or per frame) in this layout."""
         raise NotImplementedError

@@ -44,6 +44,12 @@ class ModelAdapter:
         returns the callables that undo it."""
         return []
 
+    def install_processor(self, model: nn.Module, placement: Placement, processor: Any) -> list[Undo]:
+        """Update ``processor`` in place for a model already compressed under ``placement`` (one rebuilt from a
+        saved config, whose processor was not at hand); returns the callables that undo it. By default the
+        processor needs no change."""
+        return []
+
     def num_tokens(self, model: nn.Module, image_size: int | GridSize | None = None, **inputs: Any) -> int:
         """Tokens the LLM receives for one image of ``image_size`` (or what ``inputs`` describe)."""
         raise NotImplementedError

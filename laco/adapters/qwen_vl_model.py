@@ -136,14 +136,25 @@ class QwenVLModelAdapter(ModelAdapter):
             )
         ]
         if processor is not None:
-            for name, key in (("replace_image_token", "image_grid_thw"), ("replace_video_token", "video_grid_thw")):
-                if not callable(getattr(processor, name, None)):
-                    raise ValueError(
-                        f"processor= must be the model's Qwen-VL processor (with {name}); got {type(processor).__name__}."
-                    )
-                wrapper = CoarserPlaceholders(processor, name, key, factor, merge, patch)
-                undo.append(_set_instance_attribute(processor, name, wrapper))
+            undo += self.install_processor(model, placement, processor)
         return undo
+
+    def install_processor(self, model: nn.Module, placement: Placement, processor: Any) -> list[Undo]:
+        if placement.mode != MORE:
+            return []
+        _, _, merge, patch = self._geometry(model)
+        methods = (("replace_image_token", "image_grid_thw"), ("replace_video_token", "video_grid_thw"))
+        lacking = [name for name, _ in methods if not callable(getattr(processor, name, None))]
+        if lacking:  # checked before any change, so a refused processor is left as it was
+            raise ValueError(
+                f"processor= must be the model's Qwen-VL processor (with {lacking}); got {type(processor).__name__}."
+            )
+        return [
+            _set_instance_attribute(
+                processor, name, CoarserPlaceholders(processor, name, key, placement.factor, merge, patch)
+            )
+            for name, key in methods
+        ]
 
     def num_tokens(
         self, model: nn.Module, image_size: int | GridSize | None = None, *, grid_thw: Any = None, **inputs: Any

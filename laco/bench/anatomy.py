@@ -79,28 +79,17 @@ class Anatomy:
         return external / self.compressed_encoder_seconds
 
     def to_dict(self) -> dict[str, Any]:
+        parts = ("block_before", "block_after", "merge")
         return {
-            "variant": self.variant,
-            "layer": self.layer,
-            "depth": self.depth,
-            "batch": self.batch,
-            "tokens_before": self.tokens_before,
-            "tokens_after": self.tokens_after,
-            "seconds": {
-                "block_before": self.block_before.to_dict(),
-                "block_after": self.block_after.to_dict(),
-                "merge": self.merge.to_dict(),
-            },
-            "flops": {
-                "block_before": self.flops_block_before,
-                "block_after": self.flops_block_after,
-                "merge": self.flops_merge,
-            },
-            "block_time_ratio": self.block_time_ratio,
-            "block_flop_ratio": self.block_flop_ratio,
-            "merge_share": self.merge_share,
-            "time_bound": self.time_bound,
+            **{name: getattr(self, name) for name in _SHAPE},
+            "seconds": {part: getattr(self, part).to_dict() for part in parts},
+            "flops": {part: getattr(self, f"flops_{part}") for part in parts},
+            **{name: getattr(self, name) for name in _RATIOS},
         }
+
+
+_SHAPE = ("variant", "layer", "depth", "batch", "tokens_before", "tokens_after")
+_RATIOS = ("block_time_ratio", "block_flop_ratio", "merge_share", "time_bound")
 
 
 def _repeated(call, times: int):
@@ -127,12 +116,8 @@ def measure_anatomy(
     placement: Placement,
     name: str,
     *,
-    grid: tuple[int, int],
-    prefix: int,
-    width: int,
     batch: int,
-    dtype: torch.dtype,
-    device: torch.device,
+    image_size: int | None = None,
     reps: int,
     warmup: int,
     clock: Clock,
@@ -141,21 +126,26 @@ def measure_anatomy(
     """Time block ``1`` at the input and at the merged token count, and ``placement``'s merge on its input.
 
     ``switch`` is the run's :class:`~laco.bench.models.CompressionSwitch`; the encoder is left uncompressed
-    while timing, so calling a block runs the block alone. Every timed call runs its part ``repeat`` times
+    while timing, so calling a block runs the block alone. Inputs are ``batch`` images of ``image_size`` (default:
+    the encoder's own) in the encoder's dtype, on its device. Every timed call runs its part ``repeat`` times
     (default: the encoder's depth); the times are per run.
     """
     if len(placement.layers) != 1:
         raise ValueError(f"the anatomy of {name} needs a one-stage placement, got layers {placement.layers}.")
     merge = switch.activate(placement)[0]
     switch.activate(Placement())
-    blocks = switch.adapter.blocks(switch.encoder)
+    encoder, adapter = switch.encoder, switch.adapter
+    blocks = adapter.blocks(encoder)
     run_block = _block_caller(blocks[0])
+    grid = adapter.grid_for_image_size(encoder, image_size or adapter.default_image_size(encoder))
+    prefix, width = adapter.num_prefix_tokens(encoder), adapter.hidden_size(encoder)
+    weight = next(encoder.parameters())
     merged_grid = merge.output_size(grid)
     before, after = prefix + grid[0] * grid[1], prefix + merged_grid[0] * merged_grid[1]
     generator = torch.Generator().manual_seed(0)
 
     def hidden(tokens: int) -> torch.Tensor:
-        return torch.randn(batch, tokens, width, generator=generator).to(device, dtype)
+        return torch.randn(batch, tokens, width, generator=generator).to(weight.device, weight.dtype)
 
     inputs = {"block_before": hidden(before), "block_after": hidden(after), "merge": hidden(grid[0] * grid[1])}
     parts = {

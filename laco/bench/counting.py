@@ -13,7 +13,7 @@ such. Inference on CPU reports no memory figure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +91,68 @@ class SavedTensorBytes:
     def counting(self) -> Iterator["SavedTensorBytes"]:
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
             yield self
+
+
+@dataclass(frozen=True)
+class PeakMemory:
+    """CUDA: the allocator's peak during a call, and what was allocated before it (weights, optimizer state)."""
+
+    peak_bytes: int
+    baseline_bytes: int
+    footnote = None
+
+    def label(self) -> str:
+        return f"{self.peak_bytes / 2**30:.2f} GiB"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "cuda_peak_allocated",
+            "baseline_bytes": self.baseline_bytes,
+            "peak_bytes": self.peak_bytes,
+            "step_bytes": self.peak_bytes - self.baseline_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class SavedMemory:
+    """CPU, training: bytes of the tensors autograd saved for backward (activations), not a peak."""
+
+    bytes: int
+    footnote = "*: bytes saved for backward (activations), not a peak."
+
+    def label(self) -> str:
+        return f"{self.bytes / 2**20:.0f} MiB*"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "saved_for_backward", "bytes": self.bytes}
+
+
+Memory = PeakMemory | SavedMemory | None
+"""A call's memory figure; ``None`` where there is none (inference on a CPU)."""
+
+
+def count_call(
+    call: Callable[[], Any], *, device: torch.device, training: bool, parameters: Iterable[torch.Tensor]
+) -> tuple[float, Memory]:
+    """Run ``call`` once under ``FlopCounterMode`` and the device's memory probe: ``(FLOPs, memory)``.
+
+    ``training``: on a CPU, count the bytes saved for backward, ``parameters`` excluded.
+    """
+    counter = flop_counter_mode()
+    memory: Memory = None
+    if device.type == "cuda":
+        with cuda_peak(device) as peak, counter:
+            call()
+        memory = PeakMemory(peak["peak_bytes"], peak["baseline_bytes"])
+    elif training:
+        saved = SavedTensorBytes.excluding(parameters)
+        with saved.counting(), counter:
+            call()
+        memory = SavedMemory(saved.bytes)
+    else:
+        with counter:
+            call()
+    return float(counter.get_total_flops()), memory
 
 
 @contextmanager

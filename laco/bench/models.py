@@ -24,19 +24,22 @@ from ..placement import Placement
 FAMILIES = ("siglip", "clip", "dinov2", "internvit", "aimv2")
 
 
+def _transformer(width: int, layers: int, heads: int) -> dict[str, int]:
+    """The fields every ``transformers`` config names alike."""
+    return {"hidden_size": width, "num_hidden_layers": layers, "num_attention_heads": heads}
+
+
 def vision_config(geometry: EncoderGeometry, attn_implementation: str = "sdpa"):
     """The ``transformers`` config of an encoder geometry, without pooling heads (an MLLM reads tokens)."""
     import transformers as tf
 
     g = geometry
-    common: dict[str, Any] = dict(
-        hidden_size=g.width,
-        num_hidden_layers=g.layers,
-        num_attention_heads=g.heads,
-        image_size=g.image_size,
-        patch_size=g.patch,
-        num_channels=g.channels,
-    )
+    common: dict[str, Any] = {
+        **_transformer(g.width, g.layers, g.heads),
+        "image_size": g.image_size,
+        "patch_size": g.patch,
+        "num_channels": g.channels,
+    }
     if g.family == "siglip":
         config = tf.SiglipVisionConfig(intermediate_size=g.mlp, vision_use_head=False, **common)
     elif g.family == "clip":
@@ -71,9 +74,7 @@ def text_config(geometry: LLMGeometry, layers: int | None = None, attn_implement
     if cls is None:
         raise ValueError(f"LLM {g.name!r}: unknown family {g.family!r}; laco.bench builds 'qwen2' and 'llama'.")
     config = cls(
-        hidden_size=g.width,
-        num_hidden_layers=g.layers if layers is None else layers,
-        num_attention_heads=g.heads,
+        **_transformer(g.width, g.layers if layers is None else layers, g.heads),
         num_key_value_heads=g.kv_heads,
         intermediate_size=g.mlp,
         vocab_size=g.vocab,
@@ -84,7 +85,7 @@ def text_config(geometry: LLMGeometry, layers: int | None = None, attn_implement
     return config
 
 
-def build_encoder(geometry: EncoderGeometry, *, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
+def random_encoder(geometry: EncoderGeometry, *, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.Module:
     """A randomly initialised vision encoder of ``geometry`` in eval mode."""
     from transformers import AutoModel
 
@@ -93,7 +94,7 @@ def build_encoder(geometry: EncoderGeometry, *, dtype: torch.dtype, device: torc
     return model.to(device=device, dtype=dtype).eval()
 
 
-def build_mllm(
+def random_mllm(
     encoder: EncoderGeometry,
     llm: LLMGeometry,
     *,

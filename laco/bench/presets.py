@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from ..cost import ENCODERS, LLMS, EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
-
-MEASUREMENTS: tuple[str, ...] = ("encoder", "train", "prefill", "decode")
+from .measurements import default_measurements
 
 # Per-device defaults every preset starts from. A CPU has little compute, so few repetitions; GPUs get more
 # rounds and bf16 (what MLLMs are trained and served in).
 BASE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"reps": 3, "warmup": 1, "dtype": "float32"},
-    "cuda": {"reps": 10, "warmup": 3, "dtype": "bfloat16"},
+    "cpu": {"reps": 3, "warmup": 1, "precision": "auto"},
+    "cuda": {"reps": 10, "warmup": 3, "precision": "auto"},
 }
-DEFAULT_KEYS = ("reps", "warmup", "dtype", "llm_layers", "measure", "batch")
+DEFAULT_KEYS = ("reps", "warmup", "precision", "llm_layers", "measure", "batch")
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class BenchPreset:
         image_size: input resolution (default: the encoder's).
         prompt_tokens, answer_tokens: text tokens after the image, and answer tokens (decoded at inference,
             labelled in training). A training sequence is image + prompt + answer.
-        defaults: per device type (``"cpu"``, ``"cuda"``), defaults for ``reps``, ``warmup``, ``dtype``,
+        defaults: per device type (``"cpu"``, ``"cuda"``), defaults for ``reps``, ``warmup``, ``precision``,
             ``llm_layers`` (time that many LLM layers and scale to the full depth), ``measure`` and ``batch``.
         notes: caveats printed with the results.
     """
@@ -71,7 +70,7 @@ class BenchPreset:
         if key in self.defaults.get(device_type, {}):
             return self.defaults[device_type][key]
         if key == "measure":
-            return MEASUREMENTS if self.llm is not None else ("encoder",)
+            return default_measurements(with_llm=self.llm is not None)
         if key == "batch":
             return 1
         return BASE_DEFAULTS[device_type].get(key)
@@ -98,7 +97,7 @@ _add(
         "LLaVA-OneVision-0.5B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-0.5B",
         ENCODERS["siglip-so400m"],
         LLMS["qwen2-0.5b"],
-        # On 2 CPU cores the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
+        # On a CPU the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
         defaults={"cpu": {"llm_layers": 6}},
         notes=(_SO400M_NOTE,),
     )
@@ -135,7 +134,7 @@ _add(
         TINY_LLM,
         prompt_tokens=8,
         answer_tokens=4,
-        defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "dtype": "float32"}},
+        defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "precision": "fp32"}},
         notes=("tiny geometry: timings are dominated by Python overhead and say nothing about real models.",),
     )
 )

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .report import SCHEMA, SHORT, headline_variant
+from .measurements import MEASUREMENTS
+from .results import SCHEMA
+from .variants import headline_variant
 
 PREFERRED_KEYS = ("batch", "compile", "threads", "dtype", "llm_layers", "reps")
 LATER_SETTINGS = {"compile": False}  # settings added after runs were first recorded, as older runs ran them
@@ -112,8 +114,13 @@ def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict
                     "path": str(run.path),
                 }
             )
-    order = {kind: index for index, kind in enumerate(SHORT)}
+    order = {kind: index for index, kind in enumerate(MEASUREMENTS)}
     return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
+
+
+def _short(kind: str) -> str:
+    """A measurement's short label; a run may hold one this laco does not register."""
+    return MEASUREMENTS[kind].short if kind in MEASUREMENTS else kind
 
 
 def _subject(variant: str | None) -> str:
@@ -128,7 +135,7 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
         [
             row["label"],
             str(row["value"]),
-            SHORT.get(row["kind"], row["kind"]),
+            _short(row["kind"]),
             row["variant"],
             f"{row['measured']:.2f}x [{row['q1']:.2f}-{row['q3']:.2f}]",
             f"{row['bound']:.2f}x",
@@ -154,7 +161,9 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     table = rows(runs, key, variant)
     # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
     # gain to show; the table keeps it.
-    kinds = [kind for kind in SHORT if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)]
+    kinds = [
+        kind for kind in MEASUREMENTS if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)
+    ]
     if not kinds:
         raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
     labels = sorted({row["label"] for row in table})
@@ -183,7 +192,7 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
             values = sorted({row["value"] for row in table if row["kind"] == kind})
             ax.set_xticks(values, [str(v) for v in values])
         ax.axhline(1.0, color="0.7", linewidth=0.8)
-        ax.set_title(SHORT.get(kind, kind))
+        ax.set_title(_short(kind))
         ax.set_xlabel(key)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)

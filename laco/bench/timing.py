@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -109,15 +109,6 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     low = int(position)
     high = min(low + 1, len(sorted_values) - 1)
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
-
-
-class Workload(Protocol):
-    """Something to time. ``prepare`` (optional) runs untimed before every call, e.g. to copy a KV cache.
-
-    A call may return named sub-phase durations in seconds (forward, backward, ...), measured inside it.
-    """
-
-    def __call__(self) -> Mapping[str, float] | None: ...
 
 
 @dataclass

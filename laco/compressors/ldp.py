@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
-from ..functional import GridSize, PadPolicy
+from ..functional import GridSize
 from .base import TokenCompressor, register
 
 
@@ -19,16 +19,8 @@ class LDPv2(TokenCompressor):
     the same module works inside the encoder and after it.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        factor: int = 2,
-        *,
-        out_dim: int | None = None,
-        shortcut: bool = False,
-        pad: PadPolicy = "zero",
-    ) -> None:
-        super().__init__(dim, factor, out_dim=out_dim, shortcut=shortcut, pad=pad)
+    def __init__(self, dim: int, factor: int = 2, **options) -> None:
+        super().__init__(dim, factor, **options)  # out_dim, shortcut, pad: TokenCompressor's
         self.mlp = nn.Sequential(nn.Linear(dim, self.out_dim), nn.GELU(), nn.Linear(self.out_dim, self.out_dim))
         self.peg = nn.Conv2d(self.out_dim, self.out_dim, kernel_size=3, padding=1, groups=self.out_dim)
 

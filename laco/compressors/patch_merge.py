@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..functional import GridSize, PadPolicy
+from ..functional import GridSize
 from .base import TokenCompressor, register
 
 Init = Literal["zero", "default", "layer"]
@@ -47,14 +47,13 @@ class PatchMerge(TokenCompressor):
         dim: int,
         factor: int = 2,
         *,
-        out_dim: int | None = None,
         hidden_dim: int | None = None,
         shortcut: bool = True,
         init: Init = "zero",
         branch_scale: float | None = None,
-        pad: PadPolicy = "zero",
+        **options,
     ) -> None:
-        super().__init__(dim, factor, out_dim=out_dim, shortcut=shortcut, pad=pad)
+        super().__init__(dim, factor, shortcut=shortcut, **options)  # out_dim, pad: TokenCompressor's
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {INITS}.")
         if init == "zero" and not shortcut:

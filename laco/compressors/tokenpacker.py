@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
-from ..functional import GridSize, PadPolicy
+from ..functional import GridSize
 from .base import TokenCompressor, register
 
 
@@ -21,17 +21,8 @@ class TokenPacker(TokenCompressor):
     residual to the pooled query, so ``shortcut=True`` is a clean ablation of LaCo's residual on this method.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        factor: int = 2,
-        *,
-        out_dim: int | None = None,
-        num_heads: int | None = None,
-        shortcut: bool = False,
-        pad: PadPolicy = "zero",
-    ) -> None:
-        super().__init__(dim, factor, out_dim=out_dim, shortcut=shortcut, pad=pad)
+    def __init__(self, dim: int, factor: int = 2, *, num_heads: int | None = None, **options) -> None:
+        super().__init__(dim, factor, **options)  # out_dim, shortcut, pad: TokenCompressor's
         self.num_heads = num_heads or max(1, dim // 64)
         if dim % self.num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {self.num_heads}; pick a divisor of {dim}.")

@@ -11,7 +11,7 @@ from .llava import (
     SkipReason,
     answer_balanced_weights,
 )
-from .sources import easy_vqa_dir, eval_examples, question_answer_pairs, split_files
+from .sources import easy_vqa_dir, eval_examples, llava_dataset, question_answer_pairs, split_files
 
 __all__ = [
     "EASY_VQA_SPLITS",
@@ -28,6 +28,7 @@ __all__ = [
     "easy_vqa_data_dir",
     "easy_vqa_dir",
     "eval_examples",
+    "llava_dataset",
     "question_answer_pairs",
     "split_files",
 ]

@@ -10,7 +10,12 @@ records, missing or corrupt images, a wrong number of ``<image>`` tags, conversa
 Finding those in the middle of an epoch (or, worse, training on them silently) wastes runs, so
 :class:`LlavaDataset` checks every record once at construction, tokenizes the usable ones right away (the ids
 are kept, so text is tokenized exactly once) and reports what it dropped and why: one warning by default, or a
-:class:`DataError` at the first bad record with ``strict=True``. Images are only decoded in ``__getitem__``.
+:class:`DataError` at the first bad record with ``strict=True``.
+
+The check does what training does, so a record that passes cannot fail at a batch: its token ids are the ones the
+collator will batch (image placeholders counted after the chat template), and its image is decoded in full by
+the same reader ``__getitem__`` uses (:func:`laco.data.images.load_rgb`, with its pixel budget). Image paths must
+stay inside the image folder unless ``allow_outside_image_folder``.
 """
 
 from __future__ import annotations
@@ -27,20 +32,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from ..mllm.processing import IGNORE_INDEX, ROLES, LacoProcessor, RecordError
-
-__all__ = [
-    "DataError",
-    "DatasetReport",
-    "LlavaDataset",
-    "LlavaExample",
-    "LlavaRecord",
-    "MultimodalCollator",
-    "SkipReason",
-]
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, inside_folder, load_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +53,9 @@ class SkipReason:
     MALFORMED = "malformed"
     NO_IMAGE = "no image"
     MISSING_IMAGE = "missing image"
+    OUTSIDE_FOLDER = "image outside image_folder"
     UNREADABLE_IMAGE = "unreadable image"
+    IMAGE_TOO_LARGE = "image too large"
     IMAGE_TAGS = "wrong <image> tags"
     NO_ANSWER = "no answer"
     TOO_LONG = "too long"
@@ -72,7 +69,12 @@ _FIXES = {
     ),
     SkipReason.NO_IMAGE: "this model is image-conditioned; remove text-only records or pass strict=False to skip them",
     SkipReason.MISSING_IMAGE: "check image_folder (the record's image path is relative to it) or remove the record",
+    SkipReason.OUTSIDE_FOLDER: (
+        "give image paths relative to image_folder, or set data.allow_outside_image_folder=true if the paths are "
+        "meant to leave it"
+    ),
     SkipReason.UNREADABLE_IMAGE: "re-download or re-encode the image file, or remove the record",
+    SkipReason.IMAGE_TOO_LARGE: "downscale the image file, or raise data.max_image_pixels",
     SkipReason.IMAGE_TAGS: "put exactly one <image> tag in a human turn and none in answers",
     SkipReason.NO_ANSWER: "add a non-empty gpt turn after the question",
     SkipReason.TOO_LONG: "raise max_length or shorten the conversation",
@@ -166,9 +168,11 @@ class LlavaDataset(torch.utils.data.Dataset):
             image placeholders) and dropped only if no answer token is left. ``None`` disables truncation.
         strict: raise :class:`DataError` at the first bad record instead of skipping it.
         limit: keep only the first ``limit`` usable records, in file order (the scan stops there).
-        verify_images: open every image with PIL at construction to catch corrupt files (header and, for PNG,
-            checksums; it does not decode the pixels). ``False`` only checks that the file exists.
+        verify_images: decode every image at construction, as ``__getitem__`` will, so corrupt or oversized files
+            are skipped up front. ``False`` only checks that the file exists (and defers the rest to batches).
         progress: show a progress bar while checking records.
+        max_image_pixels: skip images with more pixels than this (``None``: no budget), before decoding them.
+        allow_outside_image_folder: accept absolute image paths and paths that leave ``image_folder`` by ``..``.
 
     Items are dicts with ``input_ids`` and ``labels`` (1-D LongTensors), ``pixel_values`` (3 x S x S float) and
     ``id``; batch them with :class:`MultimodalCollator`.
@@ -184,11 +188,15 @@ class LlavaDataset(torch.utils.data.Dataset):
         limit: int | None = None,
         verify_images: bool = True,
         progress: bool = True,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        allow_outside_image_folder: bool = False,
     ) -> None:
         self.json_path = Path(json_path)
         self.image_folder = Path(image_folder)
         self.processor = processor
         self.max_length = max_length
+        self.max_image_pixels = max_image_pixels
+        self.allow_outside_image_folder = allow_outside_image_folder
         if max_length is not None and max_length < 1:
             raise ValueError(f"max_length={max_length} must be a positive number of tokens (or None for no limit).")
         if limit is not None and limit < 1:
@@ -261,12 +269,14 @@ class LlavaDataset(torch.utils.data.Dataset):
         if "image" not in record:
             raise _Skip(SkipReason.NO_IMAGE, "the record has no 'image' (a text-only conversation).")
         image = record["image"]
-        if not isinstance(image, str) or not image:
+        if not isinstance(image, str) or not image or "\0" in image:
             raise _Skip(SkipReason.MALFORMED, f"'image' is {image!r}, not a path string (one image per record).")
+        if not self.allow_outside_image_folder and not inside_folder(image):
+            raise _Skip(SkipReason.OUTSIDE_FOLDER, f"image path {image!r} leaves image_folder {self.image_folder}.")
         questions, answers = self._checked_text(turns)
         image_path = self.image_folder / image
         if image_path not in checked_images:
-            checked_images[image_path] = _image_problem(image_path, verify_images)
+            checked_images[image_path] = _image_problem(image_path, verify_images, self.max_image_pixels)
         problem = checked_images[image_path]
         if problem is not None:
             raise _Skip(problem.reason, problem.detail)  # a fresh exception: re-raising one would grow its traceback
@@ -275,6 +285,8 @@ class LlavaDataset(torch.utils.data.Dataset):
             encoded = self.processor.encode_conversation(turns, max_length=self.max_length, num_images=1)
         except RecordError as error:
             raise self._classify(error) from None
+        except (ValueError, TypeError) as error:  # a chat template or tokenizer refusing this text
+            raise _Skip(SkipReason.UNUSABLE, f"the conversation cannot be rendered and tokenized ({error}).") from None
         self.records.append(LlavaRecord(record_id, image_path, questions, answers, encoded.truncated))
         self._input_ids.append(np.asarray(encoded.input_ids, dtype=np.int32))
         self._labels.append(np.asarray(encoded.labels, dtype=np.int32))
@@ -306,13 +318,12 @@ class LlavaDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         try:
-            with Image.open(record.image) as image:
-                rgb = image.convert("RGB")
-        except (OSError, ValueError) as error:
-            # verify_images does not decode pixels, so a truncated file can still fail here.
+            rgb = load_rgb(record.image, self.max_image_pixels)
+        except ImageProblem as error:
+            # only with verify_images=False, or a file changed since the check
             raise DataError(
                 f"cannot load image {record.image} of record {record.id!r} ({error}); "
-                "re-encode or remove the file (checking with verify_images=True catches most broken files)."
+                "re-encode or remove the file (verify_images=True finds such files up front)."
             ) from error
         return {
             "input_ids": torch.from_numpy(self._input_ids[index].astype(np.int64)),
@@ -354,6 +365,12 @@ def _checked_turns(record: Any) -> list[dict[str, str]]:
     for position, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
             raise _Skip(SkipReason.MALFORMED, f"turn {position} is not a dict with a string 'value'.")
+        if not _is_unicode(turn["value"]):
+            raise _Skip(
+                SkipReason.MALFORMED,
+                f"turn {position} holds text that is not valid Unicode (a lone surrogate such as \\ud800, "
+                "from a broken JSON escape); re-export the record as UTF-8.",
+            )
         if turn.get("from") not in ROLES:
             raise _Skip(
                 SkipReason.MALFORMED, f"turn {position} is from {turn.get('from')!r}, not one of {sorted(ROLES)}."
@@ -361,19 +378,25 @@ def _checked_turns(record: Any) -> list[dict[str, str]]:
     return turns
 
 
-def _image_problem(path: Path, verify: bool) -> _Skip | None:
-    """Why the image at ``path`` cannot be used, or ``None`` if it can."""
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _image_problem(path: Path, verify: bool, max_pixels: int | None) -> _Skip | None:
+    """Why the image at ``path`` cannot be used, or ``None`` if it can (decoded exactly as ``__getitem__`` will)."""
     if not path.is_file():
         return _Skip(SkipReason.MISSING_IMAGE, f"image file {path} does not exist.")
     if not verify:
         return None
     try:
-        with Image.open(path) as image:
-            # verify() reads the file structure (and PNG checksums) without decoding pixels: cheap enough to run
-            # on hundreds of thousands of files, and it catches truncated downloads and non-image files.
-            image.verify()
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, struct.error, ...) for bad files
-        return _Skip(SkipReason.UNREADABLE_IMAGE, f"PIL cannot read {path}: {error}.")
+        load_rgb(path, max_pixels)
+    except ImageProblem as problem:
+        reason = SkipReason.IMAGE_TOO_LARGE if problem.reason == "too large" else SkipReason.UNREADABLE_IMAGE
+        return _Skip(reason, str(problem))
     return None
 
 

@@ -56,8 +56,10 @@ def build_mllm(
     for flag in ("vision_use_head", "use_head"):  # SigLIP / AIMv2 pooling heads: LLaVA reads tokens, not the pool
         if getattr(vision_config, flag, False):
             setattr(vision_config, flag, False)
-    if compression.compressed:  # the model applies it when built (LacoLlavaForConditionalGeneration.__init__)
-        setattr(vision_config, laco_patch.CONFIG_ATTRIBUTE, compression.to_dict())
+    # The model applies it when built (LacoLlavaForConditionalGeneration.__init__). An uncompressed model records an
+    # explicit null, so a laco checkpoint never lacks its settings: laco.serve refuses one that does, as it cannot
+    # tell an uncompressed model from a checkpoint that lost them.
+    setattr(vision_config, laco_patch.CONFIG_ATTRIBUTE, compression.to_dict() if compression.compressed else None)
     config = LacoLlavaConfig(
         vision_config=vision_config,
         text_config=language_model.config,

@@ -127,7 +127,9 @@ class LacoProcessor:
         """Token ids and labels of a LLaVA conversation; labels are ``-100`` everywhere but on answers.
 
         Truncation cuts from the end, never into an image's placeholders: a record whose images do not fit,
-        or that keeps no answer token, raises :class:`RecordError`.
+        or that keeps no answer token, raises :class:`RecordError`. So does one whose encoded ids do not hold
+        ``num_images * num_image_tokens`` placeholders, counted after the chat template (an ``<image>`` in a turn
+        after the last answer is never encoded, and the model would fail on the batch).
         """
         messages = self._messages(turns)
         tags = sum(m["content"].count(self.image_token) for m in messages if m["role"] != "assistant")
@@ -144,6 +146,12 @@ class LacoProcessor:
         input_ids: list[int] = []
         labels: list[int] = []
         rendered = ""
+        if messages[0]["role"] == "assistant":
+            raise RecordError(
+                "the conversation starts with an answer (gpt turn) and no system prompt, so there is no question "
+                "before it; start with the human turn.",
+                "unusable conversation",
+            )
         for index, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
@@ -170,6 +178,14 @@ class LacoProcessor:
             input_ids, labels = input_ids[:max_length], labels[:max_length]
         if all(label == IGNORE_INDEX for label in labels):
             raise RecordError(f"no answer token is left within max_length={max_length}.", "too long")
+        placeholders = input_ids.count(self.image_token_id)
+        if placeholders != num_images * self.num_image_tokens:
+            raise RecordError(
+                f"after the chat template the conversation holds {placeholders} image placeholder tokens where "
+                f"{num_images} image(s) need {num_images * self.num_image_tokens}; an {self.image_token} tag in a "
+                "turn after the last answer is never encoded: put it in the question the image belongs to.",
+                "wrong <image> tags",
+            )
         return EncodedConversation(input_ids, labels, truncated)
 
     # ---------------------------------------------------------------------------------------------------------

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cli import positive_int
+from ..precision import PRECISIONS
 from . import run_study
 from .grid import QUICK, load_study_config
-from .report import write_report
-from .runner import collect_cells, missing_cells
+from .report import refresh_costs, write_report
+from .runner import Study, collect_cells, missing_cells
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laco study",
         description="Train every compressor at every depth, with and without the shortcut, inside the real DINOv2-S "
@@ -23,11 +27,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the CI subset (configs/study/quick.yaml settings)")
     parser.add_argument("--output-dir", help="where cells, features, tables and plots go")
     parser.add_argument("--tasks", help="comma-separated: easyvqa-shape, mnist, easyvqa-color")
-    parser.add_argument("--seeds", type=int, help="number of seeds (0..N-1)")
-    parser.add_argument("--steps", type=int, help="training steps per cell")
-    parser.add_argument("--threads", type=int, help="torch threads in all (default: every usable core)")
+    parser.add_argument("--seeds", type=positive_int, help="number of seeds (0..N-1)")
+    parser.add_argument("--steps", type=positive_int, help="training steps per cell")
+    parser.add_argument("--threads", type=positive_int, help="torch threads in all (default: every usable core)")
     parser.add_argument(
-        "--jobs", type=int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
+        "--jobs", type=positive_int, help="worker processes sharing the cells, threads // jobs threads each (default 2)"
+    )
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, help="cells' autocast: auto (bf16 where the CPU has it natively, else fp32)"
     )
     parser.add_argument("--list", action="store_true", help="print the variants and cell count, run nothing")
     parser.add_argument(
@@ -38,26 +45,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--docs", type=Path, help="also refresh the generated tables and plots of this markdown file (docs/study.md)"
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--recount-costs",
+        action="store_true",
+        help="with --docs: count every variant's encoder FLOPs again and redraw that page's tables and plots from its "
+        "recorded rows (docs/study-data/); trains nothing and needs no cells",
+    )
+    return parser
 
+
+def _overrides(args: argparse.Namespace) -> dict:
     overrides = {}
     if args.quick:
         overrides.update(QUICK)
     if args.output_dir:
         overrides["output_dir"] = args.output_dir
-    if args.tasks:
-        overrides["tasks"] = args.tasks.split(",")
-    if args.seeds:
+    if args.tasks is not None:
+        overrides["tasks"] = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    if args.seeds is not None:
         overrides["seeds"] = list(range(args.seeds))
-    if args.steps:
+    if args.steps is not None:
         overrides["steps"] = args.steps
-    if args.threads:
+    if args.threads is not None:
         overrides["threads"] = args.threads
-    if args.jobs:
+    if args.jobs is not None:
         overrides["jobs"] = args.jobs
-    config = load_study_config(args.config, overrides)
-    variants = config.variants()
+    if args.precision:
+        overrides["precision"] = args.precision
+    return overrides
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_study_config(args.config, _overrides(args))
+    except ValueError as error:  # refused before any work: say why, without a traceback
+        parser.error(str(error))
     if args.list:
+        variants = config.variants()
         for variant in variants:
             print(variant.name)
         print(
@@ -65,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"= {len(variants) * len(config.tasks) * len(config.seeds)} cells"
         )
         return 0
+    if args.recount_costs:
+        return _recount_costs(config, args.docs)
     if args.report_only:
         outputs = write_report(collect_cells(Path(config.output_dir)), Path(config.output_dir), args.docs)
         missing = missing_cells(config)
@@ -75,4 +103,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         outputs = run_study(config, docs=args.docs)
     print(f"\n{len(outputs['rows'])} rows; tables: {outputs['tables']}; plots: {', '.join(map(str, outputs['plots']))}")
+    return 0
+
+
+def _recount_costs(config, docs: Path | None) -> int:
+    """Count every variant's encoder FLOPs again and redraw ``docs`` from its recorded rows."""
+    if docs is None:
+        raise SystemExit("--recount-costs rewrites a docs page: pass --docs docs/study.md")
+    with tempfile.TemporaryDirectory() as scratch:  # counts only: no times, no cost cache in the study folder
+        counting = dataclasses.replace(config, output_dir=scratch, time_encoder=False)
+        costs = Study(counting, progress=True).encoder_costs(config.variants())
+        rows = refresh_costs(docs, Path(config.output_dir).name, costs, Path(scratch))
+    print(f"{len(rows)} rows of {docs} redrawn with recounted encoder FLOPs")
     return 0

@@ -90,6 +90,8 @@ class StudyConfig:
         ]
     )
     time_encoder: bool = True
+    # auto: bf16 autocast for the cells where the CPU multiplies bf16 natively, float32 elsewhere (laco.precision)
+    precision: str = "auto"
     threads: int | None = None  # torch threads in all (split among the jobs); None: every usable core
     jobs: int = 2  # worker processes sharing the cells, threads // jobs torch threads each (2: what we timed)
 
@@ -108,6 +110,38 @@ class StudyConfig:
                 seen.add(variant.name)
                 unique.append(variant)
         return unique
+
+    def validate(self) -> StudyConfig:
+        """Refuse, before any work, a study that names something unknown or selects nothing to compare."""
+        from ..compressors import available
+        from ..placement import parse_layers
+        from .tasks import TASKS
+
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown or not self.tasks:
+            raise ValueError(f"unknown or no study task(s) {unknown or self.tasks}; choose from {sorted(TASKS)}.")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds must be distinct non-negative integers, got {self.seeds}.")
+        for key in ("steps", "batch_size", "jobs", "image_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}.")
+        for key in ("threads", "max_train", "max_test"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1 (or null), got {getattr(self, key)}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+        methods = {*self.methods, *(extra.get("method") for extra in self.extra if extra.get("method"))}
+        unknown = sorted(methods - set(available()))
+        if unknown:
+            raise ValueError(f"unknown compressor(s) {unknown}; choose from {available()}.")
+        for depth in [*self.depths, *(d for extra in self.extra for d in extra.get("depth", ()))]:
+            parse_layers(depth)  # raises naming the depth
+        if all(variant.method is None for variant in self.variants()):
+            raise ValueError(
+                "these settings select no compressed variant (methods, depths and extra are empty): the study would "
+                "train only the uncompressed baseline. Name at least one method and depth."
+            )
+        return self
 
 
 def _method_variants(method: str, depth: str, shortcut_ablation: bool) -> list[StudyVariant]:
@@ -128,7 +162,7 @@ def load_study_config(path: str | Path | None = None, overrides: dict[str, Any] 
     if path is not None:
         data = yaml.safe_load(Path(path).read_text()) or {}
     data.update(overrides or {})
-    return from_dict(StudyConfig, data)
+    return from_dict(StudyConfig, data).validate()
 
 
 # The CI subset: one task, two seeds, few steps, a few variants; minutes on two cores.

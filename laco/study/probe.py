@@ -131,11 +131,18 @@ def train_cell(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    precision: str = "bf16",
     progress: bool = False,
 ) -> CellResult:
-    """Train compressor + probe for ``steps`` (AdamW, cosine decay), then score test accuracy."""
+    """Train compressor + probe for ``steps`` (AdamW, cosine decay), then score test accuracy.
+
+    ``precision`` (``bf16`` or ``fp32``) is the autocast the cell computes in; parameters stay float32.
+    """
     import time
 
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"a study cell computes in bf16 or fp32, not {precision!r}.")
+    reduced = precision == "bf16"
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -149,7 +156,7 @@ def train_cell(
         if len(order) < batch_size:
             order = torch.cat([order, torch.randperm(len(train_labels), generator=generator)])
         index, order = order[:batch_size], order[batch_size:]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=reduced):
             logits = model(train_inputs[index])
         loss = nn.functional.cross_entropy(logits.float(), train_labels[index])
         optimizer.zero_grad(set_to_none=True)
@@ -159,7 +166,7 @@ def train_cell(
         losses.append(loss.item())
     model.eval()
     correct = 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=reduced):
         for start in range(0, len(test_labels), 256):
             logits = model(test_inputs[start : start + 256])
             correct += (logits.argmax(-1) == test_labels[start : start + 256]).sum().item()

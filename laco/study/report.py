@@ -93,80 +93,76 @@ def plot(rows: list[dict[str, Any]], directory: Path) -> list[Path]:
 
     tasks = sorted({r["task"] for r in rows})
     paths = []
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
-        task_rows = [r for r in rows if r["task"] == task]
-        families = sorted({r["family"] for r in task_rows if r["depth"] in DEPTH_ORDER})
-        for family in families:
-            points = sorted(
-                (
-                    (DEPTH_ORDER.index(r["depth"]), r)
-                    for r in task_rows
-                    if r["family"] == family and r["depth"] in DEPTH_ORDER
-                ),
-                key=lambda item: item[0],
-            )
-            if not points:
-                continue
-            colour, style, marker = _family_style(family, families)
-            axis.errorbar(
-                [p[0] for p in points],
-                [p[1]["accuracy"] for p in points],
-                yerr=[p[1]["accuracy_std"] for p in points],
-                label=family,
-                color=colour,
-                linestyle=style,
-                marker=marker,
-                markersize=4 if marker != "o" else 3,
-                capsize=2,
-            )
-        none = next((r for r in task_rows if r["variant"] == "none"), None)
-        if none:
-            axis.axhline(none["accuracy"], color="black", linewidth=0.8, label="none (no compression)")
-        axis.axhline(
-            task_rows[0]["majority_accuracy"], color="grey", linestyle=":", linewidth=0.8, label="majority class"
-        )
-        axis.set_xticks(range(len(DEPTH_ORDER)), DEPTH_ORDER)
-        axis.set_xlabel("compression depth (fraction of layers; ext = after the last)")
-        axis.set_ylabel("test accuracy")
-        axis.set_title(task)
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no data hidden
-    figure.suptitle(
-        "Accuracy vs compression depth (one colour per compressor; solid: with the average-pooling shortcut, "
-        "dashed: without, dash-dot: pooling alone)"
-    )
-    figure.tight_layout()
-    paths.append(directory / "study_depth.png")
-    figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(figure)
-
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
-        task_rows = [r for r in rows if r["task"] == task]
-        for method in sorted({r["method"] for r in task_rows}):
-            points = [r for r in task_rows if r["method"] == method]
-            colour = METHOD_COLOURS.get(method, "black")  # the depth plot's colours; "none" in black
-            axis.scatter(
-                [r["encoder_gflops"] for r in points], [r["accuracy"] for r in points], label=method, s=14, color=colour
-            )
-        frontier = _pareto(task_rows)
-        axis.plot(
-            [r["encoder_gflops"] for r in frontier], [r["accuracy"] for r in frontier], color="black", linewidth=0.8
-        )
-        for row in frontier:
-            axis.annotate(row["variant"], (row["encoder_gflops"], row["accuracy"]), fontsize=6)
-        axis.set_xlabel("encoder forward GFLOPs per image")
-        axis.set_ylabel("test accuracy")
-        axis.set_title(task)
-        axis.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no data hidden
-    figure.suptitle("Accuracy vs encoder cost (line: Pareto frontier)")
-    figure.tight_layout()
-    paths.append(directory / "study_pareto.png")
-    figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
-    plt.close(figure)
+    for name, draw, title in (
+        (
+            "study_depth.png",
+            _draw_depth,
+            "Accuracy vs compression depth (one colour per compressor; solid: with the average-pooling shortcut, "
+            "dashed: without, dash-dot: pooling alone)",
+        ),
+        ("study_pareto.png", _draw_pareto, "Accuracy vs encoder cost (line: Pareto frontier)"),
+    ):
+        figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+        for axis, task in zip(axes[0], tasks):
+            draw(axis, [r for r in rows if r["task"] == task])
+            axis.set_title(task)
+            axis.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: no data hidden
+        figure.suptitle(title)
+        figure.tight_layout()
+        paths.append(directory / name)
+        figure.savefig(paths[-1], dpi=120, bbox_inches="tight")
+        plt.close(figure)
     return paths
+
+
+def _draw_depth(axis, task_rows: list[dict[str, Any]]) -> None:
+    families = sorted({r["family"] for r in task_rows if r["depth"] in DEPTH_ORDER})
+    for family in families:
+        points = sorted(
+            (
+                (DEPTH_ORDER.index(r["depth"]), r)
+                for r in task_rows
+                if r["family"] == family and r["depth"] in DEPTH_ORDER
+            ),
+            key=lambda item: item[0],
+        )
+        if not points:
+            continue
+        colour, style, marker = _family_style(family, families)
+        axis.errorbar(
+            [p[0] for p in points],
+            [p[1]["accuracy"] for p in points],
+            yerr=[p[1]["accuracy_std"] for p in points],
+            label=family,
+            color=colour,
+            linestyle=style,
+            marker=marker,
+            markersize=4 if marker != "o" else 3,
+            capsize=2,
+        )
+    none = next((r for r in task_rows if r["variant"] == "none"), None)
+    if none:
+        axis.axhline(none["accuracy"], color="black", linewidth=0.8, label="none (no compression)")
+    axis.axhline(task_rows[0]["majority_accuracy"], color="grey", linestyle=":", linewidth=0.8, label="majority class")
+    axis.set_xticks(range(len(DEPTH_ORDER)), DEPTH_ORDER)
+    axis.set_xlabel("compression depth (fraction of layers; ext = after the last)")
+    axis.set_ylabel("test accuracy")
+
+
+def _draw_pareto(axis, task_rows: list[dict[str, Any]]) -> None:
+    for method in sorted({r["method"] for r in task_rows}):
+        points = [r for r in task_rows if r["method"] == method]
+        colour = METHOD_COLOURS.get(method, "black")  # the depth plot's colours; "none" in black
+        axis.scatter(
+            [r["encoder_gflops"] for r in points], [r["accuracy"] for r in points], label=method, s=14, color=colour
+        )
+    frontier = _pareto(task_rows)
+    axis.plot([r["encoder_gflops"] for r in frontier], [r["accuracy"] for r in frontier], color="black", linewidth=0.8)
+    for row in frontier:
+        axis.annotate(row["variant"], (row["encoder_gflops"], row["accuracy"]), fontsize=6)
+    axis.set_xlabel("encoder forward GFLOPs per image")
+    axis.set_ylabel("test accuracy")
 
 
 # One colour per compressor, so a compressor with and without the shortcut reads as one pair of lines.
@@ -222,12 +218,44 @@ def write_report(cells: list[dict[str, Any]], directory: Path, docs: Path | None
     paths = plot(rows, directory) if rows else []
     if docs is not None:
         update_docs(docs, tables, paths, directory.name)
+        save_rows(docs, directory.name, rows)
     return {
         "json": directory / "study_results.json",
         "tables": directory / "study_tables.md",
         "plots": paths,
         "rows": rows,
     }
+
+
+def rows_path(docs: Path, name: str) -> Path:
+    """Where a docs page keeps the aggregated rows behind its generated tables (``docs/study-data/<name>.json``),
+    so tables and plots can be redrawn (e.g. with recounted costs) without the cells that produced them."""
+    return docs.parent / "study-data" / f"{name}.json"
+
+
+def save_rows(docs: Path, name: str, rows: list[dict[str, Any]]) -> Path:
+    path = rows_path(docs, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    return path
+
+
+def refresh_costs(docs: Path, name: str, costs: dict[str, dict[str, float]], directory: Path) -> list[dict[str, Any]]:
+    """Redraw the generated part of ``docs`` for study ``name`` with every row's encoder GFLOPs taken from ``costs``
+    (variant -> ``encoder_gflops``); accuracies and times stay as measured. Plots go to ``directory`` first."""
+    path = rows_path(docs, name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the study with --docs {docs} once to record its rows.")
+    rows = json.loads(path.read_text())
+    missing = sorted({row["variant"] for row in rows} - set(costs))
+    if missing:
+        raise ValueError(f"no cost counted for variant(s) {missing}; run with the study config that produced {docs}.")
+    for row in rows:
+        row["encoder_gflops"] = costs[row["variant"]]["encoder_gflops"]
+    directory.mkdir(parents=True, exist_ok=True)
+    update_docs(docs, markdown_tables(rows), plot(rows, directory), name)
+    save_rows(docs, name, rows)
+    return rows
 
 
 def update_docs(docs: Path, tables: str, plots: list[Path], name: str) -> None:

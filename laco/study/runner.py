@@ -32,6 +32,7 @@ from .. import patch as laco_patch
 from ..adapters import resolve_encoder
 from ..bench.counting import flop_counter_mode
 from ..bench.timing import usable_cores
+from ..precision import choose as choose_precision
 from ..pretrained import load_dinov2_small
 from .grid import StudyConfig, StudyVariant
 from .probe import CompressedSuffix, prefix_features, start_layer, train_cell
@@ -52,7 +53,8 @@ def cell_path(root: Path, task: str, variant: StudyVariant, seed: int) -> Path:
 
 class Study:
     def __init__(self, config: StudyConfig, progress: bool = True) -> None:
-        self.config = config
+        # "auto" is resolved once, here: cells of one study must all compute in the same precision
+        self.config = replace(config, precision=choose_precision(config.precision, "cpu").name)
         self.root = Path(config.output_dir)
         self.progress = progress
         self.encoder = load_dinov2_small().eval().requires_grad_(False)
@@ -114,7 +116,9 @@ class Study:
             ) from failures[0]
 
     # Settings that change what a cell measures: finished cells are only valid for the settings they ran with.
-    CELL_SETTINGS = ("image_size", "max_train", "max_test", "steps", "batch_size", "learning_rate")
+    CELL_SETTINGS = ("image_size", "max_train", "max_test", "steps", "batch_size", "learning_rate", "precision")
+    # Studies recorded before precision was a setting computed their cells in bf16.
+    LEGACY = {"precision": "bf16"}
 
     def _check_same_settings(self) -> None:
         path = self.root / "study_config.json"
@@ -122,9 +126,9 @@ class Study:
             return
         previous = json.loads(path.read_text())
         changed = {
-            key: (previous.get(key), getattr(self.config, key))
+            key: (previous.get(key, self.LEGACY.get(key)), getattr(self.config, key))
             for key in self.CELL_SETTINGS
-            if previous.get(key) != getattr(self.config, key)
+            if previous.get(key, self.LEGACY.get(key)) != getattr(self.config, key)
         }
         if changed:
             raise ValueError(
@@ -156,6 +160,7 @@ class Study:
                 batch_size=config.batch_size,
                 learning_rate=config.learning_rate,
                 seed=seed,
+                precision=config.precision,
             )
             record = {
                 "task": task_name,
@@ -165,6 +170,7 @@ class Study:
                 "depth": list(variant.depth),
                 "layers": list(placement.layers),
                 "seed": seed,
+                "precision": config.precision,
                 **asdict(result),
                 **costs[variant.name],
                 "majority_accuracy": task.majority_accuracy(),

@@ -27,7 +27,7 @@ def part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
     if part == "vision_after_merge":
         placement = laco_patch.placement_of(tower)
         if placement is None:
-            raise ValueError("'vision_after_merge' needs a compressed vision tower; use 'vision' without compression.")
+            return []  # nothing follows a merge that is not there: the same recipe runs uncompressed baselines
         _, adapter = resolve_encoder(tower)
         blocks = adapter.blocks(tower)
         after = [p for block in blocks[min(placement.layers) :] for p in block.parameters()]

@@ -6,37 +6,44 @@ configs in ``configs/accelerate/``) and the ``Trainer`` picks the distributed se
 Layout of a run directory::
 
     runs/NAME/
-      config.yaml                 the resolved run config
+      config.yaml                 the resolved run config (written once accepted: see laco.train.resume)
+      .laco.lock                  held by the process training here
       processor/                  tokenizer (with <image>) + image transform + placeholder count
-      stage1/checkpoint-N/        Trainer checkpoints (model safetensors, optimizer, scheduler, RNG)
+      stage1/checkpoint-N/        Trainer checkpoints (model safetensors, optimizer, scheduler, RNG), the last two
       stage1/final/               the model after stage 1 (safetensors), written when the stage completes
       stage2/...
       final/                      the model after the last stage, with its processor: what eval/generate load
       summary.json                per-stage steps, loss, time, tokens/s, images/s
 
 A killed run restarts where it stopped: finished stages are skipped, and the interrupted stage resumes from its
-newest checkpoint with the optimizer, scheduler, data order and RNG state restored.
+newest complete checkpoint with the model (loaded strictly), optimizer, scheduler, data order and RNG state
+restored. Every stage starts from the previous stage's saved ``final/``, whether the run was interrupted or not, so
+a resumed run and an uninterrupted one take the same path. What makes this exact, and what refuses a rerun that
+would not be, lives in :mod:`laco.train.checkpoints` (sealed, checked checkpoints; the last two kept) and
+:mod:`laco.train.resume` (the run lock and the config comparison).
 """
 
 from __future__ import annotations
 
-import json
+import gc
 import logging
 import math
-import shutil
+import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from ..config import RunConfig, dump_config
-from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, split_files
+from .. import patch as laco_patch
+from ..adapters import resolve_encoder
+from ..checkpoints import from_pretrained_strict
+from ..config import RunConfig
+from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, llava_dataset
 from ..mllm import (
     LacoLlavaForConditionalGeneration,
     LacoProcessor,
@@ -44,12 +51,22 @@ from ..mllm import (
     resolve_attn_implementation,
 )
 from ..mllm.loss import answer_loss
+from ..placement import Placement
+from ..precision import Precision
+from ..precision import choose as choose_precision
+from .checkpoints import (
+    last_complete_checkpoint,
+    previous_summaries,
+    prune,
+    publish_final,
+    save_stage_final,
+    seal,
+    stage_done,
+)
 from .freezing import count_parameters, part_parameters, set_trainable
+from .resume import ConfigMismatch, RunLock, accept_config
 
 logger = logging.getLogger(__name__)
-
-FINAL = "final"
-DONE_MARKER = "laco-stage-done.json"
 
 
 @dataclass
@@ -128,6 +145,33 @@ class LacoTrainer(Trainer):
             self.images_seen += pixel_values.shape[0] * self.args.world_size
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint, then sealed (once every process has written its files) and older ones pruned."""
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # each rank writes its own RNG state (and shards under FSDP/ZeRO)
+        if self.is_world_process_zero():
+            checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            seal(checkpoint)
+            prune(checkpoint.parent)
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Load a checkpoint's weights strictly: every tensor the model has, by the names ``save_pretrained`` wrote.
+
+        The Trainer's own loader reads the safetensors file with ``load_state_dict(strict=False)``, but
+        ``save_pretrained`` writes LLaVA's LLM under ``model.language_model.model.*`` while the model names it
+        ``model.language_model.*``: it warned about "missing keys" and resumed stage 2 with the stage-1 LLM. Loading
+        through ``from_pretrained`` applies the same key mapping as every other load, and any key that still does
+        not fit is an error. FSDP and DeepSpeed checkpoints are their own sharded formats, loaded by their own code.
+        """
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = self.model if model is None else model
+        dtype = next(model.parameters()).dtype
+        saved = from_pretrained_strict(type(model), resume_from_checkpoint, dtype=dtype)
+        model.load_state_dict(saved.state_dict(), strict=True)
+        del saved
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:
             now = time.perf_counter()
@@ -140,9 +184,12 @@ class LacoTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> TrainingArguments:
+def _training_arguments(
+    config: RunConfig, stage_index: int, output: Path, precision: Precision | None = None
+) -> TrainingArguments:
     stage, training = config.stages[stage_index], config.training
     cuda = torch.cuda.is_available()
+    precision = precision or choose_precision(training.precision, "cuda" if cuda else "cpu", warn=False)
     return TrainingArguments(
         output_dir=str(output),
         max_steps=stage.max_steps,
@@ -156,8 +203,9 @@ def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> Tr
         logging_first_step=True,
         save_strategy="steps",
         save_steps=training.save_steps,
-        save_total_limit=1,
-        bf16=training.bf16 and (not cuda or torch.cuda.is_bf16_supported()),
+        save_total_limit=None,  # LacoTrainer._save_checkpoint keeps the last two, after checking the newest
+        bf16=precision.name == "bf16",
+        fp16=precision.name == "fp16",
         use_cpu=not cuda,
         activation_checkpointing=training.gradient_checkpointing,
         dataloader_num_workers=training.dataloader_num_workers,
@@ -171,123 +219,115 @@ def _training_arguments(config: RunConfig, stage_index: int, output: Path) -> Tr
     )
 
 
-def last_complete_checkpoint(stage_dir: Path, tidy: bool = True) -> str | None:
-    """The newest checkpoint the ``Trainer`` finished writing (it writes ``trainer_state.json`` last).
+def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False) -> dict[str, Any]:
+    """Run every stage of ``config`` (resuming a previous run in the same ``output_dir``); returns the summary.
 
-    A run killed while saving leaves a partial ``checkpoint-N``; resuming from it would fail or, worse, load a
-    half-written optimizer state. It is skipped, and moved aside when ``tidy`` (on the main process only).
+    Refused before any work: a directory another run holds (:class:`~laco.train.resume.RunDirectoryBusy`), and a
+    rerun whose config changes the result of the run it would continue
+    (:class:`~laco.train.resume.ConfigMismatch`, unless ``force_config``).
     """
-    if not stage_dir.exists():
-        return None
-    checkpoints = sorted(
-        (p for p in stage_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    for checkpoint in checkpoints:
-        if (checkpoint / TRAINER_STATE_NAME).exists():
-            return str(checkpoint)
-        if tidy:
-            aside = checkpoint.with_name(f"incomplete-{checkpoint.name}")
-            logger.warning("moving the partially written %s aside to %s", checkpoint, aside)
-            if aside.exists():
-                shutil.rmtree(aside)
-            checkpoint.rename(aside)
-    return None
-
-
-def _stage_done(directory: Path) -> bool:
-    return (directory / FINAL / DONE_MARKER).exists()
-
-
-def train(config: RunConfig, *, quiet: bool = False) -> dict[str, Any]:
-    """Run every stage of ``config`` (resuming a previous run in the same ``output_dir``); returns the summary."""
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    dump_config(config, output / "config.yaml")
-    if config.training.threads:
-        torch.set_num_threads(config.training.threads)
-    set_seed(config.seed)
-
-    model, processor = _model_for_next_stage(config, output)
-    json_path, image_folder = split_files(config.data, "train")
-    dataset = LlavaDataset(
-        json_path,
-        image_folder,
-        processor,
-        max_length=config.data.max_length,
-        strict=config.data.strict,
-        limit=config.data.limit,
-        progress=not quiet,
-    )
-    if not quiet:
-        print(f"data: {dataset.report.summary()}")
-    collator = MultimodalCollator(processor.tokenizer.pad_token_id)
-
-    summaries: list[dict[str, Any]] = _previous_summaries(output)
-    for index, stage in enumerate(config.stages):
-        stage_dir = output / stage.name
-        if _stage_done(stage_dir):
-            continue
-        counts = set_trainable(model, stage.trainable)
-        trainable, total = count_parameters(model)
+    with RunLock(output):
+        accept_config(config, output, force=force_config)
+        if config.training.threads:
+            torch.set_num_threads(config.training.threads)
+        set_seed(config.seed)
+        precision = choose_precision(config.training.precision, "cuda" if torch.cuda.is_available() else "cpu")
         if not quiet:
-            parts = ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items())
-            print(f"{stage.name}: training {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters ({parts})")
-        trainer = LacoTrainer(
-            model=model,
-            args=_training_arguments(config, index, stage_dir),
-            train_dataset=dataset,
-            data_collator=collator,
-            processing_class=processor.tokenizer,
-            part_learning_rates=stage.part_learning_rates,
-            sample_weights=answer_balanced_weights(dataset, stage.answer_balance) if stage.answer_balance else None,
-        )
-        last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
-        started = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=last_checkpoint)
-        seconds = time.perf_counter() - started
-        # throughput of this session only: a resumed stage counts the steps it ran, not the restored ones
-        tokens = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
-        summary = StageSummary(
-            name=stage.name,
-            steps=result.global_step,
-            seconds=round(seconds, 1),
-            final_loss=_last_logged_loss(trainer),
-            tokens_per_second=round(tokens / seconds, 1),
-            images_per_second=round(trainer.images_seen / seconds, 2),
-            trainable_parameters=trainable,
-            images=trainer.images_seen,
-            world_size=trainer.args.world_size,
-        )
-        if trainer.is_world_process_zero():
-            final = stage_dir / FINAL
-            trainer.save_model(str(final))
-            # the final model directory holds safetensors and JSON only: no pickled training arguments
-            (final / "training_args.bin").unlink(missing_ok=True)
-            (final / "training_args.json").write_text(trainer.args.to_json_string())
-            processor.save_pretrained(final)
-            (final / DONE_MARKER).write_text(json.dumps(asdict(summary), indent=2) + "\n")
-        trainer.accelerator.wait_for_everyone()
-        summaries = [s for s in summaries if s["name"] != stage.name] + [asdict(summary)]
+            print(f"precision: {precision.describe()}")
+        model, processor = _model_for_next_stage(config, output)
+        dataset = llava_dataset(config.data, "train", processor, limit=config.data.limit, progress=not quiet)
+        if not quiet:
+            print(f"data: {dataset.report.summary()}")
+        summaries: list[dict[str, Any]] = previous_summaries(output)
+        for index, stage in enumerate(config.stages):
+            if stage_done(output / stage.name):
+                continue
+            if model is None:  # the previous stage just finished: start from its final/, as a rerun would
+                model, _ = _model_for_next_stage(config, output)
+            summary = _train_stage(config, index, model, processor, dataset, precision, quiet=quiet)
+            model = None
+            gc.collect()  # the finished stage's model, optimizer and gradients
+            summaries = [s for s in summaries if s["name"] != stage.name] + [summary]
+        if _is_main_process():
+            publish_final(output, config, summaries, precision=precision.to_dict())
+    return {"name": config.name, "output_dir": str(output), "precision": precision.to_dict(), "stages": summaries}
 
-    if _is_main_process():
-        last_final = output / config.stages[-1].name / FINAL
-        final = output / FINAL
-        if final.exists():
-            shutil.rmtree(final)
-        shutil.copytree(last_final, final)
-        (output / "summary.json").write_text(json.dumps({"name": config.name, "stages": summaries}, indent=2) + "\n")
-    return {"name": config.name, "output_dir": str(output), "stages": summaries}
+
+def _train_stage(
+    config: RunConfig,
+    index: int,
+    model: LacoLlavaForConditionalGeneration,
+    processor: LacoProcessor,
+    dataset: LlavaDataset,
+    precision: Precision,
+    *,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Train stage ``index`` (from its newest complete checkpoint, if any) and save its ``final/``."""
+    stage = config.stages[index]
+    stage_dir = Path(config.output_dir) / stage.name
+    counts = set_trainable(model, stage.trainable)
+    trainable, total = count_parameters(model)
+    if not quiet:
+        parts = ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items())
+        print(f"{stage.name}: training {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters ({parts})")
+    trainer = LacoTrainer(
+        model=model,
+        args=_training_arguments(config, index, stage_dir, precision),
+        train_dataset=dataset,
+        data_collator=MultimodalCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor.tokenizer,
+        part_learning_rates=stage.part_learning_rates,
+        sample_weights=answer_balanced_weights(dataset, stage.answer_balance) if stage.answer_balance else None,
+    )
+    _check_world_size(trainer)
+    last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
+    trainer.accelerator.wait_for_everyone()  # damaged checkpoints are moved aside before anyone trains
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    seconds = time.perf_counter() - started
+    # throughput of this session only: a resumed stage counts the steps it ran, not the restored ones
+    tokens = trainer.state.num_input_tokens_seen - trainer._initial_num_input_tokens_seen
+    summary = StageSummary(
+        name=stage.name,
+        steps=result.global_step,
+        seconds=round(seconds, 1),
+        final_loss=_last_logged_loss(trainer),
+        tokens_per_second=round(tokens / seconds, 1),
+        images_per_second=round(trainer.images_seen / seconds, 2),
+        trainable_parameters=trainable,
+        images=trainer.images_seen,
+        world_size=trainer.args.world_size,
+    )
+    save_stage_final(trainer, processor, stage_dir / "final", asdict(summary))
+    return asdict(summary)
+
+
+def _check_world_size(trainer: Trainer) -> None:
+    """Refuse processes that a launcher started together but that would each train alone (and overwrite each other)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and trainer.args.world_size != launched:
+        raise RuntimeError(
+            f"the launcher started {launched} processes (WORLD_SIZE={launched}), but the Trainer runs as "
+            f"{trainer.args.world_size}: each would train alone and overwrite the others' checkpoints. accelerate "
+            "runs FSDP and DeepSpeed configs this way on a CPU; there, launch data-parallel training with "
+            "`torchrun --nproc_per_node N -m laco train ...`, and use the FSDP/DeepSpeed configs on GPUs."
+        )
 
 
 def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
     """The model the first unfinished stage starts from: the last finished stage's, or a freshly assembled one."""
-    finished = [s for s in config.stages if _stage_done(output / s.name)]
+    finished = [s for s in config.stages if stage_done(output / s.name)]
     if finished:
-        source = output / finished[-1].name / FINAL
-        logger.info("resuming from finished stage %s", source)
-        model = LacoLlavaForConditionalGeneration.from_pretrained(source)
+        source = output / finished[-1].name / "final"
+        logger.info("starting from finished stage %s", source)
+        # Built whole, and its Trainer shards it. Under DeepSpeed ZeRO-3 the last stage's Trainer left transformers
+        # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
+        unset_hf_deepspeed_config()
+        model = from_pretrained_strict(LacoLlavaForConditionalGeneration, source)
+        _check_placement(model, config, source)
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
     spec = config.model
@@ -302,11 +342,20 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
     return model, processor
 
 
-def _previous_summaries(output: Path) -> list[dict[str, Any]]:
-    summaries = []
-    for marker in sorted(output.glob(f"*/{FINAL}/{DONE_MARKER}")):
-        summaries.append(json.loads(marker.read_text()))
-    return summaries
+def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path) -> None:
+    """A finished stage's model carries its own compression; a config asking for another would be ignored."""
+    tower = model.model.vision_tower
+    saved = laco_patch.placement_of(tower) or Placement()
+    _, adapter = resolve_encoder(tower)
+    wanted = config.model.compression.resolve(len(adapter.blocks(tower)))
+    if wanted.mode == "auto":  # the adapter chose the mode when the model was built
+        wanted = replace(wanted, mode=saved.mode)
+    if saved.to_dict() != wanted.to_dict():
+        raise ConfigMismatch(
+            f"the finished stage in {source} was trained with compression {saved.label()} ({saved.to_dict()}), the "
+            f"config asks for {wanted.label()}; a finished stage's model cannot change (not even with "
+            "--force-config). Train the new compression into a new --output-dir."
+        )
 
 
 def _last_logged_loss(trainer: Trainer) -> float:

@@ -3,7 +3,7 @@
 import torch
 
 from laco.bench.counting import flop_counter_mode
-from laco.bench.models import build_mllm
+from laco.bench.models import random_mllm
 from laco.bench.presets import TINY_ENCODER, TINY_LLM
 from laco.mllm import IGNORE_INDEX
 from laco.mllm.loss import answer_loss, next_token_targets
@@ -28,7 +28,7 @@ def _batch(model, answer: int = 3, text: int = 8, batch: int = 2):
 
 
 def test_answer_loss_equals_the_models_own_loss_and_projects_only_labelled_positions():
-    model = build_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"))
+    model = random_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"))
     batch = _batch(model)
     loss, outputs = answer_loss(model, batch)
     torch.testing.assert_close(loss, model(**batch).loss)
@@ -48,7 +48,7 @@ def test_targets_are_the_next_tokens_labels_and_the_divisor_can_be_given():
     labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 7, 8]])
     targets, keep = next_token_targets(labels)
     assert targets.tolist() == [[IGNORE_INDEX, 7, 8, IGNORE_INDEX]] and keep.tolist() == [[False, True, True, False]]
-    model = build_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"))
+    model = random_mllm(TINY_ENCODER, TINY_LLM, dtype=torch.float32, device=torch.device("cpu"))
     batch = _batch(model)
     mean, _ = answer_loss(model, batch)
     total, _ = answer_loss(model, batch, num_items_in_batch=1)  # gradient accumulation passes the global count

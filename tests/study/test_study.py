@@ -248,3 +248,36 @@ def test_study_flops_are_the_bench_counters_with_attention_counted(tmp_path):
     with torch.no_grad(), FlopCounterMode(display=False) as plain:
         study.encoder(pixels)
     assert costs["none"]["encoder_gflops"] > plain.get_total_flops() / 1e9
+
+
+def test_recounted_costs_redraw_a_docs_page_without_the_cells(tmp_path):
+    """``--recount-costs``: the rows a docs page recorded are redrawn with new encoder FLOPs; accuracies stay."""
+    from laco.study.report import refresh_costs, save_rows, write_report
+
+    cells = [
+        {
+            "task": "easyvqa-color", "variant": name, "family": name.split("@")[0], "method": name.split("@")[0],
+            "depth": ["1/2"] if "@" in name else [], "layers": [6] if "@" in name else [], "seed": seed,
+            "accuracy": accuracy, "train_loss": 0.1, "seconds": 1.0, "trainable_parameters": 1,
+            "encoder_gflops": 2.79 if name == "none" else 1.79, "encoder_ms_per_16": 10.0,
+            "majority_accuracy": 0.125, "spatial_detail": False,
+        }
+        for name, accuracy in (("none", 0.99), ("laco@1/2", 0.97))
+        for seed in (0, 1)
+    ]  # fmt: skip
+    docs = tmp_path / "docs" / "study.md"
+    docs.parent.mkdir()
+    docs.write_text("# Study\n\nhand-written text stays\n")
+    write_report(cells, tmp_path / "study", docs)
+    assert "| laco@1/2 | 6 | 97.0% ± 0.0% (n=2) | -2.0 | 1.79 |" in docs.read_text()
+    rows = refresh_costs(
+        docs, "study", {"none": {"encoder_gflops": 2.87}, "laco@1/2": {"encoder_gflops": 1.84}}, tmp_path
+    )
+    text = docs.read_text()
+    assert "| laco@1/2 | 6 | 97.0% ± 0.0% (n=2) | -2.0 | 1.84 |" in text and "| none | - | 99.0%" in text
+    assert "hand-written text stays" in text and text.count("generated tables begin (study)") == 1
+    assert {r["variant"]: r["encoder_gflops"] for r in rows} == {"none": 2.87, "laco@1/2": 1.84}
+    with pytest.raises(ValueError, match=r"no cost counted for variant\(s\) \['laco@1/2'\]"):
+        refresh_costs(docs, "study", {"none": {"encoder_gflops": 1.0}}, tmp_path)
+    save_rows(docs, "other", rows)
+    assert (docs.parent / "study-data" / "other.json").exists()

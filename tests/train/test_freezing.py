@@ -50,3 +50,11 @@ def test_counts_share_tied_weights_once(model):
 def test_unknown_part_is_an_error(model):
     with pytest.raises(ValueError, match="unknown trainable part 'decoder'"):
         set_trainable(model, ["decoder"])
+
+
+def test_vision_after_merge_selects_nothing_without_a_merge():
+    """One recipe runs the uncompressed baseline too: there is no layer after a merge that is not there."""
+    tokenizer = tiny_tokenizer()
+    model, _ = build_mllm(tiny_encoder("dinov2"), (tiny_llm(len(tokenizer)), tokenizer), None, image_size=32)
+    assert set_trainable(model, ["projector", "vision_after_merge"])["vision_after_merge"] == 0
+    assert all("multi_modal_projector" in n for n in trainable_names(model))

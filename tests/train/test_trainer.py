@@ -9,72 +9,21 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 from laco.config import load_config
 from laco.train import train
 from laco.train.trainer import last_complete_checkpoint
 
-from tiny_models import save_tiny_parts, write_color_dataset
+from tiny_models import write_run_config as write_config
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("tiny")
-    vision, llm = save_tiny_parts(directory)
-    data_json, images = write_color_dataset(directory / "data", count=32)
-    return vision, llm, data_json, images
-
-
-def write_config(path: Path, parts, output: Path, steps=(3, 3), save_steps=2, **data) -> Path:
-    vision, llm, data_json, images = parts
-    config = {
-        "name": "tiny",
-        "output_dir": str(output),
-        "model": {
-            "vision": str(vision),
-            "llm": str(llm),
-            "image_size": 32,
-            "system_prompt": None,
-            "compression": {"layers": 2},
-        },
-        "data": {
-            "dataset": "llava",
-            "train_json": str(data_json),
-            "eval_json": str(data_json),
-            "image_folder": str(images),
-            "max_length": 64,
-            **data,
-        },
-        "stages": [
-            {
-                "name": "stage1",
-                "trainable": ["compressor", "projector"],
-                "max_steps": steps[0],
-                "batch_size": 4,
-                "learning_rate": 1e-2,
-            },
-            {
-                "name": "stage2",
-                "trainable": ["compressor", "projector", "llm"],
-                "max_steps": steps[1],
-                "batch_size": 4,
-                "learning_rate": 1e-3,
-            },
-        ],
-        "training": {"bf16": False, "logging_steps": 1, "save_steps": save_steps, "threads": 1},
-        "eval": {"limit": 8, "batch_size": 8, "max_new_tokens": 3},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def test_stages_run_and_write_a_loadable_final_model(parts, tmp_path):
     config = load_config(write_config(tmp_path / "run.yaml", parts, tmp_path / "run"))
     summary = train(config, quiet=True)
+    assert summary["precision"]["name"] == "fp32" and summary["precision"]["requested"] == "fp32"
     assert [s["name"] for s in summary["stages"]] == ["stage1", "stage2"]
     assert all(s["steps"] == 3 and s["images_per_second"] > 0 for s in summary["stages"])
     final = tmp_path / "run" / "final"

@@ -1,0 +1,95 @@
+"""LaCo model types for the retrofitted families, so a converted checkpoint reloads compressed with the Auto classes.
+
+Each stock class gets a subclass that differs in two things only: its config's ``model_type`` (``laco_internvl``,
+...; LLaVA's is laco's own ``laco_llava``) and a constructor that re-applies the compression recorded in
+``config.vision_config.laco`` through the family's whole-model adapter, so the model's counts and connector follow
+the merge as after :func:`laco.apply`. They load and save with the stock type's checkpoint key mapping, so
+``AutoModelForImageTextToText.from_pretrained(converted)`` (after ``import laco``) and the stock class on the same
+files agree on every pretrained tensor.
+"""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    PretrainedConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+)
+
+from ...checkpoints import apply_from_config, share_key_mapping
+from ...mllm.modeling import LacoLlavaForConditionalGeneration
+from ...patch import CONFIG_ATTRIBUTE
+
+LACO_MODELS: dict[str, type[nn.Module]] = {"llava": LacoLlavaForConditionalGeneration}
+"""Stock ``model_type`` -> its LaCo model class (LLaVA's is laco's own model)."""
+
+
+def _laco_init(self, config: PretrainedConfig) -> None:
+    type(self).stock_class.__init__(self, config)
+    if getattr(config.vision_config, CONFIG_ATTRIBUTE, None):
+        apply_from_config(self)
+
+
+def _define(config_class: type[PretrainedConfig], model_class: type[nn.Module]) -> type[nn.Module]:
+    stock_type = config_class.model_type
+    laco_type = f"laco_{stock_type}"
+    laco_config = strict(
+        type(
+            f"Laco{config_class.__name__}",
+            (config_class,),
+            {"model_type": laco_type, "__module__": __name__, "__doc__": f"{config_class.__name__} of a LaCo model."},
+        )
+    )
+    laco_model = type(
+        f"Laco{model_class.__name__}",
+        (model_class,),
+        {
+            "config_class": laco_config,
+            "stock_class": model_class,
+            "__init__": _laco_init,
+            "__module__": __name__,
+            "__doc__": f"{model_class.__name__} whose vision tower LaCo compresses as config.vision_config.laco says.",
+        },
+    )
+    for cls in (laco_config, laco_model):
+        globals()[cls.__name__] = cls  # importable by name: pickling, and the docs
+    AutoConfig.register(laco_type, laco_config, exist_ok=True)
+    AutoModelForImageTextToText.register(laco_config, laco_model, exist_ok=True)
+    share_key_mapping(laco_model, stock_type)
+    LACO_MODELS[stock_type] = laco_model
+    return laco_model
+
+
+for _config, _model in (
+    (LlavaNextConfig, LlavaNextForConditionalGeneration),
+    (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration),
+    (InternVLConfig, InternVLForConditionalGeneration),
+    (Idefics3Config, Idefics3ForConditionalGeneration),
+    (SmolVLMConfig, SmolVLMForConditionalGeneration),
+    (Gemma3Config, Gemma3ForConditionalGeneration),
+):
+    _define(_config, _model)
+
+
+def laco_model_class(model_type: str) -> type[nn.Module] | None:
+    """The LaCo model class for a stock or LaCo ``model_type`` (``None`` if laco has none)."""
+    if model_type in LACO_MODELS:
+        return LACO_MODELS[model_type]
+    return next((cls for cls in LACO_MODELS.values() if cls.config_class.model_type == model_type), None)
+
+
+__all__ = ["LACO_MODELS", "laco_model_class"]

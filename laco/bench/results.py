@@ -1,0 +1,228 @@
+"""What a run produced, typed: every variant's samples, FLOPs, tokens and memory under every measurement, the
+speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict`).
+
+The JSON keeps every raw sample (with its round and slot), the sub-phase timings, the FLOP counts and the
+machine description, so any statistic can be recomputed later without rerunning; ``laco bench --compare`` reads
+it back (:mod:`laco.bench.sweep`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .anatomy import Anatomy
+from .counting import Memory
+from .machine import Machine
+from .measurements import OPTIMIZER_PHASE, STACK_PREFIX, Measurement, measurement
+from .presets import BenchPreset
+from .settings import ResolvedSettings
+from .timing import Samples, Stats, paired_ratios
+from .variants import BenchVariant
+
+SCHEMA = "laco-bench/1"
+
+
+@dataclass
+class VariantResult:
+    """One variant under one measurement: raw samples, scaled samples (reduced LLM depth), FLOPs, memory."""
+
+    samples: Samples
+    scaled_seconds: list[float]
+    flops_counted: float
+    flops_predicted: float
+    flops_predicted_full: float
+    image_tokens: int
+    sequence_tokens: int | None
+    memory: Memory = None
+    # Training only: the AdamW step's share of ``scaled_seconds`` (scaled like it). It streams every parameter
+    # whatever the token count, so it is the part of a step that compression cannot shorten.
+    optimizer_seconds: list[float] = field(default_factory=list)
+
+    def stats(self) -> Stats:
+        return Stats.of(self.scaled_seconds)
+
+    @property
+    def compute_seconds(self) -> list[float]:
+        """Scaled seconds without the optimizer step (forward + backward in training; all of it otherwise)."""
+        if not self.optimizer_seconds:
+            return list(self.scaled_seconds)
+        return [total - optimizer for total, optimizer in zip(self.scaled_seconds, self.optimizer_seconds)]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {
+            "seconds": self.samples.seconds,
+            "scaled_seconds": self.scaled_seconds,
+            "rounds": self.samples.rounds,
+            "slots": self.samples.slots,
+            "phases_seconds": self.samples.phases,
+            "stats_seconds": self.stats().to_dict(),
+            "phase_stats_seconds": {
+                name: Stats.of(values).to_dict() if values else None for name, values in self.samples.phases.items()
+            },
+            "image_tokens": self.image_tokens,
+            "sequence_tokens": self.sequence_tokens,
+            "flops_counted": self.flops_counted,
+            "flops_predicted": self.flops_predicted,
+            "flops_predicted_full": self.flops_predicted_full,
+            "memory": self.memory.to_dict() if self.memory is not None else {},
+        }
+        if self.optimizer_seconds:
+            data["optimizer_scaled_seconds"] = self.optimizer_seconds
+        return data
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """Speed-up of a variant over its baseline: median and quartiles of the per-round ratios (each round times
+    both, back to back), and the FLOP bound."""
+
+    measured: float
+    q1: float
+    q3: float
+    bound: float
+
+    @property
+    def efficiency(self) -> float:
+        """Measured over predicted: 1.0 collects the whole FLOP reduction as time."""
+        return self.measured / self.bound if self.bound else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "measured": self.measured,
+            "paired_q1": self.q1,
+            "paired_q3": self.q3,
+            "flop_bound": self.bound,
+            "measured_over_bound": self.efficiency,
+        }
+
+
+@dataclass
+class BenchResult:
+    """Everything one run produced; :mod:`laco.bench.report` and :mod:`laco.bench.plots` show it."""
+
+    settings: ResolvedSettings
+    machine: Machine
+    variants: list[BenchVariant]
+    measurements: dict[str, dict[str, VariantResult]]
+    notes: list[str] = field(default_factory=list)
+    build_seconds: float = 0.0
+    run_seconds: float = 0.0
+    anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
+
+    @property
+    def preset(self) -> BenchPreset:
+        return self.settings.preset
+
+    @property
+    def depth(self) -> int:
+        return self.preset.encoder.layers
+
+    def kinds(self) -> list[Measurement]:
+        """The measurements this run took, in order."""
+        return [measurement(kind) for kind in self.measurements]
+
+    def variant(self, name: str) -> BenchVariant:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(f"no variant {name!r}; variants are {[v.name for v in self.variants]}.")
+
+    def speedup(self, kind: str, name: str, without_optimizer: bool = False) -> SpeedUp | None:
+        """``name`` against its baseline under measurement ``kind``; ``None`` for reference variants.
+
+        ``without_optimizer``: compare training steps less their AdamW step (forward + backward), against the
+        same FLOP bound, to tell the optimizer's fixed cost from how well the smaller matmuls run.
+        """
+        variant = self.variant(name)
+        if variant.baseline is None:
+            return None
+        rows = self.measurements[kind]
+        base, this = rows[variant.baseline], rows[name]
+        bound = base.flops_predicted_full / this.flops_predicted_full
+        pairs = paired_ratios(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer))
+        if not pairs:
+            measured = base.stats().median / this.stats().median
+            return SpeedUp(measured, measured, measured, bound)
+        spread = Stats.of(pairs)
+        return SpeedUp(spread.median, spread.q1, spread.q3, bound)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything in the result as plain JSON types: the content of ``bench.json``."""
+        preset = self.preset
+        return {
+            "schema": SCHEMA,
+            "preset": {
+                "name": preset.name,
+                "description": preset.description,
+                "encoder": asdict(preset.encoder),
+                "llm": asdict(preset.llm) if preset.llm else None,
+                "image_size": preset.resolution,
+            },
+            "settings": self.settings.to_dict(),
+            "machine": self.machine.to_dict(),
+            "variants": [variant.to_dict(self.depth) for variant in self.variants],
+            "measurements": {kind: self._rows_dict(kind) for kind in self.measurements},
+            "notes": self.notes,
+            "anatomy": self.anatomy.to_dict() if self.anatomy is not None else None,
+            "build_seconds": self.build_seconds,
+            "run_seconds": self.run_seconds,
+        }
+
+    def _rows_dict(self, kind: str) -> dict[str, Any]:
+        rows = {}
+        for variant in self.variants:
+            row = self.measurements[kind][variant.name].to_dict()
+            speed = self.speedup(kind, variant.name)
+            row["speedup"] = None if speed is None else {"baseline": variant.baseline, **speed.to_dict()}
+            if speed is not None and "optimizer_scaled_seconds" in row:
+                row["speedup"]["without_optimizer"] = self.speedup(kind, variant.name, without_optimizer=True).to_dict()
+            rows[variant.name] = row
+        return rows
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+
+def _scaled_samples(result: VariantResult, without_optimizer: bool = False) -> Samples:
+    seconds = result.compute_seconds if without_optimizer else result.scaled_seconds
+    return Samples(list(seconds), {}, list(result.samples.rounds), list(result.samples.slots))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scaling a run that timed fewer LLM layers to the full depth
+
+
+def _with_stack_scaled(values: list[float], samples: Samples, stack_phases: Sequence[str], scale: float) -> list[float]:
+    """``values`` plus the decoder stack's share of them (the sum of ``stack_phases``) times ``scale - 1``: the
+    time of the full depth from a run that timed fewer LLM layers."""
+    stack = [0.0] * len(values)
+    for phase in stack_phases:
+        for index, value in enumerate(samples.phases.get(phase, [])[: len(values)]):
+            stack[index] += value
+    return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
+
+
+def scale_seconds(samples: Samples, spec: Measurement, scale: float) -> list[float]:
+    """Wall seconds with the LLM decoder stack's time (``spec``'s ``stack_*`` phases) scaled from the timed to
+    the full number of layers."""
+    if scale == 1.0 or not spec.stack_phases:
+        return list(samples.seconds)
+    return _with_stack_scaled(samples.seconds, samples, spec.stack_phases, scale)
+
+
+def scale_phase(samples: Samples, phase: str, scale: float) -> list[float]:
+    """One phase's seconds with its decoder-stack part (``stack_<phase>``) scaled to the full depth; ``[]`` if
+    it was not timed."""
+    return _with_stack_scaled(samples.phases.get(phase, []), samples, (STACK_PREFIX + phase,), scale)
+
+
+def optimizer_seconds(samples: Samples, scale: float) -> list[float]:
+    """The optimizer step's share of every call, scaled like the call; ``[]`` where it was not timed apart."""
+    return scale_phase(samples, OPTIMIZER_PHASE, scale)

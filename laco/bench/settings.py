@@ -1,0 +1,312 @@
+"""What a benchmark run asks for (:class:`BenchSettings`), and the same with every default filled in for the
+device it runs on (:class:`ResolvedSettings`).
+
+:class:`BenchSettings` is the one place the options are written: :func:`laco.bench.run_benchmark` takes its fields
+as keyword arguments, and ``laco bench`` derives one command-line option from each field (its ``metadata`` holds
+the help text and how the command line spells the value). ``None`` fields take the preset's per-device defaults
+when :func:`resolve` turns the request into the typed settings the runner, the report and ``bench.json`` read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from ..cost import LLMGeometry
+from ..precision import PRECISIONS, Precision
+from ..precision import choose as choose_precision
+from ..precision import normalize as normalize_precision
+from .measurements import MEASUREMENTS, Measurement, measurement
+from .presets import PRESETS, BenchPreset, load_preset
+from .timing import usable_cores
+from .variants import DEFAULT_DEPTHS, DEFAULT_METHODS, DEFAULT_TWO_STAGE
+
+DEFAULT_PRESET = "llava-ov-0.5b"
+QUICK_PRESET = "tiny"
+# Few rounds whatever the preset, and float32 everywhere so CI counts the same thing on every machine.
+QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1, "precision": "fp32"}
+# Tiny ops gain nothing from threads, and with more threads than free cores OpenMP barriers wait on descheduled ones.
+QUICK_THREADS = 1
+COMPILE_WARMUP = 2  # the first warm-up call counts FLOPs eagerly; the second compiles
+OPTIMIZER_LR = 1e-6  # tiny, so repeated steps on random weights stay finite; the cost does not depend on it
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# How the command line spells a field
+
+
+def csv(text: str) -> list[str]:
+    """A comma-separated list, as ``--measure encoder,train`` writes it."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def csv_or_none(text: str) -> list[str] | None:
+    """A comma-separated list, or ``none`` (or nothing) for no list at all."""
+    items = csv(text)
+    return None if [item.lower() for item in items] in ([], ["none"]) else items
+
+
+FLAG = "flag"
+"""``parse`` of a boolean field: the option takes no value and sets the field to ``True``."""
+
+
+def option(default: Any, help: str, parse: Callable[[str], Any] | str = str, choices: Sequence[str] | None = None):
+    """A settings field with its command-line spelling: ``parse`` reads the option's text (:data:`FLAG` for a
+    switch), ``help`` says what it does."""
+    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
+
+
+def _tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything a run depends on; ``None`` fields take the preset's per-device defaults (:func:`resolve`)."""
+
+    preset: str | BenchPreset | None = option(
+        None,
+        f"built-in preset ({', '.join(PRESETS)}) or a .yaml file; default {DEFAULT_PRESET} ({QUICK_PRESET} with --quick)",
+    )
+    quick: bool = option(False, "CI mode: tiny geometry (unless --preset), 3 rounds, 1 thread", FLAG)
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    precision: str | None = option(
+        None,
+        "auto (bf16 where the device multiplies it natively, else fp32), bf16, fp16 (GPU) or fp32; default: the "
+        "preset's, auto",
+        choices=PRECISIONS,
+    )
+    threads: int | None = option(None, "torch intra-op threads (default: usable cores)", int)
+    reps: int | None = option(None, "timed rounds (default: preset's, 3 on CPU, 10 on CUDA)", int)
+    warmup: int | None = option(None, "untimed rounds, >= 1; the first counts FLOPs", int)
+    batch: int | None = option(None, "images (one per sequence) per step", int)
+    llm_layers: int | None = option(None, "time N LLM decoder layers and scale linearly to the full depth", int)
+    measure: tuple[str, ...] | None = option(
+        None, "comma list of measurements: " + ",".join(MEASUREMENTS) + " (default: the preset's)", csv
+    )
+    methods: tuple[str, ...] = option(
+        DEFAULT_METHODS, "compressors; laco runs at every --depths, the others at --method-depth", csv
+    )
+    depths: tuple[str, ...] = option(DEFAULT_DEPTHS, "depth fractions (or layer numbers) for LaCo", csv)
+    method_depth: str = option("1/4", "depth of the other compressors")
+    two_stage: tuple[str, ...] | None = option(
+        DEFAULT_TWO_STAGE, "depths of a two-stage LaCo (16x with --factor 2); 'none' to skip", csv_or_none
+    )
+    factor: int = option(2, "merge factor per side of every compressor (2: 2x2 tokens into one)", int)
+    seed: int = option(0, "seed of the random weights and inputs", int)
+    compile: bool = option(
+        False,
+        "time compiled models: torch.compile each encoder block and LLM decoder layer (compressors stay eager); "
+        "not for " + ",".join(name for name, spec in MEASUREMENTS.items() if spec.compile_blocker),
+        FLAG,
+    )
+
+    def __post_init__(self) -> None:
+        # Lists from the command line or a caller become tuples: equal settings compare equal however given.
+        object.__setattr__(self, "measure", _tuple(self.measure))
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "depths", tuple(self.depths))
+        object.__setattr__(self, "two_stage", _tuple(self.two_stage) or None)
+
+    @classmethod
+    def from_namespace(cls, namespace: Any) -> BenchSettings:
+        """The settings an ``argparse`` namespace holds, one attribute per field."""
+        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resolved settings
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """A :class:`BenchSettings` with the preset loaded and every default filled in for the device.
+
+    ``requested`` keeps what was asked; the other fields are what the run uses. ``llm_layers`` is ``None`` when
+    the LLM is built at its full depth. ``notes`` are caveats the resolution added (a measurement left out).
+    """
+
+    requested: BenchSettings
+    preset: BenchPreset
+    device: torch.device
+    precision: Precision
+    threads: int
+    reps: int
+    warmup: int
+    batch: int
+    llm_layers: int | None
+    measure: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def measurements(self) -> list[Measurement]:
+        return [measurement(name) for name in self.measure]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def execution(self) -> str:
+        """How the model ran: its dtype, and whether its blocks were compiled."""
+        return self.dtype_name + (", compiled" if self.requested.compile else "")
+
+    @property
+    def llm_layers_full(self) -> int | None:
+        return self.preset.llm.layers if self.preset.llm is not None else None
+
+    @property
+    def built_llm(self) -> LLMGeometry | None:
+        """The LLM geometry as built: ``llm_layers`` decoder layers where fewer are timed."""
+        llm = self.preset.llm
+        return llm.with_layers(self.llm_layers) if llm is not None and self.llm_layers is not None else llm
+
+    @property
+    def llm_scale(self) -> float:
+        """Full LLM depth over the timed one: what the decoder stack's time is multiplied by."""
+        if self.preset.llm is None or self.llm_layers is None:
+            return 1.0
+        return self.preset.llm.layers / self.llm_layers
+
+    @property
+    def cost_inputs(self) -> dict[str, int]:
+        """What one call processes, as :func:`laco.cost.mllm_flops` and its kin take it."""
+        preset = self.preset
+        return {
+            "image_size": preset.resolution,
+            "images": self.batch,
+            "prompt_tokens": preset.prompt_tokens,
+            "answer_tokens": preset.answer_tokens,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``settings`` of ``bench.json``: every requested field as resolved, plus what the preset fixed."""
+        resolved = {f.name for f in fields(self)}
+        data: dict[str, Any] = {}
+        for f in fields(BenchSettings):
+            value = getattr(self if f.name in resolved else self.requested, f.name)
+            data[f.name] = list(value) if isinstance(value, tuple) else value
+        data["precision"] = self.precision.to_dict()
+        data.update(
+            preset=self.preset.name,
+            device=str(self.device),
+            dtype=self.dtype_name,
+            llm_layers_full=self.llm_layers_full,
+            image_size=self.preset.resolution,
+            prompt_tokens=self.preset.prompt_tokens,
+            answer_tokens=self.preset.answer_tokens,
+            optimizer=f"AdamW(lr={OPTIMIZER_LR}, fused)",
+        )
+        return data
+
+
+def resolve(settings: BenchSettings) -> ResolvedSettings:
+    """Load the preset, pick the device and fill every ``None`` field with the preset's default for it."""
+    quick = settings.quick
+    preset = load_preset(settings.preset if settings.preset is not None else QUICK_PRESET if quick else DEFAULT_PRESET)
+    device = resolve_device(settings.device)
+
+    def pick(value: Any, key: str) -> Any:
+        if value is not None:
+            return value
+        return QUICK_OVERRIDES[key] if quick and key in QUICK_OVERRIDES else preset.default(device.type, key)
+
+    precision = _precision(pick(settings.precision, "precision"), device)
+    reps, warmup, batch = (int(pick(getattr(settings, key), key)) for key in ("reps", "warmup", "batch"))
+    if settings.compile and settings.warmup is None:
+        warmup = max(warmup, COMPILE_WARMUP)
+    if reps < 1 or batch < 1:
+        raise ValueError(f"reps and batch must be >= 1 (got reps={reps}, batch={batch}).")
+    if warmup < 1:
+        raise ValueError(
+            f"warmup must be >= 1 (got {warmup}): the first warm-up call of every variant counts its FLOPs."
+        )
+    measure, notes = _measure(settings, tuple(pick(settings.measure, "measure")), warmup)
+    if preset.llm is None and any(measurement(name).needs_llm for name in measure):
+        encoder_only = ", ".join(repr(name) for name, spec in MEASUREMENTS.items() if not spec.needs_llm)
+        raise ValueError(
+            f"preset {preset.name!r} has no LLM, so only {encoder_only} can be measured (asked: {list(measure)}); "
+            "use an MLLM preset such as llava-ov-0.5b."
+        )
+    threads = int(settings.threads) if settings.threads else QUICK_THREADS if quick else usable_cores()
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}.")
+    return ResolvedSettings(
+        requested=settings,
+        preset=preset,
+        device=device,
+        precision=precision,
+        threads=threads,
+        reps=reps,
+        warmup=warmup,
+        batch=batch,
+        llm_layers=_llm_layers(pick(settings.llm_layers, "llm_layers"), preset),
+        measure=measure,
+        notes=(*preset.notes, *notes),
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA where there is a GPU), ``cpu``, ``cuda`` or ``cuda:N``, checked against this machine."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu."
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
+    return device
+
+
+def _precision(name: str, device: torch.device) -> Precision:
+    if normalize_precision(name) == "fp16" and device.type == "cpu":
+        raise ValueError("float16 on CPU is emulated and meaningless for timing; use --precision bf16, fp32 or auto.")
+    return choose_precision(name, device)
+
+
+def _measure(settings: BenchSettings, measure: tuple[str, ...], warmup: int) -> tuple[tuple[str, ...], list[str]]:
+    """The measurements to run, checked against the registry and ``--compile``; and the notes that explain
+    a measurement left out."""
+    for name in measure:
+        measurement(name)
+    if not settings.compile:
+        return measure, []
+    if not hasattr(torch.compiler, "set_stance"):
+        raise ValueError(f"--compile needs torch >= 2.6 (for torch.compiler.set_stance); this is {torch.__version__}.")
+    if warmup < COMPILE_WARMUP:
+        raise ValueError(
+            f"--compile needs --warmup >= {COMPILE_WARMUP} (got {warmup}): the first warm-up call counts FLOPs "
+            "eagerly and the second compiles, which must not land in a timed round."
+        )
+    eager = [measurement(name) for name in measure if measurement(name).compile_blocker]
+    if eager and settings.measure is not None:
+        spec = eager[0]
+        others = ",".join(name for name in measure if not measurement(name).compile_blocker) or "encoder"
+        raise ValueError(
+            f"--compile does not time {spec.name}: {spec.compile_blocker}. Leave {spec.name} out of --measure "
+            f"(e.g. --measure {others})."
+        )
+    notes = [f"{spec.name} not timed: {spec.compile_blocker} (see --compile)." for spec in eager]
+    return tuple(name for name in measure if not measurement(name).compile_blocker), notes
+
+
+def _llm_layers(value: Any, preset: BenchPreset) -> int | None:
+    """The LLM decoder layers to build, ``None`` for all of them (or for a preset without an LLM)."""
+    if preset.llm is None or value is None:
+        return None
+    layers = int(value)
+    if not 1 <= layers <= preset.llm.layers:
+        raise ValueError(f"--llm-layers must lie in 1..{preset.llm.layers} for {preset.llm.name}, got {layers}.")
+    return None if layers == preset.llm.layers else layers

@@ -1,0 +1,141 @@
+"""The model of a run and what its workloads share: fixed inputs, the placement switch, optimizers and timers.
+
+One model serves every variant (see :mod:`laco.bench.models` for why); the workloads of
+:mod:`laco.bench.workloads` move it to a variant's placement in their untimed ``prepare``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import patch as laco_patch
+from ..cost import training_activation_bytes
+from ..placement import Placement
+from . import machine
+from .models import CompressionSwitch, compile_blocks, decoder_layers, random_encoder, random_mllm
+from .presets import BenchPreset
+from .settings import OPTIMIZER_LR, ResolvedSettings
+from .timing import Clock, StackTimer
+from .variants import BenchVariant
+
+
+class Inputs:
+    """Fixed random pixels and token ids; image placeholders first, then prompt, then answer."""
+
+    def __init__(self, preset: BenchPreset, batch: int, device: torch.device, dtype: torch.dtype, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        size = preset.resolution
+        self.pixel_values = torch.randn(batch, preset.encoder.channels, size, size, generator=generator).to(
+            device, dtype
+        )
+        self.batch, self.device = batch, device
+        vocab = preset.llm.vocab if preset.llm is not None else 2
+        self.image_token = vocab - 1
+        text = preset.prompt_tokens + preset.answer_tokens
+        self.text = torch.randint(0, vocab - 1, (batch, text), generator=generator)
+        self.prompt_tokens, self.answer_tokens = preset.prompt_tokens, preset.answer_tokens
+
+    def ids(self, image_tokens: int, with_answer: bool) -> torch.Tensor:
+        text = self.text if with_answer else self.text[:, : self.prompt_tokens]
+        image = torch.full((self.batch, image_tokens), self.image_token, dtype=torch.long)
+        return torch.cat([image, text], dim=1).to(self.device)
+
+    def labels(self, ids: torch.Tensor) -> torch.Tensor:
+        labels = ids.clone()
+        labels[:, : ids.shape[1] - self.answer_tokens] = -100  # only the answer is learned, as in LLaVA's SFT
+        return labels
+
+
+class Testbed:
+    """The built model (an encoder, or an MLLM with its vision tower) switched between the variants' placements.
+
+    ``stack`` times the LLM's decoder layers (``None`` for an encoder alone); ``prefill_cache`` keeps each
+    variant's prefill, which its decode steps start from.
+    """
+
+    def __init__(self, settings: ResolvedSettings) -> None:
+        self.settings = settings
+        self.preset, self.device, self.dtype = settings.preset, settings.device, settings.dtype
+        self.clock = Clock(self.device)
+        torch.set_num_threads(settings.threads)
+        seed = settings.requested.seed
+        self.inputs = Inputs(self.preset, settings.batch, self.device, self.dtype, seed)
+        self.stack: StackTimer | None = None
+        if self.preset.llm is None:
+            self.model = random_encoder(self.preset.encoder, dtype=self.dtype, device=self.device, seed=seed)
+            self.tower = self.model
+        else:
+            self.model = random_mllm(
+                self.preset.encoder,
+                self.preset.llm,
+                llm_layers=settings.llm_layers,
+                dtype=self.dtype,
+                device=self.device,
+                seed=seed,
+            )
+            self.tower = self.model.model.vision_tower
+            self.stack = StackTimer(decoder_layers(self.model), self.clock).attach()
+        self.switch = CompressionSwitch(self.tower)
+        if settings.requested.compile:
+            compile_blocks(list(self.switch.adapter.blocks(self.switch.encoder)) + self._llm_layers())
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        if any(spec.training for spec in settings.measurements):
+            # Before any placement is active, so no compressor lands in the shared optimizers.
+            stack_params = list(decoder_layers(self.model).parameters())
+            stack_ids = {id(p) for p in stack_params}
+            rest = [p for p in self.model.parameters() if id(p) not in stack_ids]
+            self._optimizers = {"rest": self._optimizer(rest), "stack": self._optimizer(stack_params)}
+        self._variant_optimizers: dict[Placement, torch.optim.Optimizer | None] = {}
+        self.prefill_cache: dict[str, Any] = {}
+
+    def _llm_layers(self) -> list[nn.Module]:
+        return list(decoder_layers(self.model)) if self.preset.llm is not None else []
+
+    def activate(self, variant: BenchVariant) -> list[nn.Module]:
+        """Compress as ``variant`` says; returns its compressor modules."""
+        return self.switch.activate(variant.placement)
+
+    def image_tokens(self, variant: BenchVariant) -> int:
+        """Visual tokens the model puts into its LLM (or its encoder outputs) under ``variant``'s placement."""
+        self.activate(variant)
+        if self.preset.llm is None:
+            return laco_patch.num_tokens(self.tower, self.preset.resolution)
+        return self.model.num_image_tokens(self.preset.resolution)
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.AdamW(params, lr=OPTIMIZER_LR, weight_decay=0.0, fused=fused)
+
+    def optimizers(
+        self, variant: BenchVariant
+    ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer | None]:
+        """(rest of the model, LLM decoder stack, this placement's compressors), so the stack's share of the
+        optimizer step can be scaled with ``--llm-layers``."""
+        if variant.placement not in self._variant_optimizers:
+            params = [p for module in self.activate(variant) for p in module.parameters()]
+            self._variant_optimizers[variant.placement] = self._optimizer(params) if params else None
+        return self._optimizers["rest"], self._optimizers["stack"], self._variant_optimizers[variant.placement]
+
+    def check_training_memory(self) -> None:
+        """Refuse a training step that cannot fit, before spending minutes to find out (on a CPU the OS would
+        kill the process without a Python error)."""
+        settings = self.settings
+        params = sum(p.numel() for p in self.model.parameters())
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        state = params * element * 4  # weights, gradients, AdamW's two moments
+        activations = training_activation_bytes(  # the uncompressed variant: the largest
+            self.preset.encoder, settings.built_llm, None, element_bytes=element, **settings.cost_inputs
+        )
+        free = machine.available_memory_bytes(self.device)
+        available = None if free is None else free + params * element  # the weights are already allocated
+        if available is not None and state + activations > 0.9 * available:
+            raise MemoryError(
+                f"a training step of {params / 1e9:.2f}B parameters in {self.dtype} at batch {settings.batch} needs "
+                f"~{(state + activations) / 2**30:.1f} GiB ({state / 2**30:.1f} for weights, gradients and AdamW "
+                f"state, ~{activations / 2**30:.1f} for the uncompressed model's activations), but "
+                f"~{available / 2**30:.1f} GiB is available. Use a smaller --batch, time fewer LLM layers "
+                "(--llm-layers), use --dtype bfloat16, or leave train out of --measure."
+            )

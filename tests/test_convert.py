@@ -1,0 +1,52 @@
+"""laco.convert and `laco convert`: what a source must be, and the command line. Each family's round trip (every
+tensor kept, reload with the Auto classes) is tested with its adapter in tests/adapters/mllm."""
+
+import pytest
+from safetensors.torch import load_file
+
+import laco
+from laco.cli import main
+
+from tiny_mllms import llava
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    tiny = llava()
+    tiny.model.save_pretrained(tmp_path / "src")
+    tiny.processor.save_pretrained(tmp_path / "src")
+    return tmp_path / "src"
+
+
+def test_the_command_line_writes_a_laco_checkpoint(checkpoint, capsys):
+    dst = checkpoint.parent / "dst"
+    assert main(["convert", str(checkpoint), str(dst), "--layer", "1/2"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens per image (tile): 64 -> 16" in out and "from_pretrained" in out
+    assert set(load_file(checkpoint / "model.safetensors")) < set(load_file(dst / "model.safetensors"))
+    assert laco.placement_of(laco.load(dst)).layers == (2,)
+
+
+def test_pickle_weights_are_refused(checkpoint):
+    (checkpoint / "model.safetensors").rename(checkpoint / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"no safetensors weights \(only \['pytorch_model.bin'\]\)"):
+        laco.convert(checkpoint, checkpoint.parent / "dst", 2)
+
+
+def test_an_existing_destination_and_a_compressed_source_are_refused(checkpoint):
+    dst = checkpoint.parent / "dst"
+    laco.convert(checkpoint, dst, 2)
+    with pytest.raises(FileExistsError, match="not empty"):
+        laco.convert(checkpoint, dst, 2)
+    with pytest.raises(ValueError, match="already compressed by laco"):
+        laco.convert(dst, checkpoint.parent / "again", 2)
+    with pytest.raises(SystemExit, match="laco convert: .*already compressed"):
+        main(["convert", str(dst), str(checkpoint.parent / "again"), "--layer", "2"])
+
+
+def test_an_unsupported_model_type_is_refused(tmp_path):
+    from tiny_models import tiny_encoder
+
+    tiny_encoder("siglip").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot convert a 'siglip_vision_model' checkpoint; supported model types"):
+        laco.convert(tmp_path, tmp_path / "dst", 2)

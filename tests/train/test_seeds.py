@@ -1,0 +1,65 @@
+"""Seeds, not single runs: `laco train --seeds` records every seed, `laco table` reports mean ± std per arm."""
+
+import json
+
+import pytest
+
+from laco.cli import main
+from laco.train.seeds import SeedRecord, markdown_table, record_seed, summarize
+
+from tiny_models import write_run_config
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "torch_threads": 2, "gpu": None}
+
+
+def _record(seed: int, accuracy: float, shape: float) -> SeedRecord:
+    groups = {"yes/no": 0.8, "shape": shape, "colour": 0.5}
+    return SeedRecord(
+        seed, f"run/seed{seed}", 600.0 + seed * 60, 500.0, 100.0, accuracy, groups, 0.37, 0.67, 16, "fp32"
+    )
+
+
+def test_summary_is_mean_and_sample_std_over_seeds(tmp_path):
+    arm = tmp_path / "laco"
+    for seed, accuracy, shape in ((0, 0.80, 0.90), (1, 0.84, 0.94), (2, 0.82, 0.98)):
+        record_seed(arm, _record(seed, accuracy, shape), MACHINE)
+    record_seed(arm, _record(1, 0.84, 0.94), MACHINE)  # a seed recorded again replaces, never duplicates
+    summary = summarize(arm)
+    assert summary["n"] == 3 and summary["seeds"] == [0, 1, 2]
+    assert summary["accuracy"] == pytest.approx((0.82, 0.02))
+    assert summary["shape"] == pytest.approx((0.94, 0.04))
+    assert summary["wall_seconds"] == pytest.approx((660.0, 60.0))
+
+
+def test_table_has_one_row_per_arm_the_blind_baselines_and_the_machine(tmp_path):
+    for arm, accuracy in (("laco", 0.80), ("external", 0.85)):
+        for seed in (0, 1):
+            record_seed(tmp_path / arm, _record(seed, accuracy + 0.01 * seed, 0.9), MACHINE)
+    text, summaries = markdown_table([tmp_path / "laco", tmp_path / "external"])
+    assert "| laco | 16 | 2 | 10.5 ± 0.7 | 80.5 ± 0.7 | 80.0 ± 0.0 | 90.0 ± 0.0 | 50.0 ± 0.0 |" in text
+    assert "| external |" in text and "majority 37.0 ± 0.0, question-only 67.0 ± 0.0" in text
+    assert "Test CPU, 2 cores, 2 torch threads" in text and [s["arm"] for s in summaries] == ["laco", "external"]
+
+
+def test_a_missing_arm_names_the_command_that_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="laco train --seeds 0,1,2"):
+        summarize(tmp_path / "nothing")
+
+
+def test_train_seeds_runs_each_seed_and_the_table_reads_them(parts, tmp_path):
+    config = write_run_config(tmp_path / "run.yaml", parts, tmp_path / "arm")
+    assert main(["train", "--config", str(config), "--seeds", "0,1"]) == 0
+    data = json.loads((tmp_path / "arm" / "seeds.json").read_text())
+    assert [s["seed"] for s in data["seeds"]] == [0, 1] and data["machine"]["cores"] >= 1
+    assert all((tmp_path / "arm" / f"seed{seed}" / "final" / "model.safetensors").exists() for seed in (0, 1))
+    assert all(s["precision"] == "fp32" and s["wall_seconds"] > 0 and s["image_tokens"] == 16 for s in data["seeds"])
+    out = tmp_path / "table.md"
+    assert main(["table", str(tmp_path / "arm"), "--out", str(out)]) == 0
+    assert "| arm | 16 | 2 |" in out.read_text() and out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("seeds", ["0,0", "a", "-1", ""])
+def test_bad_seed_lists_are_refused(seeds, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--seeds", seeds])
+    assert "--seeds" in capsys.readouterr().err
