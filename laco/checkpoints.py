@@ -240,18 +240,19 @@ def _saved_class(path: Path) -> type[nn.Module]:
     return found or AutoModel
 
 
-def share_key_mapping(model_class: type[nn.Module], like: str) -> None:
-    """Load and save checkpoints of a laco subclass of a stock model with the key mapping ``transformers`` registers
-    for the stock ``model_type`` ``like``.
+def share_key_mapping(model_class: type[nn.Module], stock_class: type[nn.Module]) -> None:
+    """Load and save checkpoints of ``model_class``, a laco subclass of ``stock_class``, with the key mapping
+    ``transformers`` registers for the stock class: under its class name (Qwen2-VL, Qwen2.5-VL) or else its
+    ``model_type`` (LLaVA and the others).
 
     ``transformers`` renames checkpoint keys on load (and back on save) by the model's class name or ``model_type``,
     and skips the stock mappings for classes defined outside it; without one, a stock checkpoint's keys do not meet
-    the subclass's. The mapping is registered under the class name, which takes precedence, and the laco
+    the subclass's. The mapping is registered under the laco class name, which takes precedence, and the laco
     ``model_type``.
     """
     from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 
-    mapping = _stock_mapping(like)
+    mapping = _stock_mapping(stock_class.__name__) or _stock_mapping(stock_class.config_class.model_type)
     if mapping is not None:
         for name in (model_class.__name__, model_class.config_class.model_type):
             register_checkpoint_conversion_mapping(name, mapping, overwrite=True)

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from .adapters import MODEL_ADAPTERS
 from .adapters.mllm.models import LACO_MODELS, laco_model_class
 from .patch import CONFIG_ATTRIBUTE, apply, num_tokens
 from .placement import LayerSpec, Placement
@@ -86,8 +87,11 @@ def _load_source(src: Path) -> nn.Module:
     config = AutoConfig.from_pretrained(src)
     model_class = laco_model_class(config.model_type)
     if model_class is None:
-        supported = ", ".join(sorted(LACO_MODELS))
+        supported = ", ".join(sorted(kind for kind, cls in LACO_MODELS.items() if not _convert_refusal(cls)))
         raise ValueError(f"laco cannot convert a {config.model_type!r} checkpoint; supported model types: {supported}.")
+    refusal = _convert_refusal(model_class)
+    if refusal:
+        raise ValueError(f"laco cannot convert a {config.model_type!r} checkpoint: {refusal}.")
     if getattr(getattr(config, "vision_config", None), CONFIG_ATTRIBUTE, None):
         raise ValueError(
             f"{src} is already compressed by laco ({getattr(config.vision_config, CONFIG_ATTRIBUTE)}); convert the "
@@ -100,6 +104,11 @@ def _load_source(src: Path) -> nn.Module:
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.eval()
+
+
+def _convert_refusal(model_class: type[nn.Module]) -> str:
+    """Why the family of ``model_class`` cannot be converted (its whole-model adapter says), or empty."""
+    return next((a.convert_refusal for a in MODEL_ADAPTERS if issubclass(model_class, a.model_classes)), "")
 
 
 def _load_processor(src: Path) -> Any:

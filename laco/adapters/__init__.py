@@ -12,7 +12,6 @@ from .internvit import InternVitAdapter
 from .layout import GridLayout, TokenLayout
 from .model import MODEL_ADAPTERS, ModelAdapter, find_model_adapter, register_model_adapter
 from .qwen_vl import QWEN_ADAPTERS
-from .qwen_vl_model import QwenVLModelAdapter
 from .siglip import SiglipAdapter
 
 ADAPTERS: list[EncoderAdapter] = [
@@ -67,7 +66,6 @@ __all__ = [
     "GridLayout",
     "MlpParts",
     "ModelAdapter",
-    "QwenVLModelAdapter",
     "TokenLayout",
     "find_adapter",
     "find_model_adapter",

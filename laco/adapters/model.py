@@ -22,6 +22,8 @@ class ModelAdapter:
 
     family: str = "mllm"
     model_classes: tuple[type[nn.Module], ...] = ()
+    convert_refusal: str = ""
+    """Why ``laco convert`` cannot write a checkpoint of this family (empty: it can), for its error message."""
 
     def matches(self, model: nn.Module) -> bool:
         return isinstance(model, self.model_classes)

@@ -10,6 +10,7 @@ from .idefics3 import Idefics3Adapter, SmolVLMAdapter
 from .internvl import InternVLAdapter
 from .llava import LlavaAdapter, LlavaNextAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .qwen_vl import QwenVLModelAdapter
 
 __all__ = [
     "Gemma3Adapter",
@@ -19,5 +20,6 @@ __all__ = [
     "LlavaNextAdapter",
     "LlavaOnevisionAdapter",
     "MllmAdapter",
+    "QwenVLModelAdapter",
     "SmolVLMAdapter",
 ]

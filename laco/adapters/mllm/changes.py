@@ -24,6 +24,23 @@ class _Restore:
         setattr(self.obj, self.name, self.value)
 
 
+class _Unshadow:
+    """Put back what an instance held under ``name`` before :meth:`Changes.override`: its own earlier value, or
+    nothing (the class attribute shows through again)."""
+
+    def __init__(self, obj: Any, name: str, before: Any) -> None:
+        self.obj, self.name, self.before = obj, name, before
+
+    def __call__(self) -> None:
+        if self.before is _ABSENT:
+            object.__delattr__(self.obj, self.name)
+        else:
+            object.__setattr__(self.obj, self.name, self.before)
+
+
+_ABSENT = object()
+
+
 class _RemovePreHook:
     """Remove a forward pre-hook by its id from the module's own dicts (a deep copy has the same ids in its copies,
     where a ``RemovableHandle`` would still point at the original's)."""
@@ -46,6 +63,13 @@ class Changes:
         """``obj.name = value`` on this instance; undone by restoring the old value (never a class attribute)."""
         self.undo.append(_Restore(obj, name, getattr(obj, name)))
         setattr(obj, name, value)
+
+    def override(self, obj: Any, name: str, value: Any) -> None:
+        """Shadow a class attribute (a method the model or processor calls on itself) with ``value`` on this
+        instance; undone by removing the instance's attribute, so ``vars(obj)`` is as before. :meth:`set` would
+        leave the bound method behind as an instance attribute."""
+        self.undo.append(_Unshadow(obj, name, vars(obj).get(name, _ABSENT)))
+        object.__setattr__(obj, name, value)  # a plain attribute even on an nn.Module or a processor
 
     def config_view(self, module: nn.Module, vision: dict[str, Any] | None = None, **values: Any) -> None:
         """Give ``module`` its own shallow copy of its config with ``values`` (and ``vision`` in a copy of its

@@ -26,6 +26,12 @@ from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     PretrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
@@ -69,7 +75,7 @@ def _define(config_class: type[PretrainedConfig], model_class: type[nn.Module]) 
         globals()[cls.__name__] = cls  # importable by name: pickling, and the docs
     AutoConfig.register(laco_type, laco_config, exist_ok=True)
     AutoModelForImageTextToText.register(laco_config, laco_model, exist_ok=True)
-    share_key_mapping(laco_model, stock_type)
+    share_key_mapping(laco_model, model_class)
     LACO_MODELS[stock_type] = laco_model
     return laco_model
 
@@ -81,6 +87,9 @@ for _config, _model in (
     (Idefics3Config, Idefics3ForConditionalGeneration),
     (SmolVLMConfig, SmolVLMForConditionalGeneration),
     (Gemma3Config, Gemma3ForConditionalGeneration),
+    (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
+    (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
+    (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
 ):
     _define(_config, _model)
 

@@ -17,6 +17,12 @@ model's own 4x), and three things follow, each changed on this model's or proces
 
 Grids whose merge units do not pair up 2x2 (sides that are not multiples of 56 px) are refused where they are
 first seen (processor, rope index or tower) with an error naming the image and its grid.
+
+This adapter derives from :class:`~laco.adapters.model.ModelAdapter`, not :class:`~laco.adapters.mllm.base.MllmAdapter`:
+the latter counts tokens per fixed-size tile (``image_size // patch``, one grid per tile, checked by forward
+pre-hooks on the tower and on the model), while a Qwen-VL image has its own ``grid_thw`` and the model's own 2x2
+merge is done by the tower's merger, which the tower's adapter (:mod:`laco.adapters.qwen_vl`) already replaces.
+Saved models reload through the same LaCo model types as the other families (:mod:`laco.adapters.mllm.models`).
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from transformers import (
     Qwen3VLModel,
 )
 
-from ..placement import Placement
-from .base import EncoderAdapter, GridSize, Undo, _pair
-from .model import ModelAdapter, register_model_adapter
-from .packed import MORE, check_grid_thw
-from .qwen_vl import QWEN_ADAPTERS, QwenVisionAdapter
+from ...placement import Placement
+from ..base import EncoderAdapter, GridSize, Undo, _pair
+from ..model import ModelAdapter, register_model_adapter
+from ..packed import MORE, check_grid_thw
+from ..qwen_vl import QWEN_ADAPTERS, QwenVisionAdapter
+from .changes import Changes
 
 _WHOLE = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
 _INNER = (Qwen2VLModel, Qwen2_5_VLModel, Qwen3VLModel)
@@ -95,26 +102,18 @@ class CoarserPlaceholders:
         return method(*bound.args, **bound.kwargs)
 
 
-def _set_instance_attribute(owner: Any, name: str, value: Any) -> Undo:
-    """``owner.name = value`` on the instance; the undo restores what the instance held (or deletes it)."""
-    missing = object()
-    before = vars(owner).get(name, missing)
-    object.__setattr__(owner, name, value)
-
-    def undo() -> None:
-        if before is missing:
-            object.__delattr__(owner, name)
-        else:
-            object.__setattr__(owner, name, before)
-
-    return undo
-
-
 class QwenVLModelAdapter(ModelAdapter):
     """Qwen2-VL, Qwen2.5-VL and Qwen3-VL models: the tower is ``model.visual`` (``model.model.visual``)."""
 
     family = "qwen-vl"
     model_classes = _WHOLE + _INNER
+    convert_refusal = (
+        "a converted checkpoint must keep every pretrained tensor and come with a processor that counts its own "
+        "placeholders, and a Qwen-VL model has neither: keep_llm_tokens replaces its mergers with 1x ones (new "
+        "shapes), and compress_more's placeholder counts are a wrapper on the processor instance, which "
+        "save_pretrained does not write. Use laco.apply(model, layer, processor=processor), then "
+        "model.save_pretrained(dst); reload with laco.load(dst, processor=AutoProcessor.from_pretrained(src))"
+    )
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
         visual = _inner(model).visual
@@ -129,15 +128,17 @@ class QwenVLModelAdapter(ModelAdapter):
         if placement.mode != MORE:
             return []  # keep_llm_tokens: the LLM's tokens, positions and placeholders do not change
         _, _, merge, patch = self._geometry(model)
-        factor = placement.factor
-        undo = [
-            _set_instance_attribute(
-                _inner(model), "get_rope_index", CoarserRopeIndex(_inner(model), factor, merge, patch)
-            )
-        ]
+        changes = Changes()
+        changes.override(
+            _inner(model), "get_rope_index", CoarserRopeIndex(_inner(model), placement.factor, merge, patch)
+        )
         if processor is not None:
-            undo += self.install_processor(model, placement, processor)
-        return undo
+            try:
+                changes.undo += self.install_processor(model, placement, processor)
+            except Exception:
+                changes.revert()  # laco.apply then removes the merge: nothing stays half-done
+                raise
+        return changes.undo
 
     def install_processor(self, model: nn.Module, placement: Placement, processor: Any) -> list[Undo]:
         if placement.mode != MORE:
@@ -149,19 +150,17 @@ class QwenVLModelAdapter(ModelAdapter):
             raise ValueError(
                 f"processor= must be the model's Qwen-VL processor (with {lacking}); got {type(processor).__name__}."
             )
-        return [
-            _set_instance_attribute(
-                processor, name, CoarserPlaceholders(processor, name, key, placement.factor, merge, patch)
-            )
-            for name, key in methods
-        ]
+        changes = Changes()
+        for name, key in methods:
+            changes.override(processor, name, CoarserPlaceholders(processor, name, key, placement.factor, merge, patch))
+        return changes.undo
 
     def num_tokens(
         self, model: nn.Module, image_size: int | GridSize | None = None, *, grid_thw: Any = None, **inputs: Any
     ) -> int | list[int]:
         """Tokens the LLM receives: for one image of ``image_size`` (pixels, as the processor resized it), or per
         row of ``grid_thw`` (a list for several rows, an int for one ``(t, h, w)``)."""
-        from ..patch import placement_of
+        from ...patch import placement_of
 
         if inputs:
             raise ValueError(f"{type(model).__name__} takes image_size= or grid_thw=, not {sorted(inputs)}.")

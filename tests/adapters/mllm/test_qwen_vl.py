@@ -128,9 +128,51 @@ def test_save_and_reload_restores_the_mode_the_1x_mergers_and_the_merge(tmp_path
     assert saved["mode"] == mode and saved["layers"] == [LAYER]
     fresh = tiny_processor(family)
     reloaded = laco.load(tmp_path, processor=fresh, attn_implementation="eager")
-    assert type(reloaded) is type(model) and laco.placement_of(reloaded) == laco.placement_of(model)
+    # the family's LaCo model type, as every other MLLM family reloads: the compression is rebuilt before the weights
+    # load, so the 1x mergers load strictly under their own shapes
+    assert type(reloaded).__name__ == f"Laco{type(model).__name__}" and isinstance(reloaded, type(model))
+    assert laco.placement_of(reloaded) == laco.placement_of(model)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**inputs(fresh)).logits, expected)
+    laco.remove(reloaded)  # the processor wrappers laco.load installed go with the merge
+    assert "replace_image_token" not in vars(fresh)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_resaved_checkpoint_reloads_compressed_with_the_auto_class(tmp_path, mode):
+    from transformers import AutoModelForImageTextToText
+
+    model = laco.apply(tiny_model("qwen2.5"), LAYER, mode=mode, init="default")
+    model.save_pretrained(tmp_path / "stock")
+    laco.load(tmp_path / "stock").save_pretrained(tmp_path / "laco")
+    saved = json.loads((tmp_path / "laco" / "config.json").read_text())
+    assert saved["model_type"] == "laco_qwen2_5_vl"
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "laco", attn_implementation="eager").eval()
+    assert laco.placement_of(reloaded) == laco.placement_of(model)
+    processor = tiny_processor("qwen2.5")
+    laco.checkpoints.update_processor(reloaded, processor)  # what laco.load(..., processor=) does after loading
+    batch = inputs(processor)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)
+
+
+def test_an_inner_model_saved_alone_reloads_as_itself(tmp_path):
+    """``Qwen2_5_VLModel`` has the whole model's model_type but no LM head: laco.load reads its class from
+    config.json's architectures instead of loading it as the LaCo ForConditionalGeneration class."""
+    inner = laco.apply(tiny_model("qwen2.5").model, LAYER, init="default")
+    inner.save_pretrained(tmp_path)
+    reloaded = laco.load(tmp_path, attn_implementation="eager")
+    assert type(reloaded) is type(inner) and laco.placement_of(reloaded) == laco.placement_of(inner)
+    grid_thw = grid((1, 8, 12))
+    with torch.no_grad():
+        expected = inner.visual(packed_pixels(grid_thw), grid_thw=grid_thw).pooler_output
+        torch.testing.assert_close(reloaded.visual(packed_pixels(grid_thw), grid_thw=grid_thw).pooler_output, expected)
+
+
+def test_laco_convert_refuses_a_qwen_checkpoint_naming_the_alternative(tmp_path):
+    tiny_model("qwen2").save_pretrained(tmp_path / "src")
+    with pytest.raises(ValueError, match=r"cannot convert a 'qwen2_vl' checkpoint: .*1x.*laco.load\(dst, processor="):
+        laco.convert(tmp_path / "src", tmp_path / "dst", LAYER)
 
 
 @pytest.mark.parametrize("mode", MODES)
