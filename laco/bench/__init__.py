@@ -13,7 +13,8 @@ Modules: :mod:`~laco.bench.settings` (what a run asks for), :mod:`~laco.bench.va
 :mod:`~laco.bench.measurements` (the registry of what can be timed), :mod:`~laco.bench.testbed` and
 :mod:`~laco.bench.workloads` (the model and what is timed on it), :mod:`~laco.bench.runner` (the run),
 :mod:`~laco.bench.results`, :mod:`~laco.bench.report` and :mod:`~laco.bench.plots` (what it produced),
-:mod:`~laco.bench.sweep` (``--compare``), :mod:`~laco.bench.cli` (``laco bench``).
+:mod:`~laco.bench.sweep` (``--compare``), :mod:`~laco.bench.cli` (``laco bench``); packed native-resolution
+towers (Qwen-VL) in :mod:`~laco.bench.native` and :mod:`~laco.bench.native_report`.
 """
 
 from __future__ import annotations

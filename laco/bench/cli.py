@@ -15,8 +15,10 @@ from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
+from . import native_report
+from .native import IMAGE_SETS, NATIVE_PRESETS
 from .presets import PRESETS
-from .settings import DEFAULT_PRESET, FLAG, QUICK_PRESET, BenchSettings
+from .settings import DEFAULT_PRESET, FLAG, QUICK_PRESET, BenchSettings, csv
 
 
 def _settings_option(parser: argparse.ArgumentParser, setting: Field) -> None:
@@ -55,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument(
+        "--sizes",
+        type=csv,
+        default=None,
+        help="packed-tower presets (e.g. qwen2.5-vl-7b-tower) only: image sets to time, one packed call each, from "
+        f"{','.join(IMAGE_SETS)} (default: the preset's)",
+    )
     parser.add_argument(
         "--compare",
         nargs="+",
@@ -97,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.list_presets:
-        for name, preset in PRESETS.items():
-            print(f"{name:16} {preset.description}")
+        for name, preset in {**PRESETS, **NATIVE_PRESETS}.items():
+            print(f"{name:20} {preset.description}")
         return 0
     if args.compare:
         try:
@@ -110,6 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     preset_name = args.preset or (QUICK_PRESET if args.quick else DEFAULT_PRESET)
     out = args.out or f"runs/bench-{Path(preset_name).stem}-{stamp}"
+    if preset_name in NATIVE_PRESETS:  # a packed native-resolution tower: its own variants and image sets
+        try:
+            return native_report.main(args, out)
+        except (ValueError, MemoryError) as error:
+            return _error(error)
+    if args.sizes:
+        return _error(
+            ValueError(f"--sizes is for packed-tower presets ({', '.join(NATIVE_PRESETS)}), not {preset_name}.")
+        )
     try:
         run_benchmark(
             settings=BenchSettings.from_namespace(args), out=out, plot=not args.no_plot, progress=not args.no_progress

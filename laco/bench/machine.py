@@ -83,6 +83,23 @@ class Machine:
         return asdict(self)
 
 
+def checkout_commit() -> str | None:
+    """The checkout's commit (``+dirty`` with uncommitted changes to tracked files), for reports; ``None`` outside
+    a git checkout."""
+    import subprocess
+
+    from ..serve.launch import repo_root
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True)
+
+    try:
+        commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
+        return None
+    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if commit.returncode == 0 else None
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as handle:

@@ -199,4 +199,11 @@ def load_preset(name_or_path: str | Path | BenchPreset) -> BenchPreset:
         if not isinstance(data, Mapping):
             raise ValueError(f"preset file {path} must hold a mapping of preset fields, not {type(data).__name__}.")
         return preset_from_dict(data, name=path.stem)
+    from .native import NATIVE_PRESETS  # native imports this module
+
+    if text in NATIVE_PRESETS:
+        raise ValueError(
+            f"{text} is a packed native-resolution tower: run it with `laco bench --preset {text}` or "
+            "laco.bench.native.run_native(NativeSettings(preset=...)), not as a batched-encoder preset."
+        )
     raise ValueError(f"unknown preset {text!r}; choose one of {sorted(PRESETS)} or pass a .yaml file.")

@@ -199,7 +199,7 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
     import torch
 
     from ..serve.launch import check_serving, vllm_server
-    from .machine import Machine
+    from .machine import Machine, checkout_commit
 
     python = check_serving(settings.serve_python)  # fail before minutes of model building
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
     spec = json.loads((paths[VARIANTS[0]] / "laco_processor.json").read_text())
     machine = Machine.describe(torch.device(settings.device)).to_dict()
     # Other processes share the CPU with the servers; the load average says how busy the machine was.
-    machine.update(commit=_commit(), vllm=_vllm_version(python), load_average_start=os.getloadavg())
+    machine.update(commit=checkout_commit(), vllm=_vllm_version(python), load_average_start=os.getloadavg())
     result = ServingResult(asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths))
     result.bounds = flop_bounds(settings, result.prompt_tokens)
     args = ["--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", str(settings.requests)]
@@ -249,24 +249,6 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
             for file in path.glob("*.safetensors"):
                 file.unlink()
     return result
-
-
-def _commit() -> str | None:
-    """The checkout's commit (``+dirty`` with uncommitted changes), for the report."""
-    import subprocess
-
-    from ..serve.launch import repo_root
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo_root(), capture_output=True, text=True
-        )
-    except OSError:
-        return None
-    return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if commit.returncode == 0 else None
 
 
 def _vllm_version(python: Path) -> str | None:

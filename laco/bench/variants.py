@@ -31,7 +31,7 @@ class BenchVariant:
     name: str
     placement: Placement
     baseline: str | None
-    group: str  # "reference", "depth", "two-stage" or "method"
+    group: str  # "reference", "depth", "two-stage", "method" or (packed towers) "mode"
     same_tokens_as_baseline: bool = True
 
     def fraction(self, depth: int) -> float | None:
@@ -95,6 +95,17 @@ def build_variants(
             placement = Placement(method_depth, method, factor).resolve(depth)
             variants.append(BenchVariant(f"{method}@{fraction_label(method_depth)}", placement, "external", "method"))
     return _unique(variants)
+
+
+def packed_tower_variants(depth: int, layer: str = "1/4", factor: int = 2) -> list[BenchVariant]:
+    """The variants of a packed native-resolution tower (:mod:`laco.bench.native`): the original tower, and LaCo at
+    ``layer`` in each mode, both compared with the original. ``keep_llm_tokens`` gives the LLM the original's
+    tokens; ``compress_more`` gives it ``factor**2`` times fewer (its speed-up is not the placement's alone)."""
+    variants = [BenchVariant("original", Placement(), None, "reference")]
+    for mode in ("keep_llm_tokens", "compress_more"):
+        placement = Placement(layer, "laco", factor, mode=mode).resolve(depth)
+        variants.append(BenchVariant(mode, placement, "original", "mode", mode == "keep_llm_tokens"))
+    return variants
 
 
 def _two_stage(depth: int, two_stage: Sequence[str], factor: int) -> list[BenchVariant]:

@@ -1,0 +1,390 @@
+"""``laco bench --preset qwen2.5-vl-7b-tower``: LaCo inside a packed native-resolution tower (Qwen2-VL, Qwen2.5-VL).
+
+A random-weight tower at a public geometry (:data:`laco.cost_native.PACKED_ENCODERS`) takes one packed call per
+image set (a 448 px image, a 1344 px one, three sizes at once, ...). Three variants of the same instance, switched
+with ``laco.apply`` / ``laco.remove`` (:class:`~laco.bench.models.CompressionSwitch`), are timed interleaved
+(:func:`~laco.bench.timing.run_interleaved`): the ``original`` tower, LaCo at 1/4 depth in ``keep_llm_tokens`` mode
+(the LLM receives the same tokens as from the original) and in ``compress_more`` mode (4x fewer). Each compressed
+variant is compared with the original: the median of the per-round ratios, wall clock and process CPU time (less
+inflated by other processes), next to the FLOP bound of :mod:`laco.cost_native` (tested against ``FlopCounterMode``
+on tiny towers, so calls here are not counted) and the LLM's time-to-first-token bound. What laco adds per call
+(the call's layout, the merge, the arguments of every later block) is timed on its own.
+
+Why not the encoder measurement of the batched presets: those feed one square image as 4-D ``pixel_values`` and
+predict with :mod:`laco.cost`; a packed tower takes ``grid_thw`` and several image sets per run, and its variants
+are modes, not depths and methods. The pieces that fit are shared: variants (:class:`BenchVariant`), interleaving,
+statistics (:class:`SpeedUp`), the machine description.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import patch as laco_patch
+from ..cost import LLMGeometry, llm_geometry
+from ..cost_native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from ..precision import choose as choose_precision
+from .machine import CpuLoad, Machine, checkout_commit
+from .models import CompressionSwitch
+from .presets import TINY_LLM
+from .results import SpeedUp
+from .settings import resolve_device
+from .timing import Clock, Samples, Stats, paired_ratios, run_interleaved, usable_cores
+from .variants import BenchVariant, packed_tower_variants
+
+IMAGE_SETS: dict[str, tuple[tuple[int, int], ...]] = {
+    "448": ((448, 448),),
+    "896": ((896, 896),),
+    "1344": ((1344, 1344),),
+    "mixed": ((448, 448), (896, 672), (448, 1344)),  # three sizes in one packed call
+}
+"""Image sets (height, width in pixels, as the processor resized them); each set is one packed call."""
+CPU_SECONDS = "cpu"
+"""The sub-phase a timed call reports: this process's CPU seconds during the call."""
+OVERHEAD_REPEATS = 5
+
+
+@dataclass(frozen=True)
+class NativePreset:
+    """A packed tower to time. ``llm`` is the LLM it feeds (for the time-to-first-token bound); ``cpu_reps`` the
+    timed rounds per image set on a CPU (the 7B tower takes minutes per call at 1344 px); image sets of more than
+    ``warmup_max_patches`` patches skip the warm-up on a CPU (one call costs as much as a timed one there)."""
+
+    name: str
+    description: str
+    encoder: PackedEncoderGeometry
+    llm: LLMGeometry | None
+    sizes: tuple[str, ...] = ("448", "1344")
+    cpu_reps: Mapping[str, int] = field(default_factory=lambda: {"448": 3})
+    warmup_max_patches: int = 4096
+    layer: str = "1/4"
+    notes: tuple[str, ...] = ()
+
+    def reps(self, size: str, device: torch.device) -> int:
+        return self.cpu_reps.get(size, 2) if device.type == "cpu" else 10
+
+    def warmup(self, patches: int, device: torch.device) -> int:
+        return 3 if device.type == "cuda" else int(patches <= self.warmup_max_patches)
+
+
+_RANDOM = "random weights: the time of a call does not depend on them; speed-ups are what this measures, not quality."
+NATIVE_PRESETS: dict[str, NativePreset] = {
+    preset.name: preset
+    for preset in (
+        NativePreset(
+            "qwen2.5-vl-7b-tower",
+            "Qwen2.5-VL-7B vision tower (32 blocks, width 1280, 112 px windows, full attention in 7/15/23/31), "
+            "feeding Qwen2-7B",
+            PACKED_ENCODERS["qwen2.5-vl-7b"],
+            llm_geometry(PACKED_LLMS["qwen2.5-vl-7b"]),
+            notes=(_RANDOM,),
+        ),
+        NativePreset(
+            "qwen2-vl-2b-tower",
+            "Qwen2-VL-2B vision tower (32 blocks, width 1280, full attention), feeding Qwen2-1.5B",
+            PACKED_ENCODERS["qwen2-vl-2b"],
+            llm_geometry(PACKED_LLMS["qwen2-vl-2b"]),
+            notes=(_RANDOM,),
+        ),
+        NativePreset(
+            "tiny-qwen-tower",
+            "tiny Qwen2.5-VL-like tower for CI: 4 blocks, width 32, 112 px windows, full attention in 1/3",
+            PackedEncoderGeometry(
+                "tiny-qwen2.5-vl", "qwen2.5-vl", 32, 4, 4, 48, 32, mlp_kind="swiglu", window=112, full_blocks=(1, 3)
+            ),
+            TINY_LLM,
+            sizes=("448", "mixed"),
+            cpu_reps={},
+            warmup_max_patches=10**6,
+            notes=("tiny geometry: timings are dominated by Python overhead and say nothing about real models.",),
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class NativeSettings:
+    """What a packed-tower run asks for; ``None`` fields take the preset's defaults (per image set and device)."""
+
+    preset: str = "qwen2.5-vl-7b-tower"
+    sizes: tuple[str, ...] | None = None
+    reps: int | None = None
+    warmup: int | None = None
+    threads: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 0
+    attn: str = "sdpa"
+
+
+def native_preset(name: str) -> NativePreset:
+    try:
+        return NATIVE_PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown packed-tower preset {name!r}; choose one of {sorted(NATIVE_PRESETS)}.") from None
+
+
+def build_tower(geometry: PackedEncoderGeometry, attn: str, seed: int) -> nn.Module:
+    """A random-weight tower of ``geometry`` from transformers' config classes, in eval mode."""
+    from transformers import Qwen2_5_VLVisionConfig, Qwen2VLVisionConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    g = geometry
+    common = dict(
+        depth=g.layers, num_heads=g.heads, patch_size=g.patch, spatial_merge_size=g.merge, temporal_patch_size=g.temporal_patch
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    if g.family == "qwen2.5-vl":
+        config = Qwen2_5_VLVisionConfig(
+            hidden_size=g.width, intermediate_size=g.mlp, out_hidden_size=g.out_width, window_size=g.window,
+            fullatt_block_indexes=list(g.full_blocks), **common,
+        )  # fmt: skip
+        tower = Qwen2_5_VisionTransformerPretrainedModel(config)
+    elif g.family == "qwen2-vl":
+        if g.mlp % g.width:
+            raise ValueError(
+                f"a qwen2-vl tower's MLP width is a whole multiple of its width; {g.name} has {g.mlp}/{g.width}."
+            )
+        config = Qwen2VLVisionConfig(embed_dim=g.width, hidden_size=g.out_width, mlp_ratio=g.mlp // g.width, **common)
+        tower = Qwen2VisionTransformerPretrainedModel(config)
+    else:
+        raise ValueError(f"laco bench builds qwen2-vl and qwen2.5-vl towers; {g.name} is a {g.family} geometry.")
+    tower.set_attn_implementation(attn)
+    return tower.eval()
+
+
+def packed_inputs(geometry: PackedEncoderGeometry, images, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random patches of ``images``, packed as the image processor packs them, and their ``grid_thw``."""
+    grid_thw = torch.tensor([geometry.grid_thw(image) for image in images])
+    rows = int(grid_thw.prod(-1).sum())
+    generator = torch.Generator().manual_seed(seed)
+    channels = geometry.channels * geometry.temporal_patch * geometry.patch**2
+    return torch.randn(rows, channels, generator=generator), grid_thw
+
+
+@dataclass
+class SizeResult:
+    """One image set: every variant's samples (wall seconds, ``cpu`` phase), the cost model's FLOPs and LLM tokens,
+    and what laco adds per call, timed alone."""
+
+    size: str
+    images: tuple[tuple[int, int], ...]
+    grid_thw: list[list[int]]
+    warmup: int
+    reps: int
+    samples: dict[str, Samples]
+    flops: dict[str, float]
+    ttft_flops: dict[str, float]
+    llm_tokens: dict[str, list[int]]
+    overhead_seconds: dict[str, dict[str, float]]
+
+    @property
+    def patches(self) -> int:
+        return sum(t * h * w for t, h, w in self.grid_thw)
+
+    def speedup(self, variant: BenchVariant, cpu_time: bool = False) -> SpeedUp:
+        """``variant`` against its baseline: median and quartiles of the per-round ratios, and the FLOP bound."""
+        base, this = (self._timed(name, cpu_time) for name in (variant.baseline, variant.name))
+        spread = Stats.of(paired_ratios(base, this))
+        return SpeedUp(spread.median, spread.q1, spread.q3, self.flops[variant.baseline] / self.flops[variant.name])
+
+    def _timed(self, name: str, cpu_time: bool) -> Samples:
+        samples = self.samples[name]
+        seconds = samples.phases[CPU_SECONDS] if cpu_time else samples.seconds
+        return Samples(list(seconds), {}, list(samples.rounds), list(samples.slots))
+
+    def overhead_share(self, name: str) -> float:
+        """laco's own seconds per call over the variant's median call."""
+        return sum(self.overhead_seconds[name].values()) / self.samples[name].stats().median
+
+
+@dataclass
+class NativeResult:
+    preset: NativePreset
+    settings: NativeSettings
+    dtype: str
+    machine: dict[str, Any]
+    variants: list[BenchVariant]
+    sizes: dict[str, SizeResult] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_native(
+    settings: NativeSettings, *, progress: bool = True, on_size: Callable[[NativeResult], None] | None = None
+) -> NativeResult:
+    """Time the preset's tower on every image set of ``settings``; ``on_size(result)`` after each set (a long run
+    stopped early keeps the sets it finished)."""
+    preset = native_preset(settings.preset)
+    sizes = settings.sizes or preset.sizes
+    unknown = sorted(set(sizes) - set(IMAGE_SETS))
+    if unknown:
+        raise ValueError(f"unknown image set(s) {unknown} for --sizes; choose from {list(IMAGE_SETS)}.")
+    device = resolve_device(settings.device)
+    precision = choose_precision(settings.precision, device)
+    threads = settings.threads or usable_cores()
+    torch.set_num_threads(threads)
+    load = CpuLoad.now()
+    machine = Machine.describe(device).to_dict()
+    machine.update(commit=checkout_commit(), date=time.strftime("%Y-%m-%d %H:%M"), load_average_start=os.getloadavg())
+    tower = build_tower(preset.encoder, settings.attn, settings.seed).to(device, precision.dtype)
+    variants = packed_tower_variants(preset.encoder.layers, preset.layer)
+    result = NativeResult(preset, settings, str(precision.dtype).removeprefix("torch."), machine, variants)
+    result.notes = [*preset.notes, precision.describe()]
+    switch = CompressionSwitch(tower)
+    for size in sizes:
+        result.sizes[size] = _run_size(preset, settings, switch, variants, size, device, precision.dtype, progress)
+        _finish_machine(result, load)
+        if on_size is not None:
+            on_size(result)
+    switch.activate(variants[0].placement)
+    return result
+
+
+def _finish_machine(result: NativeResult, load: CpuLoad | None) -> None:
+    result.machine["load_average_end"] = os.getloadavg()
+    if load is not None:
+        others = load.other_processes_cores()
+        result.machine["other_processes_cores"] = None if others is None else round(others, 2)
+
+
+def _run_size(
+    preset: NativePreset,
+    settings: NativeSettings,
+    switch: CompressionSwitch,
+    variants: list[BenchVariant],
+    size: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool,
+) -> SizeResult:
+    images = IMAGE_SETS[size]
+    pixels, grid_thw = packed_inputs(preset.encoder, images, settings.seed + 1)
+    pixels, grid_thw = pixels.to(device, dtype), grid_thw.to(device)
+    patches = int(grid_thw.prod(-1).sum())
+    reps = settings.reps or preset.reps(size, device)
+    warmup = preset.warmup(patches, device) if settings.warmup is None else settings.warmup
+    rows: dict[str, int] = {}
+    calls, prepares = {}, {}
+    for variant in variants:
+        prepares[variant.name] = lambda placement=variant.placement: switch.activate(placement)
+        calls[variant.name] = _timed_call(switch.encoder, pixels, grid_thw, rows, variant.name)
+    if progress:
+        print(f"{preset.name} {size}: {patches} patches, {warmup} warm-up + {reps} timed rounds", flush=True)
+    report = _progress_line(size, progress)
+    samples = run_interleaved(
+        calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report
+    )  # fmt: skip
+    costs = {v.name: packed_encoder_flops(preset.encoder, v.placement, images=images, mode=_mode(v)) for v in variants}
+    _check_tokens(rows, costs)
+    ttft = {}
+    if preset.llm is not None:
+        for v in variants:
+            cost = packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v))
+            ttft[v.name] = cost.total
+    overhead = {
+        v.name: laco_overhead(switch, v, pixels, grid_thw) for v in variants if v.placement.compressed
+    }  # fmt: skip
+    return SizeResult(
+        size, images, grid_thw.tolist(), warmup, reps, samples,
+        {name: cost.total for name, cost in costs.items()}, ttft,
+        {name: list(cost.info["llm_tokens"]) for name, cost in costs.items()}, overhead,
+    )  # fmt: skip
+
+
+def _mode(variant: BenchVariant) -> str:
+    return variant.placement.mode if variant.placement.compressed else "keep_llm_tokens"
+
+
+def _timed_call(tower: nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor, rows: dict[str, int], name: str):
+    """One packed forward; reports its CPU seconds and records how many LLM tokens the tower emitted."""
+
+    def call() -> dict[str, float]:
+        cpu = time.process_time()
+        with torch.inference_mode():
+            out = tower(pixels, grid_thw=grid_thw)
+        rows[name] = int(out.pooler_output.shape[0])
+        return {CPU_SECONDS: time.process_time() - cpu}
+
+    return call
+
+
+def _check_tokens(rows: Mapping[str, int], costs: Mapping[str, Any]) -> None:
+    for name, emitted in rows.items():
+        predicted = sum(costs[name].info["llm_tokens"])
+        if emitted != predicted:
+            raise RuntimeError(
+                f"{name}: the tower emits {emitted} LLM tokens but laco.cost_native predicts {predicted}; the cost "
+                "model and the tower disagree (a bug to report)."
+            )
+
+
+def _progress_line(size: str, enabled: bool):
+    if not enabled:
+        return None
+    calls: dict[str, int] = {}
+
+    def report(name: str, timed: bool) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        label = "timed" if timed else "warm-up"
+        print(f"  {size} {name}: call {calls[name]} ({label}), load {os.getloadavg()[0]:.1f}", flush=True)
+
+    return report
+
+
+def laco_overhead(switch: CompressionSwitch, variant: BenchVariant, pixels, grid_thw) -> dict[str, float]:
+    """Seconds laco adds to one call under ``variant``, timed on their own (median of a few repetitions): the call's
+    layout (grids, checks, the index tensors it hands the tower), the merge (with the re-ordering compress_more
+    needs) and the arguments of every block after the merge (segments, windows, rotary embeddings)."""
+    switch.activate(variant.placement)
+    tower, adapter = switch.encoder, switch.adapter
+    compressor = laco_patch.compressors(tower)[0]
+    layer, depth = variant.placement.layers[0], len(adapter.blocks(tower))
+    parameter = next(tower.parameters())
+    hidden = torch.randn(pixels.shape[0], adapter.hidden_size(tower), dtype=parameter.dtype, device=parameter.device)
+    stand_in = torch.zeros(1, 1, device=parameter.device)  # replaced by what the merged tokens need
+    block_kwargs = {"cu_seqlens": torch.zeros(2, dtype=torch.int32), "max_seqlen": None}
+    block_kwargs["position_embeddings"] = (stand_in, stand_in)
+    times: dict[str, list[float]] = {"layout": [], "merge": [], "block_inputs": []}
+    clock = Clock(parameter.device)
+    with torch.inference_mode():
+        for _ in range(OVERHEAD_REPEATS):
+            start = clock.mark()
+            layout = adapter.layout(tower, (pixels,), {"grid_thw": grid_thw})
+            layout.encoder_inputs((pixels,), {"grid_thw": grid_thw})
+            middle = clock.mark()
+            layout.merge(hidden, compressor)
+            merged = clock.mark()
+            after = layout.after(compressor)
+            for block in range(layer, depth):
+                after.block_inputs(block, block_kwargs)
+            end = clock.mark()
+            for part, (a, b) in {
+                "layout": (start, middle),
+                "merge": (middle, merged),
+                "block_inputs": (merged, end),
+            }.items():
+                times[part].append(clock.seconds(a, b))
+    return {part: Stats.of(values).median for part, values in times.items()}
+
+
+__all__ = [
+    "IMAGE_SETS",
+    "NATIVE_PRESETS",
+    "NativePreset",
+    "NativeResult",
+    "NativeSettings",
+    "SizeResult",
+    "build_tower",
+    "laco_overhead",
+    "native_preset",
+    "packed_inputs",
+    "run_native",
+]
