@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _refusals() -> tuple[type[Exception], ...]:
     """Errors that refuse a request before (or instead of) doing the wrong thing."""
     from ..checkpoints import CheckpointMismatch, UnsafeWeights
-    from ..data.llava import DataError
+    from ..data import DataError
     from ..train.resume import ConfigMismatch, RunDirectoryBusy
 
     return (CheckpointMismatch, ConfigMismatch, DataError, RunDirectoryBusy, UnsafeWeights)
