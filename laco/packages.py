@@ -7,6 +7,7 @@ them import heavy optional dependencies (OpenCV, llama-cpp) that laco does not n
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,4 +54,10 @@ class PackageFile:
         return {"package": self.distribution, "version": self.version, "file": self.relative_path}
 
 
-__all__ = ["PackageFile", "PackageFileNotFoundError"]
+__all__ = ["PackageFile", "PackageFileNotFoundError", "require_module"]
+
+
+def require_module(module: str, requirement: str, purpose: str) -> None:
+    """Refuse, naming the pip requirement, when an optional package a conversion needs is not installed."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{purpose} needs the '{module}' package: pip install '{requirement}'")

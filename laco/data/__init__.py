@@ -1,16 +1,9 @@
 """Training and evaluation data: LLaVA conversation JSON as a validated dataset, and easy-VQA converted to it."""
 
+from .batching import MultimodalCollator, answer_balanced_weights
 from .easyvqa import EASY_VQA_SPLITS, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
-from .llava import (
-    DataError,
-    DatasetReport,
-    LlavaDataset,
-    LlavaExample,
-    LlavaRecord,
-    MultimodalCollator,
-    SkipReason,
-    answer_balanced_weights,
-)
+from .llava import LlavaDataset, LlavaExample, LlavaRecord
+from .report import DataError, DatasetReport, SkipReason
 from .sources import easy_vqa_dir, eval_examples, llava_dataset, question_answer_pairs, split_files
 
 __all__ = [

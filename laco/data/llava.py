@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import warnings
-from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,104 +31,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..mllm.processing import IGNORE_INDEX, ROLES, LacoProcessor, RecordError
+from ..mllm.processing import ROLES, LacoProcessor, RecordError
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, inside_folder, load_rgb
+from .report import FIXES, DataError, DatasetReport, RecordSkipped, SkipReason
 
 logger = logging.getLogger(__name__)
 
 # How many example ids per skip reason the report (and the warning) keeps.
-_MAX_EXAMPLES = 5
-
-
-class DataError(ValueError):
-    """A data file or record that cannot be used as given; the message names the record and the fix."""
-
-
-class SkipReason:
-    """Why a record was skipped (the keys of :attr:`DatasetReport.skipped`)."""
-
-    MALFORMED = "malformed"
-    NO_IMAGE = "no image"
-    MISSING_IMAGE = "missing image"
-    OUTSIDE_FOLDER = "image outside image_folder"
-    UNREADABLE_IMAGE = "unreadable image"
-    IMAGE_TOO_LARGE = "image too large"
-    IMAGE_TAGS = "wrong <image> tags"
-    NO_ANSWER = "no answer"
-    TOO_LONG = "too long"
-    UNUSABLE = "unusable conversation"
-
-
-_FIXES = {
-    SkipReason.MALFORMED: (
-        "give each record 'conversations': a list of {'from': 'human'|'gpt', 'value': str} dicts, "
-        "and 'image': a path (string) relative to image_folder"
-    ),
-    SkipReason.NO_IMAGE: "this model is image-conditioned; remove text-only records or pass strict=False to skip them",
-    SkipReason.MISSING_IMAGE: "check image_folder (the record's image path is relative to it) or remove the record",
-    SkipReason.OUTSIDE_FOLDER: (
-        "give image paths relative to image_folder, or set data.allow_outside_image_folder=true if the paths are "
-        "meant to leave it"
-    ),
-    SkipReason.UNREADABLE_IMAGE: "re-download or re-encode the image file, or remove the record",
-    SkipReason.IMAGE_TOO_LARGE: "downscale the image file, or raise data.max_image_pixels",
-    SkipReason.IMAGE_TAGS: "put exactly one <image> tag in a human turn and none in answers",
-    SkipReason.NO_ANSWER: "add a non-empty gpt turn after the question",
-    SkipReason.TOO_LONG: "raise max_length or shorten the conversation",
-    SkipReason.UNUSABLE: "fix the conversation as the message says",
-}
-
-
-class _Skip(Exception):
-    """Internal: a record failed one check (``reason``), with a human-readable ``detail``."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass
-class DatasetReport:
-    """What :class:`LlavaDataset` found in its JSON file.
-
-    ``total`` counts the records in the file, ``examined`` those checked (fewer when ``limit`` stopped the scan
-    early), ``used`` those kept, ``truncated`` the kept records whose text was cut at ``max_length``.
-    ``skipped`` counts dropped records per reason and ``examples`` keeps a few of their ids per reason.
-    """
-
-    total: int = 0
-    examined: int = 0
-    used: int = 0
-    truncated: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def add_skip(self, reason: str, record_id: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        ids = self.examples.setdefault(reason, [])
-        if len(ids) < _MAX_EXAMPLES:
-            ids.append(record_id)
-
-    def summary(self) -> str:
-        """One line for logs and CLI output."""
-        text = f"{self.used} of {self.total} records used"
-        if self.examined < self.total:
-            text += f" (limit reached after {self.examined})"
-        text += f", {self.num_skipped} skipped"
-        if self.skipped:
-            reasons = ", ".join(
-                f"{count} {reason} (e.g. {', '.join(self.examples.get(reason, []))})"
-                for reason, count in sorted(self.skipped.items(), key=lambda item: -item[1])
-            )
-            text += f": {reasons}"
-        if self.truncated:
-            text += f"; {self.truncated} used records truncated to max_length"
-        return text
 
 
 @dataclass(frozen=True)
@@ -214,7 +120,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         self._labels: list[np.ndarray] = []
         self.report = DatasetReport(total=len(raw))
         # VQA sets ask several questions per image; check each file once.
-        checked_images: dict[Path, _Skip | None] = {}
+        checked_images: dict[Path, RecordSkipped | None] = {}
         first_problem = ""
         bar = tqdm(raw, desc=f"checking {self.json_path.name}", unit="rec", disable=not progress, leave=False)
         try:
@@ -225,11 +131,11 @@ class LlavaDataset(torch.utils.data.Dataset):
                 record_id = _record_id(record, index)
                 try:
                     self._add(record, record_id, verify_images, checked_images)
-                except _Skip as skip:
+                except RecordSkipped as skip:
                     if strict:
                         raise DataError(
                             f"record {record_id!r} (index {index}) of {self.json_path}: {skip.reason}: "
-                            f"{skip.detail} Fix: {_FIXES[skip.reason]} (or pass strict=False to skip bad records)."
+                            f"{skip.detail} Fix: {FIXES[skip.reason]} (or pass strict=False to skip bad records)."
                         ) from None
                     self.report.add_skip(skip.reason, record_id)
                     first_problem = first_problem or f"record {record_id!r}: {skip.reason}: {skip.detail}"
@@ -263,30 +169,40 @@ class LlavaDataset(torch.utils.data.Dataset):
             )
         return raw
 
-    def _add(self, record: Any, record_id: str, verify_images: bool, checked_images: dict[Path, _Skip | None]) -> None:
-        """Check one record and, if usable, append it with its token ids; raise :class:`_Skip` otherwise."""
+    def _add(
+        self, record: Any, record_id: str, verify_images: bool, checked_images: dict[Path, RecordSkipped | None]
+    ) -> None:
+        """Check one record and, if usable, append it with its token ids; raise :class:`RecordSkipped` otherwise."""
         turns = _checked_turns(record)
         if "image" not in record:
-            raise _Skip(SkipReason.NO_IMAGE, "the record has no 'image' (a text-only conversation).")
+            raise RecordSkipped(SkipReason.NO_IMAGE, "the record has no 'image' (a text-only conversation).")
         image = record["image"]
         if not isinstance(image, str) or not image or "\0" in image:
-            raise _Skip(SkipReason.MALFORMED, f"'image' is {image!r}, not a path string (one image per record).")
+            raise RecordSkipped(
+                SkipReason.MALFORMED, f"'image' is {image!r}, not a path string (one image per record)."
+            )
         if not self.allow_outside_image_folder and not inside_folder(image):
-            raise _Skip(SkipReason.OUTSIDE_FOLDER, f"image path {image!r} leaves image_folder {self.image_folder}.")
+            raise RecordSkipped(
+                SkipReason.OUTSIDE_FOLDER, f"image path {image!r} leaves image_folder {self.image_folder}."
+            )
         questions, answers = self._checked_text(turns)
         image_path = self.image_folder / image
         if image_path not in checked_images:
             checked_images[image_path] = _image_problem(image_path, verify_images, self.max_image_pixels)
         problem = checked_images[image_path]
         if problem is not None:
-            raise _Skip(problem.reason, problem.detail)  # a fresh exception: re-raising one would grow its traceback
+            raise RecordSkipped(
+                problem.reason, problem.detail
+            )  # a fresh exception: re-raising one would grow its traceback
 
         try:
             encoded = self.processor.encode_conversation(turns, max_length=self.max_length, num_images=1)
         except RecordError as error:
             raise self._classify(error) from None
         except (ValueError, TypeError) as error:  # a chat template or tokenizer refusing this text
-            raise _Skip(SkipReason.UNUSABLE, f"the conversation cannot be rendered and tokenized ({error}).") from None
+            raise RecordSkipped(
+                SkipReason.UNUSABLE, f"the conversation cannot be rendered and tokenized ({error})."
+            ) from None
         self.records.append(LlavaRecord(record_id, image_path, questions, answers, encoded.truncated))
         self._input_ids.append(np.asarray(encoded.input_ids, dtype=np.int32))
         self._labels.append(np.asarray(encoded.labels, dtype=np.int32))
@@ -298,7 +214,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         return questions, answers
 
     @staticmethod
-    def _classify(error: RecordError) -> _Skip:
+    def _classify(error: RecordError) -> RecordSkipped:
         """Turn a processor :class:`RecordError` into a skip reason, by its machine-readable ``reason``."""
         known = {
             SkipReason.MALFORMED,
@@ -307,7 +223,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             SkipReason.TOO_LONG,
             SkipReason.UNUSABLE,
         }
-        return _Skip(error.reason if error.reason in known else SkipReason.UNUSABLE, str(error))
+        return RecordSkipped(error.reason if error.reason in known else SkipReason.UNUSABLE, str(error))
 
     # ---------------------------------------------------------------------------------------------------------
     # Access
@@ -358,21 +274,21 @@ def _record_id(record: Any, index: int) -> str:
 
 def _checked_turns(record: Any) -> list[dict[str, str]]:
     if not isinstance(record, dict):
-        raise _Skip(SkipReason.MALFORMED, f"the record is a JSON {type(record).__name__}, not an object.")
+        raise RecordSkipped(SkipReason.MALFORMED, f"the record is a JSON {type(record).__name__}, not an object.")
     turns = record.get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise _Skip(SkipReason.MALFORMED, "'conversations' is missing, empty or not a list.")
+        raise RecordSkipped(SkipReason.MALFORMED, "'conversations' is missing, empty or not a list.")
     for position, turn in enumerate(turns):
         if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise _Skip(SkipReason.MALFORMED, f"turn {position} is not a dict with a string 'value'.")
+            raise RecordSkipped(SkipReason.MALFORMED, f"turn {position} is not a dict with a string 'value'.")
         if not _is_unicode(turn["value"]):
-            raise _Skip(
+            raise RecordSkipped(
                 SkipReason.MALFORMED,
                 f"turn {position} holds text that is not valid Unicode (a lone surrogate such as \\ud800, "
                 "from a broken JSON escape); re-export the record as UTF-8.",
             )
         if turn.get("from") not in ROLES:
-            raise _Skip(
+            raise RecordSkipped(
                 SkipReason.MALFORMED, f"turn {position} is from {turn.get('from')!r}, not one of {sorted(ROLES)}."
             )
     return turns
@@ -386,79 +302,15 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
-def _image_problem(path: Path, verify: bool, max_pixels: int | None) -> _Skip | None:
+def _image_problem(path: Path, verify: bool, max_pixels: int | None) -> RecordSkipped | None:
     """Why the image at ``path`` cannot be used, or ``None`` if it can (decoded exactly as ``__getitem__`` will)."""
     if not path.is_file():
-        return _Skip(SkipReason.MISSING_IMAGE, f"image file {path} does not exist.")
+        return RecordSkipped(SkipReason.MISSING_IMAGE, f"image file {path} does not exist.")
     if not verify:
         return None
     try:
         load_rgb(path, max_pixels)
     except ImageProblem as problem:
         reason = SkipReason.IMAGE_TOO_LARGE if problem.reason == "too large" else SkipReason.UNREADABLE_IMAGE
-        return _Skip(reason, str(problem))
+        return RecordSkipped(reason, str(problem))
     return None
-
-
-class MultimodalCollator:
-    """Batches :class:`LlavaDataset` items for ``LlavaForConditionalGeneration.forward`` (and the HF ``Trainer``).
-
-    Right-pads ``input_ids`` with ``pad_token_id`` and ``labels`` with ``-100``, adds the ``attention_mask`` and
-    stacks ``pixel_values``; other keys (``id``) are dropped. The mask comes from the item lengths, never from
-    comparing ids with the pad id, because many tokenizers pad with their EOS token, which answers end with.
-
-    Args:
-        pad_token_id: the tokenizer's pad id (``processor.tokenizer.pad_token_id``).
-        pad_to_multiple_of: round the padded length up to a multiple of this (tensor-core friendly shapes).
-    """
-
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
-        if pad_token_id is None:
-            raise ValueError("pad_token_id is None; pass processor.tokenizer.pad_token_id (LacoProcessor sets one).")
-        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of} must be a positive integer or None.")
-        self.pad_token_id = int(pad_token_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        if not features:
-            raise ValueError("cannot collate an empty batch.")
-        lengths = [len(feature["input_ids"]) for feature in features]
-        for feature, length in zip(features, lengths):
-            if len(feature["labels"]) != length:
-                raise ValueError(
-                    f"item {feature.get('id', '?')!r} has {length} input_ids but {len(feature['labels'])} labels; "
-                    "items must come from LlavaDataset (or carry one label per token)."
-                )
-        width = max(lengths)
-        if self.pad_to_multiple_of is not None:
-            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = len(features)
-        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, (feature, length) in enumerate(zip(features, lengths)):
-            input_ids[row, :length] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
-            labels[row, :length] = torch.as_tensor(feature["labels"], dtype=torch.long)
-            attention_mask[row, :length] = 1
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
-            "pixel_values": torch.stack([torch.as_tensor(feature["pixel_values"]) for feature in features]),
-        }
-
-
-def answer_balanced_weights(dataset: LlavaDataset, strength: float = 1.0) -> torch.Tensor:
-    """Per-record sampling weights ``count(answer) ** -strength`` over each record's final answer.
-
-    VQA sets are dominated by a few answers (easy-VQA: 74% yes/no, which the question alone mostly predicts), so
-    a short training budget spent in natural proportions barely sees the answers that need the image.
-    ``strength=1`` gives every answer the same share, ``0.5`` shares in proportion to the square root of the
-    answer counts, ``0`` is natural sampling.
-    """
-    if not 0.0 <= strength <= 1.0:
-        raise ValueError(f"answer balance strength must lie in [0, 1], got {strength}.")
-    answers = [record.answers[-1].strip().lower() for record in dataset.records]
-    counts = Counter(answers)
-    return torch.tensor([counts[answer] ** -strength for answer in answers], dtype=torch.double)

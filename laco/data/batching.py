@@ -1,0 +1,79 @@
+"""Batches of LLaVA examples: padding them together, and sampling weights that balance the answers."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..mllm.processing import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from .llava import LlavaDataset
+
+
+class MultimodalCollator:
+    """Batches :class:`LlavaDataset` items for ``LlavaForConditionalGeneration.forward`` (and the HF ``Trainer``).
+
+    Right-pads ``input_ids`` with ``pad_token_id`` and ``labels`` with ``-100``, adds the ``attention_mask`` and
+    stacks ``pixel_values``; other keys (``id``) are dropped. The mask comes from the item lengths, never from
+    comparing ids with the pad id, because many tokenizers pad with their EOS token, which answers end with.
+
+    Args:
+        pad_token_id: the tokenizer's pad id (``processor.tokenizer.pad_token_id``).
+        pad_to_multiple_of: round the padded length up to a multiple of this (tensor-core friendly shapes).
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        if pad_token_id is None:
+            raise ValueError("pad_token_id is None; pass processor.tokenizer.pad_token_id (LacoProcessor sets one).")
+        if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of={pad_to_multiple_of} must be a positive integer or None.")
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("cannot collate an empty batch.")
+        lengths = [len(feature["input_ids"]) for feature in features]
+        for feature, length in zip(features, lengths):
+            if len(feature["labels"]) != length:
+                raise ValueError(
+                    f"item {feature.get('id', '?')!r} has {length} input_ids but {len(feature['labels'])} labels; "
+                    "items must come from LlavaDataset (or carry one label per token)."
+                )
+        width = max(lengths)
+        if self.pad_to_multiple_of is not None:
+            width = math.ceil(width / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = len(features)
+        input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((batch, width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, (feature, length) in enumerate(zip(features, lengths)):
+            input_ids[row, :length] = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :length] = torch.as_tensor(feature["labels"], dtype=torch.long)
+            attention_mask[row, :length] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": torch.stack([torch.as_tensor(feature["pixel_values"]) for feature in features]),
+        }
+
+
+def answer_balanced_weights(dataset: LlavaDataset, strength: float = 1.0) -> torch.Tensor:
+    """Per-record sampling weights ``count(answer) ** -strength`` over each record's final answer.
+
+    VQA sets are dominated by a few answers (easy-VQA: 74% yes/no, which the question alone mostly predicts), so
+    a short training budget spent in natural proportions barely sees the answers that need the image.
+    ``strength=1`` gives every answer the same share, ``0.5`` shares in proportion to the square root of the
+    answer counts, ``0`` is natural sampling.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"answer balance strength must lie in [0, 1], got {strength}.")
+    answers = [record.answers[-1].strip().lower() for record in dataset.records]
+    counts = Counter(answers)
+    return torch.tensor([counts[answer] ** -strength for answer in answers], dtype=torch.double)
