@@ -1,4 +1,4 @@
-"""laco.cost_native against FLOPs counted by torch's FlopCounterMode on the tiny Qwen-VL towers (packed images of
+"""laco.cost.native against FLOPs counted by torch's FlopCounterMode on the tiny Qwen-VL towers (packed images of
 different sizes, a video, windows, DeepStack taps before and after the merge)."""
 
 import pytest
@@ -7,7 +7,7 @@ from qwen_models import grid, packed_pixels, tiny_tower
 
 import laco
 from laco.bench.counting import flop_counter_mode
-from laco.cost_native import PACKED_ENCODERS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from laco.cost.native import PACKED_ENCODERS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
 
 TINY = {
     "qwen2": PackedEncoderGeometry("t-qwen2", "qwen2-vl", 32, 4, 4, 64, 32, patch=4),

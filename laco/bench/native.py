@@ -1,12 +1,12 @@
 """``laco bench --preset qwen2.5-vl-7b-tower``: LaCo inside a packed native-resolution tower (Qwen2-VL, Qwen2.5-VL).
 
-A random-weight tower at a public geometry (:data:`laco.cost_native.PACKED_ENCODERS`) takes one packed call per
+A random-weight tower at a public geometry (:data:`laco.cost.native.PACKED_ENCODERS`) takes one packed call per
 image set (a 448 px image, a 1344 px one, three sizes at once, ...). Three variants of the same instance, switched
 with ``laco.apply`` / ``laco.remove`` (:class:`~laco.bench.models.CompressionSwitch`), are timed interleaved
 (:func:`~laco.bench.timing.run_interleaved`): the ``original`` tower, LaCo at 1/4 depth in ``keep_llm_tokens`` mode
 (the LLM receives the same tokens as from the original) and in ``compress_more`` mode (4x fewer). Each compressed
 variant is compared with the original: the median of the per-round ratios, wall clock and process CPU time (less
-inflated by other processes), next to the FLOP bound of :mod:`laco.cost_native` (tested against ``FlopCounterMode``
+inflated by other processes), next to the FLOP bound of :mod:`laco.cost.native` (tested against ``FlopCounterMode``
 on tiny towers, so calls here are not counted) and the LLM's time-to-first-token bound. What laco adds per call
 (the call's layout, the merge, the arguments of every later block) is timed on its own.
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..cost import LLMGeometry, llm_geometry
-from ..cost_native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from ..cost.native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
 from ..precision import choose as choose_precision
 from .machine import CpuLoad, Machine, checkout_commit
 from .models import CompressionSwitch
@@ -321,7 +321,7 @@ def _check_tokens(rows: Mapping[str, int], costs: Mapping[str, Any]) -> None:
         predicted = sum(costs[name].info["llm_tokens"])
         if emitted != predicted:
             raise RuntimeError(
-                f"{name}: the tower emits {emitted} LLM tokens but laco.cost_native predicts {predicted}; the cost "
+                f"{name}: the tower emits {emitted} LLM tokens but laco.cost.native predicts {predicted}; the cost "
                 "model and the tower disagree (a bug to report)."
             )
 

@@ -10,7 +10,7 @@ from laco.bench import main
 from laco.bench.native import IMAGE_SETS, NATIVE_PRESETS, packed_inputs
 from laco.bench.presets import load_preset
 from laco.bench.variants import packed_tower_variants
-from laco.cost_native import packed_encoder_flops
+from laco.cost.native import packed_encoder_flops
 
 VARIANTS = ["original", "keep_llm_tokens", "compress_more"]
 

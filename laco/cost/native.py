@@ -1,6 +1,6 @@
 """FLOPs of native-resolution vision towers (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) and of their LLM's prefill.
 
-Same counting convention as :mod:`laco.cost` (``FlopCounterMode``'s: matrix products and convolutions only,
+Same counting convention as :mod:`laco.cost.flops` (``FlopCounterMode``'s: matrix products and convolutions only,
 multiply-add = 2). What differs from a batched ViT:
 
 * every image and video frame is its own attention segment (packed sequences): attention costs
@@ -23,8 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cost import Cost, LLMGeometry, MlpKind, compressor_flops, llm_flops, llm_geometry
-from .placement import LayerSpec, Placement, as_placement
+from ..placement import LayerSpec, Placement, as_placement
+from .flops import Cost, compressor_flops, llm_flops
+from .geometry import LLMGeometry, MlpKind, llm_geometry
 
 KEEP, MORE = "keep_llm_tokens", "compress_more"
 
