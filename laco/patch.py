@@ -29,55 +29,20 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-import torch
 from torch import nn
 
 from .adapters import MODEL_ADAPTERS, EncoderAdapter, GenericAdapter, find_model_adapter, resolve_encoder
-from .adapters.base import Undo
 from .adapters.layout import GridLayout, TokenLayout
 from .compressors import TokenCompressor, build
 from .functional import GridSize
+from .hooks import COMPRESSOR_ATTRIBUTE, BlockInputsHook, InputHook, PatchState, Stage, StageHook
 from .placement import FORMAT as PLACEMENT_FORMAT
 from .placement import LayerSpec, Placement
 
-COMPRESSOR_ATTRIBUTE = "laco_compressor"
 CONFIG_ATTRIBUTE = "laco"
-
-
-@dataclass
-class _Stage:
-    layer: int
-    block: nn.Module
-    hook: torch.utils.hooks.RemovableHandle
-
-
-@dataclass
-class _PatchState:
-    """What :func:`apply` attached, and the layout of the current forward call's input."""
-
-    adapter: EncoderAdapter
-    encoder: nn.Module  # a cycle, on purpose: deepcopy and pickling map it to the copy, as they do the hooks
-    placement: Placement
-    stages: list[_Stage]
-    handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
-    undo: list[Undo] = field(default_factory=list)
-    input_layout: TokenLayout | None = None
-
-    def compressor(self, stage: int) -> TokenCompressor:
-        return getattr(self.stages[stage].block, COMPRESSOR_ATTRIBUTE)
-
-    def layout_after(self, layout: TokenLayout, stages: int) -> TokenLayout:
-        """``layout`` once the first ``stages`` merges have run."""
-        for index in range(stages):
-            layout = layout.after(self.compressor(index))
-        return layout
-
-    def stages_before_block(self, block_index: int) -> int:
-        """How many merges run before block ``block_index`` (0-based): those after blocks 1..block_index."""
-        return sum(stage.layer <= block_index for stage in self.stages)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -143,18 +108,7 @@ def apply(
     dim = adapter.hidden_size(encoder)
     built = [build_compressor_for_block(placement, dim, adapter, block_list[k - 1]) for k in placement.layers]
 
-    state = _PatchState(adapter, encoder, placement, stages=[])
-    for index, (k, compressor) in enumerate(zip(placement.layers, built)):
-        block = block_list[k - 1]
-        block.add_module(COMPRESSOR_ATTRIBUTE, compressor)
-        hook = block.register_forward_hook(_StageHook(state, index), prepend=True)
-        state.stages.append(_Stage(k, block, hook))
-    state.handles.append(encoder.register_forward_pre_hook(_InputHook(state), with_kwargs=True))
-    if adapter.rewrites_block_inputs:
-        for block_index in range(placement.layers[0], len(block_list)):
-            hook = _BlockInputsHook(state, block_index)
-            state.handles.append(block_list[block_index].register_forward_pre_hook(hook, with_kwargs=True))
-    state.undo = adapter.install(encoder, placement)
+    state = _attach(encoder, adapter, placement, block_list, built)
     encoder._laco = state
     if model_adapter is not None:
         try:
@@ -166,6 +120,29 @@ def apply(
     if config is not None:
         setattr(config, CONFIG_ATTRIBUTE, {**placement.to_dict(), "format": PLACEMENT_FORMAT})
     return model
+
+
+def _attach(
+    encoder: nn.Module,
+    adapter: EncoderAdapter,
+    placement: Placement,
+    block_list: Sequence[nn.Module],
+    built: list[TokenCompressor],
+) -> PatchState:
+    """Make each compressor a child of its block and register the hooks that drive them."""
+    state = PatchState(adapter, encoder, placement, stages=[])
+    for index, (k, compressor) in enumerate(zip(placement.layers, built)):
+        block = block_list[k - 1]
+        block.add_module(COMPRESSOR_ATTRIBUTE, compressor)
+        hook = block.register_forward_hook(StageHook(state, index), prepend=True)
+        state.stages.append(Stage(k, block, hook))
+    state.handles.append(encoder.register_forward_pre_hook(InputHook(state), with_kwargs=True))
+    if adapter.rewrites_block_inputs:
+        for block_index in range(placement.layers[0], len(block_list)):
+            hook = BlockInputsHook(state, block_index)
+            state.handles.append(block_list[block_index].register_forward_pre_hook(hook, with_kwargs=True))
+    state.undo = adapter.install(encoder, placement)
+    return state
 
 
 def _placement_argument(
@@ -245,7 +222,7 @@ def remove(model: nn.Module) -> nn.Module:
     if encoder is None:
         raise ValueError("this model is not compressed by laco; nothing to remove.")
     _warn_if_compiled(model, "laco.remove")
-    state: _PatchState = encoder._laco
+    state: PatchState = encoder._laco
     for undo in reversed(state.undo):
         undo()
     for stage in state.stages:
@@ -324,61 +301,6 @@ def _patched_encoder(model: nn.Module) -> nn.Module | None:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Hooks
-
-
-class _InputHook:
-    """Encoder forward pre-hook: record the layout of this call's input, from which every stage derives its own.
-
-    Hooks are objects holding the patch state rather than closures, so ``copy.deepcopy`` (EMA copies, some
-    distributed wrappers) and pickling give the copy hooks that drive the copy's compressors, not the original's.
-    """
-
-    def __init__(self, state: _PatchState) -> None:
-        self.state = state
-
-    def __call__(self, module, args, kwargs):
-        layout = self.state.input_layout = self.state.adapter.layout(module, args, kwargs)
-        return None if layout is None else layout.encoder_inputs(args, kwargs)
-
-
-class _StageHook:
-    """Forward hook of block k: merge the image tokens of its output as the layout says."""
-
-    def __init__(self, state: _PatchState, index: int) -> None:
-        self.state, self.index = state, index
-
-    def __call__(self, module, args, output):
-        hidden = output[0] if isinstance(output, tuple) else output
-        layout = _layout_before_stage(self.state, self.index, hidden)
-        hidden = layout.merge(hidden, getattr(module, COMPRESSOR_ATTRIBUTE))
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-
-class _BlockInputsHook:
-    """Forward pre-hook of a block after a merge: give it the arguments its (merged) tokens need."""
-
-    def __init__(self, state: _PatchState, block_index: int) -> None:
-        self.state, self.block_index = state, block_index
-
-    def __call__(self, module, args, kwargs):
-        state = self.state
-        if state.input_layout is None:
-            return None
-        layout = state.layout_after(state.input_layout, state.stages_before_block(self.block_index))
-        return layout.block_call(self.block_index, args, kwargs)
-
-
-def _layout_before_stage(state: _PatchState, index: int, hidden: torch.Tensor) -> TokenLayout:
-    where = f"layer {state.stages[index].layer}"
-    if state.input_layout is None:  # no readable input (blocks called directly, inputs_embeds)
-        return state.adapter.fallback_layout(state.encoder, hidden, where)
-    layout = state.layout_after(state.input_layout, index)
-    layout.check(hidden, where)
-    return layout
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Token counts
 
 
@@ -388,7 +310,7 @@ def output_layout(model: nn.Module, image_size: int | GridSize | None = None) ->
     if encoder is None:
         encoder, adapter = resolve_encoder(model)
         return adapter.layout_for_image_size(encoder, image_size)
-    state: _PatchState = encoder._laco
+    state: PatchState = encoder._laco
     return state.layout_after(state.adapter.layout_for_image_size(encoder, image_size), len(state.stages))
 
 
