@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from laco.cli import build_parser, main
 
-from tiny_models import save_tiny_parts, write_color_dataset
+from tiny_models import save_tiny_parts, write_color_dataset, write_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,31 +42,8 @@ def test_bad_config_key_is_reported(tmp_path):
 def test_train_eval_generate_on_tiny_models(tmp_path, capsys):
     vision, llm = save_tiny_parts(tmp_path)
     data_json, images = write_color_dataset(tmp_path / "data", count=16)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "output_dir": str(tmp_path / "run"),
-                "model": {"vision": str(vision), "llm": str(llm), "image_size": 32, "system_prompt": None},
-                "data": {
-                    "dataset": "llava",
-                    "train_json": str(data_json),
-                    "eval_json": str(data_json),
-                    "image_folder": str(images),
-                    "max_length": 64,
-                },
-                "stages": [
-                    {"name": "stage1", "max_steps": 2, "batch_size": 4},
-                    {
-                        "name": "stage2",
-                        "trainable": ["compressor", "projector", "llm"],
-                        "max_steps": 2,
-                        "batch_size": 4,
-                    },
-                ],
-                "training": {"precision": "fp32", "save_steps": 100},
-            }
-        )
+    config = write_run_config(
+        tmp_path / "tiny.yaml", (vision, llm, data_json, images), tmp_path / "run", steps=(2, 2), save_steps=100
     )
     assert main(["train", "--config", str(config), "--layers", "1/2", "--no-eval"]) == 0
     out = capsys.readouterr().out

@@ -168,14 +168,14 @@ def write_color_dataset(directory, count: int = 32, size: int = IMAGE):
     return path, directory
 
 
-def write_run_config(path, parts, output, steps=(3, 3), save_steps=2, **data):
-    """A two-stage run config over the tiny parts of ``save_tiny_parts`` + ``write_color_dataset``, as YAML."""
-    import yaml
-
+def run_config(parts, output, *, name="tiny", steps=(3, 3), save_steps=2, eval_batch_size=8, **sections) -> dict:
+    """A two-stage run config over the tiny parts of ``save_tiny_parts`` + ``write_color_dataset``, as plain data;
+    ``sections`` update a top-level section's keys (``data={...}``) or replace a value (``seed=3``)."""
     vision, llm, data_json, images = parts
     config = {
-        "name": "tiny",
+        "name": name,
         "output_dir": str(output),
+        "seed": 0,
         "model": {
             "vision": str(vision),
             "llm": str(llm),
@@ -189,7 +189,6 @@ def write_run_config(path, parts, output, steps=(3, 3), save_steps=2, **data):
             "eval_json": str(data_json),
             "image_folder": str(images),
             "max_length": 64,
-            **data,
         },
         "stages": [
             {
@@ -208,7 +207,19 @@ def write_run_config(path, parts, output, steps=(3, 3), save_steps=2, **data):
             },
         ],
         "training": {"precision": "fp32", "logging_steps": 1, "save_steps": save_steps, "threads": 1},
-        "eval": {"limit": 8, "batch_size": 8, "max_new_tokens": 3},
+        "eval": {"limit": 8, "batch_size": eval_batch_size, "max_new_tokens": 3},
     }
-    path.write_text(yaml.safe_dump(config))
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config[section].update(values)
+        else:
+            config[section] = values
+    return config
+
+
+def write_run_config(path, parts, output, steps=(3, 3), save_steps=2, **data):
+    """:func:`run_config` as YAML at ``path``; ``data`` updates its data section."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(run_config(parts, output, steps=steps, save_steps=save_steps, data=data)))
     return path

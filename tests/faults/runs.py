@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 from laco.cli import main
 from laco.train.trainer import LacoTrainer
 
+from tiny_models import run_config as tiny_run_config
+
 REPO = Path(__file__).resolve().parents[2]
 KILL_AT = Path(__file__).with_name("kill_at.py")
 
@@ -28,50 +30,9 @@ SAVE_STEPS = 2
 
 def run_config(parts: tuple[Path, Path, Path, Path], output: Path, **changes: Any) -> dict[str, Any]:
     """The fault tests' run config as plain data; ``changes`` replace top-level sections' keys (``data={...}``)."""
-    vision, llm, data_json, images = parts
-    config: dict[str, Any] = {
-        "name": "faults",
-        "output_dir": str(output),
-        "seed": 0,
-        "model": {
-            "vision": str(vision),
-            "llm": str(llm),
-            "image_size": 32,
-            "system_prompt": None,
-            "compression": {"layers": 2},
-        },
-        "data": {
-            "dataset": "llava",
-            "train_json": str(data_json),
-            "eval_json": str(data_json),
-            "image_folder": str(images),
-            "max_length": 64,
-        },
-        "stages": [
-            {
-                "name": "stage1",
-                "trainable": ["compressor", "projector"],
-                "max_steps": STEPS[0],
-                "batch_size": 4,
-                "learning_rate": 1e-2,
-            },
-            {
-                "name": "stage2",
-                "trainable": ["compressor", "projector", "llm"],
-                "max_steps": STEPS[1],
-                "batch_size": 4,
-                "learning_rate": 1e-3,
-            },
-        ],
-        "training": {"precision": "fp32", "logging_steps": 1, "save_steps": SAVE_STEPS, "threads": 1},
-        "eval": {"limit": 8, "batch_size": 4, "max_new_tokens": 3},
-    }
-    for section, values in changes.items():
-        if isinstance(values, dict):
-            config[section].update(values)
-        else:
-            config[section] = values
-    return config
+    return tiny_run_config(
+        parts, output, name="faults", steps=STEPS, save_steps=SAVE_STEPS, eval_batch_size=4, **changes
+    )
 
 
 def write_run_config(path: Path, parts, output: Path, **changes: Any) -> Path:
