@@ -17,6 +17,7 @@ outputs are averaged over each 2x2 block (parameter-free) to line up with the LL
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,56 +80,47 @@ def swap_module(parent: nn.Module, name: str, new: nn.Module) -> Undo:
 # model gives the copy hooks that read the copy's state, as laco's own hooks do.
 
 
-def _call_grids(encoder: nn.Module):
-    """The grids of the tower's running forward call, or ``None`` outside one."""
-    from ..patch import input_layout_of  # patch imports the adapters package
-
-    layout = input_layout_of(encoder)
-    grids = getattr(layout, "grids", None)
-    return None if grids is None or getattr(grids, "finished", False) else grids
-
-
-class SetAsideWindowedOutput:
-    """Forward hook of Qwen2.5-VL's final merger (``compress_more``): keep its real output in row-major order and
-    hand the tower's forward a zero-width stand-in that its own ``[argsort(window_index)]`` can index."""
+class _CallHook:
+    """A forward hook that acts only inside a running forward call of the tower, on that call's grids."""
 
     def __init__(self, encoder: nn.Module) -> None:
         self.encoder = encoder
 
     def __call__(self, module, args, output):
-        grids = _call_grids(self.encoder)
-        if grids is None:
+        from ..patch import input_layout_of  # patch imports the adapters package
+
+        grids = getattr(input_layout_of(self.encoder), "grids", None)
+        if grids is None or getattr(grids, "finished", False):
             return None
+        return self.during_call(grids, output)
+
+    def during_call(self, grids: Any, output: Any) -> Any:
+        raise NotImplementedError
+
+
+class SetAsideWindowedOutput(_CallHook):
+    """Forward hook of Qwen2.5-VL's final merger (``compress_more``): keep its real output in row-major order and
+    hand the tower's forward a zero-width stand-in that its own ``[argsort(window_index)]`` can index."""
+
+    def during_call(self, grids: Any, output: torch.Tensor) -> torch.Tensor:
         grids.final_output = output[grids.output_order.to(output.device)]
         return output.new_empty((grids.units, 0))
 
 
-class PoolEarlyTap:
+class PoolEarlyTap(_CallHook):
     """Forward hook of a Qwen3-VL DeepStack merger that reads a layer before the merge (``compress_more``): average
     its outputs over each 2x2 block of merge units, the LLM's tokens."""
 
-    def __init__(self, encoder: nn.Module) -> None:
-        self.encoder = encoder
-
-    def __call__(self, module, args, output):
-        grids = _call_grids(self.encoder)
-        if grids is None:
-            return None
+    def during_call(self, grids: Any, output: torch.Tensor) -> torch.Tensor:
         blocks = output[grids.rows_to_blocks.to(output.device)]
         return blocks.view(-1, grids.group, output.shape[-1]).mean(1)
 
 
-class FinishCall:
+class FinishCall(_CallHook):
     """Forward hook of the tower (``compress_more``): put the set-aside merger output in ``pooler_output`` and mark
     the call finished, so a merger called on its own afterwards is left alone."""
 
-    def __init__(self, encoder: nn.Module) -> None:
-        self.encoder = encoder
-
-    def __call__(self, module, args, output):
-        grids = _call_grids(self.encoder)
-        if grids is None:
-            return None
+    def during_call(self, grids: Any, output: Any) -> Any:
         grids.finished = True
         final = getattr(grids, "final_output", None)
         if final is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .native import CPU_SECONDS, NativeResult, NativeSettings, SizeResult, run_native
+from .results import preset_summary
 from .settings import BenchSettings
 
 SCHEMA = "laco-bench-native/1"
@@ -69,13 +70,7 @@ def to_dict(result: NativeResult) -> dict[str, Any]:
     preset = result.preset
     return {
         "schema": SCHEMA,
-        "preset": {
-            "name": preset.name,
-            "description": preset.description,
-            "encoder": asdict(preset.encoder),
-            "llm": asdict(preset.llm) if preset.llm is not None else None,
-            "layer": preset.layer,
-        },
+        "preset": {**preset_summary(preset), "layer": preset.layer},
         "settings": {**asdict(result.settings), "dtype": result.dtype},
         "machine": result.machine,
         "variants": [variant.to_dict(preset.encoder.layers) for variant in result.variants],

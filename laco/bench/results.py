@@ -155,13 +155,7 @@ class BenchResult:
         preset = self.preset
         return {
             "schema": SCHEMA,
-            "preset": {
-                "name": preset.name,
-                "description": preset.description,
-                "encoder": asdict(preset.encoder),
-                "llm": asdict(preset.llm) if preset.llm else None,
-                "image_size": preset.resolution,
-            },
+            "preset": {**preset_summary(preset), "image_size": preset.resolution},
             "settings": self.settings.to_dict(),
             "machine": self.machine.to_dict(),
             "variants": [variant.to_dict(self.depth) for variant in self.variants],
@@ -226,3 +220,13 @@ def scale_phase(samples: Samples, phase: str, scale: float) -> list[float]:
 def optimizer_seconds(samples: Samples, scale: float) -> list[float]:
     """The optimizer step's share of every call, scaled like the call; ``[]`` where it was not timed apart."""
     return scale_phase(samples, OPTIMIZER_PHASE, scale)
+
+
+def preset_summary(preset: Any) -> dict[str, Any]:
+    """What every result file records of the preset it ran: name, description and the geometries."""
+    return {
+        "name": preset.name,
+        "description": preset.description,
+        "encoder": asdict(preset.encoder),
+        "llm": asdict(preset.llm) if preset.llm is not None else None,
+    }
