@@ -1,10 +1,12 @@
 """`laco train --init-from`: fine-tune a `laco convert` output (stock LLaVA or laco's own model) in stages."""
 
 import json
+import shutil
 
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import laco
@@ -135,3 +137,30 @@ def test_the_command_line_refuses_a_bad_init_from_before_touching_the_run(tmp_pa
         main(["train", "--config", str(config), "--init-from", str(tmp_path / "nothing")])
     with pytest.raises(ValueError, match="model.vision would not be used"):
         main(["train", "--config", str(config), "--vision", "dinov2-small"])
+
+
+def test_an_interrupted_stage_resumes_exactly_from_its_checkpoint(converted, tmp_path):
+    """The Trainer's checkpoints of a converted stock LLaVA keep the stock key names; resuming loads them strictly."""
+    dst, data_json, images = converted
+    stage = [{**STAGES[0], "max_steps": 4}]
+    path = write_config(tmp_path / "run.yaml", dst, data_json, images, tmp_path / "run", stage)
+    config = yaml.safe_load(path.read_text())
+    config["training"]["save_steps"] = 2
+    path.write_text(yaml.safe_dump(config))
+    train(load_config(path), quiet=True)
+    stage_dir = tmp_path / "run" / "merge"
+    uninterrupted = load_file(stage_dir / "final" / "model.safetensors")
+    # as if killed after the checkpoint at step 2
+    for finished in (stage_dir / "final", stage_dir / "checkpoint-4", tmp_path / "run" / "final"):
+        shutil.rmtree(finished)
+    train(load_config(path), quiet=True)
+    resumed = load_file(stage_dir / "final" / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
+
+
+def test_laco_eval_scores_a_converted_stock_checkpoint_directly(converted, tmp_path, capsys):
+    dst, data_json, images = converted
+    arguments = ["--eval-json", str(data_json), "--image-folder", str(images), "--limit", "4", "--max-new-tokens", "2"]
+    assert main(["eval", "--model", str(dst), *arguments]) == 0
+    assert "exact match" in capsys.readouterr().out
