@@ -30,19 +30,15 @@ DEFAULT_VISION = "dinov2-small"
 DEFAULT_LLM = "smollm2-135m"
 DEFAULT_IMAGE_SIZE = 112  # the embedded default run's size for the offline DINOv2-S (8x8 patches), not DINOv2's own
 RESIZE_POLICIES = ("squash", "shortest_edge")
+IMAGE_KEYS = ("image_size", "image_mean", "image_std", "resize")  # null: the encoder's own (its image processor's)
 
 
 @dataclass
 class ModelConfig:
-    """The model a run trains: assembled from ``vision`` + ``llm`` with ``compression``, or a checkpoint
-    (``init_from``: a ``laco convert`` output or another LaCo LLaVA checkpoint, which holds its encoder, LLM, merge
-    and processor, so those keys stay unset).
-
-    Left unset (``null``), ``vision``, ``llm`` and ``compression`` are the embedded default's (without
-    ``init_from``), and the image settings are the encoder's own (its image processor's), except for the offline
-    ``dinov2-small``, which has none and runs at 112 px. ``resize`` is ``squash`` (the whole image to a square)
-    or ``shortest_edge`` (the shorter side, then the centre square).
-    """
+    """``vision`` + ``llm`` assembled with ``compression`` (unset: the embedded default's), or ``init_from`` a LaCo
+    LLaVA checkpoint, which brings all of them and its processor. Unset image settings are the encoder's own
+    (112 px for the offline ``dinov2-small``, which has no image processor); ``resize``: ``squash`` or
+    ``shortest_edge`` (the shorter side, then the centre square)."""
 
     vision: str | None = None
     llm: str | None = None
@@ -69,12 +65,7 @@ class ModelConfig:
 
     def image_overrides(self) -> dict[str, Any]:
         """The image settings given, as ``build_mllm`` takes them (``None``: the encoder's own)."""
-        return {
-            "image_size": self.image_size,
-            "image_mean": self.image_mean,
-            "image_std": self.image_std,
-            "resize": self.resize,
-        }
+        return {key: getattr(self, key) for key in IMAGE_KEYS}
 
 
 @dataclass
@@ -208,16 +199,13 @@ def _validate_model(model: ModelConfig) -> None:
         )
     if model.init_from is None:
         return
-    unused = [
-        key for key in ("vision", "llm", "compression", *model.image_overrides()) if getattr(model, key) is not None
-    ]
+    unused = [key for key in ("vision", "llm", "compression", *IMAGE_KEYS) if getattr(model, key) is not None]
     if unused:
         raise ValueError(
             f"model.init_from={model.init_from!r} starts from a checkpoint that holds its encoder, LLM, merge and "
             f"processor, so {', '.join('model.' + key for key in unused)} would not be used: remove "
-            f"{'them' if len(unused) > 1 else 'it'} (to change "
-            "the merge, convert again: laco convert SRC DST --layer ...), or drop model.init_from to assemble a new "
-            "model."
+            f"{'them' if len(unused) > 1 else 'it'} (to change the merge, convert again: laco convert SRC DST --layer "
+            "...), or drop model.init_from to assemble a new model."
         )
 
 

@@ -14,8 +14,8 @@ are kept, so text is tokenized exactly once) and reports what it dropped and why
 :class:`DataError` at the first bad record with ``strict=True``.
 
 The check does what training does, so a record that passes cannot fail at a batch: its token ids are the ones the
-collator will batch (image placeholders counted after the chat template), and its image is decoded in full by
-the same reader ``__getitem__`` uses (:func:`laco.data.images.load_rgb`, with its pixel budget). Image paths must
+collator will batch (each image's placeholders counted after the chat template), and its images are decoded in
+full by the same reader ``__getitem__`` uses (:func:`laco.data.images.load_rgb`, with its pixel budget). Image paths must
 stay inside the image folder unless ``allow_outside_image_folder``.
 """
 
