@@ -29,7 +29,7 @@ RENAMED = {"bf16": "precision: auto | bf16 | fp16 | fp32 (auto picks bf16 only w
 DEFAULT_VISION = "dinov2-small"
 DEFAULT_LLM = "smollm2-135m"
 DEFAULT_IMAGE_SIZE = 112  # the embedded default run's size for the offline DINOv2-S (8x8 patches), not DINOv2's own
-RESIZE_POLICIES = ("squash", "shortest_edge")
+RESIZE_POLICIES = ("squash", "shortest_edge", "pad")
 IMAGE_KEYS = ("image_size", "image_mean", "image_std", "resize")  # null: the encoder's own (its image processor's)
 
 
@@ -37,8 +37,8 @@ IMAGE_KEYS = ("image_size", "image_mean", "image_std", "resize")  # null: the en
 class ModelConfig:
     """``vision`` + ``llm`` assembled with ``compression`` (unset: the embedded default's), or ``init_from`` a LaCo
     LLaVA checkpoint, which brings all of them and its processor. Unset image settings are the encoder's own
-    (112 px for the offline ``dinov2-small``, which has no image processor); ``resize``: ``squash`` or
-    ``shortest_edge`` (the shorter side, then the centre square)."""
+    (112 px for the offline ``dinov2-small``, which has no image processor); ``resize``: ``squash``,
+    ``shortest_edge`` (the shorter side, then the centre square) or ``pad`` (to a square, then resize)."""
 
     vision: str | None = None
     llm: str | None = None

@@ -3,11 +3,13 @@
 An encoder is trained on images prepared one way, and reading them another way (ImageNet statistics on a SigLIP,
 112 px on a 384 px CLIP) costs accuracy or fails outright. So :func:`encoder_transform` reads what the encoder's
 own image processor says (its ``preprocessor_config.json``, next to the weights locally or on the hub) and the
-user overrides single values. Two resize policies cover the encoders laco supports:
+user overrides single values. Three resize policies cover the encoders laco supports:
 
 * ``squash``: resize the whole image to a square (SigLIP, AIMv2, ViT); a non-square image is stretched.
 * ``shortest_edge``: resize the shorter side, keeping the aspect ratio, then crop the centre square
   (CLIP, DINOv2); a non-square image loses its edges, not its shape.
+* ``pad``: pad to a square with the mean colour, then resize (``LlavaImageProcessor`` with ``do_pad``, as LLaVA-1.5
+  was trained); a non-square image keeps all of its content and its shape.
 
 ``crop_fraction`` is the centre square's share of the resized side (DINOv2: 224 of 256 = 0.875; 1 = no crop), so an
 overridden size keeps the encoder's proportions. Every image of a batch ends as ``size x size``: placeholders per
@@ -72,8 +74,10 @@ class ImageTransform:
     def fit(self, image: Image.Image) -> Image.Image:
         """``image`` as the ``size x size`` RGB square the encoder sees, before normalisation."""
         image = image.convert("RGB")
+        if self.resize == "pad":
+            image = _pad_to_square(image, self.mean)
         side, width, height = self.resized_side, *image.size
-        if self.resize == "squash":
+        if self.resize in ("squash", "pad"):
             target = (side, side)
         elif width <= height:  # the shorter side becomes `side`; the longer one keeps the ratio (rounded down)
             target = (side, max(side, int(side * height / width)))
@@ -113,6 +117,17 @@ class ImageTransform:
         return replace(self, **{key: value for key, value in changes.items() if value is not None})
 
 
+def _pad_to_square(image: Image.Image, mean: Sequence[float]) -> Image.Image:
+    """``image`` centred on a square of its longer side, filled with the mean colour (what normalises to 0)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new("RGB", (side, side), tuple(int(value * 255) for value in mean))
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
 def _triple(values: Any, what: str) -> tuple[float, float, float]:
     if isinstance(values, (int, float)):
         values = (values,) * 3
@@ -144,10 +159,12 @@ def transform_from_processor(settings: Mapping[str, Any], where: str = "the imag
     shortest = size.get("shortest_edge") if isinstance(size, Mapping) else None
     if shortest is None and isinstance(size, int) and cropped:  # an old-style int size that CLIP-like processors crop
         shortest = size
+    # LlavaImageProcessor's do_pad pads to a square; other processors' do_pad pads batches, which laco does not need
+    padded = bool(settings.get("do_pad")) and str(settings.get("image_processor_type", "")).startswith("Llava")
     if shortest is not None:
-        policy, side = "shortest_edge", int(shortest)
+        policy, side = ("pad" if padded else "shortest_edge"), int(shortest)
     else:
-        policy, side = "squash", _square_side(size, "size", where)
+        policy, side = ("pad" if padded else "squash"), _square_side(size, "size", where)
     final = _square_side(crop, "crop_size", where) if cropped else side
     if settings.get("do_normalize", True):
         mean = settings.get("image_mean", DINOV2_IMAGE_MEAN)

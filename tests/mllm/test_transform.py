@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from transformers import BitImageProcessorPil, CLIPImageProcessorPil, SiglipImageProcessorPil
+from transformers import BitImageProcessorPil, CLIPImageProcessorPil, LlavaImageProcessorPil, SiglipImageProcessorPil
 
 from laco.mllm import build_mllm
 from laco.mllm.transform import ImageTransform, encoder_transform, transform_from_processor
@@ -22,7 +22,7 @@ def _noise(width: int, height: int) -> Image.Image:
 
 
 PROCESSORS = {
-    # CLIP: shorter side to 32, centre crop 32; SigLIP: squash; DINOv2-style: shorter side to 36, centre crop 32
+    # CLIP: shorter side to 32, centre crop 32; SigLIP: squash; DINOv2-style: shorter side to 36, centre crop 32;
     "clip": (CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), "shortest_edge"),
     "siglip": (SiglipImageProcessorPil(size={"height": 32, "width": 32}), "squash"),
     "dinov2": (
@@ -33,6 +33,11 @@ PROCESSORS = {
             image_std=IMAGENET[1],
         ),
         "shortest_edge",
+    ),
+    # LLaVA-1.5's: padded to a square with the mean colour, then resized
+    "llava": (
+        LlavaImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_pad=True),
+        "pad",
     ),
 }
 
