@@ -49,7 +49,7 @@ def add(subparsers) -> None:
         type=positive_int,
         help="image side in pixels (default: the encoder's own, from its image processor; 112 for dinov2-small); "
         "mean/std and resize policy: --set model.image_mean=[0.5,0.5,0.5] (likewise model.image_std, "
-        "model.resize=squash or shortest_edge)",
+        "model.resize=squash, shortest_edge or pad)",
     )
     parser.add_argument("--train-json", help="LLaVA conversation JSON to train on (with --image-folder)")
     parser.add_argument("--image-folder", help="folder the JSON's 'image' paths are relative to")
