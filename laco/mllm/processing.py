@@ -174,7 +174,7 @@ class LacoProcessor:
                     "the chat template does not render conversations incrementally.", "unusable conversation"
                 )
             prompt_ids = self._tokenize(prompt[len(rendered) :])
-            answer_ids = self._tokenize(full[len(prompt) :])
+            answer_ids = self._answer_ids(full[len(prompt) :])
             input_ids += prompt_ids + answer_ids
             labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
             rendered = full
@@ -192,6 +192,15 @@ class LacoProcessor:
             raise RecordError(f"no answer token is left within max_length={max_length}.", "too long")
         self._check_placeholders(input_ids, num_images)
         return EncodedConversation(input_ids, labels, truncated)
+
+    def _answer_ids(self, text: str) -> list[int]:
+        """An answer's ids. Stock multimodal templates (LLaVA's) end an answer with a space, not the EOS the original
+        training appended; without it the model never learns to stop, so it is added there."""
+        ids = self._tokenize(text)
+        eos = self.tokenizer.eos_token_id
+        if self.chat_template and eos is not None and eos not in ids:
+            ids.append(eos)
+        return ids
 
     def _check_tags(self, messages: list[dict[str, str]], num_images: int) -> None:
         tags = sum(m["content"].count(self.image_token) for m in messages if m["role"] != "assistant")
