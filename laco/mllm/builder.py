@@ -40,7 +40,7 @@ def build_mllm(
 
     Images are prepared as the encoder's own image processor says (size, resize policy, mean/std; see
     :func:`laco.mllm.transform.encoder_transform`); ``image_size``, ``image_mean``, ``image_std`` and ``resize``
-    (``"squash"`` or ``"shortest_edge"``) replace single values.
+    (``"squash"``, ``"shortest_edge"`` or ``"pad"``) replace single values.
     """
     vision_model = load_vision(vision) if isinstance(vision, (str, Path)) else vision
     language_model, tokenizer = load_llm(llm) if isinstance(llm, (str, Path)) else llm
