@@ -26,16 +26,46 @@ TRAINABLE_PARTS = ("compressor", "projector", "llm", "vision_after_merge", "visi
 RENAMED = {"bf16": "precision: auto | bf16 | fp16 | fp32 (auto picks bf16 only where the hardware has it)"}
 
 
+DEFAULT_VISION = "dinov2-small"
+DEFAULT_LLM = "smollm2-135m"
+DEFAULT_IMAGE_SIZE = 112  # the embedded default run's size for the offline DINOv2-S (8x8 patches), not DINOv2's own
+RESIZE_POLICIES = ("squash", "shortest_edge", "pad")
+IMAGE_KEYS = ("image_size", "image_mean", "image_std", "resize")  # null: the encoder's own (its image processor's)
+
+
 @dataclass
 class ModelConfig:
-    vision: str = "dinov2-small"
-    llm: str = "smollm2-135m"
-    image_size: int | None = 112
+    """``vision`` + ``llm`` assembled with ``compression`` (unset: the embedded default's), or ``init_from`` a LaCo
+    LLaVA checkpoint, which brings all of them and its processor. Unset image settings are the encoder's own
+    (112 px for the offline ``dinov2-small``, which has no image processor); ``resize``: ``squash``,
+    ``shortest_edge`` (the shorter side, then the centre square) or ``pad`` (to a square, then resize)."""
+
+    vision: str | None = None
+    llm: str | None = None
+    init_from: str | None = None
+    image_size: int | None = None
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    resize: str | None = None
     system_prompt: str | None = ""  # an empty system turn: SmolLM2's template would add a 20-token default
     # "auto": eager attention on CPU, where torch's flash-attention backward is slower than eager on sequences this
     # short; the transformers default (SDPA / FlashAttention) on GPU.
     attn_implementation: str = "auto"
-    compression: Placement = field(default_factory=lambda: Placement("1/4"))
+    compression: Placement | None = None
+
+    def __post_init__(self) -> None:
+        # Filled here rather than as field defaults, so that a run from a checkpoint can leave them unset (and say
+        # so in its config.yaml) while configs recorded before init_from existed compare equal to today's.
+        if self.init_from is None:
+            self.vision = DEFAULT_VISION if self.vision is None else self.vision
+            self.llm = DEFAULT_LLM if self.llm is None else self.llm
+            self.compression = Placement("1/4") if self.compression is None else self.compression
+            if self.image_size is None and self.vision == DEFAULT_VISION:
+                self.image_size = DEFAULT_IMAGE_SIZE
+
+    def image_overrides(self) -> dict[str, Any]:
+        """The image settings given, as ``build_mllm`` takes them (``None``: the encoder's own)."""
+        return {key: getattr(self, key) for key in IMAGE_KEYS}
 
 
 @dataclass
@@ -140,7 +170,7 @@ class RunConfig:
         _at_least(1, "data.max_length", self.data.max_length)
         _at_least(1, "data.limit", self.data.limit, optional=True)
         _at_least(1, "data.max_image_pixels", self.data.max_image_pixels)
-        _at_least(1, "model.image_size", self.model.image_size, optional=True)
+        _validate_model(self.model)
         _at_least(1, "training.logging_steps", self.training.logging_steps)
         _at_least(1, "training.save_steps", self.training.save_steps)
         _at_least(0, "training.dataloader_num_workers", self.training.dataloader_num_workers)
@@ -152,6 +182,31 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
+
+
+def _validate_model(model: ModelConfig) -> None:
+    _at_least(1, "model.image_size", model.image_size, optional=True)
+    for key in ("image_mean", "image_std"):
+        values = getattr(model, key)
+        if values is not None and (len(values) != 3 or (key == "image_std" and min(values) <= 0)):
+            raise ValueError(
+                f"model.{key} takes one number per RGB channel (3{', > 0' if 'std' in key else ''}), "
+                f"e.g. [0.5, 0.5, 0.5]; got {values}."
+            )
+    if model.resize is not None and model.resize not in RESIZE_POLICIES:
+        raise ValueError(
+            f"model.resize must be one of {RESIZE_POLICIES} (or null: the encoder's own), got {model.resize!r}."
+        )
+    if model.init_from is None:
+        return
+    unused = [key for key in ("vision", "llm", "compression", *IMAGE_KEYS) if getattr(model, key) is not None]
+    if unused:
+        raise ValueError(
+            f"model.init_from={model.init_from!r} starts from a checkpoint that holds its encoder, LLM, merge and "
+            f"processor, so {', '.join('model.' + key for key in unused)} would not be used: remove "
+            f"{'them' if len(unused) > 1 else 'it'} (to change the merge, convert again: laco convert SRC DST --layer "
+            "...), or drop model.init_from to assemble a new model."
+        )
 
 
 def _validate_stage(stage: StageConfig, where: str) -> None:

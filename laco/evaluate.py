@@ -1,4 +1,8 @@
-"""Exact-match evaluation and single-image question answering for a trained LaCo MLLM."""
+"""Exact-match evaluation and question answering (one or several images per question) for a trained LaCo MLLM.
+
+A multi-turn record is scored on its last answer, asked after the turns before it with their reference answers
+(the history the record gives, as training reads it); a record with several images is asked with all of them.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write_text
 from .checkpoints import from_pretrained_strict
 from .data.images import load_rgb
+from .data.llava import LlavaExample
 from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation
+from .mllm.stock import load_processor
 from .precision import choose as choose_precision
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -38,6 +44,8 @@ class EvalResult:
     majority_accuracy: float
     question_prior_accuracy: float | None
     seconds: float
+    multi_turn: int = 0  # examples asked after earlier turns (scored on their last answer)
+    multi_image: int = 0  # examples asked about several images
     per_answer: dict[str, float] = field(default_factory=dict)
     predictions: list[dict[str, str]] = field(default_factory=list)
 
@@ -45,8 +53,10 @@ class EvalResult:
         prior = (
             "" if self.question_prior_accuracy is None else f", question-only prior {self.question_prior_accuracy:.1%}"
         )
+        kinds = [f"{n} {kind}" for n, kind in ((self.multi_turn, "multi-turn"), (self.multi_image, "multi-image")) if n]
+        scored = f" ({', '.join(kinds)}: last answer scored)" if kinds else ""
         return (
-            f"exact match {self.accuracy:.1%} ({self.correct}/{self.total}); blind baselines: majority answer "
+            f"exact match {self.accuracy:.1%} ({self.correct}/{self.total}){scored}; blind baselines: majority answer "
             f"'{self.majority_answer}' {self.majority_accuracy:.1%}{prior}; {self.seconds:.0f} s"
         )
 
@@ -76,7 +86,9 @@ def load_model(
     precision: str = "fp32",
     attn_implementation: str = "auto",
 ):
-    """A trained model and its processor from a checkpoint directory written by ``laco train``.
+    """A trained model and its processor from a checkpoint directory written by ``laco train`` (or a LaCo LLaVA
+    checkpoint written by ``laco convert``, whose stock processor is read as :func:`laco.mllm.stock.load_processor`
+    says).
 
     ``precision`` (see :mod:`laco.precision`) is the dtype the weights are loaded in: ``auto`` is bf16 where the
     device multiplies it natively and float32 elsewhere.
@@ -88,18 +100,19 @@ def load_model(
     # strict: weights that do not fit the config (a missing compressor, one saved after another layer) are refused
     model = from_pretrained_strict(LacoLlavaForConditionalGeneration, directory, dtype=dtype).to(device).eval()
     model.set_attn_implementation(resolve_attn_implementation(attn_implementation))
-    return model, LacoProcessor.from_pretrained(directory)
+    return model, load_processor(directory, model)
 
 
 @torch.inference_mode()
 def answer(
     model: LacoLlavaForConditionalGeneration,
     processor: LacoProcessor,
-    images: Sequence[Image.Image],
-    questions: Sequence[str],
+    images: Sequence[Image.Image | Sequence[Image.Image]],
+    questions: Sequence[str | Sequence[dict[str, str]]],
     max_new_tokens: int = 16,
 ) -> list[str]:
-    """Greedy answers, one per (image, question) pair."""
+    """Greedy answers, one per question: ``images[i]`` is question ``i``'s image or list of images, and
+    ``questions[i]`` a question or a conversation ending with one (see :meth:`LacoProcessor.__call__`)."""
     inputs = processor(questions, images)
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
@@ -115,7 +128,7 @@ def answer(
 def evaluate(
     model: LacoLlavaForConditionalGeneration,
     processor: LacoProcessor,
-    examples: Sequence[tuple[str, Path, str, str]],
+    examples: Sequence[LlavaExample],
     *,
     train_pairs: Sequence[tuple[str, str]] = (),
     batch_size: int = 32,
@@ -124,8 +137,8 @@ def evaluate(
 ) -> EvalResult:
     """Exact match of greedy answers against references, next to two baselines that never look at the image.
 
-    ``examples`` are ``(id, image_path, question, reference)``; ``train_pairs`` are the training set's
-    ``(question, answer)`` pairs. The *majority answer* baseline always gives the most common training answer;
+    ``examples`` are :class:`~laco.data.LlavaExample` (id, image, question, reference; a multi-turn or multi-image
+    record also its turns and images); ``train_pairs`` are the training set's ``(question, answer)`` pairs. The *majority answer* baseline always gives the most common training answer;
     the *question-only prior* gives, for each question, its most common training answer (easy-VQA asks the
     same 107 questions in both splits, so this prior is strong). A model uses the image only if it beats both.
     Without ``train_pairs`` the majority is taken from the evaluated split and the prior is not computed.
@@ -133,7 +146,7 @@ def evaluate(
     if not examples:
         raise ValueError("no examples to evaluate.")
     started = time.perf_counter()
-    references = [normalize_answer(example[3]) for example in examples]
+    references = [normalize_answer(example.answer) for example in examples]
     train_answers = [normalize_answer(a) for _, a in train_pairs] or references
     majority = Counter(train_answers).most_common(1)[0][0]
     prior_accuracy = None
@@ -142,7 +155,9 @@ def evaluate(
         for question, reference in train_pairs:
             by_question.setdefault(normalize_answer(question), Counter())[normalize_answer(reference)] += 1
         prior = [
-            by_question[q].most_common(1)[0][0] if (q := normalize_answer(example[2])) in by_question else majority
+            by_question[q].most_common(1)[0][0]
+            if (q := normalize_answer(example.question)) in by_question
+            else majority
             for example in examples
         ]
         prior_accuracy = sum(p == r for p, r in zip(prior, references)) / len(references)
@@ -152,14 +167,15 @@ def evaluate(
     batches = range(0, len(examples), batch_size)
     for start in tqdm(batches, desc="eval", unit="batch", disable=not progress):
         batch = examples[start : start + batch_size]
-        images = [load_rgb(path, max_pixels=None) for _, path, _, _ in batch]  # checked with the dataset
-        outputs = answer(model, processor, images, [question for _, _, question, _ in batch], max_new_tokens)
-        for offset, ((example_id, _, question, reference), output) in enumerate(zip(batch, outputs)):
+        images = [[load_rgb(path, max_pixels=None) for path in ex.images or (ex.image,)] for ex in batch]  # checked
+        prompts = [list(ex.turns) if ex.turns else ex.question for ex in batch]
+        outputs = answer(model, processor, images, prompts, max_new_tokens)
+        for offset, (example, output) in enumerate(zip(batch, outputs)):
             predictions.append(
                 {
-                    "id": example_id,
-                    "question": question,
-                    "reference": reference,
+                    "id": example.id,
+                    "question": example.question,
+                    "reference": example.answer,
                     "prediction": output,
                     "question_prior": prior[start + offset],
                 }
@@ -179,4 +195,6 @@ def evaluate(
         seconds=round(time.perf_counter() - started, 1),
         per_answer=per_answer,
         predictions=predictions,
+        multi_turn=sum(sum(turn["from"] in ("gpt", "assistant") for turn in ex.turns) > 0 for ex in examples),
+        multi_image=sum(len(ex.images) > 1 for ex in examples),
     )

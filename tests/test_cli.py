@@ -111,3 +111,64 @@ def test_default_run_quick_with_real_weights(tmp_path):
     chosen = summary["precision"]  # what auto chose on this machine, and why, in the log and the summary
     assert chosen["requested"] == "auto" and chosen["name"] in ("bf16", "fp32") and chosen["reason"]
     assert f"precision: {chosen['name']} ({chosen['reason']})" in process.stdout
+
+
+def _conversations(directory: Path) -> tuple[Path, Path]:
+    """LLaVA records as users have them: several images, several turns, non-square pictures."""
+    from PIL import Image
+
+    (directory / "images").mkdir(parents=True)
+    for name, colour, size in (("red", (220, 30, 30), (48, 32)), ("blue", (30, 40, 220), (32, 40))):
+        Image.new("RGB", size, colour).save(directory / "images" / f"{name}.png")
+    records = [
+        {
+            "id": f"pair-{i}",
+            "image": ["images/red.png", "images/blue.png"],
+            "conversations": [
+                {"from": "human", "value": "<image>\nwhat color is the shape?"},
+                {"from": "gpt", "value": "red"},
+                {"from": "human", "value": "and in <image>?"},
+                {"from": "gpt", "value": "blue"},
+            ],
+        }
+        for i in range(4)
+    ] + [
+        {
+            "id": f"single-{i}",
+            "image": "images/blue.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\nwhat color is the shape?"},
+                {"from": "gpt", "value": "blue"},
+            ],
+        }
+        for i in range(4)
+    ]
+    (directory / "chat.json").write_text(json.dumps(records))
+    return directory / "chat.json", directory
+
+
+def test_train_eval_generate_with_several_images_and_turns(tmp_path, capsys):
+    vision, llm = save_tiny_parts(tmp_path)
+    data_json, folder = _conversations(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--vision", str(vision), "--llm", str(llm), "--output-dir", str(run), "--image-size", "32"]
+    stage = ["--set", "stages=[{name: stage1, max_steps: 2, batch_size: 4}]", "--set", "data.max_length=128"]
+    data = ["--train-json", str(data_json), "--image-folder", str(folder), "--set", f"data.eval_json={data_json}"]
+    assert main(["train", *common, *stage, *data, "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "data: 8 of 8 records used, 0 skipped" in out  # multi-image records are no longer skipped as malformed
+    assert "(4 multi-turn, 4 multi-image: last answer scored)" in out  # and they are evaluated
+
+    final = str(run / "final")
+    red, blue = str(folder / "images" / "red.png"), str(folder / "images" / "blue.png")
+    generate = ["generate", "--model", final, "--max-new-tokens", "2"]
+    assert main([*generate, "--image", red, "--image", blue, "--prompt", "<image> or <image>: which is red?"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # one question about both images: one answer
+    assert main([*generate, "--image", red, "--prompt", "what color?", "--prompt", "is it a circle?"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # two questions about one image
+    assert main([*generate, "--image", red, "--image", blue, "--prompt", "what?", "--prompt", "and?"]) == 0
+    assert capsys.readouterr().out.count("\n") == 2  # paired in order
+    with pytest.raises(SystemExit, match="got 3 --prompt and 2 --image; pass one prompt about all the images"):
+        main([*generate, "--image", red, "--image", blue, "--prompt", "a", "--prompt", "b", "--prompt", "c"])
+    with pytest.raises(SystemExit, match=r"holds 2 <image> tag\(s\) for 1 image"):
+        main([*generate, "--image", red, "--prompt", "<image> or <image>?"])

@@ -35,6 +35,14 @@ def test_overrides_reach_nested_keys_and_stage_lists():
         (["data.dataset=llava"], "needs data.train_json"),
         (["stages.0.max_steps=0"], "must be >= 1"),
         (["model.compression.layers"], "must look like key.path=value"),
+        (["model.image_mean=[0.5, 0.5]"], r"model.image_mean takes one number per RGB channel"),
+        (["model.image_std=[0.5, 0, 0.5]"], r"model.image_std takes one number per RGB channel \(3, > 0\)"),
+        (["model.resize=letterbox"], "model.resize must be one of"),
+        (["model.init_from=dst", "model.vision=x"], r"model.vision would not be used: remove it .*laco convert"),
+        (
+            ["model.init_from=dst", "model.compression.layers=2", "model.image_size=64"],
+            r"model.compression, model.image_size would not be used: remove them",
+        ),
     ],
 )
 def test_bad_configs_are_reported(overrides, message):
@@ -45,3 +53,23 @@ def test_bad_configs_are_reported(overrides, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="see configs/"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_image_settings_default_to_the_encoders_own_except_the_offline_default():
+    """The issue: --vision <SigLIP dir> got the default run's 112 px forced on it."""
+    assert load_config(None).model.image_size == 112  # the embedded default run (offline DINOv2-S) as before
+    siglip = load_config(None, ["model.vision=/models/siglip"]).model
+    assert (siglip.image_size, siglip.image_mean, siglip.image_std, siglip.resize) == (None, None, None, None)
+    given = load_config(None, ["model.vision=/models/siglip", "model.image_size=384", "model.image_mean=[0.5,0.5,0.5]"])
+    assert given.model.image_overrides() == {
+        "image_size": 384,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": None,
+        "resize": None,
+    }
+
+
+def test_a_run_from_a_checkpoint_leaves_the_assembled_models_keys_unset():
+    model = load_config(CONFIGS / "init-from.yaml", ["model.init_from=runs/x/final"]).model
+    assert model.init_from == "runs/x/final"
+    assert (model.vision, model.llm, model.compression, model.image_size) == (None, None, None, None)

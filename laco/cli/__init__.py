@@ -57,9 +57,10 @@ def _refusals() -> tuple[type[Exception], ...]:
     """Errors that refuse a request before (or instead of) doing the wrong thing."""
     from ..checkpoints import CheckpointMismatch, UnsafeWeights
     from ..data import DataError
+    from ..train.init_from import InitFromError
     from ..train.resume import ConfigMismatch, RunDirectoryBusy
 
-    return (CheckpointMismatch, ConfigMismatch, DataError, RunDirectoryBusy, UnsafeWeights)
+    return (CheckpointMismatch, ConfigMismatch, DataError, InitFromError, RunDirectoryBusy, UnsafeWeights)
 
 
 __all__ = ["build_parser", "main", "non_negative_int", "positive_int"]

@@ -36,7 +36,10 @@ def add(subparsers) -> None:
     )
     parser.add_argument("--model", type=Path, help="a model directory written by laco train (its final/)")
     parser.add_argument("--split", default="test", help="easy-VQA split to score (when --eval-json is not given)")
-    parser.add_argument("--eval-json", help="LLaVA JSON to score instead of easy-VQA (single-turn records)")
+    parser.add_argument(
+        "--eval-json",
+        help="LLaVA JSON to score instead of easy-VQA (multi-turn records: the last answer, after the earlier turns)",
+    )
     parser.add_argument("--image-folder", help="image folder for --eval-json")
     parser.add_argument("--limit", type=non_negative_int, default=1000, help="score the first N questions (0: all)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="questions per generate call")

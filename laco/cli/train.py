@@ -38,6 +38,19 @@ def add(subparsers) -> None:
     parser.add_argument("--method", help="compressor: laco, pixel_shuffle, avgpool, ldpv2, tokenpacker")
     parser.add_argument("--vision", help="vision encoder: 'dinov2-small' (offline) or a hub id / local path")
     parser.add_argument("--llm", help="causal LM: 'smollm2-135m' (offline) or a hub id / local path")
+    parser.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="fine-tune this LaCo LLaVA checkpoint (a `laco convert` output or a run's final/) instead of assembling "
+        "--vision + --llm; it brings its merge and processor (see configs/init-from.yaml)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=positive_int,
+        help="image side in pixels (default: the encoder's own, from its image processor; 112 for dinov2-small); "
+        "mean/std and resize policy: --set model.image_mean=[0.5,0.5,0.5] (likewise model.image_std, "
+        "model.resize=squash, shortest_edge or pad)",
+    )
     parser.add_argument("--train-json", help="LLaVA conversation JSON to train on (with --image-folder)")
     parser.add_argument("--image-folder", help="folder the JSON's 'image' paths are relative to")
     parser.add_argument("--limit", type=positive_int, help="use only the first N usable training records")
@@ -75,6 +88,10 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"model.vision={args.vision}")
     if args.llm:
         overrides.append(f"model.llm={args.llm}")
+    if args.init_from:
+        overrides.append(f"model.init_from={args.init_from}")
+    if args.image_size is not None:
+        overrides.append(f"model.image_size={args.image_size}")
     if args.train_json:
         overrides += ["data.dataset=llava", f"data.train_json={args.train_json}"]
     if args.image_folder:

@@ -19,7 +19,8 @@ class MultimodalCollator:
     """Batches :class:`LlavaDataset` items for ``LlavaForConditionalGeneration.forward`` (and the HF ``Trainer``).
 
     Right-pads ``input_ids`` with ``pad_token_id`` and ``labels`` with ``-100``, adds the ``attention_mask`` and
-    stacks ``pixel_values``; other keys (``id``) are dropped. The mask comes from the item lengths, never from
+    puts every item's images one after another in ``pixel_values`` (items with several images give several rows;
+    the model matches them to the placeholders in order); other keys (``id``) are dropped. The mask comes from the item lengths, never from
     comparing ids with the pad id, because many tokenizers pad with their EOS token, which answers end with.
 
     Args:
@@ -60,8 +61,14 @@ class MultimodalCollator:
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
-            "pixel_values": torch.stack([torch.as_tensor(feature["pixel_values"]) for feature in features]),
+            "pixel_values": torch.cat([_image_rows(feature["pixel_values"]) for feature in features]),
         }
+
+
+def _image_rows(pixel_values: Any) -> torch.Tensor:
+    """An item's images as ``(N, 3, H, W)``: one image comes as ``(3, H, W)``."""
+    pixel_values = torch.as_tensor(pixel_values)
+    return pixel_values.unsqueeze(0) if pixel_values.dim() == 3 else pixel_values
 
 
 def answer_balanced_weights(dataset: LlavaDataset, strength: float = 1.0) -> torch.Tensor:

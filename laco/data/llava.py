@@ -5,7 +5,8 @@ LLaVA instruction data is a JSON list of records such as::
     {"id": "000123", "image": "coco/000123.jpg",
      "conversations": [{"from": "human", "value": "<image>\\nWhat is shown?"}, {"from": "gpt", "value": "A cat."}]}
 
-with ``image`` relative to an image folder. Real dumps contain records a training run cannot use: text-only
+with ``image`` relative to an image folder, or a list of such paths with one ``<image>`` tag per image (in order)
+in the human turns. Conversations may run over several turns; every answer is learned. Real dumps contain records a training run cannot use: text-only
 records, missing or corrupt images, a wrong number of ``<image>`` tags, conversations too long for the context.
 Finding those in the middle of an epoch (or, worse, training on them silently) wastes runs, so
 :class:`LlavaDataset` checks every record once at construction, tokenizes the usable ones right away (the ids
@@ -13,8 +14,8 @@ are kept, so text is tokenized exactly once) and reports what it dropped and why
 :class:`DataError` at the first bad record with ``strict=True``.
 
 The check does what training does, so a record that passes cannot fail at a batch: its token ids are the ones the
-collator will batch (image placeholders counted after the chat template), and its image is decoded in full by
-the same reader ``__getitem__`` uses (:func:`laco.data.images.load_rgb`, with its pixel budget). Image paths must
+collator will batch (each image's placeholders counted after the chat template), and its images are decoded in
+full by the same reader ``__getitem__`` uses (:func:`laco.data.images.load_rgb`, with its pixel budget). Image paths must
 stay inside the image folder unless ``allow_outside_image_folder``.
 """
 
@@ -42,25 +43,41 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LlavaRecord:
-    """A usable record: its id, image path and the text of its turns (the token ids live in the dataset)."""
+    """A usable record: its id, image paths and its turns as ``(from, value)`` (the token ids live in the dataset)."""
 
     id: str
-    image: Path
-    questions: tuple[str, ...]
-    answers: tuple[str, ...]
+    images: tuple[Path, ...]
+    turns: tuple[tuple[str, str], ...]
     truncated: bool = False
+
+    @property
+    def image(self) -> Path:
+        """The first (for most records the only) image."""
+        return self.images[0]
+
+    @property
+    def questions(self) -> tuple[str, ...]:
+        return tuple(value for speaker, value in self.turns if ROLES[speaker] == "user")
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return tuple(value for speaker, value in self.turns if ROLES[speaker] == "assistant")
 
 
 class LlavaExample(NamedTuple):
-    """One single-turn record as an evaluator needs it: the question without the ``<image>`` tag and the answer.
+    """One record as an evaluator needs it: its last question (without ``<image>`` tags) and the answer to it.
 
-    A named tuple, so it also unpacks as ``(id, image, question, answer)``.
+    ``images`` holds every image of the record and ``turns`` the conversation up to that answer (LLaVA
+    ``from``/``value`` dicts, tags and earlier reference answers included); both are empty for a single-turn
+    record with one image, which is asked as ``question`` about ``image``.
     """
 
     id: str
     image: Path
     question: str
     answer: str
+    images: tuple[Path, ...] = ()
+    turns: tuple[dict[str, str], ...] = ()
 
 
 class LlavaDataset(torch.utils.data.Dataset):
@@ -80,8 +97,8 @@ class LlavaDataset(torch.utils.data.Dataset):
         max_image_pixels: skip images with more pixels than this (``None``: no budget), before decoding them.
         allow_outside_image_folder: accept absolute image paths and paths that leave ``image_folder`` by ``..``.
 
-    Items are dicts with ``input_ids`` and ``labels`` (1-D LongTensors), ``pixel_values`` (3 x S x S float) and
-    ``id``; batch them with :class:`MultimodalCollator`.
+    Items are dicts with ``input_ids`` and ``labels`` (1-D LongTensors), ``pixel_values`` (3 x S x S float for a
+    record with one image, N x 3 x S x S for N images) and ``id``; batch them with :class:`MultimodalCollator`.
     """
 
     def __init__(
@@ -174,44 +191,44 @@ class LlavaDataset(torch.utils.data.Dataset):
     ) -> None:
         """Check one record and, if usable, append it with its token ids; raise :class:`RecordSkipped` otherwise."""
         turns = _checked_turns(record)
-        if "image" not in record:
-            raise RecordSkipped(SkipReason.NO_IMAGE, "the record has no 'image' (a text-only conversation).")
-        image = record["image"]
-        if not isinstance(image, str) or not image or "\0" in image:
-            raise RecordSkipped(
-                SkipReason.MALFORMED, f"'image' is {image!r}, not a path string (one image per record)."
-            )
-        if not self.allow_outside_image_folder and not inside_folder(image):
-            raise RecordSkipped(
-                SkipReason.OUTSIDE_FOLDER, f"image path {image!r} leaves image_folder {self.image_folder}."
-            )
-        questions, answers = self._checked_text(turns)
-        image_path = self.image_folder / image
-        if image_path not in checked_images:
-            checked_images[image_path] = _image_problem(image_path, verify_images, self.max_image_pixels)
-        problem = checked_images[image_path]
-        if problem is not None:
-            raise RecordSkipped(
-                problem.reason, problem.detail
-            )  # a fresh exception: re-raising one would grow its traceback
-
+        image_paths = self._checked_image_paths(record)
+        for position, image_path in enumerate(image_paths):
+            if image_path not in checked_images:
+                checked_images[image_path] = _image_problem(image_path, verify_images, self.max_image_pixels)
+            problem = checked_images[image_path]
+            if problem is not None:
+                which = f"image {position + 1} of {len(image_paths)}: " if len(image_paths) > 1 else ""
+                # a fresh exception: re-raising the cached one would grow its traceback
+                raise RecordSkipped(problem.reason, which + problem.detail)
         try:
-            encoded = self.processor.encode_conversation(turns, max_length=self.max_length, num_images=1)
+            encoded = self.processor.encode_conversation(turns, max_length=self.max_length, num_images=len(image_paths))
         except RecordError as error:
             raise self._classify(error) from None
         except (ValueError, TypeError) as error:  # a chat template or tokenizer refusing this text
             raise RecordSkipped(
                 SkipReason.UNUSABLE, f"the conversation cannot be rendered and tokenized ({error})."
             ) from None
-        self.records.append(LlavaRecord(record_id, image_path, questions, answers, encoded.truncated))
+        kept = tuple((turn["from"], turn["value"]) for turn in turns)
+        self.records.append(LlavaRecord(record_id, tuple(image_paths), kept, encoded.truncated))
         self._input_ids.append(np.asarray(encoded.input_ids, dtype=np.int32))
         self._labels.append(np.asarray(encoded.labels, dtype=np.int32))
 
-    def _checked_text(self, turns: list[dict[str, str]]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        """The questions and answers of ``turns`` (their tags and emptiness are checked by the processor)."""
-        questions = tuple(turn["value"] for turn in turns if ROLES[turn["from"]] == "user")
-        answers = tuple(turn["value"] for turn in turns if ROLES[turn["from"]] == "assistant")
-        return questions, answers
+    def _checked_image_paths(self, record: dict[str, Any]) -> list[Path]:
+        """The record's image paths (``image``: one path, or a list of them), each inside the image folder."""
+        if "image" not in record:
+            raise RecordSkipped(SkipReason.NO_IMAGE, "the record has no 'image' (a text-only conversation).")
+        image = record["image"]
+        images = image if isinstance(image, list) else [image]
+        if not images or not all(isinstance(path, str) and path and "\0" not in path for path in images):
+            raise RecordSkipped(
+                SkipReason.MALFORMED, f"'image' is {image!r}, not a path string or a non-empty list of path strings."
+            )
+        for path in images:
+            if not self.allow_outside_image_folder and not inside_folder(path):
+                raise RecordSkipped(
+                    SkipReason.OUTSIDE_FOLDER, f"image path {path!r} leaves image_folder {self.image_folder}."
+                )
+        return [self.image_folder / path for path in images]
 
     @staticmethod
     def _classify(error: RecordError) -> RecordSkipped:
@@ -233,18 +250,21 @@ class LlavaDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        try:
-            rgb = load_rgb(record.image, self.max_image_pixels)
-        except ImageProblem as error:
-            # only with verify_images=False, or a file changed since the check
-            raise DataError(
-                f"cannot load image {record.image} of record {record.id!r} ({error}); "
-                "re-encode or remove the file (verify_images=True finds such files up front)."
-            ) from error
+        images = []
+        for path in record.images:
+            try:
+                images.append(load_rgb(path, self.max_image_pixels))
+            except ImageProblem as error:
+                # only with verify_images=False, or a file changed since the check
+                raise DataError(
+                    f"cannot load image {path} of record {record.id!r} ({error}); "
+                    "re-encode or remove the file (verify_images=True finds such files up front)."
+                ) from error
+        pixel_values = self.processor.image_transform(images)
         return {
             "input_ids": torch.from_numpy(self._input_ids[index].astype(np.int64)),
             "labels": torch.from_numpy(self._labels[index].astype(np.int64)),
-            "pixel_values": self.processor.image_transform([rgb])[0],
+            "pixel_values": pixel_values[0] if len(images) == 1 else pixel_values,
             "id": record.id,
         }
 
@@ -254,15 +274,17 @@ class LlavaDataset(torch.utils.data.Dataset):
         return [len(ids) for ids in self._input_ids]
 
     def example(self, index: int) -> LlavaExample:
-        """Question (without the ``<image>`` tag) and reference answer of a single-turn record, for evaluation."""
+        """The record's last answer as an evaluation example: asked after the turns before it, reference answers
+        included, with every image of the record."""
         record = self.records[index]
-        if len(record.questions) != 1 or len(record.answers) != 1:
-            raise ValueError(
-                f"record {record.id!r} has {len(record.questions)} questions and {len(record.answers)} answers; "
-                "example() serves single-turn records (one question, one answer), use .records[index] instead."
-            )
-        question = record.questions[0].replace(self.processor.image_token, "").strip()
-        return LlavaExample(record.id, record.image, question, record.answers[0])
+        last = max(i for i, (speaker, _) in enumerate(record.turns) if ROLES[speaker] == "assistant")
+        asked = [value for speaker, value in record.turns[:last] if ROLES[speaker] == "user"]
+        question = asked[-1].replace(self.processor.image_token, "").strip() if asked else ""
+        single = len(record.images) == 1 and len(record.questions) == 1 and len(record.answers) == 1
+        if single:  # asked as before multi-turn support: the question about the image, its tag first
+            return LlavaExample(record.id, record.image, question, record.answers[0])
+        turns = tuple({"from": speaker, "value": value} for speaker, value in record.turns[:last])
+        return LlavaExample(record.id, record.image, question, record.turns[last][1], record.images, turns)
 
 
 def _record_id(record: Any, index: int) -> str:

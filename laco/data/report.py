@@ -29,7 +29,7 @@ class SkipReason:
 FIXES = {
     SkipReason.MALFORMED: (
         "give each record 'conversations': a list of {'from': 'human'|'gpt', 'value': str} dicts, "
-        "and 'image': a path (string) relative to image_folder"
+        "and 'image': a path (string) relative to image_folder, or a list of such paths"
     ),
     SkipReason.NO_IMAGE: "this model is image-conditioned; remove text-only records or pass strict=False to skip them",
     SkipReason.MISSING_IMAGE: "check image_folder (the record's image path is relative to it) or remove the record",
@@ -39,7 +39,10 @@ FIXES = {
     ),
     SkipReason.UNREADABLE_IMAGE: "re-download or re-encode the image file, or remove the record",
     SkipReason.IMAGE_TOO_LARGE: "downscale the image file, or raise data.max_image_pixels",
-    SkipReason.IMAGE_TAGS: "put exactly one <image> tag in a human turn and none in answers",
+    SkipReason.IMAGE_TAGS: (
+        "put exactly one <image> tag per image of the record (in the order of 'image') in the human turns, none in "
+        "answers and none after the last answer"
+    ),
     SkipReason.NO_ANSWER: "add a non-empty gpt turn after the question",
     SkipReason.TOO_LONG: "raise max_length or shorten the conversation",
     SkipReason.UNUSABLE: "fix the conversation as the message says",

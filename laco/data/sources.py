@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..pretrained import default_cache_dir
 from .easyvqa import convert_easy_vqa
 from .llava import LlavaDataset, LlavaExample
-from .report import DataError
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -35,7 +33,8 @@ def split_files(data: "DataConfig", split: str) -> tuple[Path, Path]:
 
 
 def question_answer_pairs(json_path: str | Path) -> list[tuple[str, str]]:
-    """(first question without its ``<image>`` tag, first answer) of every record, without loading images.
+    """(last question without its ``<image>`` tags, the answer to it) of every record, without loading images: what
+    the evaluation scores (:meth:`LlavaDataset.example`).
 
     Only for the blind baselines: records that are not well-formed conversations are left out, as training
     leaves them out.
@@ -48,10 +47,10 @@ def question_answer_pairs(json_path: str | Path) -> list[tuple[str, str]]:
             isinstance(t, dict) and isinstance(t.get("value"), str) for t in turns
         ):
             continue
-        question = next((t["value"] for t in turns if t.get("from") in ("human", "user")), None)
-        answer = next((t["value"] for t in turns if t.get("from") in ("gpt", "assistant")), None)
-        if question is not None and answer is not None:
-            pairs.append((question.replace("<image>", "").strip(), answer))
+        last = max((i for i, t in enumerate(turns) if t.get("from") in ("gpt", "assistant")), default=None)
+        asked = [t["value"] for t in turns[: last or 0] if t.get("from") in ("human", "user")]
+        if last is not None and asked:
+            pairs.append((asked[-1].replace("<image>", "").strip(), turns[last]["value"]))
     return pairs
 
 
@@ -76,23 +75,11 @@ def eval_examples(
     """The evaluation examples of ``split`` and the training (question, answer) pairs for the baselines.
 
     Records are checked exactly as for training (the same skips, or the same :class:`DataError` when
-    ``data.strict``); usable multi-turn records are then left out with a warning, since the evaluation scores one
-    question per image.
+    ``data.strict``). Each record is one example: its last answer, asked after the turns before it (earlier
+    questions with their reference answers, as the record gives them), with every image of the record.
     """
     dataset = llava_dataset(data, split, processor, limit=limit, progress=False)
-    single = [i for i, record in enumerate(dataset.records) if len(record.questions) == len(record.answers) == 1]
-    if len(single) < len(dataset):
-        multi = [record.id for record in dataset.records if len(record.questions) != 1 or len(record.answers) != 1]
-        message = (
-            f"{dataset.json_path.name}: {len(multi)} multi-turn record(s) not scored (the evaluation asks one "
-            f"question per image), e.g. {', '.join(multi[:5])}"
-        )
-        if data.strict:
-            raise DataError(message + "; pass single-turn records, or drop --strict to skip them.")
-        warnings.warn(message, stacklevel=2)
-    if not single:
-        raise DataError(f"{dataset.json_path} has no single-turn record to evaluate.")
-    examples = [dataset.example(index) for index in single]
+    examples = [dataset.example(index) for index in range(len(dataset))]
     train_json, _ = split_files(data, "train") if (data.dataset == "easy-vqa" or data.train_json) else (None, None)
     train_pairs = question_answer_pairs(train_json) if train_json is not None else []
     return examples, train_pairs

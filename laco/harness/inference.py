@@ -88,11 +88,11 @@ def _model_inputs(
 def generate_answers(
     model: LacoLlavaForConditionalGeneration,
     processor: LacoProcessor,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | Sequence[Image.Image]],
     questions: Sequence[str],
     settings: GenerationSettings,
 ) -> list[str]:
-    """One answer per (image, question), generated as a left-padded batch.
+    """One answer per question (about its image, or its list of images), generated as a left-padded batch.
 
     Greedy settings make exactly the ``generate`` call of :func:`laco.evaluate.answer` (what ``laco eval``
     scores), so the two give the same answers for the same batches.
@@ -107,7 +107,7 @@ def generate_answers(
 def continuation_logprobs(
     model: LacoLlavaForConditionalGeneration,
     processor: LacoProcessor,
-    images: Sequence[Image.Image],
+    images: Sequence[Image.Image | Sequence[Image.Image]],
     contexts: Sequence[str],
     continuations: Sequence[str],
 ) -> list[tuple[float, bool]]:

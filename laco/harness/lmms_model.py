@@ -15,9 +15,9 @@
   with the same file resumes where an interrupted run stopped (see :mod:`laco.harness.responses`).
 
 ``--batch_size N`` sets the batch. Requests keep lmms-eval's order (grouped by generation settings), so with the
-same batch size the answers are exactly those of ``laco eval``. Each request must carry exactly one image: laco's
-processor takes one image per question today; other requests are refused with an error naming the task and
-document.
+same batch size the answers are exactly those of ``laco eval``. Each request must carry one image or several (all
+asked about in one prompt, in order, before the context); a request with no image, a video or audio is refused with
+an error naming the task and document.
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ class LacoLmms(lmms):
     # ---------------------------------------------------------------------------------------------------------
     # Requests
 
-    def _image(self, request) -> Image.Image:
-        """The request's one image, from its task's ``doc_to_visual``."""
+    def _images(self, request) -> list[Image.Image]:
+        """The request's images, from its task's ``doc_to_visual``."""
         doc_to_visual, doc_id, task, split = request.args[2:6]
         where = f"task {task!r}, document {doc_id}"
         try:
@@ -123,14 +123,13 @@ class LacoLmms(lmms):
         except Exception as error:
             raise RequestError(f"{where}: its image could not be loaded: {error}") from error
         visuals = list(visuals or [])
-        if len(visuals) != 1 or not isinstance(visuals[0], Image.Image):
+        if not visuals or not all(isinstance(visual, Image.Image) for visual in visuals):
             kinds = ", ".join(type(visual).__name__ for visual in visuals) or "no image"
             raise RequestError(
-                f"{where} comes with {len(visuals)} visual(s) ({kinds}); --model laco needs exactly one image per "
-                "question, because laco's processor takes one image per question today. Run tasks with one image "
-                "per question, or evaluate this one when laco's processor accepts several."
+                f"{where} comes with {len(visuals)} visual(s) ({kinds}); --model laco needs one image or several "
+                "(PIL images) per question, not videos, audio or none. Run tasks whose documents have images."
             )
-        return visuals[0].convert("RGB")
+        return [visual.convert("RGB") for visual in visuals]
 
     @staticmethod
     def _checked(request, kind: str) -> tuple:
@@ -191,7 +190,7 @@ class LacoLmms(lmms):
                 keys = {i: request_key("generate_until", *args[i][3:6], args[i][0], asdict(settings)) for i in indices}
 
                 def compute(batch: list[int], settings=settings) -> list[str]:
-                    images = [self._image(requests[i]) for i in batch]
+                    images = [self._images(requests[i]) for i in batch]
                     return generate_answers(self.model, self.processor, images, [args[i][0] for i in batch], settings)
 
                 served = self._serve(requests, "generate_until", keys, _chunks(indices, self.batch_size), compute, bar)
@@ -211,7 +210,7 @@ class LacoLmms(lmms):
         keys = [request_key("loglikelihood", *a[3:6], a[0], a[1]) for a in args]
 
         def compute(batch: list[int]) -> list[tuple[float, bool]]:
-            images = [self._image(requests[i]) for i in batch]
+            images = [self._images(requests[i]) for i in batch]
             scored = continuation_logprobs(
                 self.model, self.processor, images, [args[i][0] for i in batch], [args[i][1] for i in batch]
             )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -12,9 +12,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
 from ..placement import Placement
-from ..pretrained import DINOV2_IMAGE_MEAN, DINOV2_IMAGE_SIZE, DINOV2_IMAGE_STD, DINOV2_NAME, load_llm, load_vision
+from ..pretrained import load_llm, load_vision
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
-from .processing import IMAGE_TAG, ImageTransform, LacoProcessor
+from .processing import IMAGE_TAG, LacoProcessor
+from .transform import encoder_transform
 
 
 def build_mllm(
@@ -23,8 +24,9 @@ def build_mllm(
     compression: Placement | None = None,
     *,
     image_size: int | None = None,
-    image_mean: tuple[float, float, float] = DINOV2_IMAGE_MEAN,
-    image_std: tuple[float, float, float] = DINOV2_IMAGE_STD,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    resize: str | None = None,
     system_prompt: str | None = None,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
@@ -35,6 +37,10 @@ def build_mllm(
     ``"dinov2-small"`` and ``"smollm2-135m"``, or any hub id / local path) or already-loaded models.
     The projector is freshly initialised; everything else keeps its pretrained weights. ``attn_implementation``
     (``"eager"``, ``"sdpa"``, ``"auto"`` = :func:`resolve_attn_implementation`) applies to the whole model.
+
+    Images are prepared as the encoder's own image processor says (size, resize policy, mean/std; see
+    :func:`laco.mllm.transform.encoder_transform`); ``image_size``, ``image_mean``, ``image_std`` and ``resize``
+    (``"squash"``, ``"shortest_edge"`` or ``"pad"``) replace single values.
     """
     vision_model = load_vision(vision) if isinstance(vision, (str, Path)) else vision
     language_model, tokenizer = load_llm(llm) if isinstance(llm, (str, Path)) else llm
@@ -46,12 +52,17 @@ def build_mllm(
     prefix = adapter.num_prefix_tokens(vision_model)
     if prefix > 1:
         raise ValueError(f"{prefix} prefix tokens (registers) are not supported by the LLaVA feature selection yet.")
-    processor = LacoProcessor(
-        tokenizer,
-        ImageTransform(image_size or _default_image_size(vision, vision_model), image_mean, image_std),
-        image_token=IMAGE_TAG,
-        system_prompt=system_prompt,
+    source = vision if isinstance(vision, (str, Path)) else getattr(vision_model, "name_or_path", None)
+    transform = encoder_transform(
+        source,
+        getattr(vision_model.config, "image_size", None),
+        size=image_size,
+        mean=image_mean,
+        std=image_std,
+        resize=resize,
     )
+    _check_image_size(vision_model, transform.size)
+    processor = LacoProcessor(tokenizer, transform, image_token=IMAGE_TAG, system_prompt=system_prompt)
     vision_config = vision_model.config.__class__.from_dict(vision_model.config.to_dict())
     for flag in ("vision_use_head", "use_head"):  # SigLIP / AIMv2 pooling heads: LLaVA reads tokens, not the pool
         if getattr(vision_config, flag, False):
@@ -104,19 +115,25 @@ def _match_projector_scale(model: LacoLlavaForConditionalGeneration, processor: 
         projector.bias.mul_(scale)
 
 
-def _default_image_size(vision: Any, vision_model: PreTrainedModel) -> int:
-    # The offline DINOv2-S keeps its 518 px position grid (interpolated to any input); it was used at 224 px.
-    if vision == DINOV2_NAME:
-        return DINOV2_IMAGE_SIZE
-    return _square(vision_model.config.image_size)
+@torch.no_grad()
+def _check_image_size(vision_model: PreTrainedModel, size: int) -> None:
+    """Refuse a size the encoder cannot take, before the model is assembled around it.
 
-
-def _square(size) -> int:
-    if isinstance(size, (tuple, list)):
-        if size[0] != size[1]:
-            raise ValueError(f"non-square default image size {size}; pass image_size=.")
-        return int(size[0])
-    return int(size)
+    CLIP, SigLIP and AIMv2 have position embeddings for their own size only (LLaVA's forward does not interpolate
+    them), where DINOv2 and InternViT interpolate; trying one image is the test that holds for every encoder.
+    """
+    own = getattr(vision_model.config, "image_size", None)
+    if own in (size, (size, size), [size, size]):
+        return
+    parameter = next(vision_model.parameters())
+    try:
+        vision_model(torch.zeros(1, 3, size, size, dtype=parameter.dtype, device=parameter.device))
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"the vision encoder ({type(vision_model).__name__}) does not take {size} px images ({error}); its own "
+            f"size is {own}. Leave model.image_size unset (--image-size) to use it, or choose an encoder that "
+            "interpolates its position embeddings (DINOv2, InternViT)."
+        ) from None
 
 
 def _load_pretrained_parts(

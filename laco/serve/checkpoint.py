@@ -38,6 +38,9 @@ class ServeSpec:
     num_image_tokens: int
     system_prompt: str | None
     settings: Placement | None  # None: saved uncompressed on purpose (``vision_config.laco: null``)
+    image_resize: str = "squash"  # the rest of the saved image transform (laco.mllm.transform.ImageTransform)
+    image_crop_fraction: float = 1.0
+    image_resample: str = "bicubic"
 
 
 def read_checkpoint(directory: str | Path, config: Any | None = None) -> ServeSpec:
@@ -83,6 +86,9 @@ def read_checkpoint(directory: str | Path, config: Any | None = None) -> ServeSp
         num_image_tokens=count,
         system_prompt=processor.get("system_prompt"),
         settings=settings,
+        image_resize=transform.get("resize", "squash"),
+        image_crop_fraction=float(transform.get("crop_fraction", 1.0)),
+        image_resample=transform.get("resample", "bicubic"),
     )
 
 

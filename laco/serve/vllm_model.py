@@ -62,7 +62,14 @@ class LacoProcessingInfo(BaseProcessingInfo):
     @cached_property
     def transform(self) -> ImageTransform:
         spec = self.spec
-        return ImageTransform(spec.image_size, spec.image_mean, spec.image_std)
+        return ImageTransform(
+            spec.image_size,
+            spec.image_mean,
+            spec.image_std,
+            spec.image_resize,
+            spec.image_crop_fraction,
+            spec.image_resample,
+        )
 
     def get_hf_processor(self, **kwargs: object):
         # laco's processing is the image transform below; there is no transformers ProcessorMixin to load.

@@ -248,9 +248,14 @@ def _untied(model: "LacoLlavaForConditionalGeneration", state_dict: dict[str, to
 
 
 def publish_final(
-    output: Path, config: "RunConfig", summaries: list[dict[str, Any]], precision: dict[str, Any] | None = None
+    output: Path,
+    config: "RunConfig",
+    summaries: list[dict[str, Any]],
+    precision: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
-    """Copy the last stage's model to ``final/`` (replaced in one rename) and write ``summary.json``."""
+    """Copy the last stage's model to ``final/`` (replaced in one rename) and write ``summary.json`` (with
+    ``extra`` entries before the stages)."""
     staging = output / ".final.tmp"
     if staging.exists():
         shutil.rmtree(staging)
@@ -261,7 +266,8 @@ def publish_final(
     staging.rename(final)
     atomic_write_text(
         output / "summary.json",
-        json.dumps({"name": config.name, "precision": precision, "stages": summaries}, indent=2) + "\n",
+        json.dumps({"name": config.name, "precision": precision, **(extra or {}), "stages": summaries}, indent=2)
+        + "\n",
     )
 
 

@@ -8,11 +8,13 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
+from ..adapters.mllm.base import read_layers
 from ..config import TRAINABLE_PARTS
 
 
 def part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
-    """The parameters of one named part of a :class:`~laco.mllm.LacoLlavaForConditionalGeneration`."""
+    """The parameters of one named part of a :class:`~laco.mllm.LacoLlavaForConditionalGeneration` (assembled by
+    laco, or loaded from a converted LLaVA checkpoint: the same module layout)."""
     tower = model.model.vision_tower
     if part == "compressor":
         return [p for c in laco_patch.compressors(tower) for p in c.parameters()]
@@ -25,16 +27,24 @@ def part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
     if part == "vision":
         return list(tower.parameters())
     if part == "vision_after_merge":
-        placement = laco_patch.placement_of(tower)
-        if placement is None:
-            return []  # nothing follows a merge that is not there: the same recipe runs uncompressed baselines
-        _, adapter = resolve_encoder(tower)
-        blocks = adapter.blocks(tower)
-        after = [p for block in blocks[min(placement.layers) :] for p in block.parameters()]
-        # the final norm after the blocks belongs to the part of the tower the merge feeds
-        tail = [p for name, p in tower.named_parameters(recurse=True) if not name.startswith(("embeddings", "encoder"))]
-        return after + tail
+        return _after_merge(model, tower)
     raise ValueError(f"unknown trainable part {part!r}; choose from {TRAINABLE_PARTS}.")
+
+
+def _after_merge(model: nn.Module, tower: nn.Module) -> list[nn.Parameter]:
+    """The encoder blocks between the first merge and the deepest layer the LLM reads.
+
+    LLaVA reads ``hidden_states[vision_feature_layer]``: blocks past that layer, and the tower's final norm (which
+    hidden states come before), never reach the LLM. They would get no gradient, and DDP, which expects every
+    trainable parameter to get one, would stop; so they are not part of it.
+    """
+    placement = laco_patch.placement_of(tower)
+    if placement is None:
+        return []  # nothing follows a merge that is not there: the same recipe runs uncompressed baselines
+    encoder, adapter = resolve_encoder(tower)
+    blocks = adapter.blocks(encoder)
+    read = max(read_layers(getattr(model.config, "vision_feature_layer", -1), len(blocks)))
+    return [p for block in blocks[min(placement.layers) : read] for p in block.parameters()]
 
 
 def set_trainable(model: nn.Module, parts: Iterable[str]) -> dict[str, int]:

@@ -64,6 +64,7 @@ from .checkpoints import (
     stage_done,
 )
 from .freezing import count_parameters, part_parameters, set_trainable
+from .init_from import check_init_from, load_init_from
 from .resume import ConfigMismatch, RunLock, accept_config
 
 logger = logging.getLogger(__name__)
@@ -226,6 +227,8 @@ def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False)
     rerun whose config changes the result of the run it would continue
     (:class:`~laco.train.resume.ConfigMismatch`, unless ``force_config``).
     """
+    if config.model.init_from is not None:
+        check_init_from(config.model.init_from)  # before the run directory is touched
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     with RunLock(output):
@@ -250,9 +253,17 @@ def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False)
             model = None
             gc.collect()  # the finished stage's model, optimizer and gradients
             summaries = [s for s in summaries if s["name"] != stage.name] + [summary]
+        # what the run started from and how it read images, which config.yaml leaves to the checkpoint or encoder
+        started = {"init_from": config.model.init_from, "image_transform": processor.image_transform.to_dict()}
         if _is_main_process():
-            publish_final(output, config, summaries, precision=precision.to_dict())
-    return {"name": config.name, "output_dir": str(output), "precision": precision.to_dict(), "stages": summaries}
+            publish_final(output, config, summaries, precision=precision.to_dict(), extra=started)
+    return {
+        "name": config.name,
+        "output_dir": str(output),
+        "precision": precision.to_dict(),
+        **started,
+        "stages": summaries,
+    }
 
 
 def _train_stage(
@@ -318,7 +329,8 @@ def _check_world_size(trainer: Trainer) -> None:
 
 
 def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
-    """The model the first unfinished stage starts from: the last finished stage's, or a freshly assembled one."""
+    """The model the first unfinished stage starts from: the last finished stage's, the ``init_from`` checkpoint,
+    or a freshly assembled one."""
     finished = [s for s in config.stages if stage_done(output / s.name)]
     if finished:
         source = output / finished[-1].name / "final"
@@ -331,19 +343,23 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
     spec = config.model
+    if spec.init_from is not None:
+        return load_init_from(spec.init_from, spec.attn_implementation)
     model, processor = build_mllm(
         spec.vision,
         spec.llm,
         spec.compression,
-        image_size=spec.image_size,
         system_prompt=spec.system_prompt,
         attn_implementation=spec.attn_implementation,
+        **spec.image_overrides(),
     )
     return model, processor
 
 
 def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path) -> None:
     """A finished stage's model carries its own compression; a config asking for another would be ignored."""
+    if config.model.compression is None:  # init_from: the checkpoint's merge is the run's
+        return
     tower = model.model.vision_tower
     saved = laco_patch.placement_of(tower) or Placement()
     _, adapter = resolve_encoder(tower)

@@ -83,8 +83,14 @@ def test_multi_turn_labels_both_answers(processor: LacoProcessor, write_llava: W
     assert _answer_text(processor, dataset[0]) == "red<|im_end|>\nno<|im_end|>\n"
     assert dataset.records[0].questions == ("<image>\nwhat color is the shape?", "is there a circle?")
     assert dataset.records[0].answers == ("red", "no")
-    with pytest.raises(ValueError, match=r"'multi'.*single-turn"):
-        dataset.example(0)
+    # evaluated on the last answer, asked after the first exchange as the record gives it
+    example = dataset.example(0)
+    assert (example.question, example.answer, example.images) == ("is there a circle?", "no", (example.image,))
+    assert [turn["value"] for turn in example.turns] == [
+        "<image>\nwhat color is the shape?",
+        "red",
+        "is there a circle?",
+    ]
 
 
 def test_example_gives_question_without_tag_and_reference(processor: LacoProcessor, write_llava: Writer) -> None:
@@ -94,8 +100,14 @@ def test_example_gives_question_without_tag_and_reference(processor: LacoProcess
 
     example = dataset.example(0)
     assert example == LlavaExample("a", dataset.image_folder / "img.png", "what color is the shape?", "red")
-    record_id, image, question, answer = dataset.example(1)  # unpacks like the evaluator's tuples
-    assert (record_id, image.name, question, answer) == ("7", "blue.png", "is there a circle?", "yes")
+    example = dataset.example(1)  # single-turn, one image: asked as the question about the image, as before
+    assert (example.id, example.image.name, example.question, example.answer) == (
+        "7",
+        "blue.png",
+        "is there a circle?",
+        "yes",
+    )
+    assert example.images == () and example.turns == ()
 
 
 def test_images_load_lazily_as_rgb(processor: LacoProcessor, write_llava: Writer) -> None:
@@ -149,6 +161,9 @@ def _bad_records(folder: Path) -> dict[str, list[Any]]:
     def with_turns(record_id: str, *turns: tuple[str, Any]) -> dict[str, Any]:
         return {"id": record_id, "image": "img.png", "conversations": [{"from": f, "value": v} for f, v in turns]}
 
+    def two_images(record_id: str, question: str, images: list[str] | None = None) -> dict[str, Any]:
+        return {**with_turns(record_id, ("human", question), ("gpt", "no")), "image": images or ["img.png", "blue.png"]}
+
     long_prefix = qa_record("too-long-prefix", "", "red")
     long_prefix["conversations"][0]["value"] = f"{LONG_TEXT}\n<image>"
     return {
@@ -157,12 +172,15 @@ def _bad_records(folder: Path) -> dict[str, list[Any]]:
             {"id": "no-conversations", "image": "img.png"},
             with_turns("value-not-text", ("human", "<image>\nhi"), ("gpt", 3)),
             with_turns("unknown-speaker", ("human", "<image>\nhi"), ("robot", "red")),
-            qa_record("image-list", "what color is the shape?", "red", image=["img.png"]),  # type: ignore[arg-type]
+            qa_record("image-list", "what color is the shape?", "red", image=[]),  # type: ignore[arg-type]
         ],
         SkipReason.NO_IMAGE: [
             {"id": "text-only", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
         ],
-        SkipReason.MISSING_IMAGE: [qa_record("missing-file", "what color is the shape?", "red", image="nope.png")],
+        SkipReason.MISSING_IMAGE: [
+            qa_record("missing-file", "what color is the shape?", "red", image="nope.png"),
+            two_images("second-missing", "<image> and <image>: same colour?", images=["img.png", "nope.png"]),
+        ],
         SkipReason.UNREADABLE_IMAGE: [
             qa_record("garbage-file", "what color is the shape?", "red", image="garbage.png"),
             qa_record("truncated-file", "what color is the shape?", "red", image="half.png"),
@@ -171,6 +189,7 @@ def _bad_records(folder: Path) -> dict[str, list[Any]]:
             with_turns("no-tag", ("human", "what color is the shape?"), ("gpt", "red")),
             with_turns("two-tags", ("human", "<image>\n<image>\nwhat color?"), ("gpt", "red")),
             with_turns("tag-in-answer", ("human", "<image>\nwhat color?"), ("gpt", "<image> red")),
+            two_images("one-tag-two-images", "<image>\nsame colour?"),
         ],
         SkipReason.NO_ANSWER: [
             with_turns("no-gpt-turn", ("human", "<image>\nwhat color is the shape?")),
@@ -223,9 +242,9 @@ def test_every_bad_record_is_counted_reported_and_warned_once(processor: LacoPro
         for reason, count in [
             (SkipReason.MALFORMED, 5),
             (SkipReason.NO_IMAGE, 1),
-            (SkipReason.MISSING_IMAGE, 1),
+            (SkipReason.MISSING_IMAGE, 2),
             (SkipReason.UNREADABLE_IMAGE, 2),
-            (SkipReason.IMAGE_TAGS, 3),
+            (SkipReason.IMAGE_TAGS, 4),
             (SkipReason.NO_ANSWER, 2),
             (SkipReason.TOO_LONG, 2),
         ]
@@ -385,3 +404,67 @@ def test_batches_feed_llava_forward(processor: LacoProcessor, write_llava: Write
         output = model(**batch)
     assert output.logits.shape[:2] == batch["input_ids"].shape
     assert torch.isfinite(output.loss)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several images per record
+
+
+def _two_image_record(record_id: str = "pair") -> dict[str, Any]:
+    return {
+        "id": record_id,
+        "image": ["img.png", "blue.png"],
+        "conversations": [
+            {"from": "human", "value": "<image>\nwhat color is the first shape?"},
+            {"from": "gpt", "value": "red"},
+            {"from": "human", "value": "and in <image>?"},
+            {"from": "gpt", "value": "blue"},
+        ],
+    }
+
+
+def test_a_record_with_several_images_trains_with_one_placeholder_run_per_image(
+    processor: LacoProcessor, write_llava: Writer
+) -> None:
+    dataset = _dataset(write_llava, [qa_record("one", "what color?", "red"), _two_image_record()], processor)
+    assert [len(record.images) for record in dataset.records] == [1, 2]
+    item = dataset[1]
+    assert item["pixel_values"].shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
+    blue = processor.image_transform([Image.new("RGB", (16, 16), (20, 40, 220))])[0]
+    torch.testing.assert_close(item["pixel_values"][1], blue)  # images in the order 'image' lists them
+    ids = item["input_ids"].tolist()
+    runs = "".join("I" if token == processor.image_token_id else "." for token in ids).split(".")
+    assert [len(run) for run in runs if run] == [NUM_IMAGE_TOKENS, NUM_IMAGE_TOKENS]  # one per tag, in two turns
+    assert _answer_text(processor, item) == "red<|im_end|>\nblue<|im_end|>\n"  # every answer turn is learned
+
+    batch = MultimodalCollator(processor.tokenizer.pad_token_id)([dataset[0], item])
+    assert batch["pixel_values"].shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)  # the first item's image, then the pair's
+    assert torch.equal(batch["pixel_values"][1:], item["pixel_values"])
+
+    example = dataset.example(1)
+    assert example.images == tuple(dataset.image_folder / name for name in ("img.png", "blue.png"))
+    assert (example.question, example.answer) == ("and in ?", "blue") and len(example.turns) == 3
+
+
+def test_an_image_that_cannot_be_read_is_named_by_its_place_in_the_record(
+    processor: LacoProcessor, write_llava: Writer
+) -> None:
+    record = {**_two_image_record("bad-second"), "image": ["img.png", "nope.png"]}
+    with pytest.raises(DataError, match=r"'bad-second'.*missing image: image 2 of 2: image file .*nope\.png"):
+        _dataset(write_llava, [record], processor, strict=True)
+
+
+def test_adjacent_images_are_counted_per_image(processor: LacoProcessor) -> None:
+    turns = [{"from": "human", "value": "<image><image> same?"}, {"from": "gpt", "value": "no"}]
+    encoded = processor.encode_conversation(turns, num_images=2)
+    assert encoded.input_ids.count(processor.image_token_id) == 2 * NUM_IMAGE_TOKENS
+    with pytest.raises(ValueError, match=r"2 <image> tag\(s\) in human turns and 0 in answers for 3 image"):
+        processor.encode_conversation(turns, num_images=3)
+    # a tag in a question nobody answered is never encoded: the second image would have no placeholders
+    trailing = [
+        {"from": "human", "value": "<image> what color?"},
+        {"from": "gpt", "value": "red"},
+        {"from": "human", "value": "<image> and this one?"},
+    ]
+    with pytest.raises(ValueError, match=r"placeholder runs of \[4\] tokens where 2 image\(s\) need 4 each.*after"):
+        processor.encode_conversation(trailing, num_images=2)

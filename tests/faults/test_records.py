@@ -183,7 +183,11 @@ def test_eval_skips_what_training_skips_and_scores_the_rest(reference: Path, hos
     with pytest.warns(UserWarning):
         assert main(["eval", "--model", str(reference / "final"), "--limit", "0", *arguments]) == 0
     scored = json.loads(output.read_text())
-    assert sorted(p["id"] for p in scored["predictions"]) == ["good", "sixteen-bit"]  # multi-turn: not scorable
+    # a multi-turn record is scored on its last answer, asked after the turns before it
+    assert sorted(p["id"] for p in scored["predictions"]) == ["good", "multi-turn", "sixteen-bit"]
+    assert scored["multi_turn"] == 1
+    multi = next(p for p in scored["predictions"] if p["id"] == "multi-turn")
+    assert (multi["question"], multi["reference"]) == ("sure?", "yes")
     with pytest.raises(SystemExit, match="tag-after-last-answer"):
         main(["eval", "--model", str(reference / "final"), "--strict", *arguments])
 

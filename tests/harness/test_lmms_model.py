@@ -91,11 +91,15 @@ def test_log_likelihoods_are_losses_for_lmms_evals_argmin(easyvqa_checkpoint, do
         assert loss == pytest.approx(-log_prob, abs=1e-5) and greedy == direct_greedy
 
 
-def test_each_request_needs_exactly_one_readable_image(easyvqa_checkpoint, documents, tmp_path):
+def test_each_request_needs_readable_images(easyvqa_checkpoint, documents, tmp_path):
     model = _model(easyvqa_checkpoint, documents)
-    two = lambda doc: doc_to_visual(doc) * 2  # noqa: E731
-    with pytest.raises(RequestError, match=r"task 'colours', document 1 comes with 2 visual\(s\).*one image per"):
-        model.generate_until([_request("generate_until", 1, {"until": []}, visual=two)])
+    two = lambda doc: doc_to_visual(doc) * 2  # noqa: E731  several images: asked about together, one answer
+    assert (
+        len(model.generate_until([_request("generate_until", 1, {"until": [], "max_new_tokens": 2}, visual=two)])) == 1
+    )
+    video = lambda doc: ["clip.mp4"]  # noqa: E731
+    with pytest.raises(RequestError, match=r"task 'colours', document 1 comes with 1 visual\(s\) \(str\).*not videos"):
+        model.generate_until([_request("generate_until", 1, {"until": []}, visual=video)])
     with pytest.raises(RequestError, match="0 visual"):
         model.loglikelihood([_request("loglikelihood", 1, "red", visual=lambda doc: [])])
     broken = tmp_path / "broken.png"

@@ -37,7 +37,22 @@ def test_vision_after_merge_unfreezes_only_the_later_blocks(model):
     names = trainable_names(model)
     assert any("encoder.layer.2." in n for n in names) and any("encoder.layer.3." in n for n in names)
     assert not any("encoder.layer.0." in n or "encoder.layer.1." in n or "embeddings" in n for n in names)
-    assert any("vision_tower.layernorm" in n for n in names)
+    # LLaVA reads hidden states, which come before the final norm: it gets no gradient, so it is not trained
+    assert not any("vision_tower.layernorm" in n for n in names)
+
+
+def test_vision_after_merge_stops_at_the_layer_the_llm_reads():
+    """A stock LLaVA reads the CLIP tower's second-to-last layer: the last one never reaches the LLM (and would stop
+    DDP, which expects a gradient for every trainable parameter)."""
+    import laco
+
+    from tiny_mllms import llava
+
+    model = llava(feature_layer=-2).model  # CLIP, 4 layers, LLaVA reads hidden_states[-2] = after layer 3
+    laco.apply(model, 1)
+    set_trainable(model, ["vision_after_merge"])
+    layers = {n.split("layers.")[1].split(".")[0] for n in trainable_names(model)}
+    assert layers == {"1", "2"} and all(".encoder.layers." in n for n in trainable_names(model))
 
 
 def test_counts_share_tied_weights_once(model):

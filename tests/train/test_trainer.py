@@ -31,6 +31,13 @@ def test_stages_run_and_write_a_loadable_final_model(parts, tmp_path):
     assert not [p for p in final.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
     saved = json.loads((final / "config.json").read_text())
     assert saved["vision_config"]["laco"]["layers"] == [2]
+    # the full processor, not only its tokenizer (what AutoProcessor gave before processor_config.json)
+    from transformers import AutoProcessor
+
+    from laco.mllm import LacoProcessor
+
+    processor = AutoProcessor.from_pretrained(final)
+    assert isinstance(processor, LacoProcessor) and processor.num_image_tokens == saved["image_seq_length"]
     # stage 1 changed only the merge and the projector
     before = load_file(tmp_path / "run" / "stage1" / "final" / "model.safetensors")
     after_stage2 = load_file(final / "model.safetensors")
