@@ -73,3 +73,20 @@ def test_a_run_from_a_checkpoint_leaves_the_assembled_models_keys_unset():
     model = load_config(CONFIGS / "init-from.yaml", ["model.init_from=runs/x/final"]).model
     assert model.init_from == "runs/x/final"
     assert (model.vision, model.llm, model.compression, model.image_size) == (None, None, None, None)
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.compression.method=avgpool", "model.compression.options={init: default, branch_scale: 0.1}"],
+)
+def test_setting_one_placement_field_keeps_the_default_layers(override):
+    # a placement built from the one field given would compress nowhere: the run would train an uncompressed model
+    config = load_config(None, [override])
+    assert config.model.compression.layers == load_config(None, []).model.compression.layers != ()
+
+
+def test_a_config_file_with_a_partial_compression_keeps_the_default_layers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  compression:\n    method: avgpool\n")
+    compression = load_config(path).model.compression
+    assert compression.method == "avgpool" and compression.layers == load_config(None, []).model.compression.layers
