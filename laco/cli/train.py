@@ -164,7 +164,8 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
         started = time.perf_counter()
         summary, result = _train_and_evaluate(run, evaluate=True, force_config=force_config)
         wall = time.perf_counter() - started
-        model_config = json.loads((Path(run.output_dir) / "final" / "config.json").read_text())
+        # what the processor gives the LLM per image (the config's count is for the tower's own size)
+        processor_file = json.loads((Path(run.output_dir) / "final" / "laco_processor.json").read_text())
         record = SeedRecord(
             seed=seed,
             run=run.output_dir,
@@ -175,7 +176,7 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
             groups={name: row["accuracy"] for name, row in result.by_group(ANSWER_TYPES).items()},
             majority_accuracy=result.majority_accuracy,
             question_prior_accuracy=result.question_prior_accuracy,
-            image_tokens=int(model_config["image_seq_length"]),
+            image_tokens=int(processor_file["num_image_tokens"]),
             precision=summary["precision"]["name"],
         )
         record_seed(config.output_dir, record, describe_machine())

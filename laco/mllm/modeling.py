@@ -39,7 +39,13 @@ class LacoLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def __init__(self, config: LacoLlavaConfig) -> None:
         super().__init__(config)
         if getattr(config.vision_config, laco_patch.CONFIG_ATTRIBUTE, None):
+            # The whole-model adapter counts tokens at the tower's own image size; laco's model is used at its
+            # processor's size (112 px for the default DINOv2-S, whose tower says 518), and build_mllm recorded the
+            # count at that size. Keep it: serving and the processor check against it.
+            recorded = getattr(config, "image_seq_length", None)
             apply_from_config(self)
+            if recorded is not None:
+                config.image_seq_length = recorded
         # No padding row in the LLM's embedding, whatever the config says. The Trainer copies the tokenizer's pad id
         # (the EOS token for most chat LLMs) into the saved config, and nn.Embedding(padding_idx=EOS) would freeze
         # the EOS row of a model loaded from that config but not of the one build_mllm assembled: a run resumed

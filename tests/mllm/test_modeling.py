@@ -90,3 +90,14 @@ def test_build_refuses_an_already_compressed_encoder():
     encoder = laco.apply(tiny_encoder("dinov2"), 2)
     with pytest.raises(ValueError, match="uncompressed"):
         build_mllm(encoder, (tiny_llm(len(tokenizer)), tokenizer), Placement(2))
+
+
+def test_a_reloaded_model_keeps_the_token_count_of_its_processor_size(tmp_path):
+    # DINOv2 interpolates its position grid to any input: the model runs at the processor's size, not the tower's
+    tokenizer = tiny_tokenizer()
+    encoder = tiny_encoder("dinov2")
+    model, processor = build_mllm(encoder, (tiny_llm(len(tokenizer)), tokenizer), Placement("1/2"), image_size=16)
+    assert model.config.image_seq_length == processor.num_image_tokens != model.num_image_tokens()
+    model.save_pretrained(tmp_path)
+    reloaded = LacoLlavaForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.image_seq_length == processor.num_image_tokens
