@@ -131,7 +131,8 @@ def markdown_table(arms: Sequence[str | Path]) -> tuple[str, list[dict[str, Any]
     )
     machines = {json.dumps(row["machine"], sort_keys=True) for row in summaries}
     described = "; ".join(
-        f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads" + (f", {m['gpu']}" if m["gpu"] else "")
+        f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread{'s' if m['torch_threads'] != 1 else ''}"
+        + (f", {m['gpu']}" if m["gpu"] else "")
         for m in map(json.loads, sorted(machines))
     )
     precisions = sorted({p for row in summaries for p in row["precision"]})
