@@ -107,18 +107,19 @@ def tiny_tokenizer(chat_template: bool = True):
     return tokenizer
 
 
-def tiny_llm(vocab_size: int = 400):
+def tiny_llm(vocab_size: int = 400, width: int = 32, heads: int = 4, max_positions: int = 512):
+    """A tiny random Llama (seeded); ``width // heads`` is the head size."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        num_attention_heads=heads,
+        num_key_value_heads=heads // 2,
+        max_position_embeddings=max_positions,
         tie_word_embeddings=True,
         bos_token_id=2,
         eos_token_id=3,

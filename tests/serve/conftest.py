@@ -16,29 +16,14 @@ from laco.evaluate import answer, load_model
 from laco.mllm import build_mllm
 from laco.serve.launch import ServeUnavailable, check_serving, repo_root
 
-from tiny_models import COLORS, IMAGE, tiny_encoder, tiny_tokenizer
+from tiny_models import COLORS, IMAGE, tiny_encoder, tiny_llm, tiny_tokenizer
 
 QUESTION = "what color is the shape?"
 
 
 def tiny_llm_for_vllm(vocab_size: int):
     """A tiny Llama with 64-wide attention heads: vLLM's CPU attention kernels take only common head sizes."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llm(vocab_size, width=128, heads=2, max_positions=1024)
 
 
 def save_tiny_laco(directory: Path, family: str, layers) -> Path:
