@@ -61,7 +61,8 @@ def read_seeds(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / SEEDS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found; make it with: laco train --seeds 0,1,2 --output-dir {path.parent}")
+        arm = path.parent if path.name == SEEDS_FILE else path
+        raise FileNotFoundError(f"{path} not found; make it with: laco train --seeds 0,1,2 --output-dir {arm}")
     return json.loads(path.read_text())
 
 
