@@ -9,11 +9,13 @@
 """
 
 from . import compressors, functional
-from .checkpoints import apply_from_config, load
 from .compressors import PatchMerge, TokenCompressor, build
-from .convert import convert  # also registers the LaCo model types of the retrofitted MLLM families
+from .convert import convert
+from .loading import load
+from .mllm import types as _types  # noqa: F401  (registers the LaCo model types with the Auto classes)
 from .patch import (
     apply,
+    apply_from_config,
     is_patched,
     num_tokens,
     output_grid,

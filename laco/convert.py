@@ -1,6 +1,6 @@
 """Turn a trained MLLM checkpoint into a LaCo checkpoint (``laco convert SRC DST --layer 1/4``).
 
-The source model loads as the family's LaCo class (:mod:`laco.adapters.mllm.models`), :func:`laco.apply` puts the
+The source model loads as the family's LaCo class (:mod:`laco.mllm.types`), :func:`laco.apply` puts the
 merge in and updates the model's counts and its processor, and both are saved: the weights (safetensors only) keep
 every pretrained tensor bit for bit under its name, the merge's tensors are the only new ones (checked after
 writing), the config gains ``vision_config.laco`` and the LaCo ``model_type``, the processor its new placeholder
@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .adapters import MODEL_ADAPTERS
-from .adapters.mllm.models import LACO_MODELS, laco_model_class
+from .adapters import find_model_adapter
+from .mllm.types import LACO_MODELS, laco_model_class
 from .patch import CONFIG_ATTRIBUTE, apply, num_tokens
 from .placement import LayerSpec, Placement
 
@@ -108,7 +108,8 @@ def _load_source(src: Path) -> nn.Module:
 
 def _convert_refusal(model_class: type[nn.Module]) -> str:
     """Why the family of ``model_class`` cannot be converted (its whole-model adapter says), or empty."""
-    return next((a.convert_refusal for a in MODEL_ADAPTERS if issubclass(model_class, a.model_classes)), "")
+    adapter = find_model_adapter(model_class)
+    return adapter.convert_refusal if adapter is not None else ""
 
 
 def _load_processor(src: Path) -> Any:

@@ -20,7 +20,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoints import from_pretrained_strict
+from .weights import from_pretrained_strict
 from .data.images import load_rgb
 from .data.llava import LlavaExample
 from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation

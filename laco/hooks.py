@@ -64,7 +64,8 @@ class InputHook:
         self.state = state
 
     def __call__(self, module, args, kwargs):
-        layout = self.state.input_layout = self.state.adapter.layout(module, args, kwargs)
+        state = self.state
+        layout = state.input_layout = state.adapter.layout(module, args, kwargs, state.placement)
         return None if layout is None else layout.encoder_inputs(args, kwargs)
 
 

@@ -34,8 +34,17 @@ from typing import Any
 
 from torch import nn
 
-from .adapters import MODEL_ADAPTERS, EncoderAdapter, GenericAdapter, find_model_adapter, resolve_encoder
+from .adapters import (
+    EncoderAdapter,
+    GenericAdapter,
+    ModelAdapter,
+    find_model_adapter,
+    resolve_encoder,
+    supported_names,
+)
+from .adapters.base import Undo
 from .adapters.layout import GridLayout, TokenLayout
+from .adapters.mllm.changes import Changes
 from .compressors import TokenCompressor, build
 from .functional import GridSize
 from .hooks import COMPRESSOR_ATTRIBUTE, BlockInputsHook, InputHook, PatchState, Stage, StageHook
@@ -43,6 +52,8 @@ from .placement import FORMAT as PLACEMENT_FORMAT
 from .placement import LayerSpec, Placement
 
 CONFIG_ATTRIBUTE = "laco"
+LACO_TYPE_PREFIX = "laco_"
+"""A stock MLLM ``model_type`` X has the LaCo model type ``laco_X`` (:mod:`laco.mllm.types`)."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -91,7 +102,7 @@ def apply(
         encoder, adapter = _encoder_and_adapter(model, blocks, num_prefix_tokens, patch_size, grid, hidden_size)
         if processor is not None:
             raise ValueError(
-                f"processor= is for whole MLLMs laco knows ({_model_adapter_names()}); {type(model).__name__} is not "
+                f"processor= is for whole MLLMs laco knows ({supported_names('model')}); {type(model).__name__} is not "
                 "one, so leave processor out and size its placeholders with laco.num_tokens."
             )
     if is_patched(encoder):
@@ -113,6 +124,7 @@ def apply(
     if model_adapter is not None:
         try:
             state.undo += model_adapter.install(model, placement, processor)
+            state.undo += _save_as_laco_type(model, model_adapter)
         except Exception:
             remove(encoder)
             raise
@@ -141,8 +153,40 @@ def _attach(
         for block_index in range(placement.layers[0], len(block_list)):
             hook = BlockInputsHook(state, block_index)
             state.handles.append(block_list[block_index].register_forward_pre_hook(hook, with_kwargs=True))
-    state.undo = adapter.install(encoder, placement)
+    state.undo = adapter.install(encoder, placement, state)
     return state
+
+
+def _save_as_laco_type(model: nn.Module, model_adapter: ModelAdapter) -> list[Undo]:
+    """Give the config of a stock MLLM its LaCo model type, so ``save_pretrained`` writes a checkpoint that the Auto
+    classes rebuild compressed (the LaCo config class differs from the stock one in ``model_type`` only); undone by
+    :func:`remove`. A model that is already of a LaCo type, or of a class laco has no type for, is left alone."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = getattr(model, "config", None)
+    if config is None or not isinstance(model, model_adapter.checkpoint_classes):
+        return []
+    name = f"{LACO_TYPE_PREFIX}{config.model_type}"
+    laco_config = CONFIG_MAPPING[name] if name in CONFIG_MAPPING else None
+    if laco_config is None or not issubclass(laco_config, type(config)):
+        return []
+    changes = Changes()
+    changes.set(config, "__class__", laco_config)
+    return changes.undo
+
+
+def apply_from_config(model: nn.Module, *, processor: Any | None = None) -> nn.Module:
+    """Re-apply the compression recorded in ``model.config.laco`` (for models built from a saved config).
+
+    ``model`` may be an encoder or a whole MLLM laco knows (its tower's config holds the settings); ``processor`` is
+    updated as :func:`apply` would update it.
+    """
+    encoder, _ = resolve_encoder(model)
+    recorded = getattr(encoder.config, CONFIG_ATTRIBUTE, None)
+    if not recorded:
+        return model
+    extra = {} if processor is None else {"processor": processor}
+    return apply(model, Placement.from_dict(recorded), **extra)
 
 
 def _placement_argument(
@@ -165,10 +209,6 @@ def _placement_argument(
     if not placement.compressed:
         raise ValueError("laco.apply needs at least one layer to compress after (got none); leave the model as it is.")
     return placement
-
-
-def _model_adapter_names() -> str:
-    return ", ".join(sorted(cls.__name__ for adapter in MODEL_ADAPTERS for cls in adapter.model_classes)) or "none"
 
 
 def _encoder_and_adapter(
@@ -283,13 +323,6 @@ def compressors(model: nn.Module) -> list[TokenCompressor]:
     return [encoder._laco.compressor(index) for index in range(len(encoder._laco.stages))]
 
 
-def input_layout_of(model: nn.Module) -> TokenLayout | None:
-    """The layout of the current (or last) forward call's input of a patched encoder, for hooks an adapter
-    installs around the encoder (e.g. on a post-encoder merger) that must follow the same token order."""
-    encoder = _patched_encoder(model)
-    return None if encoder is None else encoder._laco.input_layout
-
-
 def _patched_encoder(model: nn.Module) -> nn.Module | None:
     if hasattr(model, "_laco"):
         return model
@@ -309,9 +342,10 @@ def output_layout(model: nn.Module, image_size: int | GridSize | None = None) ->
     encoder = _patched_encoder(model)
     if encoder is None:
         encoder, adapter = resolve_encoder(model)
-        return adapter.layout_for_image_size(encoder, image_size)
+        return adapter.layout_for_image_size(encoder, Placement(), image_size)
     state: PatchState = encoder._laco
-    return state.layout_after(state.adapter.layout_for_image_size(encoder, image_size), len(state.stages))
+    layout = state.adapter.layout_for_image_size(encoder, state.placement, image_size)
+    return state.layout_after(layout, len(state.stages))
 
 
 def output_grid(model: nn.Module, image_size: int | GridSize | None = None) -> GridSize:
@@ -333,7 +367,7 @@ def num_tokens(
     """
     model_adapter = find_model_adapter(model)
     if model_adapter is not None:
-        return model_adapter.num_tokens(model, image_size, **inputs)
+        return model_adapter.num_tokens(model, placement_of(model) or Placement(), image_size, **inputs)
     if inputs:
         raise ValueError(f"{type(model).__name__} takes no {sorted(inputs)}; pass image_size.")
     return output_layout(model, image_size).num_tokens(include_prefix)

@@ -33,7 +33,8 @@ NONE = "none"
 LAST = "last"
 _LAST_ALIASES = (LAST, "external", "ext")
 
-MODES: tuple[str, ...] = ("auto", "keep_llm_tokens", "compress_more")
+AUTO, KEEP, MORE = "auto", "keep_llm_tokens", "compress_more"
+MODES: tuple[str, ...] = (AUTO, KEEP, MORE)
 """How a merge inside the encoder relates to a model's own post-encoder compression (Qwen2-VL's PatchMerger,
 InternVL's pixel-shuffle, ...): ``keep_llm_tokens`` moves that compression inside the encoder, so the LLM receives
 the same tokens as before; ``compress_more`` adds LaCo's merge to it. For an encoder without one, only
@@ -129,7 +130,7 @@ class Placement:
     method: str = "laco"
     factor: int = 2
     options: tuple[tuple[str, Any], ...] = field(default=())
-    mode: str = "auto"
+    mode: str = AUTO
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", parse_layers(self.layers))
@@ -223,7 +224,10 @@ def as_placement(
 __all__ = [
     "FORMAT",
     "LAST",
+    "AUTO",
+    "KEEP",
     "MODES",
+    "MORE",
     "NONE",
     "LayerSpec",
     "Placement",

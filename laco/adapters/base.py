@@ -12,16 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from ..placement import Placement
+from ..placement import KEEP, MORE, Placement
 from .layout import GridLayout, TokenLayout
 
 GridSize = tuple[int, int]
 Undo = Callable[[], None]
+
+
+class CallState(Protocol):
+    """What an adapter's hooks may read of the patch state laco keeps for an encoder: the layout of the current
+    (or last) forward call's input, so a hook on a module around the encoder follows the same token order."""
+
+    input_layout: TokenLayout | None
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,8 @@ def _pair(value) -> GridSize:
 
 
 class EncoderAdapter:
-    """Describes one encoder family. Subclasses set :attr:`model_classes` and :attr:`blocks_path`; the defaults
-    describe a batched ViT (``pixel_values`` of shape ``(B, 3, H, W)``, prefix tokens, a row-major grid)."""
+    """Describes one encoder family. Subclasses set :attr:`model_classes` and :attr:`blocks_path` and register with
+    :func:`~laco.adapters.registry.register_adapter`; the defaults describe a batched ViT (``pixel_values`` of shape ``(B, 3, H, W)``, prefix tokens, a row-major grid)."""
 
     family: str = "generic"
     model_classes: tuple[type[nn.Module], ...] = ()
@@ -50,9 +57,6 @@ class EncoderAdapter:
     rewrites_block_inputs: bool = False
     """Whether blocks after a merge need other arguments than the encoder computed (packed layouts: their
     attention segments and rotary embeddings); laco then puts a forward pre-hook on each of them."""
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, self.model_classes)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks_path)
@@ -88,9 +92,10 @@ class EncoderAdapter:
 
     # -- token layout ------------------------------------------------------------------------------------------
 
-    def layout(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> TokenLayout | None:
-        """The layout of the tokens one call of ``model(*args, **kwargs)`` makes, or ``None`` when the inputs do
-        not tell (``inputs_embeds``, blocks called directly): then :meth:`fallback_layout` is asked."""
+    def layout(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], placement: Placement) -> TokenLayout | None:
+        """The layout of the tokens one call of ``model(*args, **kwargs)`` makes under ``placement``, or ``None``
+        when the inputs do not tell (``inputs_embeds``, blocks called directly): then :meth:`fallback_layout` is
+        asked."""
         if kwargs.get("attention_mask") is not None:
             raise ValueError(
                 "a laco-compressed encoder cannot take an attention_mask over its input tokens: the mask no "
@@ -105,8 +110,11 @@ class EncoderAdapter:
         """A layout inferred from the hidden states alone (a square grid), for calls :meth:`layout` cannot read."""
         return GridLayout.square(hidden.shape[1], self.num_prefix_tokens(model), where)
 
-    def layout_for_image_size(self, model: nn.Module, image_size: int | GridSize | None = None) -> TokenLayout:
-        """The input layout of one image of ``image_size`` (default: the model's own), for counting tokens."""
+    def layout_for_image_size(
+        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None
+    ) -> TokenLayout:
+        """The input layout of one image of ``image_size`` (default: the model's own) for an encoder compressed
+        under ``placement`` (``Placement()``: not compressed), for counting tokens."""
         size = self.default_image_size(model) if image_size is None else image_size
         return GridLayout(self.grid_for_image_size(model, size), self.num_prefix_tokens(model))
 
@@ -114,22 +122,23 @@ class EncoderAdapter:
 
     def resolve_mode(self, model: nn.Module, placement: Placement) -> str:
         """The concrete mode of ``placement`` for ``model``; encoders without a post-encoder merge only add one."""
-        if placement.mode == "keep_llm_tokens":
+        if placement.mode == KEEP:
             raise ValueError(
-                f"mode='keep_llm_tokens' moves a model's own post-encoder compression inside the encoder, and a "
-                f"{self.family} encoder has none; use mode='compress_more' (or 'auto')."
+                f"mode={KEEP!r} moves a model's own post-encoder compression inside the encoder, and a "
+                f"{self.family} encoder has none; use mode={MORE!r} (or 'auto')."
             )
-        return "compress_more"
+        return MORE
 
-    def install(self, model: nn.Module, placement: Placement) -> list[Undo]:
+    def install(self, model: nn.Module, placement: Placement, state: CallState) -> list[Undo]:
         """Change what must change around the encoder for ``placement`` (e.g. replace a post-encoder merger);
-        returns the callables that undo it, run in reverse order by :func:`laco.remove`."""
+        hooks it adds may read ``state`` during a call. Returns the callables that undo it, run in reverse order by
+        :func:`laco.remove`."""
         return []
 
 
 class GenericAdapter(EncoderAdapter):
     """Any ViT whose blocks sit in an ``nn.ModuleList`` or ``nn.Sequential`` (timm's ``VisionTransformer.blocks``),
-    described by the caller.
+    described by the caller (``laco.apply(model, ..., blocks=...)``; never registered).
 
     Args:
         blocks: the container of blocks, or its dotted path inside the model (``"blocks"``, ``"encoder.layer"``).
@@ -159,9 +168,6 @@ class GenericAdapter(EncoderAdapter):
         self._patch_size = None if patch_size is None else _pair(patch_size)
         self._grid = grid
         self._hidden_size = hidden_size
-
-    def matches(self, model: nn.Module) -> bool:
-        return True
 
     def blocks(self, model: nn.Module) -> nn.ModuleList | nn.Sequential:
         blocks = model.get_submodule(self._blocks) if isinstance(self._blocks, str) else self._blocks

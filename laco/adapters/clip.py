@@ -3,8 +3,10 @@
 from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
 from .base import EncoderAdapter, MlpParts
+from .registry import register_adapter
 
 
+@register_adapter
 class ClipAdapter(EncoderAdapter):
     family = "clip"
     model_classes = (CLIPVisionModel,)

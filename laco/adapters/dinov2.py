@@ -3,8 +3,10 @@
 from transformers import Dinov2Model, Dinov2WithRegistersModel
 
 from .base import EncoderAdapter, MlpParts
+from .registry import register_adapter
 
 
+@register_adapter
 class Dinov2Adapter(EncoderAdapter):
     family = "dinov2"
     model_classes = (Dinov2Model, Dinov2WithRegistersModel)

@@ -3,8 +3,10 @@
 from transformers import InternVLVisionModel
 
 from .base import EncoderAdapter, MlpParts
+from .registry import register_adapter
 
 
+@register_adapter
 class InternVitAdapter(EncoderAdapter):
     family = "internvit"
     model_classes = (InternVLVisionModel,)

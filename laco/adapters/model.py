@@ -5,6 +5,8 @@ holds it: where its tower is, how many tokens the LLM receives per image (CLS dr
 pooling), which feature layers it reads, and what must follow a merge (placeholder counts in its config and in the
 user's processor, a post-encoder merger made 1x for ``keep_llm_tokens``). ``laco.apply(mllm, layer,
 processor=...)`` goes through it; ``laco.remove(mllm)`` runs its undo callables, then removes the encoder's merge.
+Each family registers its adapter once (:mod:`laco.adapters.registry`); what laco does with the family's saved
+checkpoints (the LaCo model types, ``laco convert``, ``laco train --init-from``) is data on the adapter.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ class ModelAdapter:
 
     family: str = "mllm"
     model_classes: tuple[type[nn.Module], ...] = ()
+    checkpoint_classes: tuple[type[nn.Module], ...] = ()
+    """The stock classes whose checkpoints get a LaCo model type (:mod:`laco.mllm.types`), so a converted or
+    saved compressed model reloads compressed through the Auto classes."""
     convert_refusal: str = ""
     """Why ``laco convert`` cannot write a checkpoint of this family (empty: it can), for its error message."""
-
-    def matches(self, model: nn.Module) -> bool:
-        return isinstance(model, self.model_classes)
+    init_from_refusal: str = ""
+    """What this family's processor gives its model that ``laco train``'s data pipeline does not produce (empty:
+    ``laco train --init-from`` fine-tunes it), for the refusal's message."""
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
         """The vision tower inside ``model`` and its encoder adapter."""
@@ -52,22 +57,12 @@ class ModelAdapter:
         processor needs no change."""
         return []
 
-    def num_tokens(self, model: nn.Module, image_size: int | GridSize | None = None, **inputs: Any) -> int:
-        """Tokens the LLM receives for one image of ``image_size`` (or what ``inputs`` describe)."""
+    def num_tokens(
+        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None, **inputs: Any
+    ) -> int:
+        """Tokens the LLM receives for one image of ``image_size`` (or what ``inputs`` describe) when the model is
+        compressed under ``placement`` (``Placement()``: not compressed)."""
         raise NotImplementedError
 
 
-MODEL_ADAPTERS: list[ModelAdapter] = []
-
-
-def register_model_adapter(adapter: ModelAdapter) -> ModelAdapter:
-    """Add a whole-model adapter (checked before encoder adapters, most recently registered first)."""
-    MODEL_ADAPTERS.insert(0, adapter)
-    return adapter
-
-
-def find_model_adapter(model: nn.Module) -> ModelAdapter | None:
-    return next((adapter for adapter in MODEL_ADAPTERS if adapter.matches(model)), None)
-
-
-__all__ = ["MODEL_ADAPTERS", "ModelAdapter", "find_model_adapter", "register_model_adapter"]
+__all__ = ["ModelAdapter"]

@@ -36,9 +36,8 @@ from torch import nn
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from ..compressors import TokenCompressor
+from ..placement import KEEP, MORE
 from .layout import TokenLayout
-
-KEEP, MORE = "keep_llm_tokens", "compress_more"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Undo
+from .base import CallState, Undo
 
 
 @torch.no_grad()
@@ -81,15 +81,14 @@ def swap_module(parent: nn.Module, name: str, new: nn.Module) -> Undo:
 
 
 class _CallHook:
-    """A forward hook that acts only inside a running forward call of the tower, on that call's grids."""
+    """A forward hook that acts only inside a running forward call of the tower, on that call's grids (read from
+    the patch state, which ``copy.deepcopy`` maps to the copy's)."""
 
-    def __init__(self, encoder: nn.Module) -> None:
-        self.encoder = encoder
+    def __init__(self, state: CallState) -> None:
+        self.state = state
 
     def __call__(self, module, args, output):
-        from ..patch import input_layout_of  # patch imports the adapters package
-
-        grids = getattr(input_layout_of(self.encoder), "grids", None)
+        grids = getattr(self.state.input_layout, "grids", None)
         if grids is None or getattr(grids, "finished", False):
             return None
         return self.during_call(grids, output)

@@ -20,12 +20,14 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-from ..placement import Placement
-from .base import EncoderAdapter, GridSize, MlpParts, Undo, _pair
-from .packed import KEEP, MORE, PackedGrids, PackedLayout, Windows, check_grid_thw
+from ..placement import AUTO, KEEP, MORE, Placement
+from .base import CallState, EncoderAdapter, GridSize, MlpParts, Undo, _pair
+from .packed import PackedGrids, PackedLayout, Windows, check_grid_thw
 from .qwen_merger import FinishCall, PoolEarlyTap, SetAsideWindowedOutput, one_to_one_merger, swap_module
+from .registry import register_adapter
 
 
+@register_adapter
 class QwenVisionAdapter(EncoderAdapter):
     """Qwen2-VL's tower (``Qwen2VisionTransformerPretrainedModel``); the base of the other two."""
 
@@ -56,14 +58,16 @@ class QwenVisionAdapter(EncoderAdapter):
         grid_thw = check_grid_thw(grid_thw, merge, tokens, mode, patch)
         return PackedLayout(PackedGrids(grid_thw, merge, mode, self.windows(model)), model.rotary_pos_emb)
 
-    def layout(self, model: nn.Module, args: tuple, kwargs: dict[str, Any]) -> PackedLayout:
-        from ..patch import placement_of  # patch imports the adapters package
-
+    def layout(self, model: nn.Module, args: tuple, kwargs: dict[str, Any], placement: Placement) -> PackedLayout:
         pixels = args[0] if args else kwargs.get("hidden_states")
         grid_thw = args[1] if len(args) > 1 else kwargs.get("grid_thw")
-        placement = placement_of(model)
         tokens = pixels.shape[0] if hasattr(pixels, "shape") else None
-        return self._layout(model, grid_thw, tokens, placement.mode if placement else KEEP)
+        return self._layout(model, grid_thw, tokens, self._mode(placement))
+
+    @staticmethod
+    def _mode(placement: Placement) -> str:
+        """The mode that lays out the tokens: an uncompressed tower's are those of keep_llm_tokens."""
+        return placement.mode if placement.compressed and placement.mode != AUTO else KEEP
 
     def fallback_layout(self, model: nn.Module, hidden, where: str) -> PackedLayout:
         raise ValueError(
@@ -77,7 +81,9 @@ class QwenVisionAdapter(EncoderAdapter):
             "image_size=(height, width) in pixels, as the processor resized it (image_grid_thw[1:] * patch size)."
         )
 
-    def layout_for_image_size(self, model: nn.Module, image_size: int | GridSize | None = None) -> PackedLayout:
+    def layout_for_image_size(
+        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None
+    ) -> PackedLayout:
         import torch
 
         size = self.default_image_size(model) if image_size is None else _pair(image_size)
@@ -87,11 +93,8 @@ class QwenVisionAdapter(EncoderAdapter):
                 f"image size {size[0]}x{size[1]} px is not a multiple of {unit} px (patch {patch} x merge "
                 f"{self.merge_size(model)}), which the processor resizes every image to; pass the resized size."
             )
-        from ..patch import placement_of
-
-        placement = placement_of(model)
         grid_thw = torch.tensor([[1, size[0] // patch, size[1] // patch]])
-        return self._layout(model, grid_thw, None, placement.mode if placement else KEEP)
+        return self._layout(model, grid_thw, None, self._mode(placement))
 
     # -- modes and the mergers around the tower -----------------------------------------------------------------
 
@@ -107,9 +110,9 @@ class QwenVisionAdapter(EncoderAdapter):
                 f"a {self.family} tower merges whole {merge}x{merge} merge units: use factor={merge}, not "
                 f"{placement.factor} (compress_more merges {merge}x{merge} once more after the tower)."
             )
-        return KEEP if placement.mode == "auto" else placement.mode
+        return KEEP if placement.mode == AUTO else placement.mode
 
-    def install(self, model: nn.Module, placement: Placement) -> list[Undo]:
+    def install(self, model: nn.Module, placement: Placement, state: CallState) -> list[Undo]:
         width, layer = self.hidden_size(model), placement.layers[0]
         if placement.mode == KEEP:
             undo = [swap_module(model, "merger", one_to_one_merger(model.merger, width))]
@@ -120,11 +123,11 @@ class QwenVisionAdapter(EncoderAdapter):
         before = model.spatial_merge_size  # the model splits the merger's output into images by it
         model.spatial_merge_size = before * placement.factor
         undo: list[Undo] = [lambda: setattr(model, "spatial_merge_size", before)]
-        handles = [model.register_forward_hook(FinishCall(model))]
+        handles = [model.register_forward_hook(FinishCall(state))]
         if self.windows(model) is not None:
-            handles.append(model.merger.register_forward_hook(SetAsideWindowedOutput(model)))
+            handles.append(model.merger.register_forward_hook(SetAsideWindowedOutput(state)))
         for index in self.taps_before(model, layer):
-            handles.append(model.deepstack_merger_list[index].register_forward_hook(PoolEarlyTap(model)))
+            handles.append(model.deepstack_merger_list[index].register_forward_hook(PoolEarlyTap(state)))
         undo.extend(handle.remove for handle in handles)
         return undo
 
@@ -136,6 +139,7 @@ class QwenVisionAdapter(EncoderAdapter):
         return []
 
 
+@register_adapter
 class Qwen25VisionAdapter(QwenVisionAdapter):
     """Qwen2.5-VL's tower: window attention (``window_size`` px) except in ``fullatt_block_indexes``; SwiGLU MLPs."""
 
@@ -159,6 +163,7 @@ class Qwen25VisionAdapter(QwenVisionAdapter):
         return mode
 
 
+@register_adapter
 class Qwen3VisionAdapter(QwenVisionAdapter):
     """Qwen3-VL's tower: learned absolute positions added at the input, DeepStack taps into the LLM."""
 
@@ -175,6 +180,4 @@ class Qwen3VisionAdapter(QwenVisionAdapter):
         return [i for i, block in enumerate(model.deepstack_visual_indexes) if block < layer - 1]
 
 
-QWEN_ADAPTERS: list[QwenVisionAdapter] = [QwenVisionAdapter(), Qwen25VisionAdapter(), Qwen3VisionAdapter()]
-
-__all__ = ["QWEN_ADAPTERS", "Qwen25VisionAdapter", "Qwen3VisionAdapter", "QwenVisionAdapter"]
+__all__ = ["Qwen25VisionAdapter", "Qwen3VisionAdapter", "QwenVisionAdapter"]

@@ -3,8 +3,10 @@
 from transformers import SiglipVisionModel
 
 from .base import EncoderAdapter, MlpParts
+from .registry import register_adapter
 
 
+@register_adapter
 class SiglipAdapter(EncoderAdapter):
     family = "siglip"
     model_classes = (SiglipVisionModel,)

@@ -23,11 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..placement import LayerSpec, Placement, as_placement
+from ..placement import KEEP, MORE, LayerSpec, Placement, as_placement
 from .flops import Cost, compressor_flops, llm_flops
 from .geometry import LLMGeometry, MlpKind, llm_geometry
-
-KEEP, MORE = "keep_llm_tokens", "compress_more"
 
 
 @dataclass(frozen=True)

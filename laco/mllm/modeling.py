@@ -16,7 +16,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForImageTextToText, LlavaConfig, LlavaForConditionalGeneration
 
 from .. import patch as laco_patch
-from ..checkpoints import apply_from_config, saved_keys, stock_key_mapping
+from ..patch import apply_from_config
+from ..weights import saved_keys, stock_key_mapping
 
 STOCK_PREFIXES = ("language_model.", "vision_tower.", "multi_modal_projector.")
 """How a stock LLaVA checkpoint's keys begin (``LlavaForConditionalGeneration`` saves them so)."""

@@ -285,7 +285,7 @@ def load_vision(name_or_path: str | Path = DINOV2_NAME, **kwargs: Any) -> PreTra
     """
     if str(name_or_path) == DINOV2_NAME:
         return load_dinov2_small(**kwargs)
-    from ..checkpoints import from_pretrained_strict
+    from ..weights import from_pretrained_strict
 
     config = AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(kwargs))
     model = from_pretrained_strict(AutoModel, name_or_path, config=config, **kwargs)
@@ -302,7 +302,7 @@ def load_llm(name_or_path: str | Path = SMOLLM2_NAME, **kwargs: Any) -> tuple[Pr
     """
     if str(name_or_path) == SMOLLM2_NAME:
         return load_smollm2(**kwargs)
-    from ..checkpoints import from_pretrained_strict
+    from ..weights import from_pretrained_strict
 
     model = from_pretrained_strict(AutoModelForCausalLM, name_or_path, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(kwargs))

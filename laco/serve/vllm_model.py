@@ -3,7 +3,7 @@
 Imported by vLLM only (``laco.serve.register`` names this module lazily), never by ``import laco``.
 
 * Vision tower: ``transformers``' own encoder built from ``config.vision_config``, with the saved LaCo merge
-  applied by :func:`laco.checkpoints.apply_from_config`, exactly as ``LacoLlavaForConditionalGeneration`` builds it. Any
+  applied by :func:`laco.apply_from_config`, exactly as ``LacoLlavaForConditionalGeneration`` builds it. Any
   encoder family and placement laco supports is served, and the image features equal ``laco generate``'s (see
   docs/serving.md for why this beats hooking vLLM's own CLIP/SigLIP towers, which have no DINOv2 at all).
 * Projector: ``transformers``' ``LlavaMultiModalProjector`` (same weight names, same activation).
@@ -43,7 +43,7 @@ from vllm.multimodal.processing import (
 from vllm.sequence import IntermediateTensors
 
 from .. import patch as laco_patch
-from ..checkpoints import apply_from_config
+from ..patch import apply_from_config
 from ..mllm.builder import resolve_attn_implementation
 from ..mllm.processing import IMAGE_TAG, ImageTransform
 from .checkpoint import CheckpointError, ServeSpec, read_checkpoint

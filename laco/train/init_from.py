@@ -16,18 +16,8 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import refuse_pickle
-
-# What each family's processor gives its model that laco's pipeline (one square image -> a fixed number of
-# placeholders, LLaVA's input) does not produce.
-MISSING = {
-    "llava_next": "AnyRes tiles with image_sizes (a per-image count after unpadding) from LlavaNextProcessor",
-    "llava_onevision": "AnyRes tiles with image_sizes, and video frames, from LlavaOnevisionProcessor",
-    "internvl": "a variable number of tiles per image between <img>...</img> tokens from InternVLProcessor",
-    "idefics3": "split, padded tiles (pixel_attention_mask) with row/column tokens from Idefics3Processor",
-    "smolvlm": "split, padded tiles (pixel_attention_mask) with row/column tokens from SmolVLMProcessor",
-    "gemma3": "<start_of_image> blocks with token_type_ids (bidirectional image attention) from Gemma3Processor",
-}
+from ..adapters import find_model_adapter
+from ..weights import refuse_pickle
 
 
 class InitFromError(ValueError):
@@ -36,8 +26,8 @@ class InitFromError(ValueError):
 
 def check_init_from(path: str | Path) -> None:
     """Refuse, before any work, a directory that is not a LaCo LLaVA checkpoint laco can fine-tune."""
-    from ..adapters.mllm.models import laco_model_class
     from ..mllm import LacoLlavaForConditionalGeneration
+    from ..mllm.types import laco_model_class
 
     path = Path(path)
     where = f"model.init_from={str(path)!r}"
@@ -54,10 +44,11 @@ def check_init_from(path: str | Path) -> None:
             "LLaVA checkpoint: `laco convert SRC DST --layer 1/4` of a LlavaForConditionalGeneration or laco model."
         )
     if model_class is not LacoLlavaForConditionalGeneration:
-        stock = model_class.config_class.model_type.removeprefix("laco_")
+        adapter = find_model_adapter(model_class)
+        missing = (adapter.init_from_refusal if adapter is not None else "") or "its own processor inputs"
         raise InitFromError(
             f"{where} is a {model_class.__name__}; laco train feeds LLaVA's inputs (one square image, a fixed "
-            f"number of placeholders), and this model needs {MISSING.get(stock, 'its own processor inputs')}, which "
+            f"number of placeholders), and this model needs {missing}, which "
             "laco's training data pipeline does not produce. Fine-tune it with its own processor (laco.load(...) "
             "gives the model, AutoProcessor.from_pretrained(...) the processor); --init-from takes "
             "LacoLlavaForConditionalGeneration checkpoints."
@@ -66,7 +57,7 @@ def check_init_from(path: str | Path) -> None:
 
 def load_init_from(path: str | Path, attn_implementation: str) -> tuple[Any, Any]:
     """The model (float32, for training) and :class:`~laco.mllm.LacoProcessor` of the checkpoint at ``path``."""
-    from ..checkpoints import load
+    from ..loading import load
     from ..mllm import resolve_attn_implementation
     from ..mllm.stock import load_processor
 

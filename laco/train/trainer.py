@@ -41,7 +41,7 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
-from ..checkpoints import from_pretrained_strict
+from ..weights import from_pretrained_strict
 from ..config import RunConfig
 from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, llava_dataset
 from ..mllm import (

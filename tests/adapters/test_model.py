@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import laco
-from laco.adapters import MODEL_ADAPTERS, ModelAdapter, find_adapter, register_model_adapter
+from laco.adapters import ModelAdapter, find_adapter, register_adapter, unregister_adapter
 
 from tiny_models import tiny_encoder
 
@@ -38,14 +38,15 @@ class WrapperAdapter(ModelAdapter):
             undo.append(lambda: processor.__setitem__("num_image_tokens", old))
         return undo
 
-    def num_tokens(self, model, image_size=None, **inputs):
+    def num_tokens(self, model, placement, image_size=None, **inputs):
         return laco.num_tokens(model.tower, image_size) + inputs.get("extra", 0)
 
 
 @pytest.fixture
-def registered(monkeypatch):
-    monkeypatch.setattr("laco.adapters.model.MODEL_ADAPTERS", list(MODEL_ADAPTERS))
-    return register_model_adapter(WrapperAdapter())
+def registered():
+    register_adapter(WrapperAdapter)
+    yield
+    unregister_adapter(WrapperAdapter)
 
 
 def test_whole_model_apply_updates_model_and_processor_and_remove_restores_them(registered):

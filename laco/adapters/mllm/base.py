@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from ... import functional as F
-from ...placement import Placement
+from ...placement import AUTO, KEEP, MORE, Placement
 from ..base import EncoderAdapter, GridSize, Undo, _pair
 from ..model import ModelAdapter
+from ..registry import find_adapter
 from .changes import Changes
 from .connector import PlaceholderCheck, TileCheck
 
@@ -64,8 +65,6 @@ class MllmAdapter(ModelAdapter):
     # -- the tower ---------------------------------------------------------------------------------------------
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
-        from .. import find_adapter
-
         tower = model.get_submodule(self.tower_path)
         adapter = find_adapter(tower)
         if adapter is None:
@@ -81,7 +80,7 @@ class MllmAdapter(ModelAdapter):
     def tile_grid(self, model: nn.Module, image_size: int | GridSize | None = None) -> GridSize:
         """The patch grid of one tile (image) before any merge."""
         tower, adapter = self.encoder(model)
-        return adapter.layout_for_image_size(tower, image_size).grid
+        return adapter.layout_for_image_size(tower, Placement(), image_size).grid
 
     def num_prefix_tokens(self, model: nn.Module) -> int:
         tower, adapter = self.encoder(model)
@@ -98,18 +97,18 @@ class MllmAdapter(ModelAdapter):
 
     def resolve_mode(self, model: nn.Module, placement: Placement) -> str:
         if self.own_factor(model) == 1:
-            if placement.mode == "keep_llm_tokens":
+            if placement.mode == KEEP:
                 raise ValueError(
-                    f"mode='keep_llm_tokens' moves a model's own post-encoder compression inside the encoder, and "
-                    f"{self.family} has none; use mode='compress_more' (or 'auto')."
+                    f"mode={KEEP!r} moves a model's own post-encoder compression inside the encoder, and "
+                    f"{self.family} has none; use mode={MORE!r} (or 'auto')."
                 )
-            return "compress_more"
-        return "keep_llm_tokens" if placement.mode == "auto" else placement.mode
+            return MORE
+        return KEEP if placement.mode == AUTO else placement.mode
 
     def remaining_factor(self, model: nn.Module, placement: Placement) -> int:
         """The per-side reduction left after the encoder under ``placement``'s (resolved) mode."""
         own = self.own_factor(model)
-        if placement.mode != "keep_llm_tokens":
+        if placement.mode != KEEP:
             return own
         laco = total_factor(placement)
         if own % laco:
@@ -158,7 +157,7 @@ class MllmAdapter(ModelAdapter):
         if merged[0] % rest or merged[1] % rest:
             pixels = "" if image_size is None else "{}x{} px ".format(*_pair(image_size))
             size = f"a {pixels}tile of {grid[0]}x{grid[1]} patches"
-            keep = ", mode='keep_llm_tokens'" if placement.mode == "compress_more" else ""
+            keep = f", mode={KEEP!r}" if placement.mode == MORE else ""
             raise ValueError(
                 f"{size} becomes {merged[0]}x{merged[1]} tokens after {placement.label()}, which {self.own_compression} "
                 f"of this {self.family} cannot reduce by {rest} per side. Use tiles whose patch grid is a multiple of "
@@ -168,15 +167,9 @@ class MllmAdapter(ModelAdapter):
 
     # -- counts and install --------------------------------------------------------------------------------------
 
-    def placement(self, model: nn.Module) -> Placement:
-        from ...patch import placement_of
-
-        placement = placement_of(model)
-        return placement if placement is not None else Placement()
-
-    def tokens_per_tile(self, model: nn.Module, image_size: int | GridSize | None = None) -> int:
-        """Tokens the LLM receives for one tile (image) of ``image_size``, as the model now is."""
-        placement = self.placement(model)
+    def tokens_per_tile(self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None) -> int:
+        """Tokens the LLM receives for one tile (image) of ``image_size`` under ``placement`` (``Placement()``:
+        not compressed)."""
         if not placement.compressed:
             grid = self.tile_grid(model, image_size)
             rest = self.own_factor(model)
@@ -192,10 +185,12 @@ class MllmAdapter(ModelAdapter):
         """Tiles (images) in a batch of ``pixel_values`` as the model's forward takes it."""
         return int(pixel_values.shape[0])
 
-    def num_tokens(self, model: nn.Module, image_size: int | GridSize | None = None, **inputs: Any) -> int:
+    def num_tokens(
+        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None, **inputs: Any
+    ) -> int:
         if inputs:
             raise ValueError(f"laco.num_tokens of a {self.family} takes image_size only, not {sorted(inputs)}.")
-        return self.tokens_per_tile(model, image_size)
+        return self.tokens_per_tile(model, placement, image_size)
 
     def install(self, model: nn.Module, placement: Placement, processor: Any | None) -> list[Undo]:
         changes = Changes()
@@ -204,7 +199,7 @@ class MllmAdapter(ModelAdapter):
                 tower, _ = self.encoder(model)
                 changes.forward_pre_hook(tower, TileCheck(self, model, placement), with_kwargs=True)
             if self.fixed_tile_count:
-                changes.forward_pre_hook(model, PlaceholderCheck(self, model), with_kwargs=True)
+                changes.forward_pre_hook(model, PlaceholderCheck(self, model, placement), with_kwargs=True)
             self.change_model(model, placement, changes)
             if processor is not None:
                 self.change_processor(model, placement, processor, changes)

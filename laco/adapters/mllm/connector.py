@@ -63,15 +63,16 @@ class PlaceholderCheck:
     placeholders do not match the merged count, naming the prompt and the fix, before the model's own check fails
     with only the totals (typically: a processor laco did not update)."""
 
-    def __init__(self, adapter: Any, model: nn.Module) -> None:
-        self.adapter, self.model = adapter, model
+    def __init__(self, adapter: Any, model: nn.Module, placement: Placement) -> None:
+        self.adapter, self.model, self.placement = adapter, model, placement
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         pixel_values = kwargs.get("pixel_values")
         if not isinstance(input_ids, torch.Tensor) or not isinstance(pixel_values, torch.Tensor):
             return None
-        per_tile = self.adapter.num_tokens(self.model, tuple(pixel_values.shape[-2:]))  # refuses a tile it cannot take
+        size = tuple(pixel_values.shape[-2:])
+        per_tile = self.adapter.num_tokens(self.model, self.placement, size)  # refuses a tile it cannot take
         found = (input_ids == self.model.config.image_token_id).sum(-1).tolist()
         tiles = self.adapter.count_tiles(pixel_values)
         if sum(found) == tiles * per_tile:

@@ -23,14 +23,19 @@ from transformers import Gemma3ForConditionalGeneration
 
 from ...placement import Placement
 from ..base import _pair
-from ..model import register_model_adapter
+from ..registry import register_adapter
 from .base import MllmAdapter, require
 from .changes import Changes
 
 
+@register_adapter
 class Gemma3Adapter(MllmAdapter):
     family = "Gemma3"
     model_classes = (Gemma3ForConditionalGeneration,)
+    checkpoint_classes = (Gemma3ForConditionalGeneration,)
+    init_from_refusal = (
+        "<start_of_image> blocks with token_type_ids (bidirectional image attention) from Gemma3Processor"
+    )
     own_compression = "the projector's average pooling"
 
     def own_factor(self, model: nn.Module) -> int:
@@ -48,7 +53,7 @@ class Gemma3Adapter(MllmAdapter):
 
     def change_processor(self, model: nn.Module, placement: Placement, processor: Any, changes: Changes) -> None:
         require(processor, ("image_seq_length", "full_image_sequence"), self.family)
-        count, image_token = self.tokens_per_tile(model), processor.tokenizer.image_token
+        count, image_token = self.tokens_per_tile(model, placement), processor.tokenizer.image_token
         old = image_token * processor.image_seq_length
         if processor.full_image_sequence.count(old) != 1:
             raise ValueError(
@@ -58,7 +63,5 @@ class Gemma3Adapter(MllmAdapter):
         changes.set(processor, "full_image_sequence", processor.full_image_sequence.replace(old, image_token * count))
         changes.set(processor, "image_seq_length", count)
 
-
-register_model_adapter(Gemma3Adapter())
 
 __all__ = ["Gemma3Adapter"]

@@ -20,16 +20,19 @@ from typing import Any
 from torch import nn
 from transformers import InternVLForConditionalGeneration
 
-from ...placement import Placement
-from ..model import register_model_adapter
+from ...placement import KEEP, Placement
+from ..registry import register_adapter
 from .base import MllmAdapter, require, total_factor
 from .changes import Changes
 from .connector import Widen
 
 
+@register_adapter
 class InternVLAdapter(MllmAdapter):
     family = "InternVL"
     model_classes = (InternVLForConditionalGeneration,)
+    checkpoint_classes = (InternVLForConditionalGeneration,)
+    init_from_refusal = "a variable number of tiles per image between <img>...</img> tokens from InternVLProcessor"
     own_compression = "the pixel-shuffle"
 
     def feature_layer(self, model: nn.Module) -> int | list[int]:
@@ -39,18 +42,16 @@ class InternVLAdapter(MllmAdapter):
         return round(1 / model.config.downsample_ratio)
 
     def change_model(self, model: nn.Module, placement: Placement, changes: Changes) -> None:
-        changes.set(model.config, "image_seq_length", self.tokens_per_tile(model))
+        changes.set(model.config, "image_seq_length", self.tokens_per_tile(model, placement))
         rest = self.remaining_factor(model, placement)
-        if placement.mode == "keep_llm_tokens":
+        if placement.mode == KEEP:
             changes.config_view(model.model, downsample_ratio=1 / rest)
             dim = model.config.vision_config.hidden_size
             changes.forward_pre_hook(model.model.multi_modal_projector, Widen(dim, rest, total_factor(placement)))
 
     def change_processor(self, model: nn.Module, placement: Placement, processor: Any, changes: Changes) -> None:
         require(processor, ("image_seq_length",), self.family)
-        changes.set(processor, "image_seq_length", self.tokens_per_tile(model))
+        changes.set(processor, "image_seq_length", self.tokens_per_tile(model, placement))
 
-
-register_model_adapter(InternVLAdapter())
 
 __all__ = ["InternVLAdapter"]

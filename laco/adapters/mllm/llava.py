@@ -23,14 +23,16 @@ from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalG
 
 from ...placement import Placement
 from ..base import GridSize, _pair
-from ..model import register_model_adapter
+from ..registry import register_adapter
 from .base import MllmAdapter, patch_size_for, require, total_factor
 from .changes import Changes
 
 
+@register_adapter
 class LlavaAdapter(MllmAdapter):
     family = "LLaVA"
     model_classes = (LlavaForConditionalGeneration,)
+    checkpoint_classes = (LlavaForConditionalGeneration,)
 
     def feature_layer(self, model: nn.Module) -> int | list[int]:
         return model.config.vision_feature_layer
@@ -39,15 +41,18 @@ class LlavaAdapter(MllmAdapter):
         """Tokens the feature selection drops per tile (LLaVA's ``default`` strategy drops the first, the CLS)."""
         return 1 if model.config.vision_feature_select_strategy == "default" else 0
 
-    def num_tokens(self, model: nn.Module, image_size: int | GridSize | None = None, **inputs: Any) -> int:
+    def num_tokens(
+        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None, **inputs: Any
+    ) -> int:
         """Tokens the LLM receives per image (per tile for LLaVA-NeXT), CLS handling included."""
         if inputs:
             raise ValueError(f"laco.num_tokens of a {self.family} takes image_size only, not {sorted(inputs)}.")
-        return self.tokens_per_tile(model, image_size) + self.num_prefix_tokens(model) - self.dropped_tokens(model)
+        tile = self.tokens_per_tile(model, placement, image_size)
+        return tile + self.num_prefix_tokens(model) - self.dropped_tokens(model)
 
     def change_model(self, model: nn.Module, placement: Placement, changes: Changes) -> None:
         if hasattr(model.config, "image_seq_length"):
-            changes.set(model.config, "image_seq_length", self.num_tokens(model))
+            changes.set(model.config, "image_seq_length", self.num_tokens(model, placement))
 
     def merged_patch_size(self, model: nn.Module, placement: Placement) -> int:
         """A patch size that divides the tower's tile into the merged grid (the count stock code computes)."""
@@ -58,7 +63,8 @@ class LlavaAdapter(MllmAdapter):
 
     def change_processor(self, model: nn.Module, placement: Placement, processor: Any, changes: Changes) -> None:
         if hasattr(processor, "num_image_tokens") and not hasattr(processor, "patch_size"):  # laco's LacoProcessor
-            changes.set(processor, "num_image_tokens", self.num_tokens(model, processor.image_transform.size))
+            size = processor.image_transform.size
+            changes.set(processor, "num_image_tokens", self.num_tokens(model, placement, size))
             return
         require(processor, ("patch_size", "num_additional_image_tokens"), self.family)
         tower, adapter = self.encoder(model)
@@ -66,15 +72,18 @@ class LlavaAdapter(MllmAdapter):
         patch = self.merged_patch_size(model, placement)
         # Odd grids are padded by the merge (ceil) but a processor floors: the difference goes into the count of
         # additional tokens, exact at the size the image processor produces (the tower's image_size).
-        merged = self.tokens_per_tile(model)
+        merged = self.tokens_per_tile(model, placement)
         extra = processor.num_additional_image_tokens + merged - (height // patch) * (width // patch)
         changes.set(processor, "patch_size", patch)
         changes.set(processor, "num_additional_image_tokens", extra)
 
 
+@register_adapter
 class LlavaNextAdapter(LlavaAdapter):
     family = "LLaVA-NeXT"
     model_classes = (LlavaNextForConditionalGeneration,)
+    checkpoint_classes = (LlavaNextForConditionalGeneration,)
+    init_from_refusal = "AnyRes tiles with image_sizes (a per-image count after unpadding) from LlavaNextProcessor"
     fixed_tile_count = False  # unpadding: an image's count depends on its size
 
     def check(self, model: nn.Module, placement: Placement) -> None:
@@ -91,8 +100,5 @@ class LlavaNextAdapter(LlavaAdapter):
         require(processor, ("patch_size",), self.family)
         changes.set(processor, "patch_size", self.merged_patch_size(model, placement))
 
-
-register_model_adapter(LlavaAdapter())
-register_model_adapter(LlavaNextAdapter())
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter"]

@@ -24,20 +24,23 @@ from typing import Any
 from torch import nn
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from ...placement import Placement
+from ...placement import KEEP, MORE, Placement
 from ..base import GridSize
-from ..model import register_model_adapter
+from ..registry import register_adapter
 from .base import require
 from .changes import Changes
 from .llava import LlavaNextAdapter
 
 
+@register_adapter
 class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "LLaVA-OneVision"
     model_classes = (LlavaOnevisionForConditionalGeneration,)
+    checkpoint_classes = (LlavaOnevisionForConditionalGeneration,)
+    init_from_refusal = "AnyRes tiles with image_sizes, and video frames, from LlavaOnevisionProcessor"
 
     def resolve_mode(self, model: nn.Module, placement: Placement) -> str:
-        if placement.mode == "keep_llm_tokens":
+        if placement.mode == KEEP:
             raise ValueError(
                 "mode='keep_llm_tokens' is not available for LLaVA-OneVision: its images have no post-encoder "
                 "compression to move inside the encoder, and its processor counts a video frame's tokens from an "
@@ -45,21 +48,27 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
                 "get fewer. Use mode='compress_more' (or 'auto'): tiles and frames are merged in the encoder and frames "
                 "are then pooled 2x2 by the model as before."
             )
-        return "compress_more"
+        return MORE
 
     def num_tokens(
-        self, model: nn.Module, image_size: int | GridSize | None = None, *, video_frames: int | None = None
+        self,
+        model: nn.Module,
+        placement: Placement,
+        image_size: int | GridSize | None = None,
+        *,
+        video_frames: int | None = None,
     ) -> int:
         """Tokens per image tile (what the processor's ``num_image_tokens`` counts, less a CLS the ``default``
         strategy drops), or of a video of ``video_frames`` frames (pooled frames plus one newline)."""
-        tile = super().num_tokens(model, image_size)
+        tile = super().num_tokens(model, placement, image_size)
         if video_frames is None:
             return tile
-        height, width = self.merged_tile_grid(model, image_size)
+        height, width = self.merged_tile_grid(model, placement, image_size)
         return video_frames * math.ceil(height / 2) * math.ceil(width / 2) + 1
 
-    def merged_tile_grid(self, model: nn.Module, image_size: int | GridSize | None = None) -> GridSize:
-        placement = self.placement(model)
+    def merged_tile_grid(
+        self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None
+    ) -> GridSize:
         if not placement.compressed:
             return self.tile_grid(model, image_size)
         return self.llm_grid(model, placement, image_size)
@@ -67,9 +76,8 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     def change_processor(self, model: nn.Module, placement: Placement, processor: Any, changes: Changes) -> None:
         require(processor, ("num_image_tokens", "vision_feature_select_strategy"), self.family)
         # The processor subtracts the CLS itself under the "default" strategy, so it counts tiles with it.
-        changes.set(processor, "num_image_tokens", self.tokens_per_tile(model) + self.num_prefix_tokens(model))
+        count = self.tokens_per_tile(model, placement) + self.num_prefix_tokens(model)
+        changes.set(processor, "num_image_tokens", count)
 
-
-register_model_adapter(LlavaOnevisionAdapter())
 
 __all__ = ["LlavaOnevisionAdapter"]

@@ -22,7 +22,7 @@ This adapter derives from :class:`~laco.adapters.model.ModelAdapter`, not :class
 the latter counts tokens per fixed-size tile (``image_size // patch``, one grid per tile, checked by forward
 pre-hooks on the tower and on the model), while a Qwen-VL image has its own ``grid_thw`` and the model's own 2x2
 merge is done by the tower's merger, which the tower's adapter (:mod:`laco.adapters.qwen_vl`) already replaces.
-Saved models reload through the same LaCo model types as the other families (:mod:`laco.adapters.mllm.models`).
+Saved models reload through the same LaCo model types as the other families (:mod:`laco.mllm.types`).
 """
 
 from __future__ import annotations
@@ -41,11 +41,12 @@ from transformers import (
     Qwen3VLModel,
 )
 
-from ...placement import Placement
+from ...placement import KEEP, MORE, Placement
 from ..base import EncoderAdapter, GridSize, Undo, _pair
-from ..model import ModelAdapter, register_model_adapter
-from ..packed import MORE, check_grid_thw
-from ..qwen_vl import QWEN_ADAPTERS, QwenVisionAdapter
+from ..model import ModelAdapter
+from ..packed import check_grid_thw
+from ..qwen_vl import QwenVisionAdapter
+from ..registry import find_adapter, register_adapter
 from .changes import Changes
 
 _WHOLE = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
@@ -102,11 +103,14 @@ class CoarserPlaceholders:
         return method(*bound.args, **bound.kwargs)
 
 
+@register_adapter
 class QwenVLModelAdapter(ModelAdapter):
     """Qwen2-VL, Qwen2.5-VL and Qwen3-VL models: the tower is ``model.visual`` (``model.model.visual``)."""
 
     family = "qwen-vl"
     model_classes = _WHOLE + _INNER
+    checkpoint_classes = _WHOLE
+    init_from_refusal = "native-resolution images with image_grid_thw and M-RoPE positions from the Qwen-VL processor"
     convert_refusal = (
         "a converted checkpoint must keep every pretrained tensor and come with a processor that counts its own "
         "placeholders, and a Qwen-VL model has neither: keep_llm_tokens replaces its mergers with 1x ones (new "
@@ -117,7 +121,9 @@ class QwenVLModelAdapter(ModelAdapter):
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
         visual = _inner(model).visual
-        adapter = next(a for a in QWEN_ADAPTERS if a.matches(visual))
+        adapter = find_adapter(visual)
+        if not isinstance(adapter, QwenVisionAdapter):
+            raise ValueError(f"laco has no adapter for this Qwen-VL tower ({type(visual).__name__}).")
         return visual, adapter
 
     def _geometry(self, model: nn.Module) -> tuple[QwenVisionAdapter, nn.Module, int, int]:
@@ -156,17 +162,20 @@ class QwenVLModelAdapter(ModelAdapter):
         return changes.undo
 
     def num_tokens(
-        self, model: nn.Module, image_size: int | GridSize | None = None, *, grid_thw: Any = None, **inputs: Any
+        self,
+        model: nn.Module,
+        placement: Placement,
+        image_size: int | GridSize | None = None,
+        *,
+        grid_thw: Any = None,
+        **inputs: Any,
     ) -> int | list[int]:
         """Tokens the LLM receives: for one image of ``image_size`` (pixels, as the processor resized it), or per
         row of ``grid_thw`` (a list for several rows, an int for one ``(t, h, w)``)."""
-        from ...patch import placement_of
-
         if inputs:
             raise ValueError(f"{type(model).__name__} takes image_size= or grid_thw=, not {sorted(inputs)}.")
         adapter, visual, merge, patch = self._geometry(model)
-        placement = placement_of(visual)
-        mode = placement.mode if placement is not None else "keep_llm_tokens"
+        mode = placement.mode if placement.compressed else KEEP
         per_token = merge * merge * (placement.factor**2 if mode == MORE else 1)
         if grid_thw is None:
             if image_size is None:
@@ -184,7 +193,5 @@ class QwenVLModelAdapter(ModelAdapter):
         counts = [int(t * h * w) // per_token for t, h, w in rows.tolist()]
         return counts[0] if single else counts
 
-
-register_model_adapter(QwenVLModelAdapter())
 
 __all__ = ["CoarserPlaceholders", "CoarserRopeIndex", "QwenVLModelAdapter"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import laco
-from laco.adapters.mllm.idefics3 import PaddedGridLayout
+from laco.adapters.idefics3 import PaddedGridLayout
 from laco.compressors import build
 
 from tiny_mllms import check_conversion, idefics3, image_tokens, round_trip

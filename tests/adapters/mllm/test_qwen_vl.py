@@ -150,7 +150,7 @@ def test_a_resaved_checkpoint_reloads_compressed_with_the_auto_class(tmp_path, m
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "laco", attn_implementation="eager").eval()
     assert laco.placement_of(reloaded) == laco.placement_of(model)
     processor = tiny_processor("qwen2.5")
-    laco.checkpoints.update_processor(reloaded, processor)  # what laco.load(..., processor=) does after loading
+    laco.loading.update_processor(reloaded, processor)  # what laco.load(..., processor=) does after loading
     batch = inputs(processor)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits)

@@ -1,13 +1,11 @@
-"""Saved LaCo models: rebuild the compression recorded in a config, and load an encoder saved after apply.
-
-A patched model records its placement as ``config.laco`` (see :func:`laco.apply`), so ``save_pretrained`` writes
-the settings next to the compressors' weights (safetensors, under the blocks they follow) and these functions
-rebuild both.
+"""Weight I/O for every layer of laco: safetensors only, strict, and the key renaming ``transformers`` applies.
 
 Every load is strict (:func:`from_pretrained_strict`): a checkpoint whose tensors do not fit the model its config
 describes (missing, unexpected or mis-shaped, e.g. a compressor saved after another layer) is refused, naming the
 keys, rather than loaded with random tensors in the gaps. Weights are read from safetensors only: a pickle file
 (``.bin``, ``.pt``) can run arbitrary code when loaded, so laco never unpickles one.
+
+This module is on the ground floor: it imports no other laco module, so anything may use it.
 """
 
 from __future__ import annotations
@@ -19,10 +17,6 @@ from typing import Any
 
 import torch
 from torch import nn
-
-from .adapters import resolve_encoder
-from .patch import COMPRESSOR_ATTRIBUTE, CONFIG_ATTRIBUTE, apply
-from .placement import Placement
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _SHOWN_KEYS = 8
@@ -97,119 +91,7 @@ def from_pretrained_strict(cls: Any, path: str | Path, **kwargs: Any) -> Any:
     return model
 
 
-def apply_from_config(model: nn.Module, *, processor: Any | None = None) -> nn.Module:
-    """Re-apply the compression recorded in ``model.config.laco`` (for models built from a saved config).
-
-    ``model`` may be an encoder or a whole MLLM laco knows (its tower's config holds the settings); ``processor`` is
-    updated as :func:`laco.apply` would update it.
-    """
-    encoder, _ = resolve_encoder(model)
-    recorded = getattr(encoder.config, CONFIG_ATTRIBUTE, None)
-    if not recorded:
-        return model
-    extra = {} if processor is None else {"processor": processor}
-    return apply(model, Placement.from_dict(recorded), **extra)
-
-
-def load(
-    path: str | Path, model_class: type[nn.Module] | None = None, *, processor: Any | None = None, **kwargs: Any
-) -> nn.Module:
-    """Load a model saved (with ``save_pretrained``) after :func:`apply`, compressors and any module laco replaced
-    included; ``processor`` (the model's own) is updated in place as :func:`laco.apply` would update it.
-
-    A multimodal LLM of a family laco knows (a ``laco convert`` output, or a stock model saved after
-    ``laco.apply``) loads as that family's LaCo class (:mod:`laco.adapters.mllm.models`), which re-applies the
-    compression from ``vision_config.laco`` before its weights load, so every tensor, a Qwen-VL merger made 1x
-    included, loads strictly under its own shape. Anything else (a vision encoder, an MLLM's inner ``*Model``, or
-    ``model_class`` given) loads through ``model_class.from_pretrained`` (default: the class ``config.json`` names,
-    else ``AutoModel``), so its key conversions apply; the compression is rebuilt from ``config.laco`` and every
-    weight laco owns is read from the same safetensors file(s). Any other mismatch between checkpoint and model is
-    an error.
-    """
-    path = Path(path)
-    refuse_pickle(path)
-    laco_class = _laco_class_for(path) if model_class is None else None
-    if laco_class is not None:
-        return _load_mllm(path, laco_class, processor, **kwargs)
-    return _load_rebuilt(path, model_class or _saved_class(path), processor, **kwargs)
-
-
-def _laco_class_for(path: Path) -> type[nn.Module] | None:
-    """The LaCo model class a checkpoint loads as, or ``None``: the config's ``model_type`` must have one and its
-    ``architectures`` (if any) must name that class or a class it derives from, so a saved inner ``*Model`` (same
-    ``model_type``, no LM head) is not loaded as the whole model."""
-    from transformers import AutoConfig
-
-    from .adapters.mllm.models import laco_model_class
-
-    config = AutoConfig.from_pretrained(path)
-    model_class = laco_model_class(config.model_type)
-    saved = (getattr(config, "architectures", None) or [None])[0]
-    if model_class is None or saved is None:
-        return model_class
-    return model_class if saved in {cls.__name__ for cls in model_class.__mro__} else None
-
-
-def _load_mllm(path: Path, model_class: type[nn.Module], processor: Any | None, **kwargs: Any) -> nn.Module:
-    # a stock model_type loaded as its LaCo class is meant, not a mistake; any tensor that does not fit is one
-    model = from_pretrained_strict(model_class, path, **kwargs).eval()
-    if processor is not None:
-        update_processor(model, processor)
-    return model
-
-
-def update_processor(model: nn.Module, processor: Any) -> None:
-    """Bring ``processor`` in line with a whole MLLM laco already compressed (built from a saved config), as
-    ``laco.apply(model, ..., processor=processor)`` would have; :func:`laco.remove` undoes it with the rest."""
-    from .adapters import find_model_adapter
-    from .patch import placement_of
-
-    model_adapter, placement = find_model_adapter(model), placement_of(model)
-    if model_adapter is None or placement is None:
-        raise ValueError(
-            f"processor= is for a whole MLLM laco compressed; this {type(model).__name__} is "
-            f"{'not one laco knows' if model_adapter is None else 'not compressed'}. Leave processor out."
-        )
-    encoder, _ = model_adapter.encoder(model)
-    encoder._laco.undo += model_adapter.install_processor(model, placement, processor)
-
-
-def _load_rebuilt(path: Path, model_class: type[nn.Module], processor: Any | None, **kwargs: Any) -> nn.Module:
-    """Load the pretrained weights, rebuild the compression from the config, then read the tensors laco owns."""
-    from safetensors import safe_open
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # laco's keys are "unexpected" or "mismatched" until apply_from_config
-    try:
-        model, info = model_class.from_pretrained(
-            path, output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=True, **kwargs
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    apply_from_config(model, processor=processor)
-    state = model.state_dict()
-    mismatched = {entry[0] for entry in info.get("mismatched_keys", ())}
-    compressor_keys = {name for name in state if f".{COMPRESSOR_ATTRIBUTE}." in name}
-    expected = compressor_keys | ((set(info["missing_keys"]) | mismatched | set(info["unexpected_keys"])) & set(state))
-    names = _checkpoint_names(model, expected)  # save_pretrained may rename keys (Qwen-VL: model.visual -> visual)
-    saved: dict[str, torch.Tensor] = {}
-    for file in _safetensors_files(path):
-        with safe_open(file, framework="pt") as handle:
-            saved.update({names[name]: handle.get_tensor(name) for name in handle.keys() if name in names})
-    other_unexpected = sorted(set(info["unexpected_keys"]) - set(state))
-    missing = sorted(expected - set(saved))
-    shapes = sorted(name for name, tensor in saved.items() if tensor.shape != state[name].shape)
-    if missing or other_unexpected or shapes:
-        raise CheckpointMismatch(
-            f"checkpoint {path} does not match the model rebuilt from its config: missing {missing}, unexpected "
-            f"{other_unexpected}, mis-shaped {shapes}. Point at the directory laco saved for this config."
-        )
-    model.load_state_dict(saved, strict=False)
-    return model.eval()
-
-
-def _checkpoint_names(model: nn.Module, keys: set[str]) -> dict[str, str]:
+def checkpoint_names(model: nn.Module, keys: set[str]) -> dict[str, str]:
     """``{name in the checkpoint: name in the model}`` for ``keys``, through the renaming ``save_pretrained`` applies."""
     try:
         from transformers.core_model_loading import revert_weight_conversion
@@ -222,7 +104,7 @@ def _checkpoint_names(model: nn.Module, keys: set[str]) -> dict[str, str]:
     return names
 
 
-def _saved_class(path: Path) -> type[nn.Module]:
+def saved_class(path: Path) -> type[nn.Module]:
     """The class ``config.json`` names (``architectures``), found in ``transformers`` or its model's module."""
     import importlib
 
@@ -281,7 +163,7 @@ def saved_keys(path: str | Path) -> set[str]:
     if not path.is_dir():
         return set()
     try:
-        files = _safetensors_files(path)
+        files = safetensors_files(path)
     except FileNotFoundError:
         return set()
     names: set[str] = set()
@@ -291,7 +173,7 @@ def saved_keys(path: str | Path) -> set[str]:
     return names
 
 
-def _safetensors_files(path: Path) -> list[Path]:
+def safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -300,3 +182,19 @@ def _safetensors_files(path: Path) -> list[Path]:
     if not single.exists():
         raise FileNotFoundError(f"no model.safetensors (or index) in {path}; laco only loads safetensors weights.")
     return [single]
+
+
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "CheckpointMismatch",
+    "UnsafeWeights",
+    "check_loading_info",
+    "checkpoint_names",
+    "from_pretrained_strict",
+    "refuse_pickle",
+    "safetensors_files",
+    "saved_class",
+    "saved_keys",
+    "share_key_mapping",
+    "stock_key_mapping",
+]

@@ -1,4 +1,5 @@
-"""LaCo model types for the retrofitted families, so a converted checkpoint reloads compressed with the Auto classes.
+"""LaCo model types for the retrofitted families, so a converted checkpoint reloads compressed with the Auto classes:
+one for each checkpoint class a registered MLLM adapter names (:attr:`~laco.adapters.ModelAdapter.checkpoint_classes`).
 
 Each stock class gets a subclass that differs in two things only: its config's ``model_type`` (``laco_internvl``,
 ...; LLaVA's is laco's own ``laco_llava``) and a constructor that re-applies the compression recorded in
@@ -12,33 +13,12 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForImageTextToText,
-    Gemma3Config,
-    Gemma3ForConditionalGeneration,
-    Idefics3Config,
-    Idefics3ForConditionalGeneration,
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    LlavaNextConfig,
-    LlavaNextForConditionalGeneration,
-    LlavaOnevisionConfig,
-    LlavaOnevisionForConditionalGeneration,
-    PretrainedConfig,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen3VLConfig,
-    Qwen3VLForConditionalGeneration,
-    SmolVLMConfig,
-    SmolVLMForConditionalGeneration,
-)
+from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
 
-from ...checkpoints import apply_from_config, share_key_mapping
-from ...mllm.modeling import LacoLlavaForConditionalGeneration
-from ...patch import CONFIG_ATTRIBUTE
+from ..adapters import model_adapters
+from ..patch import CONFIG_ATTRIBUTE, apply_from_config
+from ..weights import share_key_mapping
+from .modeling import LacoLlavaForConditionalGeneration
 
 LACO_MODELS: dict[str, type[nn.Module]] = {"llava": LacoLlavaForConditionalGeneration}
 """Stock ``model_type`` -> its LaCo model class (LLaVA's is laco's own model)."""
@@ -80,18 +60,11 @@ def _define(config_class: type[PretrainedConfig], model_class: type[nn.Module]) 
     return laco_model
 
 
-for _config, _model in (
-    (LlavaNextConfig, LlavaNextForConditionalGeneration),
-    (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration),
-    (InternVLConfig, InternVLForConditionalGeneration),
-    (Idefics3Config, Idefics3ForConditionalGeneration),
-    (SmolVLMConfig, SmolVLMForConditionalGeneration),
-    (Gemma3Config, Gemma3ForConditionalGeneration),
-    (Qwen2VLConfig, Qwen2VLForConditionalGeneration),
-    (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration),
-    (Qwen3VLConfig, Qwen3VLForConditionalGeneration),
-):
-    _define(_config, _model)
+# One LaCo type per checkpoint class a registered MLLM adapter names (LLaVA's is laco's own model, above).
+for _adapter in model_adapters():
+    for _model in _adapter.checkpoint_classes:
+        if _model.config_class.model_type not in LACO_MODELS:
+            _define(_model.config_class, _model)
 
 
 def laco_model_class(model_type: str) -> type[nn.Module] | None:
