@@ -20,12 +20,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
-from .weights import from_pretrained_strict
 from .data.images import load_rgb
 from .data.llava import LlavaExample
 from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation
 from .mllm.stock import load_processor
 from .precision import choose as choose_precision
+from .weights import from_pretrained_strict
 
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 

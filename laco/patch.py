@@ -263,6 +263,9 @@ def remove(model: nn.Module) -> nn.Module:
         raise ValueError("this model is not compressed by laco; nothing to remove.")
     _warn_if_compiled(model, "laco.remove")
     state: PatchState = encoder._laco
+    refusals = [message for undo in state.undo if (message := getattr(undo, "refusal", lambda: "")())]
+    if refusals:  # before anything changes: a refused remove leaves the model compressed and working
+        raise ValueError(f"laco.remove refused: {refusals[0]}.")
     for undo in reversed(state.undo):
         undo()
     for stage in state.stages:

@@ -62,17 +62,39 @@ def _summed_linear(
     return new
 
 
+class _PutBack:
+    """Undo of :func:`swap_module`. A model built compressed from a saved checkpoint (``from_pretrained``) never
+    loads the swapped-out module, whose tensors stay on the ``meta`` device: putting it back would leave a model
+    that cannot run, so :meth:`refusal` says why instead (``laco.remove`` asks before undoing anything)."""
+
+    def __init__(self, owner: nn.Module, key: str, original: nn.Module, name: str) -> None:
+        self.owner, self.key, self.original, self.name = owner, key, original, name
+
+    def refusal(self) -> str:
+        tensors = [*self.original.parameters(), *self.original.buffers()]
+        if not any(tensor.device.type == "meta" for tensor in tensors):
+            return ""
+        return (
+            f"the stock {self.name} of this model was never loaded (it was built compressed from a checkpoint that "
+            f"holds the 1x {self.name} only), so laco.remove cannot restore it. Load the uncompressed checkpoint "
+            "for the stock model"
+        )
+
+    def __call__(self) -> None:
+        # the model may have been cast or moved since the swap, which reached only the module in place
+        current = next(self.owner._modules[self.key].parameters(), None)
+        if current is not None:
+            self.original.to(device=current.device, dtype=current.dtype)
+        self.owner._modules[self.key] = self.original
+
+
 def swap_module(parent: nn.Module, name: str, new: nn.Module) -> Undo:
     """Replace child ``name`` of ``parent`` (an attribute or a ModuleList index); returns the undo."""
     original = parent.get_submodule(name)
     *path, last = name.split(".")
     owner = parent.get_submodule(".".join(path)) if path else parent
     owner._modules[last] = new  # setattr and ModuleList.__setitem__ both land here
-
-    def undo() -> None:
-        owner._modules[last] = original
-
-    return undo
+    return _PutBack(owner, last, original, name)
 
 
 # --------------------------------------------------------------------------------------------------------------

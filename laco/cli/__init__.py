@@ -55,10 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _refusals() -> tuple[type[Exception], ...]:
     """Errors that refuse a request before (or instead of) doing the wrong thing."""
-    from ..weights import CheckpointMismatch, UnsafeWeights
     from ..data import DataError
     from ..train.init_from import InitFromError
     from ..train.resume import ConfigMismatch, RunDirectoryBusy
+    from ..weights import CheckpointMismatch, UnsafeWeights
 
     return (CheckpointMismatch, ConfigMismatch, DataError, InitFromError, RunDirectoryBusy, UnsafeWeights)
 

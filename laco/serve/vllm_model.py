@@ -43,9 +43,9 @@ from vllm.multimodal.processing import (
 from vllm.sequence import IntermediateTensors
 
 from .. import patch as laco_patch
-from ..patch import apply_from_config
 from ..mllm.builder import resolve_attn_implementation
 from ..mllm.processing import IMAGE_TAG, ImageTransform
+from ..patch import apply_from_config
 from .checkpoint import CheckpointError, ServeSpec, read_checkpoint
 
 # vLLM's names for the causal LMs laco builds when a saved text config does not name its architecture

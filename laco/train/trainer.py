@@ -41,7 +41,6 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
-from ..weights import from_pretrained_strict
 from ..config import RunConfig
 from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, llava_dataset
 from ..mllm import (
@@ -54,6 +53,7 @@ from ..mllm.loss import answer_loss
 from ..placement import Placement
 from ..precision import Precision
 from ..precision import choose as choose_precision
+from ..weights import from_pretrained_strict
 from .checkpoints import (
     last_complete_checkpoint,
     previous_summaries,
