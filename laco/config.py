@@ -81,7 +81,7 @@ class DataConfig:
     strict: bool = False
     # Image paths in the JSON must stay inside image_folder (no "../", no absolute paths) unless this is true.
     allow_outside_image_folder: bool = False
-    # Images above this many pixels are skipped as bad records (decoding a 10000 x 10000 PNG costs ~1 GB and ~10 s;
+    # Images above this many pixels are skipped as bad records (decoding a 10000 x 10000 PNG costs gigabytes and seconds;
     # training resizes every image to image_size anyway). 50 megapixels admits any camera photo.
     max_image_pixels: int = 50_000_000
 
@@ -372,7 +372,3 @@ def _complete_compression(data: dict[str, Any]) -> None:
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("compression"), dict):
         model["compression"] = {**Placement(DEFAULT_LAYERS).to_dict(), **model["compression"]}
-
-
-def dump_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -275,10 +275,7 @@ def training_activation_bytes(
     refuse it up front. Kept for backward per token: ``9C + 2I`` elements in an encoder layer (``3I`` for
     SwiGLU) and ``9C + 4I`` in an LLM layer (norm inputs and outputs, q/k/v, attention output, MLP
     intermediates); the answer tokens' logits in the step's dtype plus their float32 upcast and log-softmax in
-    the loss. Against measurements (LLaVA-OneVision-0.5B geometry, no compression), made when the loss still
-    projected every position: CPU float32, batch 1, 6 LLM layers: 2.9 GB estimated, 2.4 GB saved for backward
-    measured (the loss's transients come on top); H200 bf16, batch 32, 24 layers: 95 GB estimated, 104 GB peak
-    above the weights measured (gradients included).
+    the loss. How close it comes to measured peaks is recorded in docs/benchmarks.md.
     """
     vision = encoder_flops(encoder, layers, image_size=image_size)
     vision_layer = 9 * encoder.width + (3 if encoder.mlp_kind == "swiglu" else 2) * encoder.mlp

@@ -241,10 +241,9 @@ def load_smollm2(
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """SmolLM2-135M-Instruct as a float ``LlamaForCausalLM`` (eval mode) and its tokenizer.
 
-    Dequantising the GGUF file takes ~15 s on two CPU cores, loading the cache well under a
-    second, so the first call writes the dequantised float32 weights and tokenizer (chat
-    template included) to ``<cache_dir>/smollm2-135m-instruct-q4_1`` and later calls read
-    that. ``dtype`` only affects the returned model; the cache stays float32 so that no
+    Dequantising the GGUF file takes far longer than loading the dequantised cache, so the first
+    call writes the dequantised float32 weights and tokenizer (chat template included) to
+    ``<cache_dir>/smollm2-135m-instruct-q4_1`` and later calls read that. ``dtype`` only affects the returned model; the cache stays float32 so that no
     precision is lost twice. ``refresh=True`` converts again and replaces the cache.
     """
     target = _resolve_cache_root(cache_dir) / _SMOLLM2_CACHE_NAME
