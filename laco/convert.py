@@ -21,7 +21,7 @@ from torch import nn
 
 from .adapters import find_model_adapter
 from .mllm.types import LACO_MODELS, laco_model_class
-from .patch import CONFIG_ATTRIBUTE, apply, num_tokens
+from .patch import CONFIG_ATTRIBUTE, apply, num_tokens, placement_of
 from .placement import LayerSpec, Placement
 
 PROCESSOR_ERRORS = (OSError, ValueError, ImportError, TypeError, KeyError)
@@ -53,15 +53,22 @@ def convert(
     _check_paths(src, dst, overwrite)
     model = _load_source(src)
     processor = processor if processor is not None else _load_processor(src)
-    before = num_tokens(model)
+    size = find_model_adapter(model).summary_image_size
+    before = num_tokens(model, size)
     placement = layer if isinstance(layer, Placement) else Placement(layer, method, factor, options, mode)
     apply(model, placement, processor=processor)
     dst.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dst)
-    processor.save_pretrained(dst)
+    find_model_adapter(model).saved_processor(model, placement_of(model), processor).save_pretrained(dst)
     new = _check_tensors_kept(src, dst)
     recorded = getattr(model.config.vision_config, CONFIG_ATTRIBUTE)
-    return {"placement": recorded, "tokens_before": before, "tokens_after": num_tokens(model), "new_tensors": new}
+    return {
+        "placement": recorded,
+        "image_size": size,
+        "tokens_before": before,
+        "tokens_after": num_tokens(model, size),
+        "new_tensors": new,
+    }
 
 
 def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
@@ -157,11 +164,15 @@ def _check_tensors_kept(src: Path, dst: Path) -> list[str]:
     return sorted(set(after) - set(before))
 
 
+def _size_label(size: tuple[int, int] | None) -> str:
+    return "image (tile)" if size is None else f"{size[0]}x{size[1]} px image"
+
+
 def describe(summary: dict[str, Any]) -> str:
     """One paragraph for the command line."""
     return (
         f"placement {json.dumps(summary['placement'])}\n"
-        f"tokens per image (tile): {summary['tokens_before']} -> {summary['tokens_after']}\n"
+        f"tokens per {_size_label(summary.get('image_size'))}: {summary['tokens_before']} -> {summary['tokens_after']}\n"
         f"new tensors: {len(summary['new_tensors'])} (laco's merge); every other tensor kept bit for bit"
     )
 

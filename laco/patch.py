@@ -43,8 +43,8 @@ from .adapters import (
     supported_names,
 )
 from .adapters.base import Undo
+from .adapters.changes import Changes
 from .adapters.layout import GridLayout, TokenLayout
-from .adapters.mllm.changes import Changes
 from .compressors import TokenCompressor, build
 from .functional import GridSize
 from .hooks import COMPRESSOR_ATTRIBUTE, BlockInputsHook, InputHook, PatchState, Stage, StageHook
@@ -263,9 +263,6 @@ def remove(model: nn.Module) -> nn.Module:
         raise ValueError("this model is not compressed by laco; nothing to remove.")
     _warn_if_compiled(model, "laco.remove")
     state: PatchState = encoder._laco
-    refusals = [message for undo in state.undo if (message := getattr(undo, "refusal", lambda: "")())]
-    if refusals:  # before anything changes: a refused remove leaves the model compressed and working
-        raise ValueError(f"laco.remove refused: {refusals[0]}.")
     for undo in reversed(state.undo):
         undo()
     for stage in state.stages:

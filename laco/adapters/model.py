@@ -29,6 +29,8 @@ class ModelAdapter:
     saved compressed model reloads compressed through the Auto classes."""
     convert_refusal: str = ""
     """Why ``laco convert`` cannot write a checkpoint of this family (empty: it can), for its error message."""
+    summary_image_size: tuple[int, int] | None = None
+    """The image size (pixels) ``laco convert`` reports token counts for; ``None``: the model's own."""
     init_from_refusal: str = ""
     """What this family's processor gives its model that ``laco train``'s data pipeline does not produce (empty:
     ``laco train --init-from`` fine-tunes it), for the refusal's message."""
@@ -56,6 +58,17 @@ class ModelAdapter:
         saved config, whose processor was not at hand); returns the callables that undo it. By default the
         processor needs no change."""
         return []
+
+    def saved_processor(self, model: nn.Module, placement: Placement, processor: Any) -> Any:
+        """The processor ``laco convert`` saves beside a checkpoint compressed under ``placement``: by default
+        ``processor`` itself, as :meth:`install` updated it. A family whose updated counts live on the instance
+        (not in what ``save_pretrained`` writes) returns one whose class counts them."""
+        return processor
+
+    def laco_processor_class(self, model_class: type[nn.Module]) -> type | None:
+        """The processor class the LaCo type of ``model_class`` is saved with, registered with ``AutoProcessor``
+        (:mod:`laco.mllm.types`); ``None``: the stock one."""
+        return None
 
     def num_tokens(
         self, model: nn.Module, placement: Placement, image_size: int | GridSize | None = None, **inputs: Any

@@ -1,11 +1,11 @@
 """What changes around a Qwen-VL tower's post-encoder mergers when LaCo merges inside it.
 
 ``keep_llm_tokens``: the tower's own 2x2 merge has moved inside the ViT, so the final merger (and Qwen3-VL's
-DeepStack mergers fed by layers after the merge) must take one token per output instead of four. Each becomes a
-*1x merger*: a copy of the pretrained one whose first Linear sums its four input blocks, so a token that is the
-average of four identical tokens maps exactly as those four did (a LayerNorm over the concatenation, Qwen3-VL's
-DeepStack "postshuffle" norm, folds its affine into that Linear first). The copies are new modules; the originals
-are put back by :func:`laco.remove`.
+DeepStack mergers fed by layers after the merge) must take one token per output instead of four. Each runs a
+*1x merger* instead: a copy of the pretrained one whose first Linear sums its four input blocks, so a token that is
+the average of four identical tokens maps exactly as those four did (a LayerNorm over the concatenation, Qwen3-VL's
+DeepStack "postshuffle" norm, folds its affine into that Linear first). The copy is a new child of the stock merger
+(``laco_one_to_one``), which stays in the model with its pretrained tensors; :func:`laco.remove` takes the copy out.
 
 ``compress_more``: the pretrained mergers stay and merge the merged grid 2x2 once more. Two hooks keep the outputs
 in the order the LLM expects: Qwen2.5-VL un-permutes the merger's output with the *input's* window index, which has
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .base import CallState, Undo
+from .changes import Changes
 
 
 @torch.no_grad()
@@ -62,39 +63,33 @@ def _summed_linear(
     return new
 
 
-class _PutBack:
-    """Undo of :func:`swap_module`. A model built compressed from a saved checkpoint (``from_pretrained``) never
-    loads the swapped-out module, whose tensors stay on the ``meta`` device: putting it back would leave a model
-    that cannot run, so :meth:`refusal` says why instead (``laco.remove`` asks before undoing anything)."""
-
-    def __init__(self, owner: nn.Module, key: str, original: nn.Module, name: str) -> None:
-        self.owner, self.key, self.original, self.name = owner, key, original, name
-
-    def refusal(self) -> str:
-        tensors = [*self.original.parameters(), *self.original.buffers()]
-        if not any(tensor.device.type == "meta" for tensor in tensors):
-            return ""
-        return (
-            f"the stock {self.name} of this model was never loaded (it was built compressed from a checkpoint that "
-            f"holds the 1x {self.name} only), so laco.remove cannot restore it. Load the uncompressed checkpoint "
-            "for the stock model"
-        )
-
-    def __call__(self) -> None:
-        # the model may have been cast or moved since the swap, which reached only the module in place
-        current = next(self.owner._modules[self.key].parameters(), None)
-        if current is not None:
-            self.original.to(device=current.device, dtype=current.dtype)
-        self.owner._modules[self.key] = self.original
+ONE_TO_ONE_ATTRIBUTE = "laco_one_to_one"
+"""The child of a Qwen-VL merger that holds its 1x copy under ``keep_llm_tokens``."""
 
 
-def swap_module(parent: nn.Module, name: str, new: nn.Module) -> Undo:
-    """Replace child ``name`` of ``parent`` (an attribute or a ModuleList index); returns the undo."""
-    original = parent.get_submodule(name)
-    *path, last = name.split(".")
-    owner = parent.get_submodule(".".join(path)) if path else parent
-    owner._modules[last] = new  # setattr and ModuleList.__setitem__ both land here
-    return _PutBack(owner, last, original, name)
+class RunOneToOne:
+    """Instance ``forward`` of a Qwen-VL merger under ``keep_llm_tokens``: its 1x copy (the child
+    :data:`ONE_TO_ONE_ATTRIBUTE`) runs instead. Holds the merger, not a bound method, so ``copy.deepcopy`` maps it to
+    the copy's child."""
+
+    def __init__(self, merger: nn.Module) -> None:
+        self.merger = merger
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.merger, ONE_TO_ONE_ATTRIBUTE)(*args, **kwargs)
+
+
+def run_one_to_one(merger: nn.Module, width: int) -> list[Undo]:
+    """Make ``merger`` run a 1x copy of itself, kept as its child: the stock merger's own tensors stay in the
+    model (and in what ``save_pretrained`` writes) under their names, so a converted checkpoint keeps every
+    pretrained tensor, a model reloaded compressed has them loaded, and :func:`laco.remove` restores a working stock
+    model. Returns the undo steps."""
+    changes, one_to_one = Changes(), one_to_one_merger(merger, width)
+    for parameter in merger.parameters():  # inactive while compressed: frozen, so DDP finds no unused trainable one
+        changes.set(parameter, "requires_grad", False)
+    changes.add_child(merger, ONE_TO_ONE_ATTRIBUTE, one_to_one)
+    changes.override(merger, "forward", RunOneToOne(merger))
+    return changes.undo
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -153,4 +148,12 @@ class FinishCall(_CallHook):
         return output
 
 
-__all__ = ["FinishCall", "PoolEarlyTap", "SetAsideWindowedOutput", "one_to_one_merger", "swap_module"]
+__all__ = [
+    "ONE_TO_ONE_ATTRIBUTE",
+    "FinishCall",
+    "PoolEarlyTap",
+    "RunOneToOne",
+    "SetAsideWindowedOutput",
+    "one_to_one_merger",
+    "run_one_to_one",
+]

@@ -23,7 +23,7 @@ from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 from ..placement import AUTO, KEEP, MORE, Placement
 from .base import CallState, EncoderAdapter, GridSize, MlpParts, Undo, _pair
 from .packed import PackedGrids, PackedLayout, Windows, check_grid_thw
-from .qwen_merger import FinishCall, PoolEarlyTap, SetAsideWindowedOutput, one_to_one_merger, swap_module
+from .qwen_merger import FinishCall, PoolEarlyTap, SetAsideWindowedOutput, run_one_to_one
 from .registry import register_adapter
 
 
@@ -115,10 +115,9 @@ class QwenVisionAdapter(EncoderAdapter):
     def install(self, model: nn.Module, placement: Placement, state: CallState) -> list[Undo]:
         width, layer = self.hidden_size(model), placement.layers[0]
         if placement.mode == KEEP:
-            undo = [swap_module(model, "merger", one_to_one_merger(model.merger, width))]
+            undo = run_one_to_one(model.merger, width)
             for index in self.taps_after(model, layer):
-                name = f"deepstack_merger_list.{index}"
-                undo.append(swap_module(model, name, one_to_one_merger(model.get_submodule(name), width)))
+                undo += run_one_to_one(model.deepstack_merger_list[index], width)
             return undo
         before = model.spatial_merge_size  # the model splits the merger's output into images by it
         model.spatial_merge_size = before * placement.factor

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModelForImageTextToText, PretrainedConfig
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PretrainedConfig
 
 from ..adapters import model_adapters
 from ..patch import CONFIG_ATTRIBUTE, apply_from_config
@@ -60,11 +60,15 @@ def _define(config_class: type[PretrainedConfig], model_class: type[nn.Module]) 
     return laco_model
 
 
-# One LaCo type per checkpoint class a registered MLLM adapter names (LLaVA's is laco's own model, above).
+# One LaCo type per checkpoint class a registered MLLM adapter names (LLaVA's is laco's own model, above), with the
+# processor class the adapter saves its checkpoints with, where it has its own.
 for _adapter in model_adapters():
     for _model in _adapter.checkpoint_classes:
         if _model.config_class.model_type not in LACO_MODELS:
-            _define(_model.config_class, _model)
+            _laco_model = _define(_model.config_class, _model)
+            _processor = _adapter.laco_processor_class(_model)
+            if _processor is not None:
+                AutoProcessor.register(_laco_model.config_class, _processor, exist_ok=True)
 
 
 def laco_model_class(model_type: str) -> type[nn.Module] | None:

@@ -219,7 +219,9 @@ def test_gradients_reach_the_merge_every_later_block_and_the_1x_merger(family):
     (
         out.pooler_output.square().mean() + sum(f.square().mean() for f in getattr(out, "deepstack_features", []))
     ).backward()
-    for name, module in [("merge", laco.attached_compressors(tower)[0]), ("merger", tower.merger)]:
+    one_to_one = tower.merger.laco_one_to_one  # the stock merger stays, inactive and frozen, beside its 1x copy
+    assert not any(p.requires_grad for name, p in tower.merger.named_parameters() if "laco_one_to_one" not in name)
+    for name, module in [("merge", laco.attached_compressors(tower)[0]), ("merger", one_to_one)]:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters()), name
     for index in range(LAYER, DEPTH):
         assert tower.blocks[index].attn.qkv.weight.grad.abs().sum() > 0, index

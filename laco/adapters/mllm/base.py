@@ -18,9 +18,9 @@ from torch import nn
 from ... import functional as F
 from ...placement import AUTO, KEEP, MORE, Placement
 from ..base import EncoderAdapter, GridSize, Undo, _pair
+from ..changes import Changes
 from ..model import ModelAdapter
 from ..registry import find_adapter
-from .changes import Changes
 from .connector import PlaceholderCheck, TileCheck
 
 

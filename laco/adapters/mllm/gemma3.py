@@ -23,9 +23,9 @@ from transformers import Gemma3ForConditionalGeneration
 
 from ...placement import Placement
 from ..base import _pair
+from ..changes import Changes
 from ..registry import register_adapter
 from .base import MllmAdapter, require
-from .changes import Changes
 
 
 @register_adapter

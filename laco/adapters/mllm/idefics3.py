@@ -23,9 +23,9 @@ from torch import nn
 from transformers import Idefics3ForConditionalGeneration, SmolVLMForConditionalGeneration
 
 from ...placement import KEEP, Placement
+from ..changes import Changes
 from ..registry import register_adapter
 from .base import MllmAdapter, require, total_factor
-from .changes import Changes
 from .connector import Widen
 
 

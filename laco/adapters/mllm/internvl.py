@@ -21,9 +21,9 @@ from torch import nn
 from transformers import InternVLForConditionalGeneration
 
 from ...placement import KEEP, Placement
+from ..changes import Changes
 from ..registry import register_adapter
 from .base import MllmAdapter, require, total_factor
-from .changes import Changes
 from .connector import Widen
 
 

@@ -23,9 +23,9 @@ from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalG
 
 from ...placement import Placement
 from ..base import GridSize, _pair
+from ..changes import Changes
 from ..registry import register_adapter
 from .base import MllmAdapter, patch_size_for, require, total_factor
-from .changes import Changes
 
 
 @register_adapter

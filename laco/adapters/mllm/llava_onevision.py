@@ -26,9 +26,9 @@ from transformers import LlavaOnevisionForConditionalGeneration
 
 from ...placement import KEEP, MORE, Placement
 from ..base import GridSize
+from ..changes import Changes
 from ..registry import register_adapter
 from .base import require
-from .changes import Changes
 from .llava import LlavaNextAdapter
 
 

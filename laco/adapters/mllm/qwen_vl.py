@@ -43,11 +43,12 @@ from transformers import (
 
 from ...placement import KEEP, MORE, Placement
 from ..base import EncoderAdapter, GridSize, Undo, _pair
+from ..changes import Changes
 from ..model import ModelAdapter
 from ..packed import check_grid_thw
 from ..qwen_vl import QwenVisionAdapter
 from ..registry import find_adapter, register_adapter
-from .changes import Changes
+from .qwen_processor import coarser_grid, laco_processor_class, saved_processor, stock_processor_class
 
 _WHOLE = (Qwen2VLForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, Qwen3VLForConditionalGeneration)
 _INNER = (Qwen2VLModel, Qwen2_5_VLModel, Qwen3VLModel)
@@ -56,18 +57,6 @@ _GRID_KEYS = ("image_grid_thw", "video_grid_thw")
 
 def _inner(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, _WHOLE) else model
-
-
-def _coarser(grid: Any, factor: int, merge: int, patch: int) -> Any:
-    """``grid`` (rows of t, h, w) with h and w divided by ``factor``, refused unless every row divides."""
-    rows = torch.as_tensor(grid)
-    check_grid_thw(rows.reshape(-1, 3), merge, None, MORE, patch)  # the clear error, naming the image
-    if isinstance(grid, torch.Tensor):
-        coarse = grid.clone()
-    else:
-        coarse = rows.clone().numpy() if hasattr(grid, "__array__") else rows.clone()
-    coarse[..., 1:] //= factor
-    return coarse
 
 
 class CoarserRopeIndex:
@@ -82,7 +71,7 @@ class CoarserRopeIndex:
         bound = inspect.signature(method).bind(self.model, *args, **kwargs)
         for key in _GRID_KEYS:
             if bound.arguments.get(key) is not None:
-                bound.arguments[key] = _coarser(bound.arguments[key], self.factor, self.merge, self.patch)
+                bound.arguments[key] = coarser_grid(bound.arguments[key], self.factor, self.merge, self.patch)
         return method(*bound.args, **bound.kwargs)
 
 
@@ -99,7 +88,10 @@ class CoarserPlaceholders:
         bound = inspect.signature(method).bind(self.processor, *args, **kwargs)
         name = list(bound.signature.parameters)[1]  # image_inputs / video_inputs
         inputs = bound.arguments[name]
-        bound.arguments[name] = {**inputs, self.key: _coarser(inputs[self.key], self.factor, self.merge, self.patch)}
+        bound.arguments[name] = {
+            **inputs,
+            self.key: coarser_grid(inputs[self.key], self.factor, self.merge, self.patch),
+        }
         return method(*bound.args, **bound.kwargs)
 
 
@@ -110,14 +102,8 @@ class QwenVLModelAdapter(ModelAdapter):
     family = "qwen-vl"
     model_classes = _WHOLE + _INNER
     checkpoint_classes = _WHOLE
+    summary_image_size = (448, 448)  # native resolution has no size of its own
     init_from_refusal = "native-resolution images with image_grid_thw and M-RoPE positions from the Qwen-VL processor"
-    convert_refusal = (
-        "a converted checkpoint must keep every pretrained tensor and come with a processor that counts its own "
-        "placeholders, and a Qwen-VL model has neither: keep_llm_tokens replaces its mergers with 1x ones (new "
-        "shapes), and compress_more's placeholder counts are a wrapper on the processor instance, which "
-        "save_pretrained does not write. Use laco.apply(model, layer, processor=processor), then "
-        "model.save_pretrained(dst); reload with laco.load(dst, processor=AutoProcessor.from_pretrained(src))"
-    )
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
         visual = _inner(model).visual
@@ -147,6 +133,12 @@ class QwenVLModelAdapter(ModelAdapter):
         return changes.undo
 
     def install_processor(self, model: nn.Module, placement: Placement, processor: Any) -> list[Undo]:
+        factor = placement.factor if placement.mode == MORE else 1
+        if hasattr(processor, "laco_factor"):  # a LaCo processor counts by its own setting
+            changes = Changes()
+            if processor.laco_factor != factor:
+                changes.set(processor, "laco_factor", factor)
+            return changes.undo
         if placement.mode != MORE:
             return []
         _, _, merge, patch = self._geometry(model)
@@ -160,6 +152,18 @@ class QwenVLModelAdapter(ModelAdapter):
         for name, key in methods:
             changes.override(processor, name, CoarserPlaceholders(processor, name, key, placement.factor, merge, patch))
         return changes.undo
+
+    def _stock_type(self, model_class: type[nn.Module]) -> str:
+        stock = next(cls for cls in self.checkpoint_classes + _INNER if issubclass(model_class, cls))
+        return stock.config_class.model_type
+
+    def saved_processor(self, model: nn.Module, placement: Placement, processor: Any) -> Any:
+        factor = placement.factor if placement.mode == MORE else 1
+        return saved_processor(processor, self._stock_type(type(model)), factor)
+
+    def laco_processor_class(self, model_class: type[nn.Module]) -> type | None:
+        stock = stock_processor_class(self._stock_type(model_class))
+        return None if stock is None else laco_processor_class(stock)
 
     def num_tokens(
         self,

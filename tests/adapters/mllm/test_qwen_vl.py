@@ -169,10 +169,47 @@ def test_an_inner_model_saved_alone_reloads_as_itself(tmp_path):
         torch.testing.assert_close(reloaded.visual(packed_pixels(grid_thw), grid_thw=grid_thw).pooler_output, expected)
 
 
-def test_laco_convert_refuses_a_qwen_checkpoint_naming_the_alternative(tmp_path):
-    tiny_model("qwen2").save_pretrained(tmp_path / "src")
-    with pytest.raises(ValueError, match=r"cannot convert a 'qwen2_vl' checkpoint: .*1x.*laco.load\(dst, processor="):
-        laco.convert(tmp_path / "src", tmp_path / "dst", LAYER)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_laco_convert_keeps_every_tensor_and_reloads_with_the_auto_classes(tmp_path, family, mode):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tiny_model(family).save_pretrained(src)
+    summary = laco.convert(src, dst, LAYER, mode=mode, processor=tiny_processor(family))
+    before, after = load_file(src / "model.safetensors"), load_file(dst / "model.safetensors")
+    assert all(name in after and torch.equal(after[name], tensor) for name, tensor in before.items())
+    new = sorted(set(after) - set(before))
+    assert new == summary["new_tensors"] and any(".laco_compressor." in name for name in new)
+    assert all(".laco_compressor." in name or ".laco_one_to_one." in name for name in new)
+    assert json.loads((dst / "config.json").read_text())["model_type"].startswith("laco_qwen")
+
+    model = AutoModelForImageTextToText.from_pretrained(dst, attn_implementation="eager").eval()
+    processor = AutoProcessor.from_pretrained(dst)  # the LaCo processor class, loaded without torchvision
+    assert type(processor).__name__.startswith("Laco") and processor.laco_factor == (
+        2 if mode == "compress_more" else 1
+    )
+    processor.tokenizer.padding_side = "left"  # as tiny_processor sets it on its tokenizer after building it
+    reference, reference_processor = tiny_model(family), tiny_processor(family)
+    laco.apply(reference, LAYER, mode=mode, processor=reference_processor)
+    assert laco.placement_of(model) == laco.placement_of(reference)
+    batch, expected_batch = inputs(processor), inputs(reference_processor)
+    assert torch.equal(batch["input_ids"], expected_batch["input_ids"])  # the same placeholders
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits[real], reference(**expected_batch).logits[real])
+    assert torch.equal(generate(model, batch), generate(reference, expected_batch))
+
+
+def test_a_laco_qwen_processor_refuses_videos_without_torchvision(tmp_path):
+    from laco.adapters.mllm.qwen_processor import has_video_processor_backend, saved_processor
+
+    if has_video_processor_backend():
+        pytest.skip("torchvision is installed: videos work")
+    processor = saved_processor(tiny_processor("qwen2.5"), "qwen2_5_vl", 2)
+    with pytest.raises(ValueError, match="video processor.*torchvision"):
+        processor(text=["<|video_pad|>"], videos=[torch.zeros(2, 3, 32, 32)])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..base import Undo
+from .base import Undo
 
 
 class _Restore:
@@ -38,7 +38,21 @@ class _Unshadow:
             object.__setattr__(self.obj, self.name, self.before)
 
 
-_ABSENT = object()
+class _Absent:
+    """ "Nothing was there": one object that copies and pickles as itself, so an undo step in a deep copy of a
+    model still recognises it."""
+
+    def __deepcopy__(self, memo: dict) -> _Absent:
+        return self
+
+    def __copy__(self) -> _Absent:
+        return self
+
+    def __reduce__(self) -> str:
+        return "_ABSENT"
+
+
+_ABSENT = _Absent()
 
 
 class _RemovePreHook:
@@ -51,6 +65,14 @@ class _RemovePreHook:
     def __call__(self) -> None:
         self.module._forward_pre_hooks.pop(self.hook_id, None)
         self.module._forward_pre_hooks_with_kwargs.pop(self.hook_id, None)
+
+
+class _RemoveChild:
+    def __init__(self, module: nn.Module, name: str) -> None:
+        self.module, self.name = module, name
+
+    def __call__(self) -> None:
+        self.module._modules.pop(self.name, None)
 
 
 class Changes:
@@ -87,6 +109,13 @@ class Changes:
             for name, value in vision.items():
                 setattr(view.vision_config, name, value)
         self.set(module, "config", view)
+
+    def add_child(self, module: nn.Module, name: str, child: nn.Module) -> None:
+        """A new child module ``name`` of ``module`` (saved, cast and moved with it); undone by removing it."""
+        if name in module._modules:
+            raise ValueError(f"{type(module).__name__} already has a child {name!r}; laco.remove it first.")
+        module.add_module(name, child)
+        self.undo.append(_RemoveChild(module, name))
 
     def forward_pre_hook(self, module: nn.Module, hook: Callable, with_kwargs: bool = False) -> None:
         handle = module.register_forward_pre_hook(hook, with_kwargs=with_kwargs)
