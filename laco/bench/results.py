@@ -8,22 +8,21 @@ it back (:mod:`laco.bench.sweep`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..placement import Placement
 from .anatomy import Anatomy
 from .counting import Memory
 from .machine import Machine
 from .measurements import OPTIMIZER_PHASE, STACK_PREFIX, Measurement, measurement
 from .presets import BenchPreset
+from .schema import envelope, provenance, speedup_record
 from .settings import ResolvedSettings
 from .timing import Samples, Stats, paired_ratios
-from .variants import BenchVariant
+from .variants import BenchVariant, headline_variant
 
-SCHEMA = "laco-bench/1"
 
 
 @dataclass
@@ -112,6 +111,8 @@ class BenchResult:
     build_seconds: float = 0.0
     run_seconds: float = 0.0
     anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
+    load_average_start: list[float] | None = None
+    started: float = 0.0  # time.time() at the start
 
     @property
     def preset(self) -> BenchPreset:
@@ -153,18 +154,37 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         """Everything in the result as plain JSON types: the content of ``bench.json``."""
         preset = self.preset
-        return {
-            "schema": SCHEMA,
-            "preset": {**preset_summary(preset), "image_size": preset.resolution},
-            "settings": self.settings.to_dict(),
-            "machine": self.machine.to_dict(),
-            "variants": [variant.to_dict(self.depth) for variant in self.variants],
-            "measurements": {kind: self._rows_dict(kind) for kind in self.measurements},
-            "notes": self.notes,
-            "anatomy": self.anatomy.to_dict() if self.anatomy is not None else None,
-            "build_seconds": self.build_seconds,
-            "run_seconds": self.run_seconds,
-        }
+        return envelope(
+            "batched",
+            provenance(self.machine.cpu, self.load_average_start, self.started),
+            headline_variant((v.name, v.group) for v in self.variants),
+            preset={**preset_summary(preset), "image_size": preset.resolution},
+            settings=self.settings.to_dict(),
+            machine=self.machine.to_dict(),
+            variants=[variant.to_dict(self.depth) for variant in self.variants],
+            measurements={kind: self._rows_dict(kind) for kind in self.measurements},
+            speedups=[
+                speedup_record(spec.name, variant, self.depth, speed, spec.short)
+                for spec in self.kinds()
+                for variant in self.variants
+                if (speed := self.speedup(spec.name, variant.name)) is not None
+            ],
+            bound_curves={spec.name: self.bound_curve(spec) for spec in self.kinds()},
+            notes=self.notes,
+            anatomy=self.anatomy.to_dict() if self.anatomy is not None else None,
+            build_seconds=self.build_seconds,
+            run_seconds=self.run_seconds,
+        )
+
+    def bound_curve(self, spec: Measurement) -> list[list[float]]:
+        """``[fraction, FLOP-bound speed-up]`` of LaCo after every layer k = 1..L over external compression."""
+        factor, depth = self.settings.requested.factor, self.depth
+
+        def flops(layer: int) -> float:
+            return self.settings.predict(spec.flop_mode, Placement((layer,), "laco", factor), full=True).flops
+
+        external = flops(depth)
+        return [[layer / depth, external / flops(layer)] for layer in range(1, depth + 1)]
 
     def _rows_dict(self, kind: str) -> dict[str, Any]:
         rows = {}
@@ -176,12 +196,6 @@ class BenchResult:
                 row["speedup"]["without_optimizer"] = self.speedup(kind, variant.name, without_optimizer=True).to_dict()
             rows[variant.name] = row
         return rows
-
-    def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
 
 
 def _scaled_samples(result: VariantResult, without_optimizer: bool = False) -> Samples:
