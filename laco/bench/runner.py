@@ -90,7 +90,7 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
     build_seconds = time.perf_counter() - started
     if any(spec.training for spec in resolved.measurements):
         bench.check_training_memory()
-    # Progress counts predicted GFLOPs, not calls: a training step of the uncompressed model costs 30 encoder
+    # Progress counts predicted GFLOPs, not calls: a training step of the uncompressed model costs many encoder
     # calls of a compressed one, so a per-call bar would give a useless time estimate.
     gflops = {
         (spec.name, variant.name): resolved.predict(spec.flop_mode, variant.placement, full=False).flops / 1e9
