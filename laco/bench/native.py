@@ -1,16 +1,10 @@
 """The ``packed`` engine: LaCo inside a packed native-resolution tower (Qwen2-VL, Qwen2.5-VL).
 
-A random-weight tower at a public geometry (:data:`laco.cost.native.PACKED_ENCODERS`) takes one packed call per
-image set (a 448 px image, a 1344 px one, three sizes at once, ...). Three variants of the same instance, switched
-with :class:`~laco.bench.models.CompressionSwitch`, are timed interleaved (:func:`~laco.bench.timing.run_interleaved`):
-the ``original`` tower, LaCo at 1/4 depth in ``keep_llm_tokens`` mode (the LLM receives the same tokens as from the
-original) and in ``compress_more`` mode (4x fewer). Each compressed variant is compared with the original: the
-median of the per-round ratios, wall clock and process CPU time (less inflated by other processes), next to the
-FLOP bound of :mod:`laco.cost.native` and the LLM's time-to-first-token bound. What laco adds per call (the call's
-layout, the merge, the arguments of every later block) is timed on its own.
-
-Why not the batched engine: it feeds one square image as 4-D ``pixel_values``; a packed tower takes ``grid_thw``
-and several image sets per run, and its variants are modes, not depths and methods.
+A random-weight tower at a public geometry takes one packed call per image set. The ``original`` tower and LaCo in
+``keep_llm_tokens`` and ``compress_more`` mode (:func:`~laco.bench.variants.packed_tower_variants`) are timed
+interleaved, in wall clock and process CPU time (less inflated by other processes), next to the FLOP bounds of
+:mod:`laco.cost.native`; what laco adds per call is timed on its own. Not the batched engine: a packed tower takes
+``grid_thw`` and several image sets per run, and its variants are modes, not depths and methods.
 """
 
 from __future__ import annotations
@@ -209,7 +203,7 @@ def run_native(
     result.notes = [*preset.notes, precision.describe()]
     switch = CompressionSwitch(tower)
     for size in sizes:
-        result.sizes[size] = _run_size(preset, settings, switch, variants, size, device, precision.dtype, progress)
+        result.sizes[size] = _run_size(result, switch, size, device, progress)
         _finish_machine(result, load)
         if on_size is not None:
             on_size(result)
@@ -223,19 +217,10 @@ def _finish_machine(result: NativeResult, load: CpuLoad | None) -> None:
         result.machine["other_processes_cores"] = None if others is None else round(others, 2)
 
 
-def _run_size(
-    preset: NativePreset,
-    settings: NativeSettings,
-    switch: CompressionSwitch,
-    variants: list[BenchVariant],
-    size: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    progress: bool,
-) -> SizeResult:
-    images = IMAGE_SETS[size]
+def _run_size(result: NativeResult, switch: CompressionSwitch, size: str, device: torch.device, progress: bool):
+    preset, settings, variants, images = result.preset, result.settings, result.variants, IMAGE_SETS[size]
     pixels, grid_thw = packed_inputs(preset.encoder, images, settings.seed + 1)
-    pixels, grid_thw = pixels.to(device, dtype), grid_thw.to(device)
+    pixels, grid_thw = pixels.to(device, getattr(torch, result.dtype)), grid_thw.to(device)
     patches = int(grid_thw.prod(-1).sum())
     reps = settings.reps or preset.reps(size, device)
     warmup = preset.warmup(patches, device) if settings.warmup is None else settings.warmup
@@ -247,19 +232,15 @@ def _run_size(
     if progress:
         print(f"{preset.name} {size}: {patches} patches, {warmup} warm-up + {reps} timed rounds", flush=True)
     report = _progress_line(size, progress)
-    samples = run_interleaved(
-        calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report
-    )  # fmt: skip
+    samples = run_interleaved(calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report)
     costs = {v.name: packed_encoder_flops(preset.encoder, v.placement, images=images, mode=_mode(v)) for v in variants}
     _check_tokens(rows, costs)
-    ttft = {}
-    if preset.llm is not None:
-        for v in variants:
-            cost = packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v))
-            ttft[v.name] = cost.total
-    overhead = {
-        v.name: laco_overhead(switch, v, pixels, grid_thw) for v in variants if v.placement.compressed
-    }  # fmt: skip
+    ttft = {
+        v.name: packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v)).total
+        for v in variants
+        if preset.llm is not None
+    }
+    overhead = {v.name: laco_overhead(switch, v, pixels, grid_thw) for v in variants if v.placement.compressed}
     return SizeResult(
         size, images, grid_thw.tolist(), warmup, reps, samples,
         {name: cost.total for name, cost in costs.items()}, ttft,
@@ -334,11 +315,7 @@ def laco_overhead(switch: CompressionSwitch, variant: BenchVariant, pixels, grid
             for block in range(layer, depth):
                 after.block_inputs(block, block_kwargs)
             end = clock.mark()
-            for part, (a, b) in {
-                "layout": (start, middle),
-                "merge": (middle, merged),
-                "block_inputs": (merged, end),
-            }.items():
+            for part, (a, b) in zip(times, ((start, middle), (middle, merged), (merged, end))):
                 times[part].append(clock.seconds(a, b))
     return {part: Stats.of(values).median for part, values in times.items()}
 
@@ -379,18 +356,3 @@ def _size_dict(result: NativeResult, row: SizeResult) -> dict[str, Any]:
 
 def _ttft_bound(row: SizeResult, baseline: str, name: str) -> float | None:
     return row.ttft_flops[baseline] / row.ttft_flops[name] if row.ttft_flops else None
-
-
-__all__ = [
-    "IMAGE_SETS",
-    "NATIVE_PRESETS",
-    "NativePreset",
-    "NativeResult",
-    "NativeSettings",
-    "SizeResult",
-    "build_tower",
-    "laco_overhead",
-    "native_preset",
-    "packed_inputs",
-    "run_native",
-]

@@ -39,7 +39,6 @@ from .timing import Samples, Stats, run_interleaved
 from .variants import BenchVariant, build_variants
 
 PROMPT = "Describe the image in one sentence."
-METRICS = ("ttft_s", "requests_per_s", "output_tokens_per_s")
 RATIOS = {"ttft": "ttft_s", "requests_per_s": "requests_per_s", "output_tokens_per_s": "output_tokens_per_s"}
 """Each reported ratio and the metric it compares (TTFT: lower is better, so external / LaCo)."""
 
@@ -179,11 +178,7 @@ def _build_one(job: str) -> None:
     from .tokenizer import bench_tokenizer
 
     data = json.loads(job)
-    settings, placement, path = (
-        ServingSettings(**data["settings"]),
-        Placement.from_dict(data["placement"]),
-        data["path"],
-    )
+    settings, placement = ServingSettings(**data["settings"]), Placement.from_dict(data["placement"])
     preset = load_preset(settings.preset)
     model = random_mllm(
         preset.encoder, preset.llm, llm_layers=settings.llm_layers, dtype=torch.float32,
@@ -195,8 +190,8 @@ def _build_one(job: str) -> None:
     processor.num_image_tokens = model.num_image_tokens(preset.resolution)
     model.config.image_token_index = processor.image_token_id  # the tokenizer's <image>, inside the vocabulary
     model.config.image_seq_length = processor.num_image_tokens
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    model.save_pretrained(data["path"])
+    processor.save_pretrained(data["path"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -351,18 +346,14 @@ def _summarise(result: ServingResult, samples: dict[str, Samples]) -> None:
     """Medians per metric, LaCo's ratios over external (median and quartiles of the per-round ratios)."""
     laco, external = names = tuple(samples)
     for name in names:
-        result.samples[name] = {metric: samples[name].phases[metric] for metric in METRICS}
+        result.samples[name] = {metric: samples[name].phases[metric] for metric in RATIOS.values()}
         result.medians[name] = {m: statistics.median(v) for m, v in result.samples[name].items()}
     rounds = samples[laco].rounds
     result.order = [sorted(names, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in rounds]
     for key, metric in RATIOS.items():
-        a, b = result.samples[laco][metric], result.samples[external][metric]
-        per_round = [y / x if key == "ttft" else x / y for x, y in zip(a, b)]
+        numerator, denominator = (external, laco) if key == "ttft" else (laco, external)
+        per_round = [a / b for a, b in zip(result.samples[numerator][metric], result.samples[denominator][metric])]
         spread = Stats.of(per_round)
         result.spreads[key] = [spread.q1, spread.q3]
-    result.ratios = {
-        "ttft": result.medians[external]["ttft_s"] / result.medians[laco]["ttft_s"],
-        "requests_per_s": result.medians[laco]["requests_per_s"] / result.medians[external]["requests_per_s"],
-        "output_tokens_per_s": result.medians[laco]["output_tokens_per_s"] / result.medians[external]["output_tokens_per_s"],
-    }
+        result.ratios[key] = result.medians[numerator][metric] / result.medians[denominator][metric]
 
