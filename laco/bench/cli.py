@@ -102,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if args.compare:
-            print(compare(args.compare, by=args.by, out=args.out or f"runs/bench-compare-{stamp}", variant=args.variant))
+            print(
+                compare(args.compare, by=args.by, out=args.out or f"runs/bench-compare-{stamp}", variant=args.variant)
+            )
             return 0
         engine, settings = engine_settings(args)
         name = Path(str(settings.preset or (QUICK_PRESET if getattr(settings, "quick", False) else DEFAULT_PRESET)))

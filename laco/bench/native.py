@@ -199,7 +199,9 @@ def run_native(
     tower = build_tower(preset.encoder, settings.attn, settings.seed).to(device, precision.dtype)
     variants = packed_tower_variants(preset.encoder.layers, preset.layer)
     dtype = str(precision.dtype).removeprefix("torch.")
-    result = NativeResult(preset, settings, dtype, machine, variants, load_average_start=load_average(), started=started)
+    result = NativeResult(
+        preset, settings, dtype, machine, variants, load_average_start=load_average(), started=started
+    )
     result.notes = [*preset.notes, precision.describe()]
     switch = CompressionSwitch(tower)
     for size in sizes:

@@ -92,6 +92,7 @@ _SO400M_NOTE = (
     "drops the last layer (26 used), which changes the FLOP ratios by ~1%."
 )
 
+
 @dataclass(frozen=True)
 class NativePreset:
     """A packed tower to time (``engine = "packed"``). ``llm`` is the LLM it feeds (for the time-to-first-token

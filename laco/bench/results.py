@@ -24,7 +24,6 @@ from .timing import Samples, Stats, paired_ratios
 from .variants import BenchVariant, headline_variant
 
 
-
 @dataclass
 class VariantResult:
     """One variant under one measurement: raw samples, scaled samples (reduced LLM depth), FLOPs, memory."""

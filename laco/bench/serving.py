@@ -291,8 +291,13 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
             log = out / f"serve-{name.replace('/', '-')}.log"
             servers[name] = stack.enter_context(
                 vllm_server(
-                    paths[name], python=python, name=name, extra_args=args, log=log,
-                    dtype="float32" if on_cpu else "bfloat16", eager=on_cpu,
+                    paths[name],
+                    python=python,
+                    name=name,
+                    extra_args=args,
+                    log=log,
+                    dtype="float32" if on_cpu else "bfloat16",
+                    eager=on_cpu,
                 )  # fmt: skip
             )
         samples = _time_servers(servers, settings, load_preset(settings.preset).resolution, progress)
@@ -356,4 +361,3 @@ def _summarise(result: ServingResult, samples: dict[str, Samples]) -> None:
         spread = Stats.of(per_round)
         result.spreads[key] = [spread.q1, spread.q3]
         result.ratios[key] = result.medians[numerator][metric] / result.medians[denominator][metric]
-

@@ -70,7 +70,12 @@ class Run:
 
 
 def _legacy(speed: dict[str, Any]) -> dict[str, Any]:
-    return {"measured": speed["measured"], "q1": speed["paired_q1"], "q3": speed["paired_q3"], "bound": speed["flop_bound"]}
+    return {
+        "measured": speed["measured"],
+        "q1": speed["paired_q1"],
+        "q3": speed["paired_q3"],
+        "bound": speed["flop_bound"],
+    }
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -179,9 +184,14 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     for kind in kinds:
         panels[_short(kind)] = [
             Series(
-                label, [r["value"] if numeric else str(r["value"]) for r in points], [r["measured"] for r in points],
-                [r["q1"] for r in points], [r["q3"] for r in points], [r["bound"] for r in points],
-                color=f"C{index}", bound_line=True,
+                label,
+                [r["value"] if numeric else str(r["value"]) for r in points],
+                [r["measured"] for r in points],
+                [r["q1"] for r in points],
+                [r["q3"] for r in points],
+                [r["bound"] for r in points],
+                color=f"C{index}",
+                bound_line=True,
             )  # fmt: skip
             for index, label in enumerate(labels)
             if (points := [r for r in table if r["kind"] == kind and r["label"] == label])

@@ -105,7 +105,9 @@ def test_init_only_reexports(package):
     tree = ast.parse((ROOT / package / "__init__.py").read_text())
     for node in tree.body:
         docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-        all_names = isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ["__all__"]
+        all_names = isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == [
+            "__all__"
+        ]
         assert docstring or all_names or isinstance(node, ast.Import | ast.ImportFrom), ast.dump(node)[:80]
 
 
