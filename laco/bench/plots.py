@@ -40,6 +40,7 @@ def write_plot(
     title: str,
     curves: Mapping[str, tuple[list[float], list[float]]] | None = None,
     log2x: bool = False,
+    xlim: tuple[float, float] | None = None,
 ) -> Path:
     """One panel per entry of ``panels``; ``curves`` adds a grey FLOP-bound curve to a panel."""
     import matplotlib
@@ -50,7 +51,8 @@ def write_plot(
     if not panels:
         raise ValueError("nothing to plot: no speed-up of a compressed variant over its baseline.")
     curves = curves or {}
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    # A single panel gets the width of two, so the title naming the run fits.
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(8.4, 4.2 * len(panels)), 3.8), squeeze=False)
     for axis, (name, series) in zip(axes[0], panels.items()):
         tops = [1.0]
         if name in curves:
@@ -63,14 +65,18 @@ def write_plot(
         axis.set_title(name)
         axis.set_xlabel(xlabel)
         axis.set_ylim(0, max(tops) * 1.15)
+        if xlim is not None:
+            axis.set_xlim(*xlim)
         if log2x:
             axis.set_xscale("log", base=2)
             values = sorted({x for line in series for x in line.xs})
             axis.set_xticks(values, [str(v) for v in values])
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel(YLABEL)
-    handles, names = axes[0][-1].get_legend_handles_labels()
-    unique = dict(zip(names, handles))
+    unique = {}
+    for axis in axes[0]:
+        handles, names = axis.get_legend_handles_labels()
+        unique.update(zip(names, handles))
     axes[0][-1].legend(unique.values(), unique.keys(), fontsize=7, loc="best")
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
@@ -145,6 +151,7 @@ def write_run_plot(data: Mapping[str, Any], path: str | Path) -> Path:
         xlabel="compression depth (fraction of encoder layers)",
         title=f"{data['preset']['name']} ({data['engine']}, {device}): medians of interleaved rounds, bars: IQR",
         curves=curves,
+        xlim=(0, 1.05),
     )
 
 

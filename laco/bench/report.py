@@ -110,7 +110,7 @@ def format_table(result: BenchResult, kind: str) -> str:
 # Summary
 
 
-def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> str:
+def format_summary(result: BenchResult, files: dict[str, str] | None = None, provenance: dict | None = None) -> str:
     """The few lines worth reading first: the main target, the efficiency over all placements, run time."""
     settings, machine = result.settings, result.machine
     lines = [
@@ -119,6 +119,8 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
         + (f", GPU {machine.gpu.name}" if machine.gpu else "")
         + f"; torch {machine.torch}, transformers {machine.transformers}",
     ]
+    if provenance is not None:
+        lines.append(f"   {provenance_text(provenance)}")
     lines += _headline_lines(result)
     lines += _efficiency_lines(result)
     if result.anatomy is not None:

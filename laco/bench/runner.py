@@ -58,9 +58,9 @@ def run_benchmark(
     elif preset is not None or options:
         raise TypeError("run_benchmark takes either settings=BenchSettings(...) or its fields, not both.")
     result = run(settings, progress=progress)
+    data = result.to_dict()
     files: dict[str, str] = {}
     if out is not None:
-        data = result.to_dict()
         files["json"] = str(write_result(data, out))
         if plot:
             files["plot"] = str(plots.write_run_plot(data, Path(out) / "bench.png"))
@@ -68,7 +68,7 @@ def run_benchmark(
         for kind in result.measurements:
             print(report.format_table(result, kind))
             print()
-        print(report.format_summary(result, files))
+        print(report.format_summary(result, files, data["provenance"]))
     return result
 
 

@@ -128,6 +128,7 @@ def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict
                         "label": run.label,
                         "value": run.settings[key],
                         "kind": record["measurement"],
+                        "title": record["title"],
                         "variant": name,
                         **{field: record[field] for field in ("measured", "q1", "q3", "bound")},
                         "path": str(run.path),
@@ -154,7 +155,7 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
         [
             row["label"],
             str(row["value"]),
-            _short(row["kind"]),
+            row["title"],
             row["variant"],
             f"{row['measured']:.2f}x [{row['q1']:.2f}-{row['q3']:.2f}]",
             f"{row['bound']:.2f}x",
@@ -182,7 +183,7 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     numeric = all(isinstance(row["value"], int | float) and not isinstance(row["value"], bool) for row in table)
     panels = {}
     for kind in kinds:
-        panels[_short(kind)] = [
+        panels[next(r["title"] for r in table if r["kind"] == kind)] = [
             Series(
                 label,
                 [r["value"] if numeric else str(r["value"]) for r in points],
