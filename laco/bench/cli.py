@@ -29,7 +29,9 @@ from .sweep import compare
 
 ENGINES = {"batched": BenchSettings, "packed": NativeSettings, "vllm": ServingSettings}
 DESCRIBED = {"batched": "batched presets", "packed": "packed-tower presets", "vllm": "--engine vllm"}
-SETTING_NAMES = {f.name for settings in ENGINES.values() for f in fields(settings)}
+OWNERS = {name: [e for e, s in ENGINES.items() if name in {f.name for f in fields(s)}] for name in
+          {f.name for s in ENGINES.values() for f in fields(s)}}  # fmt: skip
+"""Every settings field, and the engines that take it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,12 +80,9 @@ def engine_settings(args: argparse.Namespace) -> tuple[str, BenchSettings | Nati
     preset = getattr(args, "preset", None) or (QUICK_PRESET if getattr(args, "quick", False) else DEFAULT_PRESET)
     engine = args.engine if args.engine not in (None, "torch") else any_preset(preset).engine
     own = [f.name for f in fields(ENGINES[engine])]
-    other = [name for name in vars(args) if name in SETTING_NAMES and name not in own]
+    other = [name for name in vars(args) if name in OWNERS and engine not in OWNERS[name]]
     if other:
-        owners = "; ".join(
-            f"{flag(name)} is for {' and '.join(DESCRIBED[e] for e, s in ENGINES.items() if name in {f.name for f in fields(s)})}"
-            for name in other
-        )
+        owners = "; ".join(f"{flag(name)} is for {' and '.join(DESCRIBED[e] for e in OWNERS[name])}" for name in other)
         options = ", ".join(flag(name) for name in own if name != "preset")
         raise ValueError(
             f"{', '.join(map(flag, other))} do(es) not apply to {DESCRIBED[engine]} ({preset}): {owners}. "

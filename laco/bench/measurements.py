@@ -4,8 +4,8 @@ show it.
 A :class:`Measurement` names its workload (a factory that returns the untimed ``prepare`` and the timed
 ``call`` for one variant on the run's :class:`~laco.bench.testbed.Testbed`), the :mod:`laco.cost` mode whose
 FLOPs it is compared with, its titles, the sub-phases its call reports, and what it needs (an LLM, gradients)
-or cannot do (compile). The settings, the runner, the report, the plot and ``--compare`` all read this
-registry, so a new measurement is one :func:`register` call::
+or cannot do (compile). The settings, the runner, the report and ``--compare`` all read this registry, so a
+new measurement is one :func:`register` call::
 
     register(Measurement("tower", "vision tower, no grad", "tower", my_workload, flop_mode="encoder",
                          needs_llm=False, default=False))

@@ -96,9 +96,8 @@ _SO400M_NOTE = (
 @dataclass(frozen=True)
 class NativePreset:
     """A packed tower to time (``engine = "packed"``). ``llm`` is the LLM it feeds (for the time-to-first-token
-    bound); ``cpu_reps`` the timed rounds per image set on a CPU (a large tower takes minutes per call at 1344 px);
-    image sets of more than ``warmup_max_patches`` patches skip the warm-up on a CPU (one call costs as much as a
-    timed one there)."""
+    bound); ``cpu_reps`` the timed rounds per image set on a CPU; image sets of more than ``warmup_max_patches``
+    patches skip the warm-up on a CPU (a call of a large tower costs as much as a timed one)."""
 
     name: str
     description: str

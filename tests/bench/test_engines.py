@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 
 from laco.bench import SCHEMA, main
 from laco.bench import serving as serving_module
 from laco.bench.plots import write_run_plot
+from laco.bench.presets import PRESETS, any_preset, load_preset, preset_from_dict
 from laco.bench.schema import write_result
 from laco.bench.serving import ServingResult, ServingSettings, build_checkpoints, flop_bounds, variant_names
 from laco.bench.sweep import load_runs
 
+REPO = Path(__file__).resolve().parents[2]
 QUICK = ["--quick", "--no-progress", "--no-plot", "--measure", "encoder", "--methods", "laco", "--two-stage", "none"]
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,6 +46,18 @@ def test_a_preset_file_with_a_yaml_syntax_error_is_one_line(tmp_path, capsys):
     assert main(["--preset", str(broken), "--no-progress", "--out", str(tmp_path / "out")]) == 2
     err = one_line_error(capsys)
     assert f"preset file {broken} line" in err and "YAML syntax error" in err
+
+
+def test_a_preset_file_names_its_engine(tmp_path):
+    assert load_preset(REPO / "configs" / "bench" / "internvl-0.5b.yaml").engine == "batched"
+    assert any_preset("tiny-qwen-tower").engine == "packed" and PRESETS["tiny"].engine == "batched"
+    with pytest.raises(ValueError, match="engine 'packed'; a preset with these fields is 'batched'"):
+        preset_from_dict({"encoder": "siglip-so400m", "engine": "packed"})
+
+
+def test_engine_torch_keeps_meaning_the_presets_own(tmp_path):
+    assert main(["--engine", "torch", *QUICK, "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "bench.json").read_text())["engine"] == "batched"
 
 
 def test_options_of_another_engine_name_theirs(capsys):
