@@ -341,7 +341,7 @@ def _size_dict(result: NativeResult, row: SizeResult) -> dict[str, Any]:
                 "baseline": variant.baseline,
                 **row.speedup(variant).to_dict(),
                 "cpu_time": row.speedup(variant, cpu_time=True).to_dict(),
-                "ttft_flop_bound": _ttft_bound(row, variant.baseline, variant.name),
+                "ttft_flop_bound": ttft_bound(row, variant.baseline, variant.name),
             }
             entry["overhead_seconds"] = row.overhead_seconds[variant.name]
             entry["overhead_share"] = row.overhead_share(variant.name)
@@ -356,5 +356,5 @@ def _size_dict(result: NativeResult, row: SizeResult) -> dict[str, Any]:
     }
 
 
-def _ttft_bound(row: SizeResult, baseline: str, name: str) -> float | None:
+def ttft_bound(row: SizeResult, baseline: str, name: str) -> float | None:
     return row.ttft_flops[baseline] / row.ttft_flops[name] if row.ttft_flops else None

@@ -5,7 +5,7 @@ each result's ``to_dict`` (:mod:`laco.bench.schema`), the plot :mod:`laco.bench.
 from __future__ import annotations
 
 from .measurements import Measurement, measurement
-from .native import NativeResult, SizeResult, _ttft_bound
+from .native import NativeResult, SizeResult, ttft_bound
 from .results import BenchResult, VariantResult
 from .serving import ServingResult
 from .timing import Stats
@@ -287,7 +287,7 @@ def _native_row(result: NativeResult, row: SizeResult) -> str:
     speed = {v.name: row.speedup(v) for v in (keep, more)}
     cpu = {v.name: row.speedup(v, cpu_time=True) for v in (keep, more)}
     tokens = "/".join(str(sum(row.llm_tokens[v.name])) for v in result.variants)
-    ttft = "/".join(_format_bound(_ttft_bound(row, original.name, v.name)) for v in (keep, more))
+    ttft = "/".join(_format_bound(ttft_bound(row, original.name, v.name)) for v in (keep, more))
     cells = [row.size, str(row.patches), f"{median[original.name]:.3g}"]
     for variant in (keep, more):
         s = speed[variant.name]
