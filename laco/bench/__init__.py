@@ -1,25 +1,14 @@
 """``laco bench``: time LaCo's in-encoder compression against external compression at real model geometries.
 
-Models are built from ``transformers`` config classes with random weights (nothing is downloaded), at the
-geometries of public models (:mod:`laco.cost` presets). Every measurement interleaves all placements in the same
-process, reports medians and spreads, counts FLOPs and sets the measured speed-ups against the FLOP bound of
-the analytic cost model.
+Random-weight models at the geometries of public models (nothing is downloaded); every measurement interleaves
+all placements, reports medians and spreads, and sets the speed-ups against the FLOP bound of :mod:`laco.cost`.
 
 >>> from laco.bench import run_benchmark
 >>> result = run_benchmark(quick=True, out="runs/bench-quick")          # tiny geometry, seconds
->>> result = run_benchmark(preset="llava-ov-0.5b", measure=["encoder", "prefill"], reps=5)
 
-Three engines share one preset table (:mod:`~laco.bench.presets`), one option generator
-(:mod:`~laco.bench.options`), the variants (:mod:`~laco.bench.variants`), the interleaved timing
-(:mod:`~laco.bench.timing`), one versioned result schema (:mod:`~laco.bench.schema`), one report
-(:mod:`~laco.bench.report`), one plot (:mod:`~laco.bench.plots`) and ``--compare`` (:mod:`~laco.bench.sweep`):
-
-* batched encoders and MLLMs: :mod:`~laco.bench.settings`, :mod:`~laco.bench.measurements`,
-  :mod:`~laco.bench.testbed`, :mod:`~laco.bench.runner`, :mod:`~laco.bench.results`;
-* packed native-resolution towers (Qwen-VL): :mod:`~laco.bench.native`;
-* vLLM serving: :mod:`~laco.bench.serving`.
-
-:mod:`~laco.bench.cli` is ``laco bench``.
+Three engines, batched (:mod:`~laco.bench.runner`), packed Qwen-VL towers (:mod:`~laco.bench.native`) and vLLM
+serving (:mod:`~laco.bench.serving`), share the presets, options, variants, timing, result schema
+(:mod:`~laco.bench.schema`), report, plot and ``--compare``; :mod:`~laco.bench.cli` is ``laco bench``.
 """
 
 from .cli import main

@@ -26,10 +26,10 @@ from .machine import CpuLoad, Machine
 from .models import CompressionSwitch
 from .options import check_threads, csv, option
 from .presets import PRESETS, NativePreset
-from .results import SpeedUp, preset_summary
+from .results import SpeedUp, paired_speedup, preset_summary
 from .schema import envelope, load_average, provenance, speedup_record
 from .settings import resolve_device
-from .timing import Clock, Samples, Stats, paired_ratios, run_interleaved, usable_cores
+from .timing import Clock, Samples, Stats, run_interleaved, usable_cores
 from .variants import BenchVariant, packed_tower_variants
 
 IMAGE_SETS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -134,8 +134,7 @@ class SizeResult:
     def speedup(self, variant: BenchVariant, cpu_time: bool = False) -> SpeedUp:
         """``variant`` against its baseline: median and quartiles of the per-round ratios, and the FLOP bound."""
         base, this = (self._timed(name, cpu_time) for name in (variant.baseline, variant.name))
-        spread = Stats.of(paired_ratios(base, this))
-        return SpeedUp(spread.median, spread.q1, spread.q3, self.flops[variant.baseline] / self.flops[variant.name])
+        return paired_speedup(base, this, self.flops[variant.baseline] / self.flops[variant.name])
 
     def _timed(self, name: str, cpu_time: bool) -> Samples:
         samples = self.samples[name]

@@ -143,12 +143,7 @@ class BenchResult:
         rows = self.measurements[kind]
         base, this = rows[variant.baseline], rows[name]
         bound = base.flops_predicted_full / this.flops_predicted_full
-        pairs = paired_ratios(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer))
-        if not pairs:
-            measured = base.stats().median / this.stats().median
-            return SpeedUp(measured, measured, measured, bound)
-        spread = Stats.of(pairs)
-        return SpeedUp(spread.median, spread.q1, spread.q3, bound)
+        return paired_speedup(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer), bound)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the result as plain JSON types: the content of ``bench.json``."""
@@ -195,6 +190,17 @@ class BenchResult:
                 row["speedup"]["without_optimizer"] = self.speedup(kind, variant.name, without_optimizer=True).to_dict()
             rows[variant.name] = row
         return rows
+
+
+def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
+    """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
+    pair), next to the FLOP ``bound``: how every engine states a speed-up."""
+    pairs = paired_ratios(baseline, variant)
+    if not pairs:
+        measured = baseline.stats().median / variant.stats().median
+        return SpeedUp(measured, measured, measured, bound)
+    spread = Stats.of(pairs)
+    return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
 def _scaled_samples(result: VariantResult, without_optimizer: bool = False) -> Samples:
