@@ -21,7 +21,7 @@ from ..precision import PRECISIONS, Precision
 from ..precision import choose as choose_precision
 from ..precision import normalize as normalize_precision
 from .measurements import MEASUREMENTS, Measurement, measurement
-from .options import FLAG, check_threads, csv, csv_or_none, option
+from .options import FLAG, check_threads, csv, csv_or_none, given, option
 from .presets import PRESETS, BenchPreset, load_preset
 from .timing import usable_cores
 from .variants import DEFAULT_DEPTHS, DEFAULT_METHODS, DEFAULT_TWO_STAGE
@@ -91,7 +91,7 @@ class BenchSettings:
     @classmethod
     def from_namespace(cls, namespace: Any) -> BenchSettings:
         """The settings an ``argparse`` namespace holds; a field it lacks keeps its default."""
-        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)})
+        return cls(**given(namespace, cls))
 
 
 # ---------------------------------------------------------------------------------------------------------------
