@@ -1,36 +1,37 @@
-"""``laco bench``: the command line of :func:`laco.bench.run_benchmark` and of ``--compare``.
+"""``laco bench``: one command line for every engine, and ``--compare``.
 
-Every field of :class:`~laco.bench.settings.BenchSettings` becomes one option (``method_depth`` ->
-``--method-depth``), with the help text and parser its ``metadata`` holds; the options below it say where the
-output goes.
+Every field of the engines' settings (:class:`~laco.bench.settings.BenchSettings`,
+:class:`~laco.bench.native.NativeSettings`, :class:`~laco.bench.serving.ServingSettings`) is one option
+(``method_depth`` -> ``--method-depth``; see :mod:`laco.bench.options`). The engine is ``--engine``, or the preset's
+(:mod:`laco.bench.presets`); an option the chosen engine does not take is refused by name.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import Field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
-from . import native_report
-from .native import IMAGE_SETS, NATIVE_PRESETS
-from .presets import PRESETS
-from .settings import DEFAULT_PRESET, FLAG, QUICK_PRESET, BenchSettings, csv
+from . import plots, report
+from .native import NativeResult, NativeSettings, run_native
+from .options import add_options, flag, given
+from .presets import PRESETS, any_preset
+from .runner import run_benchmark
+from .schema import write_result
+from .serving import ServingSettings
+from .serving import run as run_serving
+from .settings import DEFAULT_PRESET, QUICK_PRESET, BenchSettings
+from .sweep import compare
 
-
-def _settings_option(parser: argparse.ArgumentParser, setting: Field) -> None:
-    flag = "--" + setting.name.replace("_", "-")
-    help, parse = setting.metadata["help"], setting.metadata["parse"]
-    if parse == FLAG:
-        parser.add_argument(flag, action="store_true", help=help)
-        return
-    default: Any = setting.default
-    if isinstance(default, tuple):
-        default = ",".join(default)  # argparse runs a string default through ``type``, as if typed
-    parser.add_argument(flag, type=parse, default=default, choices=setting.metadata["choices"], help=help)
+ENGINES = {"batched": BenchSettings, "packed": NativeSettings, "vllm": ServingSettings}
+DESCRIBED = {"batched": "batched presets", "packed": "packed-tower presets", "vllm": "--engine vllm"}
+OWNERS = {name: [e for e, s in ENGINES.items() if name in {f.name for f in fields(s)}] for name in
+          {f.name for s in ENGINES.values() for f in fields(s)}}  # fmt: skip
+"""Every settings field, and the engines that take it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,39 +39,29 @@ def build_parser() -> argparse.ArgumentParser:
         prog="laco bench",
         description=(
             "Time LaCo's in-encoder compression against external compression (same visual-token count) and no "
-            "compression, on random-weight models at real geometries; report medians, spreads, FLOP-bound speed-ups, "
-            "and where the encoder time goes (a block before and after the merge, the merge itself)."
+            "compression, on random-weight models at real geometries: in this process (batched encoders and MLLMs, "
+            "packed Qwen-VL towers) or served by vLLM; report medians, spreads and FLOP-bound speed-ups."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for setting in fields(BenchSettings):
-        _settings_option(parser, setting)
     parser.add_argument(
         "--engine",
-        choices=["torch", "vllm"],
-        default="torch",
-        help="torch: time the model in this process; vllm: LaCo vs external served by vLLM (see --engine vllm --help)",
-    )
-    parser.add_argument(
-        "--out", default=None, help="directory for bench.json and bench.png (default runs/bench-<preset>-<time>)"
-    )
-    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
-    parser.add_argument(
-        "--sizes",
-        type=csv,
+        choices=("torch", *ENGINES),
         default=None,
-        help="packed-tower presets (e.g. qwen2.5-vl-7b-tower) only: image sets to time, one packed call each, from "
-        f"{','.join(IMAGE_SETS)} (default: the preset's)",
+        help="batched: encoders and LLaVA-style MLLMs in this process; packed: Qwen-VL towers; vllm: LaCo vs external "
+        "served by vLLM. Default (and torch): the preset's engine. [bracketed]: the engines an option is for",
     )
+    add_options(parser, ENGINES)
+    parser.add_argument("--out", default=None, help="directory for the result file, plot and table")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--no-progress", action="store_true", help="no progress output")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     parser.add_argument(
         "--compare",
         nargs="+",
         metavar="RUN",
         default=None,
-        help="time nothing: compare earlier runs (their bench.json or --out directories), headline speed-up "
-        "against the setting they differ in; table + sweep.png in --out",
+        help="time nothing: compare earlier runs of any engine (result files or --out directories), headline "
+        "speed-up against the setting they differ in; table + sweep.png in --out",
     )
     parser.add_argument("--by", default=None, help="with --compare: the setting for the x axis (default: batch, ...)")
     parser.add_argument(
@@ -84,54 +75,85 @@ def _error(error: Exception) -> int:
     return 2
 
 
-def _engine(argv: list[str]) -> str:
-    for index, arg in enumerate(argv):
-        if arg.startswith("--engine="):
-            return arg.split("=", 1)[1]
-        if arg == "--engine" and index + 1 < len(argv):
-            return argv[index + 1]
-    return "torch"
+def engine_settings(args: argparse.Namespace) -> tuple[str, BenchSettings | NativeSettings | ServingSettings]:
+    """The engine the options ask for, and its settings; refuses options that engine does not take."""
+    preset = getattr(args, "preset", None) or (QUICK_PRESET if getattr(args, "quick", False) else DEFAULT_PRESET)
+    engine = args.engine if args.engine not in (None, "torch") else any_preset(preset).engine
+    own = [f.name for f in fields(ENGINES[engine])]
+    other = [name for name in vars(args) if name in OWNERS and engine not in OWNERS[name]]
+    if other:
+        owners = "; ".join(f"{flag(name)} is for {' and '.join(DESCRIBED[e] for e in OWNERS[name])}" for name in other)
+        options = ", ".join(flag(name) for name in own if name != "preset")
+        raise ValueError(
+            f"{', '.join(map(flag, other))} do(es) not apply to {DESCRIBED[engine]} ({preset}): {owners}. "
+            f"Its options: {options}, --out, --no-progress."
+        )
+    return engine, ENGINES[engine](**given(args, ENGINES[engine]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: ``laco bench [options]``; returns the exit status."""
-    from . import run_benchmark
-    from .sweep import compare
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if _engine(argv) == "vllm":  # a serving benchmark has its own options (laco.bench.serving_report)
-        from .serving_report import main as serving_main
-
-        return serving_main(argv)
     args = build_parser().parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.list_presets:
-        for name, preset in {**PRESETS, **NATIVE_PRESETS}.items():
-            print(f"{name:20} {preset.description}")
+        for name, preset in PRESETS.items():
+            print(f"{name:20} [{preset.engine}] {preset.description}")
         return 0
-    if args.compare:
-        try:
+    try:
+        if args.compare:
             print(
                 compare(args.compare, by=args.by, out=args.out or f"runs/bench-compare-{stamp}", variant=args.variant)
             )
-        except (ValueError, FileNotFoundError) as error:
-            return _error(error)
-        return 0
-    preset_name = args.preset or (QUICK_PRESET if args.quick else DEFAULT_PRESET)
-    out = args.out or f"runs/bench-{Path(preset_name).stem}-{stamp}"
-    if preset_name in NATIVE_PRESETS:  # a packed native-resolution tower: its own variants and image sets
-        try:
-            return native_report.main(args, out)
-        except (ValueError, MemoryError) as error:
-            return _error(error)
-    if args.sizes:
-        return _error(
-            ValueError(f"--sizes is for packed-tower presets ({', '.join(NATIVE_PRESETS)}), not {preset_name}.")
-        )
-    try:
-        run_benchmark(
-            settings=BenchSettings.from_namespace(args), out=out, plot=not args.no_plot, progress=not args.no_progress
-        )
+            return 0
+        engine, settings = engine_settings(args)
+        name = Path(str(settings.preset or (QUICK_PRESET if getattr(settings, "quick", False) else DEFAULT_PRESET)))
+        out = Path(args.out or f"runs/bench-{'vllm' if engine == 'vllm' else name.stem}-{stamp}")
+        if engine == "batched":
+            run_benchmark(settings=settings, out=out, plot=not args.no_plot, progress=not args.no_progress)
+            return 0
+        return (_packed if engine == "packed" else _vllm)(settings, out, args)
     except (ValueError, MemoryError, FileNotFoundError) as error:
         return _error(error)
+
+
+def _packed(settings: NativeSettings, out: Path, args: argparse.Namespace) -> int:
+    """Run a packed tower, writing ``native.json`` and ``native.md`` after every image set (a long run stopped
+    early keeps the sets it finished)."""
+
+    def write(result: NativeResult) -> dict:
+        data = result.to_dict()
+        write_result(data, out)
+        (out / "native.md").write_text(report.native_markdown(result, data["provenance"]))
+        return data
+
+    result = run_native(settings, progress=not args.no_progress, on_size=write)
+    data = write(result)
+    files = [out / "native.json", out / "native.md"]
+    if not args.no_plot:
+        files.append(plots.write_run_plot(data, out / "native.png"))
+    print("\n" + report.native_markdown(result, data["provenance"]))
+    print(f"files: {', '.join(map(str, files))}")
+    return 0
+
+
+def _vllm(settings: ServingSettings, out: Path, args: argparse.Namespace) -> int:
+    from ..serve.launch import ServeUnavailable
+
+    if settings.requests < 1 or settings.rounds < 1 or settings.output_tokens < 1:
+        return _error(ValueError("--requests, --rounds and --output-tokens must be >= 1"))
+    # A plain SIGTERM would end Python without unwinding, leaving both vLLM servers running: exit through
+    # SystemExit instead, so the servers are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        result = run_serving(settings, out, progress=not args.no_progress)
+    except ServeUnavailable as error:
+        return _error(error)
+    data = result.to_dict()
+    files = [write_result(data, out), out / "serving.md"]
+    table, summary = report.serving_table(result), report.serving_summary(result, data["provenance"])
+    (out / "serving.md").write_text(f"{table}\n\n{summary}\n")
+    if not args.no_plot:
+        files.append(plots.write_run_plot(data, out / "serving.png"))
+    print(f"\n{table}\n\n{summary}\n")
+    print(f"files: {', '.join(map(str, files))}")
     return 0

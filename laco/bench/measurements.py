@@ -4,8 +4,8 @@ show it.
 A :class:`Measurement` names its workload (a factory that returns the untimed ``prepare`` and the timed
 ``call`` for one variant on the run's :class:`~laco.bench.testbed.Testbed`), the :mod:`laco.cost` mode whose
 FLOPs it is compared with, its titles, the sub-phases its call reports, and what it needs (an LLM, gradients)
-or cannot do (compile). The settings, the runner, the report, the plot and ``--compare`` all read this
-registry, so a new measurement is one :func:`register` call::
+or cannot do (compile). The settings, the runner, the report and ``--compare`` all read this registry, so a
+new measurement is one :func:`register` call::
 
     register(Measurement("tower", "vision tower, no grad", "tower", my_workload, flop_mode="encoder",
                          needs_llm=False, default=False))
@@ -15,16 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-from ..cost import MODES, encoder_flops, image_tokens, mllm_flops
-from ..placement import Placement
-from . import workloads
-
-if TYPE_CHECKING:
-    from .settings import ResolvedSettings
-    from .testbed import Testbed
-    from .variants import BenchVariant
+from ..cost import MODES
 
 Prepare = Callable[[], None]
 Call = Callable[[], Mapping[str, float] | None]
@@ -42,7 +35,7 @@ class Rate:
     """A throughput column: ``per_call(settings)`` items per call, shown as ``unit`` (``tok/s``)."""
 
     unit: str
-    per_call: Callable[[ResolvedSettings], float]
+    per_call: Callable[[Any], float]  # of the ResolvedSettings
 
 
 @dataclass(frozen=True)
@@ -52,7 +45,8 @@ class Measurement:
     Args:
         name: what ``--measure`` and ``bench.json`` call it.
         title: the table's title; short: its label in the summary, plots and ``--compare``.
-        workload: ``workload(testbed, variant) -> (prepare, call)``.
+        workload: ``workload(testbed, variant) -> (prepare, call)``, or the name of a
+            :class:`~laco.bench.testbed.Testbed` method taking ``variant`` (the built-in measurements).
         flop_mode: the :data:`laco.cost.MODES` entry whose FLOPs predict the call's.
         detail: what one call processes, for the table's subtitle; formatted with ``s``, the resolved settings.
         phases: the sub-phases a call reports (``stack_*``: the LLM decoder stack's share).
@@ -66,7 +60,7 @@ class Measurement:
     name: str
     title: str
     short: str
-    workload: Callable[[Testbed, BenchVariant], Workload]
+    workload: Callable[[Any, Any], Workload] | str
     flop_mode: str
     detail: str = ""
     phases: tuple[str, ...] = ()
@@ -114,30 +108,6 @@ def default_measurements(with_llm: bool) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# What the cost model predicts
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The cost model's FLOPs of one call, and the token counts behind them."""
-
-    flops: float
-    image_tokens: int
-    sequence_tokens: int | None
-
-
-def predict(settings: ResolvedSettings, mode: str, placement: Placement, *, full: bool) -> Prediction:
-    """FLOPs of a ``mode`` call of ``placement``, for the LLM as built (``full=False``) or at its full depth."""
-    preset = settings.preset
-    llm = preset.llm if full else settings.built_llm
-    if llm is None:
-        cost = encoder_flops(preset.encoder, placement, image_size=preset.resolution, images=settings.batch)
-        return Prediction(cost.total, image_tokens(cost, preset.encoder, drop_prefix=False), None)
-    cost = mllm_flops(preset.encoder, llm, placement, mode=mode, **settings.cost_inputs)
-    return Prediction(cost.total, int(cost.info["image_tokens"]), cost.info.get("sequence_tokens"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The built-in measurements
 
 register(
@@ -145,7 +115,7 @@ register(
         "encoder",
         "vision encoder forward (inference)",
         "encoder",
-        workloads.encoder_forward,
+        "encoder_forward",
         flop_mode="encoder",
         needs_llm=False,
         anatomy=True,
@@ -156,7 +126,7 @@ register(
         "train",
         "training step: forward + answer loss + backward + AdamW step, everything trainable",
         "train step",
-        workloads.train_step,
+        "train_step",
         flop_mode="train",
         detail="sequence = image + {s.preset.prompt_tokens} prompt + {s.preset.answer_tokens} answer tokens",
         phases=("forward", "backward", OPTIMIZER_PHASE, "stack_forward", "stack_backward", "stack_optimizer"),
@@ -169,7 +139,7 @@ register(
         "prefill",
         "time to first token: prefill of image + prompt, first token",
         "TTFT",
-        workloads.prefill,
+        "prefill",
         flop_mode="prefill",
         detail="prompt = image + {s.preset.prompt_tokens} text tokens",
         phases=("stack_forward",),
@@ -181,7 +151,7 @@ register(
         "decode",
         "decode: greedy tokens with the KV cache",
         "decode",
-        workloads.decode,
+        "decode",
         flop_mode="decode",
         detail="{s.preset.answer_tokens} tokens after the prefill",
         phases=("stack_forward",),

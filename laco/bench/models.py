@@ -1,7 +1,7 @@
 """Random-weight models at real geometries (no downloads), and switching one model between placements.
 
 Why one shared model for all placements: interleaved timing needs every variant alive at once, and a
-0.9B-parameter MLLM with AdamW state is ~15 GB in fp32; a copy per placement does not fit. The placements
+MLLM with AdamW state takes 16 bytes per parameter in fp32; a copy per placement does not fit. The placements
 differ only in the compressors laco attaches, so one model is built from a ``LacoLlavaConfig`` and
 :class:`CompressionSwitch` moves between placements with :func:`laco.apply` / :func:`laco.remove`: exactly the
 modules ``LacoLlavaForConditionalGeneration`` attaches itself when ``vision_config.laco`` is set (a test checks

@@ -1,19 +1,10 @@
-"""``laco bench --preset qwen2.5-vl-7b-tower``: LaCo inside a packed native-resolution tower (Qwen2-VL, Qwen2.5-VL).
+"""The ``packed`` engine: LaCo inside a packed native-resolution tower (Qwen2-VL, Qwen2.5-VL).
 
-A random-weight tower at a public geometry (:data:`laco.cost.native.PACKED_ENCODERS`) takes one packed call per
-image set (a 448 px image, a 1344 px one, three sizes at once, ...). Three variants of the same instance, switched
-with ``laco.apply`` / ``laco.remove`` (:class:`~laco.bench.models.CompressionSwitch`), are timed interleaved
-(:func:`~laco.bench.timing.run_interleaved`): the ``original`` tower, LaCo at 1/4 depth in ``keep_llm_tokens`` mode
-(the LLM receives the same tokens as from the original) and in ``compress_more`` mode (4x fewer). Each compressed
-variant is compared with the original: the median of the per-round ratios, wall clock and process CPU time (less
-inflated by other processes), next to the FLOP bound of :mod:`laco.cost.native` (tested against ``FlopCounterMode``
-on tiny towers, so calls here are not counted) and the LLM's time-to-first-token bound. What laco adds per call
-(the call's layout, the merge, the arguments of every later block) is timed on its own.
-
-Why not the encoder measurement of the batched presets: those feed one square image as 4-D ``pixel_values`` and
-predict with :mod:`laco.cost`; a packed tower takes ``grid_thw`` and several image sets per run, and its variants
-are modes, not depths and methods. The pieces that fit are shared: variants (:class:`BenchVariant`), interleaving,
-statistics (:class:`SpeedUp`), the machine description.
+A random-weight tower at a public geometry takes one packed call per image set. The ``original`` tower and LaCo in
+``keep_llm_tokens`` and ``compress_more`` mode (:func:`~laco.bench.variants.packed_tower_variants`) are timed
+interleaved, in wall clock and process CPU time (less inflated by other processes), next to the FLOP bounds of
+:mod:`laco.cost.native`; what laco adds per call is timed on its own. Not the batched engine: a packed tower takes
+``grid_thw`` and several image sets per run, and its variants are modes, not depths and methods.
 """
 
 from __future__ import annotations
@@ -21,22 +12,24 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from .. import patch as laco_patch
-from ..cost import LLMGeometry, llm_geometry
-from ..cost.native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from ..cost.native import PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from ..precision import PRECISIONS
 from ..precision import choose as choose_precision
-from .machine import CpuLoad, Machine, checkout_commit
+from .machine import CpuLoad, Machine
 from .models import CompressionSwitch
-from .presets import TINY_LLM
-from .results import SpeedUp
+from .options import check_threads, csv, option
+from .presets import PRESETS, NativePreset
+from .results import SpeedUp, paired_speedup, preset_summary
+from .schema import envelope, load_average, provenance, speedup_record
 from .settings import resolve_device
-from .timing import Clock, Samples, Stats, paired_ratios, run_interleaved, usable_cores
+from .timing import Clock, Samples, Stats, run_interleaved, usable_cores
 from .variants import BenchVariant, packed_tower_variants
 
 IMAGE_SETS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -49,64 +42,7 @@ IMAGE_SETS: dict[str, tuple[tuple[int, int], ...]] = {
 CPU_SECONDS = "cpu"
 """The sub-phase a timed call reports: this process's CPU seconds during the call."""
 OVERHEAD_REPEATS = 5
-
-
-@dataclass(frozen=True)
-class NativePreset:
-    """A packed tower to time. ``llm`` is the LLM it feeds (for the time-to-first-token bound); ``cpu_reps`` the
-    timed rounds per image set on a CPU (the 7B tower takes minutes per call at 1344 px); image sets of more than
-    ``warmup_max_patches`` patches skip the warm-up on a CPU (one call costs as much as a timed one there)."""
-
-    name: str
-    description: str
-    encoder: PackedEncoderGeometry
-    llm: LLMGeometry | None
-    sizes: tuple[str, ...] = ("448", "1344")
-    cpu_reps: Mapping[str, int] = field(default_factory=lambda: {"448": 3})
-    warmup_max_patches: int = 4096
-    layer: str = "1/4"
-    notes: tuple[str, ...] = ()
-
-    def reps(self, size: str, device: torch.device) -> int:
-        return self.cpu_reps.get(size, 2) if device.type == "cpu" else 10
-
-    def warmup(self, patches: int, device: torch.device) -> int:
-        return 3 if device.type == "cuda" else int(patches <= self.warmup_max_patches)
-
-
-_RANDOM = "random weights: the time of a call does not depend on them; speed-ups are what this measures, not quality."
-NATIVE_PRESETS: dict[str, NativePreset] = {
-    preset.name: preset
-    for preset in (
-        NativePreset(
-            "qwen2.5-vl-7b-tower",
-            "Qwen2.5-VL-7B vision tower (32 blocks, width 1280, 112 px windows, full attention in 7/15/23/31), "
-            "feeding Qwen2-7B",
-            PACKED_ENCODERS["qwen2.5-vl-7b"],
-            llm_geometry(PACKED_LLMS["qwen2.5-vl-7b"]),
-            notes=(_RANDOM,),
-        ),
-        NativePreset(
-            "qwen2-vl-2b-tower",
-            "Qwen2-VL-2B vision tower (32 blocks, width 1280, full attention), feeding Qwen2-1.5B",
-            PACKED_ENCODERS["qwen2-vl-2b"],
-            llm_geometry(PACKED_LLMS["qwen2-vl-2b"]),
-            notes=(_RANDOM,),
-        ),
-        NativePreset(
-            "tiny-qwen-tower",
-            "tiny Qwen2.5-VL-like tower for CI: 4 blocks, width 32, 112 px windows, full attention in 1/3",
-            PackedEncoderGeometry(
-                "tiny-qwen2.5-vl", "qwen2.5-vl", 32, 4, 4, 48, 32, mlp_kind="swiglu", window=112, full_blocks=(1, 3)
-            ),
-            TINY_LLM,
-            sizes=("448", "mixed"),
-            cpu_reps={},
-            warmup_max_patches=10**6,
-            notes=("tiny geometry: timings are dominated by Python overhead and say nothing about real models.",),
-        ),
-    )
-}
+NATIVE_PRESETS: dict[str, NativePreset] = {name: p for name, p in PRESETS.items() if p.engine == "packed"}
 
 
 @dataclass(frozen=True)
@@ -114,14 +50,19 @@ class NativeSettings:
     """What a packed-tower run asks for; ``None`` fields take the preset's defaults (per image set and device)."""
 
     preset: str = "qwen2.5-vl-7b-tower"
-    sizes: tuple[str, ...] | None = None
+    sizes: tuple[str, ...] | None = option(
+        None, f"image sets to time, one packed call each, from {','.join(IMAGE_SETS)} (default: the preset's)", csv
+    )
     reps: int | None = None
     warmup: int | None = None
     threads: int | None = None
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = option("auto", "dtype of the tower", choices=PRECISIONS)
     seed: int = 0
-    attn: str = "sdpa"
+    attn: str = option("sdpa", "attention implementation of the tower (sdpa, eager)")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sizes", tuple(self.sizes) if self.sizes else None)
 
 
 def native_preset(name: str) -> NativePreset:
@@ -193,8 +134,7 @@ class SizeResult:
     def speedup(self, variant: BenchVariant, cpu_time: bool = False) -> SpeedUp:
         """``variant`` against its baseline: median and quartiles of the per-round ratios, and the FLOP bound."""
         base, this = (self._timed(name, cpu_time) for name in (variant.baseline, variant.name))
-        spread = Stats.of(paired_ratios(base, this))
-        return SpeedUp(spread.median, spread.q1, spread.q3, self.flops[variant.baseline] / self.flops[variant.name])
+        return paired_speedup(base, this, self.flops[variant.baseline] / self.flops[variant.name])
 
     def _timed(self, name: str, cpu_time: bool) -> Samples:
         samples = self.samples[name]
@@ -215,6 +155,29 @@ class NativeResult:
     variants: list[BenchVariant]
     sizes: dict[str, SizeResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    load_average_start: list[float] | None = None
+    started: float = 0.0  # time.time() at the start
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``native.json``: every raw sample, per image set."""
+        preset, depth = self.preset, self.preset.encoder.layers
+        return envelope(
+            "packed",
+            provenance(self.machine["cpu"], self.load_average_start, self.started),
+            self.variants[1].name,
+            preset={**preset_summary(preset), "layer": preset.layer},
+            settings={**asdict(self.settings), "dtype": self.dtype},
+            machine=self.machine,
+            variants=[variant.to_dict(depth) for variant in self.variants],
+            sizes={size: _size_dict(self, row) for size, row in self.sizes.items()},
+            speedups=[
+                speedup_record(size, variant, depth, row.speedup(variant), f"{size} px")
+                for size, row in self.sizes.items()
+                for variant in self.variants
+                if variant.baseline is not None
+            ],
+            notes=self.notes,
+        )
 
 
 def run_native(
@@ -229,18 +192,19 @@ def run_native(
         raise ValueError(f"unknown image set(s) {unknown} for --sizes; choose from {list(IMAGE_SETS)}.")
     device = resolve_device(settings.device)
     precision = choose_precision(settings.precision, device)
-    threads = settings.threads or usable_cores()
-    torch.set_num_threads(threads)
-    load = CpuLoad.now()
+    torch.set_num_threads(check_threads(settings.threads, usable_cores()))
+    load, started = CpuLoad.now(), time.time()
     machine = Machine.describe(device).to_dict()
-    machine.update(commit=checkout_commit(), date=time.strftime("%Y-%m-%d %H:%M"), load_average_start=os.getloadavg())
     tower = build_tower(preset.encoder, settings.attn, settings.seed).to(device, precision.dtype)
     variants = packed_tower_variants(preset.encoder.layers, preset.layer)
-    result = NativeResult(preset, settings, str(precision.dtype).removeprefix("torch."), machine, variants)
+    dtype = str(precision.dtype).removeprefix("torch.")
+    result = NativeResult(
+        preset, settings, dtype, machine, variants, load_average_start=load_average(), started=started
+    )
     result.notes = [*preset.notes, precision.describe()]
     switch = CompressionSwitch(tower)
     for size in sizes:
-        result.sizes[size] = _run_size(preset, settings, switch, variants, size, device, precision.dtype, progress)
+        result.sizes[size] = _run_size(result, switch, size, device, progress)
         _finish_machine(result, load)
         if on_size is not None:
             on_size(result)
@@ -249,25 +213,15 @@ def run_native(
 
 
 def _finish_machine(result: NativeResult, load: CpuLoad | None) -> None:
-    result.machine["load_average_end"] = os.getloadavg()
     if load is not None:
         others = load.other_processes_cores()
         result.machine["other_processes_cores"] = None if others is None else round(others, 2)
 
 
-def _run_size(
-    preset: NativePreset,
-    settings: NativeSettings,
-    switch: CompressionSwitch,
-    variants: list[BenchVariant],
-    size: str,
-    device: torch.device,
-    dtype: torch.dtype,
-    progress: bool,
-) -> SizeResult:
-    images = IMAGE_SETS[size]
+def _run_size(result: NativeResult, switch: CompressionSwitch, size: str, device: torch.device, progress: bool):
+    preset, settings, variants, images = result.preset, result.settings, result.variants, IMAGE_SETS[size]
     pixels, grid_thw = packed_inputs(preset.encoder, images, settings.seed + 1)
-    pixels, grid_thw = pixels.to(device, dtype), grid_thw.to(device)
+    pixels, grid_thw = pixels.to(device, getattr(torch, result.dtype)), grid_thw.to(device)
     patches = int(grid_thw.prod(-1).sum())
     reps = settings.reps or preset.reps(size, device)
     warmup = preset.warmup(patches, device) if settings.warmup is None else settings.warmup
@@ -279,19 +233,15 @@ def _run_size(
     if progress:
         print(f"{preset.name} {size}: {patches} patches, {warmup} warm-up + {reps} timed rounds", flush=True)
     report = _progress_line(size, progress)
-    samples = run_interleaved(
-        calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report
-    )  # fmt: skip
+    samples = run_interleaved(calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report)
     costs = {v.name: packed_encoder_flops(preset.encoder, v.placement, images=images, mode=_mode(v)) for v in variants}
     _check_tokens(rows, costs)
-    ttft = {}
-    if preset.llm is not None:
-        for v in variants:
-            cost = packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v))
-            ttft[v.name] = cost.total
-    overhead = {
-        v.name: laco_overhead(switch, v, pixels, grid_thw) for v in variants if v.placement.compressed
-    }  # fmt: skip
+    ttft = {
+        v.name: packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v)).total
+        for v in variants
+        if preset.llm is not None
+    }
+    overhead = {v.name: laco_overhead(switch, v, pixels, grid_thw) for v in variants if v.placement.compressed}
     return SizeResult(
         size, images, grid_thw.tolist(), warmup, reps, samples,
         {name: cost.total for name, cost in costs.items()}, ttft,
@@ -366,25 +316,44 @@ def laco_overhead(switch: CompressionSwitch, variant: BenchVariant, pixels, grid
             for block in range(layer, depth):
                 after.block_inputs(block, block_kwargs)
             end = clock.mark()
-            for part, (a, b) in {
-                "layout": (start, middle),
-                "merge": (middle, merged),
-                "block_inputs": (merged, end),
-            }.items():
+            for part, (a, b) in zip(times, ((start, middle), (middle, merged), (merged, end))):
                 times[part].append(clock.seconds(a, b))
     return {part: Stats.of(values).median for part, values in times.items()}
 
 
-__all__ = [
-    "IMAGE_SETS",
-    "NATIVE_PRESETS",
-    "NativePreset",
-    "NativeResult",
-    "NativeSettings",
-    "SizeResult",
-    "build_tower",
-    "laco_overhead",
-    "native_preset",
-    "packed_inputs",
-    "run_native",
-]
+def _size_dict(result: NativeResult, row: SizeResult) -> dict[str, Any]:
+    variants = {}
+    for variant in result.variants:
+        samples = row.samples[variant.name]
+        entry = {
+            "seconds": samples.seconds,
+            "cpu_seconds": samples.phases.get(CPU_SECONDS, []),
+            "rounds": samples.rounds,
+            "slots": samples.slots,
+            "stats_seconds": samples.stats().to_dict(),
+            "flops_predicted": row.flops[variant.name],
+            "ttft_flops_predicted": row.ttft_flops.get(variant.name),
+            "llm_tokens": row.llm_tokens[variant.name],
+        }
+        if variant.baseline is not None:
+            entry["speedup"] = {
+                "baseline": variant.baseline,
+                **row.speedup(variant).to_dict(),
+                "cpu_time": row.speedup(variant, cpu_time=True).to_dict(),
+                "ttft_flop_bound": ttft_bound(row, variant.baseline, variant.name),
+            }
+            entry["overhead_seconds"] = row.overhead_seconds[variant.name]
+            entry["overhead_share"] = row.overhead_share(variant.name)
+        variants[variant.name] = entry
+    return {
+        "images": [list(image) for image in row.images],
+        "grid_thw": row.grid_thw,
+        "patches": row.patches,
+        "warmup": row.warmup,
+        "reps": row.reps,
+        "variants": variants,
+    }
+
+
+def ttft_bound(row: SizeResult, baseline: str, name: str) -> float | None:
+    return row.ttft_flops[baseline] / row.ttft_flops[name] if row.ttft_flops else None

@@ -1,99 +1,159 @@
-"""The PNG of a run: per measurement, the speed-up over external compression against the depth of the merge,
-measured points with their spread, and the FLOP bound of LaCo after every layer."""
+"""The one plot of ``laco bench``: speed-ups with their spread (IQR of per-round ratios) next to their FLOP bound,
+one panel per measurement. A run of any engine is drawn against the depth of the merge (:func:`write_run_plot`, from
+the ``speedups`` records of its result file); ``--compare`` draws the same panels against the setting the runs
+differ in (:mod:`laco.bench.sweep`).
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-from ..placement import Placement
-from .measurements import Measurement, predict
-from .results import BenchResult
+from typing import Any
 
 METHOD_STYLES = {"pixel_shuffle": ("s", "C1"), "ldpv2": ("^", "C2"), "tokenpacker": ("D", "C4"), "avgpool": ("v", "C5")}
+YLABEL = "speed-up over its baseline"
 
 
-def bound_curve(result: BenchResult, spec: Measurement) -> tuple[list[float], list[float]]:
-    """FLOP-bound speed-up of LaCo after every layer k = 1..L over external compression, at full depth."""
-    settings, depth = result.settings, result.depth
-    factor = settings.requested.factor
+@dataclass
+class Series:
+    """Points of one line: measured medians with quartiles, and their FLOP bounds (a dashed line when
+    ``bound_line``, else hollow markers; ``None``: not drawn)."""
 
-    def flops(layer: int) -> float:
-        return predict(settings, spec.flop_mode, Placement((layer,), "laco", factor), full=True).flops
-
-    external = flops(depth)
-    layers = range(1, depth + 1)
-    return [layer / depth for layer in layers], [external / flops(layer) for layer in layers]
-
-
-def _errors(points: list[tuple[float, float, float, float]]) -> list[list[float]]:
-    """Error bars from ``(x, median, q1, q3)`` points: the distances to the quartiles."""
-    return [[max(0.0, p[1] - p[2]) for p in points], [max(0.0, p[3] - p[1]) for p in points]]
-
-
-def _panel(axis, result: BenchResult, spec: Measurement) -> None:
-    xs, ys = bound_curve(result, spec)
-    axis.plot(xs, ys, "-", color="0.55", label="FLOP bound (LaCo after layer k)")
-    axis.axhline(1.0, color="0.8", linewidth=0.8)
-    points = [(1.0, 1.0, 1.0, 1.0)]  # external is the reference
-    for variant in result.variants:
-        speed = result.speedup(spec.name, variant.name)
-        if speed is None or not variant.same_tokens_as_baseline:
-            continue
-        point = (variant.fraction(result.depth), speed.measured, speed.q1, speed.q3)
-        if variant.group == "depth":
-            points.append(point)
-        elif variant.group == "two-stage":
-            axis.errorbar(
-                [point[0]], [point[1]], yerr=_errors([point]), fmt="*", color="C3", markersize=10,
-                label=f"{variant.name} vs 16x ext.",
-            )  # fmt: skip
-            axis.plot(
-                [point[0]],
-                [speed.bound],
-                "*",
-                color="C3",
-                markerfacecolor="none",
-                markersize=10,
-                label="its FLOP bound",
-            )
-        else:
-            marker, color = METHOD_STYLES.get(variant.placement.method, ("o", "C6"))
-            axis.errorbar([point[0]], [point[1]], yerr=_errors([point]), fmt=marker, color=color, label=variant.name)
-    points.sort()
-    py = [p[1] for p in points]
-    axis.errorbar([p[0] for p in points], py, yerr=_errors(points), fmt="o-", color="C0", label="LaCo measured")
-    scaled = spec.needs_llm and result.settings.llm_layers
-    axis.set_title(spec.short + (" (scaled LLM)" if scaled else ""))
-    axis.set_xlabel("compression depth (fraction of encoder layers)")
-    axis.set_xlim(0, 1.05)
-    finite = [y for y in ys + py if math.isfinite(y)]
-    axis.set_ylim(0, max(finite) * 1.15 if finite else 2)
-    axis.grid(alpha=0.3)
+    label: str
+    xs: list[Any]
+    measured: list[float]
+    q1: list[float]
+    q3: list[float]
+    bounds: list[float] | None = None
+    marker: str = "o"
+    color: str = "C0"
+    line: bool = True
+    bound_line: bool = False
 
 
-def write_plot(result: BenchResult, path: str | Path) -> Path:
-    """Speed-up over external compression against depth fraction: measured points, FLOP-bound line."""
+def write_plot(
+    path: str | Path,
+    panels: Mapping[str, Sequence[Series]],
+    *,
+    xlabel: str,
+    title: str,
+    curves: Mapping[str, tuple[list[float], list[float]]] | None = None,
+    log2x: bool = False,
+    xlim: tuple[float, float] | None = None,
+) -> Path:
+    """One panel per entry of ``panels``; ``curves`` adds a grey FLOP-bound curve to a panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not panels:
+        raise ValueError("nothing to plot: no speed-up of a compressed variant over its baseline.")
+    curves = curves or {}
+    # A single panel gets the width of two, so the title naming the run fits.
+    figure, axes = plt.subplots(1, len(panels), figsize=(max(8.4, 4.2 * len(panels)), 3.8), squeeze=False)
+    for axis, (name, series) in zip(axes[0], panels.items()):
+        tops = [1.0]
+        if name in curves:
+            xs, ys = curves[name]
+            axis.plot(xs, ys, "-", color="0.55", label="FLOP bound (LaCo after layer k)")
+            tops += ys
+        for line in series:
+            tops += _draw(axis, line)
+        axis.axhline(1.0, color="0.8", linewidth=0.8)
+        axis.set_title(name)
+        axis.set_xlabel(xlabel)
+        axis.set_ylim(0, max(tops) * 1.15)
+        if xlim is not None:
+            axis.set_xlim(*xlim)
+        if log2x:
+            axis.set_xscale("log", base=2)
+            values = sorted({x for line in series for x in line.xs})
+            axis.set_xticks(values, [str(v) for v in values])
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel(YLABEL)
+    unique = {}
+    for axis in axes[0]:
+        handles, names = axis.get_legend_handles_labels()
+        unique.update(zip(names, handles))
+    axes[0][-1].legend(unique.values(), unique.keys(), fontsize=7, loc="best")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kinds = result.kinds()
-    figure, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.8), squeeze=False)
-    for axis, spec in zip(axes[0], kinds):
-        _panel(axis, result, spec)
-    axes[0][0].set_ylabel("speed-up over external compression")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    settings = result.settings
-    figure.suptitle(
-        f"{result.preset.name}: {settings.device} {settings.execution}, {settings.threads} thread(s), "
-        f"median of {settings.reps} interleaved rounds (bars: IQR of per-round ratios)",
-        fontsize=9,
-    )
-    figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def _draw(axis, line: Series) -> list[float]:
+    errors = [[max(0.0, m - q) for m, q in zip(line.measured, line.q1)]]
+    errors.append([max(0.0, q - m) for m, q in zip(line.measured, line.q3)])
+    fmt = line.marker + ("-" if line.line else "")
+    axis.errorbar(line.xs, line.measured, yerr=errors, fmt=fmt, color=line.color, capsize=3, label=line.label)
+    if not line.bounds:
+        return list(line.q3)
+    if line.bound_line:
+        axis.plot(line.xs, line.bounds, "--", color=line.color, alpha=0.7, label=f"{line.label} FLOP bound")
+    else:
+        axis.plot(line.xs, line.bounds, line.marker, color=line.color, markerfacecolor="none", markersize=9,
+                  label=f"{line.label} FLOP bound")  # fmt: skip
+    return [*line.q3, *line.bounds]
+
+
+def _series(records: list[dict[str, Any]], with_bounds: bool) -> list[Series]:
+    """A run's records of one measurement as lines: single-stage LaCo joined (from external at depth 1), every
+    other variant on its own."""
+    depth = sorted((r for r in records if r["group"] == "depth"), key=lambda r: r["fraction"])
+    lines = []
+    if depth:
+        points = [{"fraction": 1.0, "measured": 1.0, "q1": 1.0, "q3": 1.0, "bound": 1.0}, *depth]
+        points.sort(key=lambda r: r["fraction"])
+        lines.append(_line("LaCo measured", points, with_bounds, "o", "C0", line=True))
+    for index, record in enumerate(r for r in records if r["group"] not in ("depth", "reference")):
+        if record["group"] == "two-stage":
+            marker, color = "*", "C3"
+        else:
+            marker, color = METHOD_STYLES.get(record["method"], ("o", f"C{6 + index}"))
+        lines.append(_line(record["variant"], [record], True, marker, color, line=False))
+    return lines
+
+
+def _line(label: str, points: list[dict], with_bounds: bool, marker: str, color: str, line: bool) -> Series:
+    return Series(
+        label,
+        [p["fraction"] for p in points],
+        [p["measured"] for p in points],
+        [p["q1"] for p in points],
+        [p["q3"] for p in points],
+        [p["bound"] for p in points] if with_bounds else None,
+        marker,
+        color,
+        line,
+    )
+
+
+def write_run_plot(data: Mapping[str, Any], path: str | Path) -> Path:
+    """The PNG of one run of any engine: per measurement, speed-up against the depth of the merge."""
+    curves = {
+        _title(data, name): ([x for x, _ in points], [y for _, y in points])
+        for name, points in (data.get("bound_curves") or {}).items()
+    }
+    panels: dict[str, list[Series]] = {}
+    for record in data["speedups"]:
+        panels.setdefault(record["title"], []).append(record)
+    machine = data["machine"]
+    device = machine["gpu"]["name"] if machine.get("gpu") else f"{machine.get('torch_threads')} CPU thread(s)"
+    return write_plot(
+        path,
+        {title: _series(records, title not in curves) for title, records in panels.items()},
+        xlabel="compression depth (fraction of encoder layers)",
+        title=f"{data['preset']['name']} ({data['engine']}, {device}): medians of interleaved rounds, bars: IQR",
+        curves=curves,
+        xlim=(0, 1.05),
+    )
+
+
+def _title(data: Mapping[str, Any], measurement: str) -> str:
+    return next((r["title"] for r in data["speedups"] if r["measurement"] == measurement), measurement)

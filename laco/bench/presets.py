@@ -1,7 +1,9 @@
-"""Benchmark presets: which encoder and LLM geometry, how long the prompt and answer, per-device defaults.
+"""Benchmark presets, one table for every engine: which geometry, how long the prompt and answer, per-device defaults.
 
-Built-in presets live here as data; a YAML file with the same fields works too (``--preset path.yaml``; see
-``configs/bench/`` for an example). Geometries come from :mod:`laco.cost` by name, or inline as a mapping of
+Each preset names its ``engine``: ``batched`` (square images as 4-D ``pixel_values`` through an encoder or a LLaVA-style
+MLLM; ``--engine vllm`` serves these too) or ``packed`` (a Qwen-VL tower taking packed patches and ``grid_thw``).
+Built-in presets live here as data; a YAML file with the fields of a batched preset works too (``--preset path.yaml``;
+see ``configs/bench/``). Geometries come from :mod:`laco.cost` by name, or inline as a mapping of
 :class:`~laco.cost.EncoderGeometry` / :class:`~laco.cost.LLMGeometry` fields.
 """
 
@@ -12,7 +14,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..cost import ENCODERS, LLMS, EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
+from ..cost.native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry
 from .measurements import default_measurements
 
 # Per-device defaults every preset starts from. A CPU has little compute, so few repetitions; GPUs get more
@@ -49,8 +54,11 @@ class BenchPreset:
     answer_tokens: int = 32
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    engine: str = "batched"
 
     def __post_init__(self) -> None:
+        if self.engine != "batched":
+            raise ValueError(f"preset {self.name!r}: engine {self.engine!r}; a preset with these fields is 'batched'.")
         for device, values in self.defaults.items():
             if device not in BASE_DEFAULTS:
                 raise ValueError(f"preset {self.name!r}: defaults for unknown device {device!r}; use 'cpu' or 'cuda'.")
@@ -84,10 +92,37 @@ _SO400M_NOTE = (
     "drops the last layer (26 used), which changes the FLOP ratios by ~1%."
 )
 
-PRESETS: dict[str, BenchPreset] = {}
+
+@dataclass(frozen=True)
+class NativePreset:
+    """A packed tower to time (``engine = "packed"``). ``llm`` is the LLM it feeds (for the time-to-first-token
+    bound); ``cpu_reps`` the timed rounds per image set on a CPU; image sets of more than ``warmup_max_patches``
+    patches skip the warm-up on a CPU (a call of a large tower costs as much as a timed one)."""
+
+    name: str
+    description: str
+    encoder: PackedEncoderGeometry
+    llm: LLMGeometry | None
+    sizes: tuple[str, ...] = ("448", "1344")
+    cpu_reps: Mapping[str, int] = field(default_factory=lambda: {"448": 3})
+    warmup_max_patches: int = 4096
+    layer: str = "1/4"
+    notes: tuple[str, ...] = ()
+    engine: str = "packed"
+
+    def reps(self, size: str, device: torch.device) -> int:
+        return self.cpu_reps.get(size, 2) if device.type == "cpu" else 10
+
+    def warmup(self, patches: int, device: torch.device) -> int:
+        return 3 if device.type == "cuda" else int(patches <= self.warmup_max_patches)
 
 
-def _add(preset: BenchPreset) -> None:
+_TINY_NOTE = "tiny geometry: timings are dominated by Python overhead and say nothing about real models."
+PRESETS: dict[str, BenchPreset | NativePreset] = {}
+"""Every built-in preset, of every engine, by name."""
+
+
+def _add(preset: BenchPreset | NativePreset) -> None:
     PRESETS[preset.name] = preset
 
 
@@ -135,7 +170,41 @@ _add(
         prompt_tokens=8,
         answer_tokens=4,
         defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "precision": "fp32"}},
-        notes=("tiny geometry: timings are dominated by Python overhead and say nothing about real models.",),
+        notes=(_TINY_NOTE,),
+    )
+)
+_RANDOM = "random weights: the time of a call does not depend on them; speed-ups are what this measures, not quality."
+_add(
+    NativePreset(
+        "qwen2.5-vl-7b-tower",
+        "Qwen2.5-VL-7B vision tower (32 blocks, width 1280, 112 px windows, full attention in 7/15/23/31), "
+        "feeding Qwen2-7B",
+        PACKED_ENCODERS["qwen2.5-vl-7b"],
+        llm_geometry(PACKED_LLMS["qwen2.5-vl-7b"]),
+        notes=(_RANDOM,),
+    )
+)
+_add(
+    NativePreset(
+        "qwen2-vl-2b-tower",
+        "Qwen2-VL-2B vision tower (32 blocks, width 1280, full attention), feeding Qwen2-1.5B",
+        PACKED_ENCODERS["qwen2-vl-2b"],
+        llm_geometry(PACKED_LLMS["qwen2-vl-2b"]),
+        notes=(_RANDOM,),
+    )
+)
+_add(
+    NativePreset(
+        "tiny-qwen-tower",
+        "tiny Qwen2.5-VL-like tower for CI: 4 blocks, width 32, 112 px windows, full attention in 1/3",
+        PackedEncoderGeometry(
+            "tiny-qwen2.5-vl", "qwen2.5-vl", 32, 4, 4, 48, 32, mlp_kind="swiglu", window=112, full_blocks=(1, 3)
+        ),
+        TINY_LLM,
+        sizes=("448", "mixed"),
+        cpu_reps={},
+        warmup_max_patches=10**6,
+        notes=(_TINY_NOTE,),
     )
 )
 
@@ -183,27 +252,37 @@ def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchP
 
 
 def load_preset(name_or_path: str | Path | BenchPreset) -> BenchPreset:
-    """A built-in preset by name, or one read from a YAML file."""
-    if isinstance(name_or_path, BenchPreset):
+    """A built-in batched preset by name, or one read from a YAML file."""
+    preset = any_preset(name_or_path)
+    if preset.engine == "packed":
+        raise ValueError(
+            f"{preset.name} is a packed native-resolution tower: run it with `laco bench --preset {preset.name}` or "
+            "laco.bench.native.run_native(NativeSettings(preset=...)), not as a batched-encoder preset."
+        )
+    return preset
+
+
+def any_preset(name_or_path: str | Path | BenchPreset | NativePreset) -> BenchPreset | NativePreset:
+    """A built-in preset of any engine by name, or a batched one read from a YAML file."""
+    if isinstance(name_or_path, BenchPreset | NativePreset):
         return name_or_path
     text = str(name_or_path)
     if text in PRESETS:
         return PRESETS[text]
     path = Path(text)
-    if path.suffix in (".yaml", ".yml"):
-        if not path.exists():
-            raise FileNotFoundError(f"preset file {path} does not exist.")
-        import yaml
+    if path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"unknown preset {text!r}; choose one of {sorted(PRESETS)} or pass a .yaml file.")
+    if not path.exists():
+        raise FileNotFoundError(f"preset file {path} does not exist.")
+    import yaml
 
+    try:
         data = yaml.safe_load(path.read_text())
-        if not isinstance(data, Mapping):
-            raise ValueError(f"preset file {path} must hold a mapping of preset fields, not {type(data).__name__}.")
-        return preset_from_dict(data, name=path.stem)
-    from .native import NATIVE_PRESETS  # native imports this module
-
-    if text in NATIVE_PRESETS:
-        raise ValueError(
-            f"{text} is a packed native-resolution tower: run it with `laco bench --preset {text}` or "
-            "laco.bench.native.run_native(NativeSettings(preset=...)), not as a batched-encoder preset."
-        )
-    raise ValueError(f"unknown preset {text!r}; choose one of {sorted(PRESETS)} or pass a .yaml file.")
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(f"preset file {path}{where}: YAML syntax error ({problem}); fix the file.") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"preset file {path} must hold a mapping of preset fields, not {type(data).__name__}.")
+    return preset_from_dict(data, name=path.stem)

@@ -1,10 +1,13 @@
-"""Turn a :class:`~laco.bench.results.BenchResult` into terminal tables and a summary (the JSON is
-:meth:`~laco.bench.results.BenchResult.to_dict`, the plot :mod:`laco.bench.plots`)."""
+"""The text of every engine's results: terminal tables and a summary of a batched run, the markdown table of a
+packed-tower run (which ``docs/native-resolution.md`` quotes) and of a vLLM run (``docs/serving.md``). The JSON is
+each result's ``to_dict`` (:mod:`laco.bench.schema`), the plot :mod:`laco.bench.plots`."""
 
 from __future__ import annotations
 
 from .measurements import Measurement, measurement
+from .native import NativeResult, SizeResult, ttft_bound
 from .results import BenchResult, VariantResult
+from .serving import ServingResult
 from .timing import Stats
 from .variants import BenchVariant, headline_variant
 
@@ -107,7 +110,7 @@ def format_table(result: BenchResult, kind: str) -> str:
 # Summary
 
 
-def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> str:
+def format_summary(result: BenchResult, files: dict[str, str] | None = None, provenance: dict | None = None) -> str:
     """The few lines worth reading first: the main target, the efficiency over all placements, run time."""
     settings, machine = result.settings, result.machine
     lines = [
@@ -116,6 +119,8 @@ def format_summary(result: BenchResult, files: dict[str, str] | None = None) -> 
         + (f", GPU {machine.gpu.name}" if machine.gpu else "")
         + f"; torch {machine.torch}, transformers {machine.transformers}",
     ]
+    if provenance is not None:
+        lines.append(f"   {provenance_text(provenance)}")
     lines += _headline_lines(result)
     lines += _efficiency_lines(result)
     if result.anatomy is not None:
@@ -149,7 +154,7 @@ def _headline_lines(result: BenchResult) -> list[str]:
             )
             lines += _optimizer_lines(result, spec.name, main)
     if any(spec.target for spec in result.kinds()):
-        lines.append("     (target >= 1.5x; the paper reports 1.20x training, 1.15x inference)")
+        lines.append("     (target >= 1.5x; docs/benchmarks.md sets measured runs against the paper's figures)")
     return lines
 
 
@@ -236,3 +241,100 @@ def format_anatomy(result: BenchResult) -> list[str]:
             f"{speed.measured:.2f}x measured"
         )
     return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed towers (native.md)
+
+_HEADER = (
+    "| images | patches | original s | LaCo@1/4 keep s | speed-up (bound) | of bound | compress_more s "
+    "| speed-up (bound) | of bound | CPU-time speed-up keep/more | laco overhead (keep) | LLM tokens orig/keep/more "
+    "| TTFT bound keep/more |\n" + "|---" * 13 + "|"
+)
+
+
+def provenance_text(provenance: dict) -> str:
+    """Commit, date and how loaded the machine was: what every engine's report names."""
+    load = [p[0] if p else float("nan") for p in (provenance["load_average_start"], provenance["load_average_end"])]
+    return (
+        f"commit {provenance['commit']}, {provenance['date']}; load average {load[0]:.1f} at start, "
+        f"{load[1]:.1f} at end"
+    )
+
+
+def native_markdown(result: NativeResult, provenance: dict) -> str:
+    """A header naming the machine and the run, then one row per image set (the docs' table)."""
+    m, settings = result.machine, result.settings
+    others = m.get("other_processes_cores")
+    lines = [
+        f"{result.preset.name}: {result.preset.description}. Random weights, {result.dtype}, {settings.attn} "
+        f"attention; {m['cpu']}, {m['torch_threads']} thread(s), torch {m['torch']}, transformers {m['transformers']}, "
+        f"{provenance_text(provenance)}"
+        + (f"; other processes kept {others:.2f} cores busy." if others is not None else "."),
+        "",
+        _HEADER,
+    ]
+    lines += [_native_row(result, row) for row in result.sizes.values()]
+    rounds = ", ".join(f"{size}: {row.warmup} warm-up + {row.reps} timed" for size, row in result.sizes.items())
+    lines += ["", f"Rounds interleaved, start rotating ({rounds}); speed-ups are medians of per-round ratios."]
+    lines += [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _native_row(result: NativeResult, row: SizeResult) -> str:
+    original, keep, more = result.variants
+    median = {v.name: row.samples[v.name].stats().median for v in result.variants}
+    speed = {v.name: row.speedup(v) for v in (keep, more)}
+    cpu = {v.name: row.speedup(v, cpu_time=True) for v in (keep, more)}
+    tokens = "/".join(str(sum(row.llm_tokens[v.name])) for v in result.variants)
+    ttft = "/".join(_format_bound(ttft_bound(row, original.name, v.name)) for v in (keep, more))
+    cells = [row.size, str(row.patches), f"{median[original.name]:.3g}"]
+    for variant in (keep, more):
+        s = speed[variant.name]
+        cells += [f"{median[variant.name]:.3g}", f"{s.measured:.2f}x ({s.bound:.2f}x)", f"{s.efficiency:.2f}"]
+    cells += [
+        f"{cpu[keep.name].measured:.2f}x/{cpu[more.name].measured:.2f}x",
+        f"{100 * row.overhead_share(keep.name):.1f}%",
+        tokens,
+        ttft,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _format_bound(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# vLLM serving (serving.md)
+
+METRICS = (("ttft", "ttft_s", "TTFT (s)"), ("requests_per_s", "requests_per_s", "requests/s"),
+           ("output_tokens_per_s", "output_tokens_per_s", "output tokens/s"))  # fmt: skip
+
+
+def serving_table(result: ServingResult) -> str:
+    laco, external = result.names
+    lines = [
+        f"| metric | {laco} | {external} | LaCo speed-up | FLOP bound | of bound |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, metric, label in METRICS:
+        ratio, bound = result.ratios[key], result.bounds[key]
+        lines.append(
+            f"| {label} | {result.medians[laco][metric]:.3f} | {result.medians[external][metric]:.3f} | "
+            f"**{ratio:.2f}x** | {bound:.2f}x | {ratio / bound:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def serving_summary(result: ServingResult, provenance: dict) -> str:
+    s, m = result.settings, result.machine
+    rounds = ", ".join("/".join(order) for order in result.order)
+    return (
+        f"{s['preset']} served by vLLM {m.get('vllm')} ({'float32, eager' if s['device'] == 'cpu' else 'bfloat16'}, "
+        f"LLM layers: {s['llm_layers'] or 'all'}), {result.image_tokens} image + {result.prompt_tokens} text tokens "
+        f"per request; TTFT: one request alone, max_tokens 1; throughput: {s['requests']} concurrent requests of "
+        f"{s['output_tokens']} tokens; medians of {s['rounds']} rounds after {s['warmup']} warm-up (order: {rounds}). "
+        f"Machine: {m.get('cpu')}, {m.get('usable_cores')} cores, {m.get('memory_gib')} GiB"
+        f"{', GPU ' + m['gpu']['name'] if m.get('gpu') else ''}; {provenance_text(provenance)}."
+    )

@@ -8,22 +8,20 @@ it back (:mod:`laco.bench.sweep`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+from ..placement import Placement
 from .anatomy import Anatomy
 from .counting import Memory
 from .machine import Machine
 from .measurements import OPTIMIZER_PHASE, STACK_PREFIX, Measurement, measurement
 from .presets import BenchPreset
+from .schema import envelope, provenance, speedup_record
 from .settings import ResolvedSettings
 from .timing import Samples, Stats, paired_ratios
-from .variants import BenchVariant
-
-SCHEMA = "laco-bench/1"
+from .variants import BenchVariant, headline_variant
 
 
 @dataclass
@@ -112,6 +110,8 @@ class BenchResult:
     build_seconds: float = 0.0
     run_seconds: float = 0.0
     anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
+    load_average_start: list[float] | None = None
+    started: float = 0.0  # time.time() at the start
 
     @property
     def preset(self) -> BenchPreset:
@@ -143,28 +143,42 @@ class BenchResult:
         rows = self.measurements[kind]
         base, this = rows[variant.baseline], rows[name]
         bound = base.flops_predicted_full / this.flops_predicted_full
-        pairs = paired_ratios(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer))
-        if not pairs:
-            measured = base.stats().median / this.stats().median
-            return SpeedUp(measured, measured, measured, bound)
-        spread = Stats.of(pairs)
-        return SpeedUp(spread.median, spread.q1, spread.q3, bound)
+        return paired_speedup(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer), bound)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the result as plain JSON types: the content of ``bench.json``."""
         preset = self.preset
-        return {
-            "schema": SCHEMA,
-            "preset": {**preset_summary(preset), "image_size": preset.resolution},
-            "settings": self.settings.to_dict(),
-            "machine": self.machine.to_dict(),
-            "variants": [variant.to_dict(self.depth) for variant in self.variants],
-            "measurements": {kind: self._rows_dict(kind) for kind in self.measurements},
-            "notes": self.notes,
-            "anatomy": self.anatomy.to_dict() if self.anatomy is not None else None,
-            "build_seconds": self.build_seconds,
-            "run_seconds": self.run_seconds,
-        }
+        return envelope(
+            "batched",
+            provenance(self.machine.cpu, self.load_average_start, self.started),
+            headline_variant((v.name, v.group) for v in self.variants),
+            preset={**preset_summary(preset), "image_size": preset.resolution},
+            settings=self.settings.to_dict(),
+            machine=self.machine.to_dict(),
+            variants=[variant.to_dict(self.depth) for variant in self.variants],
+            measurements={kind: self._rows_dict(kind) for kind in self.measurements},
+            speedups=[
+                speedup_record(spec.name, variant, self.depth, speed, spec.short)
+                for spec in self.kinds()
+                for variant in self.variants
+                if (speed := self.speedup(spec.name, variant.name)) is not None
+            ],
+            bound_curves={spec.name: self.bound_curve(spec) for spec in self.kinds()},
+            notes=self.notes,
+            anatomy=self.anatomy.to_dict() if self.anatomy is not None else None,
+            build_seconds=self.build_seconds,
+            run_seconds=self.run_seconds,
+        )
+
+    def bound_curve(self, spec: Measurement) -> list[list[float]]:
+        """``[fraction, FLOP-bound speed-up]`` of LaCo after every layer k = 1..L over external compression."""
+        factor, depth = self.settings.requested.factor, self.depth
+
+        def flops(layer: int) -> float:
+            return self.settings.predict(spec.flop_mode, Placement((layer,), "laco", factor), full=True).flops
+
+        external = flops(depth)
+        return [[layer / depth, external / flops(layer)] for layer in range(1, depth + 1)]
 
     def _rows_dict(self, kind: str) -> dict[str, Any]:
         rows = {}
@@ -177,11 +191,16 @@ class BenchResult:
             rows[variant.name] = row
         return rows
 
-    def write_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        return path
+
+def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
+    """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
+    pair), next to the FLOP ``bound``: how every engine states a speed-up."""
+    pairs = paired_ratios(baseline, variant)
+    if not pairs:
+        measured = baseline.stats().median / variant.stats().median
+        return SpeedUp(measured, measured, measured, bound)
+    spread = Stats.of(pairs)
+    return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
 def _scaled_samples(result: VariantResult, without_optimizer: bool = False) -> Samples:

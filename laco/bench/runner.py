@@ -15,20 +15,61 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from . import plots, report
 from .anatomy import Anatomy, measure_anatomy
 from .counting import count_call
 from .machine import BUSY_CORES_WARNING, CpuLoad, Machine
-from .measurements import Measurement, predict
+from .measurements import Measurement
+from .presets import BenchPreset
 from .results import BenchResult, VariantResult, optimizer_seconds, scale_seconds
+from .schema import load_average, write_result
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
 from .timing import run_interleaved
 from .variants import BenchVariant, build_variants, fraction_label
 
 RECOMPILE_LIMIT = 64  # graphs per compiled block: token counts x grad modes, far more than a preset needs
+
+
+def run_benchmark(
+    preset: str | BenchPreset | None = None,
+    *,
+    settings: BenchSettings | None = None,
+    out: str | Path | None = None,
+    plot: bool = True,
+    progress: bool = True,
+    echo: bool = True,
+    **options: Any,
+) -> BenchResult:
+    """Run a benchmark, print its tables and summary (``echo``), and write ``bench.json`` and ``bench.png`` to ``out``.
+
+    ``options`` are the fields of :class:`BenchSettings` (or pass ``settings`` whole); ``None`` ones take the
+    preset's per-device defaults (see :mod:`laco.bench.presets`). ``quick`` selects the tiny preset (unless
+    ``preset`` is given), 3 rounds and 1 thread: seconds, for CI. ``compile`` times compiled models (each encoder
+    block and LLM decoder layer under ``torch.compile``; decode is left out).
+    """
+    if settings is None:
+        settings = BenchSettings(preset=preset, **options)
+    elif preset is not None or options:
+        raise TypeError("run_benchmark takes either settings=BenchSettings(...) or its fields, not both.")
+    result = run(settings, progress=progress)
+    data = result.to_dict()
+    files: dict[str, str] = {}
+    if out is not None:
+        files["json"] = str(write_result(data, out))
+        if plot:
+            files["plot"] = str(plots.write_run_plot(data, Path(out) / "bench.png"))
+    if echo:
+        for kind in result.measurements:
+            print(report.format_table(result, kind))
+            print()
+        print(report.format_summary(result, files, data["provenance"]))
+    return result
 
 
 def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> BenchResult:
@@ -43,16 +84,16 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
         two_stage=requested.two_stage,
         factor=requested.factor,
     )
-    load = CpuLoad.now()
+    load, load_start, date = CpuLoad.now(), load_average(), time.time()
     started = time.perf_counter()
     bench = Testbed(resolved)
     build_seconds = time.perf_counter() - started
     if any(spec.training for spec in resolved.measurements):
         bench.check_training_memory()
-    # Progress counts predicted GFLOPs, not calls: a training step of the uncompressed model costs 30 encoder
+    # Progress counts predicted GFLOPs, not calls: a training step of the uncompressed model costs many encoder
     # calls of a compressed one, so a per-call bar would give a useless time estimate.
     gflops = {
-        (spec.name, variant.name): predict(resolved, spec.flop_mode, variant.placement, full=False).flops / 1e9
+        (spec.name, variant.name): resolved.predict(spec.flop_mode, variant.placement, full=False).flops / 1e9
         for spec in resolved.measurements
         for variant in variants
     }
@@ -82,6 +123,8 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
         build_seconds=build_seconds,
         run_seconds=time.perf_counter() - run_started,
         anatomy=anatomy,
+        load_average_start=load_start,
+        started=date,
     )
 
 
@@ -92,7 +135,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
     bench.model.train(spec.training)
     prepares, calls, counted = {}, {}, {}
     for variant in variants:
-        prepare, call = spec.workload(bench, variant)
+        prepare, call = bench.workload(spec, variant)
         prepares[variant.name], calls[variant.name] = prepare, call
         prepare()
         # Compiled or not, the model computes the same thing; counting it eagerly keeps the memory probe's
@@ -114,7 +157,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
     rows = {}
     for variant in variants:
         flops, memory = counted[variant.name]
-        predicted = predict(settings, spec.flop_mode, variant.placement, full=False)
+        predicted = settings.predict(spec.flop_mode, variant.placement, full=False)
         actual_tokens = bench.image_tokens(variant)
         if actual_tokens != predicted.image_tokens:
             raise RuntimeError(
@@ -126,7 +169,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
             scaled_seconds=scale_seconds(samples[variant.name], spec, settings.llm_scale),
             flops_counted=flops,
             flops_predicted=predicted.flops,
-            flops_predicted_full=predict(settings, spec.flop_mode, variant.placement, full=True).flops,
+            flops_predicted_full=settings.predict(spec.flop_mode, variant.placement, full=True).flops,
             image_tokens=predicted.image_tokens,
             sequence_tokens=predicted.sequence_tokens,
             memory=memory,

@@ -1,16 +1,17 @@
-"""``laco bench --engine vllm``: LaCo against external compression, both served by vLLM, side by side.
+"""The ``vllm`` engine: LaCo against external compression, both served by vLLM, side by side.
 
-Two random-weight checkpoints at a preset's geometry (default LLaVA-OneVision-0.5B: SigLIP-so400m/14 @384 +
-Qwen2-0.5B), identical but for where the 2x2 merge sits (LaCo after layer 7 of 27, or after the last layer), are
-saved with a small tokenizer and each served by its own ``vllm serve`` (the serving environment, float32, eager on
-CPU). Both servers stay up and every round measures them one after the other, the order alternating per round:
+Two random-weight checkpoints at a batched preset's geometry (default LLaVA-OneVision-0.5B), identical but for where
+the 2x2 merge sits (LaCo at ``--depth``, or after the last layer), are saved with a small tokenizer and each served
+by its own ``vllm serve`` (the serving environment; float32, eager on CPU). Both servers stay up and every round
+measures each once, interleaved like every engine (:func:`~laco.bench.timing.run_interleaved`: the start rotates,
+so the order alternates per round):
 
 * TTFT: one request at a time (an image, a prompt, ``max_tokens=1``), the client's wall time to the answer;
 * throughput: ``requests`` concurrent requests of ``output_tokens`` tokens each (``ignore_eos``): requests/s and
   output tokens/s.
 
-Every request carries an image no request has used before (same images for both models), so vLLM's encoder and
-processor caches cannot skip work. The ratios are set next to the FLOP bound of :mod:`laco.cost`.
+Every request carries an image no request has used before (the same images for both models in a round), so vLLM's
+encoder and processor caches cannot skip work. The ratios are set next to the FLOP bound of :mod:`laco.cost`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,25 +31,47 @@ import numpy as np
 
 from ..cost import mllm_flops
 from ..placement import Placement
+from .options import FLAG, option
 from .presets import load_preset
+from .results import SpeedUp, preset_summary
+from .schema import envelope, load_average, provenance, speedup_record
+from .timing import Samples, Stats, run_interleaved
+from .variants import BenchVariant, build_variants
 
-VARIANTS = ("laco@1/4", "external")  # measured, then reported as external / laco
 PROMPT = "Describe the image in one sentence."
+RATIOS = {"ttft": "ttft_s", "requests_per_s": "requests_per_s", "output_tokens_per_s": "output_tokens_per_s"}
+"""Each reported ratio and the metric it compares (TTFT: lower is better, so external / LaCo)."""
 
 
 @dataclass
 class ServingSettings:
     preset: str = "llava-ov-0.5b"
-    depth: str = "1/4"
-    requests: int = 4
-    output_tokens: int = 16
-    rounds: int = 3
+    depth: str = option("1/4", "LaCo's merge depth (external is after the last layer)")
+    requests: int = option(4, "concurrent requests per round", int)
+    output_tokens: int = option(16, "tokens per answer", int)
+    rounds: int = option(3, "timed rounds (the order alternates)", int)
     warmup: int = 1
     llm_layers: int | None = None  # None: the full LLM
     device: str = "cpu"
-    serve_python: str | None = None
+    serve_python: str | None = option(None, "Python of the vLLM environment (default .venv-serve)")
     seed: int = 0
-    keep_models: bool = False
+    keep_models: bool = option(False, "keep the saved checkpoints for another run (kept per variant and depth)", FLAG)
+
+
+def serving_variants(settings: ServingSettings) -> list[BenchVariant]:
+    """LaCo at ``settings.depth`` and external compression, as the batched engine builds them (its label follows
+    the depth: ``laco@1/2`` for ``--depth 1/2``)."""
+    depth = load_preset(settings.preset).encoder.layers
+    variants = build_variants(depth, depths=(settings.depth,), methods=("laco",), two_stage=None)
+    return [variants[2], variants[1]]
+
+
+def variant_names(settings: ServingSettings | None = None) -> tuple[str, str]:
+    return tuple(v.name for v in serving_variants(settings or ServingSettings()))
+
+
+VARIANTS = variant_names()
+"""The variants at the default depth: LaCo's first, then external."""
 
 
 @dataclass
@@ -63,34 +85,87 @@ class ServingResult:
     ratios: dict[str, float] = field(default_factory=dict)  # LaCo's speed-up over external, per metric
     bounds: dict[str, float] = field(default_factory=dict)  # the FLOP bound of each ratio
     order: list[list[str]] = field(default_factory=list)
+    spreads: dict[str, list[float]] = field(default_factory=dict)  # quartiles of each per-round ratio
+    load_average_start: list[float] | None = None
+    started: float = 0.0
+
+    @property
+    def names(self) -> tuple[str, str]:
+        """LaCo's variant, then external's."""
+        return tuple(self.medians) if self.medians else variant_names(ServingSettings(**self.settings))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The content of ``serving.json``."""
+        settings = ServingSettings(**self.settings)
+        variants = serving_variants(settings)
+        preset = load_preset(settings.preset)
+        depth = preset.encoder.layers
+        records = []
+        for key, ratio in self.ratios.items():
+            q1, q3 = self.spreads.get(key, (ratio, ratio))
+            speed = SpeedUp(ratio, q1, q3, self.bounds[key])
+            records.append(speedup_record(key, variants[0], depth, speed, key.replace("_", " ")))
+        payload = {k: v for k, v in asdict(self).items() if k not in ("load_average_start", "started", "spreads")}
+        return envelope(
+            "vllm",
+            provenance(self.machine.get("cpu", ""), self.load_average_start, self.started),
+            variants[0].name,
+            preset={**preset_summary(preset), "image_size": preset.resolution},
+            variants=[v.to_dict(depth) for v in variants],
+            speedups=records,
+            **payload,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Checkpoints
 
 
-def build_checkpoints(settings: ServingSettings, directory: Path) -> dict[str, Path]:
-    """Save one random-weight checkpoint per variant (same seed: same weights but for the merge's place).
+def checkpoint_key(settings: ServingSettings, variant: BenchVariant) -> dict[str, Any]:
+    """Everything a saved checkpoint depends on: a kept one is reused only where all of it matches."""
+    return {
+        "preset": str(settings.preset),
+        "placement": variant.placement.to_dict(),
+        "llm_layers": settings.llm_layers,
+        "seed": settings.seed,
+    }
 
-    Each is built in a child process, so this process never holds a 0.9B-parameter model while the servers run.
-    """
+
+KEY_FILE = "bench_checkpoint.json"
+
+
+def build_checkpoints(settings: ServingSettings, directory: Path) -> dict[str, Path]:
+    """Save one random-weight checkpoint per variant (same seed: same weights but for the merge's place), in a
+    folder named after the variant (so ``laco@1/4`` and ``laco@1/2`` never share one); a checkpoint kept by
+    ``--keep-models`` is reused only when its recorded :func:`checkpoint_key` matches this run's."""
+    paths = {}
+    for variant in serving_variants(settings):
+        path = directory / variant.name.replace("@", "-").replace("/", "-").replace("+", "-")
+        paths[variant.name] = path
+        key = checkpoint_key(settings, variant)
+        if _kept(path, key):
+            continue
+        job = {"settings": asdict(settings), "placement": variant.placement.to_dict(), "path": str(path)}
+        build_in_child(json.dumps(job), variant.name)
+        (path / KEY_FILE).write_text(json.dumps(key, indent=1) + "\n")
+    return paths
+
+
+def _kept(path: Path, key: dict[str, Any]) -> bool:
+    if not (path / KEY_FILE).exists() or not list(path.glob("*.safetensors")):
+        return False
+    return json.loads((path / KEY_FILE).read_text()) == key
+
+
+def build_in_child(job: str, name: str) -> None:
+    """Build one checkpoint in a child process, so this process never holds a 0.9B-parameter model while the
+    servers run."""
     import subprocess
     import sys
 
-    preset = load_preset(settings.preset)
-    depth = preset.encoder.layers
-    placements = {VARIANTS[0]: Placement(settings.depth).resolve(depth), VARIANTS[1]: Placement("last").resolve(depth)}
-    paths = {}
-    for name, placement in placements.items():
-        path = directory / name.replace("@", "-").replace("/", "-")
-        paths[name] = path
-        if (path / "laco_processor.json").exists() and list(path.glob("*.safetensors")):
-            continue  # kept from an earlier run with --keep-models
-        job = json.dumps({"settings": asdict(settings), "placement": placement.to_dict(), "path": str(path)})
-        code = f"from laco.bench.serving import _build_one; _build_one({job!r})"
-        if subprocess.run([sys.executable, "-c", code]).returncode != 0:
-            raise RuntimeError(f"building the {name} checkpoint failed; see its output above.")
-    return paths
+    code = f"from laco.bench.serving import _build_one; _build_one({job!r})"
+    if subprocess.run([sys.executable, "-c", code]).returncode != 0:
+        raise RuntimeError(f"building the {name} checkpoint failed; see its output above.")
 
 
 def _build_one(job: str) -> None:
@@ -103,11 +178,7 @@ def _build_one(job: str) -> None:
     from .tokenizer import bench_tokenizer
 
     data = json.loads(job)
-    settings, placement, path = (
-        ServingSettings(**data["settings"]),
-        Placement.from_dict(data["placement"]),
-        data["path"],
-    )
+    settings, placement = ServingSettings(**data["settings"]), Placement.from_dict(data["placement"])
     preset = load_preset(settings.preset)
     model = random_mllm(
         preset.encoder, preset.llm, llm_layers=settings.llm_layers, dtype=torch.float32,
@@ -119,8 +190,8 @@ def _build_one(job: str) -> None:
     processor.num_image_tokens = model.num_image_tokens(preset.resolution)
     model.config.image_token_index = processor.image_token_id  # the tokenizer's <image>, inside the vocabulary
     model.config.image_seq_length = processor.num_image_tokens
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    model.save_pretrained(data["path"])
+    processor.save_pretrained(data["path"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,13 +255,13 @@ def flop_bounds(settings: ServingSettings, prompt_tokens: int) -> dict[str, floa
     """FLOP-bound speed-ups: TTFT from the prefill; throughput from prefill + decode of ``output_tokens``."""
     preset = load_preset(settings.preset)
     llm = preset.llm if settings.llm_layers is None else preset.llm.with_layers(settings.llm_layers)
-    costs = {}
-    for name, spec in zip(VARIANTS, (settings.depth, "last")):
+    costs = []
+    for variant in serving_variants(settings):
         common = dict(mode="prefill", prompt_tokens=prompt_tokens, answer_tokens=settings.output_tokens)
-        prefill = mllm_flops(preset.encoder, llm, spec, **common).total
-        decode = mllm_flops(preset.encoder, llm, spec, **{**common, "mode": "decode"}).total
-        costs[name] = (prefill, prefill + decode)
-    laco, external = costs[VARIANTS[0]], costs[VARIANTS[1]]
+        prefill = mllm_flops(preset.encoder, llm, variant.placement, **common).total
+        decode = mllm_flops(preset.encoder, llm, variant.placement, **{**common, "mode": "decode"}).total
+        costs.append((prefill, prefill + decode))
+    laco, external = costs
     throughput = external[1] / laco[1]
     return {"ttft": external[0] / laco[0], "requests_per_s": throughput, "output_tokens_per_s": throughput}
 
@@ -199,23 +270,24 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
     import torch
 
     from ..serve.launch import check_serving, vllm_server
-    from .machine import Machine, checkout_commit
+    from .machine import Machine
 
     python = check_serving(settings.serve_python)  # fail before minutes of model building
     out.mkdir(parents=True, exist_ok=True)
+    load, started = load_average(), time.time()
     paths = build_checkpoints(settings, out / "models")
-    preset = load_preset(settings.preset)
-    spec = json.loads((paths[VARIANTS[0]] / "laco_processor.json").read_text())
+    names = variant_names(settings)
+    spec = json.loads((paths[names[0]] / "laco_processor.json").read_text())
     machine = Machine.describe(torch.device(settings.device)).to_dict()
-    # Other processes share the CPU with the servers; the load average says how busy the machine was.
-    machine.update(commit=checkout_commit(), vllm=_vllm_version(python), load_average_start=os.getloadavg())
-    result = ServingResult(asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths))
+    machine["vllm"] = _vllm_version(python)
+    result = ServingResult(asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths[names[0]]))
+    result.load_average_start, result.started = load, started
     result.bounds = flop_bounds(settings, result.prompt_tokens)
     args = ["--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", str(settings.requests)]
     on_cpu = settings.device == "cpu"
     with ExitStack() as stack:
         servers = {}
-        for name in VARIANTS:  # one at a time: loading is the memory peak
+        for name in names:  # one at a time: loading is the memory peak
             log = out / f"serve-{name.replace('/', '-')}.log"
             servers[name] = stack.enter_context(
                 vllm_server(
@@ -228,27 +300,32 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
                     eager=on_cpu,
                 )  # fmt: skip
             )
-        for index in range(settings.warmup + settings.rounds):
-            order = list(VARIANTS) if index % 2 == 0 else list(reversed(VARIANTS))
-            seeds = [settings.seed * 100_000 + index * 1000 + i for i in range(settings.requests + 1)]
-            urls = [image_url(seed, preset.resolution) for seed in seeds]
-            for name in order:
-                row = measure_round(servers[name], urls, settings)
-                if index >= settings.warmup:
-                    for metric, value in row.items():
-                        result.samples.setdefault(name, {}).setdefault(metric, []).append(value)
-                if progress:
-                    label = "warm-up" if index < settings.warmup else f"round {index + 1 - settings.warmup}"
-                    print(f"{label:8s} {name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
-            if index >= settings.warmup:
-                result.order.append(order)
-    result.machine["load_average_end"] = os.getloadavg()
-    _summarise(result)
+        samples = _time_servers(servers, settings, load_preset(settings.preset).resolution, progress)
+    _summarise(result, samples)
     if not settings.keep_models:
         for path in paths.values():
             for file in path.glob("*.safetensors"):
                 file.unlink()
     return result
+
+
+def _time_servers(servers: dict[str, Any], settings: ServingSettings, size: int, progress: bool) -> dict[str, Samples]:
+    """Every server once per round, interleaved; round ``r`` sends both servers the same fresh images."""
+    calls: dict[str, int] = {}
+
+    def workload(name: str):
+        def call() -> dict[str, float]:
+            index = calls[name] = calls.get(name, -1) + 1
+            seeds = [settings.seed * 100_000 + index * 1000 + i for i in range(settings.requests + 1)]
+            row = measure_round(servers[name], [image_url(seed, size) for seed in seeds], settings)
+            if progress:
+                label = "warm-up" if index < settings.warmup else f"round {index + 1 - settings.warmup}"
+                print(f"{label:8s} {name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+            return row
+
+        return call
+
+    return run_interleaved({name: workload(name) for name in servers}, reps=settings.rounds, warmup=settings.warmup)
 
 
 def _vllm_version(python: Path) -> str | None:
@@ -258,24 +335,29 @@ def _vllm_version(python: Path) -> str | None:
     return process.stdout.strip().splitlines()[-1] if process.returncode == 0 and process.stdout.strip() else None
 
 
-def _prompt_tokens(paths: dict[str, Path]) -> int:
+def _prompt_tokens(checkpoint: Path) -> int:
     """Text tokens around the image in each request (chat template included), for the FLOP bound."""
     from PIL import Image
 
     from ..mllm import LacoProcessor
 
-    processor = LacoProcessor.from_pretrained(paths[VARIANTS[0]])
+    processor = LacoProcessor.from_pretrained(checkpoint)
     size = processor.image_transform.size
     ids = processor([PROMPT], [Image.new("RGB", (size, size))])["input_ids"]
     return int(ids.shape[1]) - processor.num_image_tokens
 
 
-def _summarise(result: ServingResult) -> None:
-    for name, metrics in result.samples.items():
-        result.medians[name] = {metric: statistics.median(values) for metric, values in metrics.items()}
-    laco, external = result.medians[VARIANTS[0]], result.medians[VARIANTS[1]]
-    result.ratios = {
-        "ttft": external["ttft_s"] / laco["ttft_s"],
-        "requests_per_s": laco["requests_per_s"] / external["requests_per_s"],
-        "output_tokens_per_s": laco["output_tokens_per_s"] / external["output_tokens_per_s"],
-    }
+def _summarise(result: ServingResult, samples: dict[str, Samples]) -> None:
+    """Medians per metric, LaCo's ratios over external (median and quartiles of the per-round ratios)."""
+    laco, external = names = tuple(samples)
+    for name in names:
+        result.samples[name] = {metric: samples[name].phases[metric] for metric in RATIOS.values()}
+        result.medians[name] = {m: statistics.median(v) for m, v in result.samples[name].items()}
+    rounds = samples[laco].rounds
+    result.order = [sorted(names, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in rounds]
+    for key, metric in RATIOS.items():
+        numerator, denominator = (external, laco) if key == "ttft" else (laco, external)
+        per_round = [a / b for a, b in zip(result.samples[numerator][metric], result.samples[denominator][metric])]
+        spread = Stats.of(per_round)
+        result.spreads[key] = [spread.q1, spread.q3]
+        result.ratios[key] = result.medians[numerator][metric] / result.medians[denominator][metric]

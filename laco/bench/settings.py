@@ -9,17 +9,19 @@ when :func:`resolve` turns the request into the typed settings the runner, the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
-from ..cost import LLMGeometry
+from ..cost import LLMGeometry, encoder_flops, image_tokens, mllm_flops
+from ..placement import Placement
 from ..precision import PRECISIONS, Precision
 from ..precision import choose as choose_precision
 from ..precision import normalize as normalize_precision
 from .measurements import MEASUREMENTS, Measurement, measurement
+from .options import FLAG, check_threads, csv, csv_or_none, given, option
 from .presets import PRESETS, BenchPreset, load_preset
 from .timing import usable_cores
 from .variants import DEFAULT_DEPTHS, DEFAULT_METHODS, DEFAULT_TWO_STAGE
@@ -32,31 +34,6 @@ QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1, "precision": "fp32"}
 QUICK_THREADS = 1
 COMPILE_WARMUP = 2  # the first warm-up call counts FLOPs eagerly; the second compiles
 OPTIMIZER_LR = 1e-6  # tiny, so repeated steps on random weights stay finite; the cost does not depend on it
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# How the command line spells a field
-
-
-def csv(text: str) -> list[str]:
-    """A comma-separated list, as ``--measure encoder,train`` writes it."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def csv_or_none(text: str) -> list[str] | None:
-    """A comma-separated list, or ``none`` (or nothing) for no list at all."""
-    items = csv(text)
-    return None if [item.lower() for item in items] in ([], ["none"]) else items
-
-
-FLAG = "flag"
-"""``parse`` of a boolean field: the option takes no value and sets the field to ``True``."""
-
-
-def option(default: Any, help: str, parse: Callable[[str], Any] | str = str, choices: Sequence[str] | None = None):
-    """A settings field with its command-line spelling: ``parse`` reads the option's text (:data:`FLAG` for a
-    switch), ``help`` says what it does."""
-    return field(default=default, metadata={"help": help, "parse": parse, "choices": choices})
 
 
 def _tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -72,14 +49,14 @@ class BenchSettings:
         f"built-in preset ({', '.join(PRESETS)}) or a .yaml file; default {DEFAULT_PRESET} ({QUICK_PRESET} with --quick)",
     )
     quick: bool = option(False, "CI mode: tiny geometry (unless --preset), 3 rounds, 1 thread", FLAG)
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto (default: auto; cpu with --engine vllm)")
     precision: str | None = option(
         None,
         "auto (bf16 where the device multiplies it natively, else fp32), bf16, fp16 (GPU) or fp32; default: the "
         "preset's, auto",
         choices=PRECISIONS,
     )
-    threads: int | None = option(None, "torch intra-op threads (default: usable cores)", int)
+    threads: int | None = option(None, "torch intra-op threads, 1..usable cores (default: all usable cores)", int)
     reps: int | None = option(None, "timed rounds (default: preset's, 3 on CPU, 10 on CUDA)", int)
     warmup: int | None = option(None, "untimed rounds, >= 1; the first counts FLOPs", int)
     batch: int | None = option(None, "images (one per sequence) per step", int)
@@ -113,12 +90,21 @@ class BenchSettings:
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> BenchSettings:
-        """The settings an ``argparse`` namespace holds, one attribute per field."""
-        return cls(**{f.name: getattr(namespace, f.name) for f in fields(cls)})
+        """The settings an ``argparse`` namespace holds; a field it lacks keeps its default."""
+        return cls(**given(namespace, cls))
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Resolved settings
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The cost model's FLOPs of one call, and the token counts behind them."""
+
+    flops: float
+    image_tokens: int
+    sequence_tokens: int | None
 
 
 @dataclass(frozen=True)
@@ -186,6 +172,16 @@ class ResolvedSettings:
             "answer_tokens": preset.answer_tokens,
         }
 
+    def predict(self, mode: str, placement: Placement, *, full: bool) -> Prediction:
+        """FLOPs of a ``mode`` call of ``placement``, for the LLM as built (``full=False``) or at its full depth."""
+        preset = self.preset
+        llm = preset.llm if full else self.built_llm
+        if llm is None:
+            cost = encoder_flops(preset.encoder, placement, image_size=preset.resolution, images=self.batch)
+            return Prediction(cost.total, image_tokens(cost, preset.encoder, drop_prefix=False), None)
+        cost = mllm_flops(preset.encoder, llm, placement, mode=mode, **self.cost_inputs)
+        return Prediction(cost.total, int(cost.info["image_tokens"]), cost.info.get("sequence_tokens"))
+
     def to_dict(self) -> dict[str, Any]:
         """The ``settings`` of ``bench.json``: every requested field as resolved, plus what the preset fixed."""
         resolved = {f.name for f in fields(self)}
@@ -235,9 +231,7 @@ def resolve(settings: BenchSettings) -> ResolvedSettings:
             f"preset {preset.name!r} has no LLM, so only {encoder_only} can be measured (asked: {list(measure)}); "
             "use an MLLM preset such as llava-ov-0.5b."
         )
-    threads = int(settings.threads) if settings.threads else QUICK_THREADS if quick else usable_cores()
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}.")
+    threads = QUICK_THREADS if quick and settings.threads is None else check_threads(settings.threads, usable_cores())
     return ResolvedSettings(
         requested=settings,
         preset=preset,

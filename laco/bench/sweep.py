@@ -1,9 +1,11 @@
-"""Compare earlier ``laco bench`` runs: how the headline speed-ups move with one setting (batch, threads, ...).
+"""Compare earlier ``laco bench`` runs of any engine: how the headline speed-ups move with one setting (batch,
+threads, ...).
 
-A single run answers "how much faster here"; a sweep answers "when does the gain show". On a GPU the ratios grow
-with the batch until kernels are big enough for the FLOP bound to hold; on a CPU they move with the thread count.
-This reads the runs' ``bench.json`` files (nothing is re-timed), prints one row per run and measurement, and plots
-the measured speed-up and its FLOP bound against the setting, one line per preset and device.
+A single run answers "how much faster here"; a sweep answers "when does the gain show" (on a GPU the ratios grow
+with the batch until kernels are big enough for the FLOP bound to hold; on a CPU they move with the thread count).
+This reads the runs' result files (nothing is re-timed; their ``speedups`` records, see :mod:`laco.bench.schema`),
+prints one row per run and measurement, and plots measured speed-up and FLOP bound against the setting, one line
+per preset and device.
 
 >>> from laco.bench.sweep import load_runs, format_sweep
 >>> runs = load_runs(["runs/b8/bench.json", "runs/b32/bench.json"])
@@ -19,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .measurements import MEASUREMENTS
-from .results import SCHEMA
+from .plots import Series, write_plot
+from .schema import read_result, schema_version
 from .variants import headline_variant
 
 PREFERRED_KEYS = ("batch", "compile", "threads", "dtype", "llm_layers", "reps")
@@ -28,39 +31,62 @@ LATER_SETTINGS = {"compile": False}  # settings added after runs were first reco
 
 @dataclass(frozen=True)
 class Run:
-    """One ``bench.json``: where it came from, and its data."""
+    """One result file of any engine: where it came from, and its data."""
 
     path: Path
     data: dict[str, Any]
 
     @property
+    def engine(self) -> str:
+        return self.data.get("engine", "batched")  # schema 1 files were batched or packed; packed ones say sizes
+
+    @property
     def settings(self) -> dict[str, Any]:
-        return {**LATER_SETTINGS, **self.data["settings"]}
+        return {**LATER_SETTINGS, **self.data["settings"]} if self.engine == "batched" else dict(self.data["settings"])
 
     @property
     def label(self) -> str:
         """Which line of the plot the run belongs to: preset on device (GPU name where there is one)."""
         machine = self.data["machine"]
-        device = machine["gpu"]["name"] if machine.get("gpu") else f"CPU, {self.settings['threads']} thr."
-        return f"{self.data['preset']['name']} ({device})"
+        threads = self.settings.get("threads") or machine.get("torch_threads")
+        device = machine["gpu"]["name"] if machine.get("gpu") else f"CPU, {threads} thr."
+        engine = "" if self.engine == "batched" else f", {self.engine}"
+        return f"{self.data['preset']['name']} ({device}{engine})"
 
     def headline(self) -> str | None:
         """The variant the run's own summary leads with."""
+        if "headline" in self.data:
+            return self.data["headline"]
         return headline_variant((v["name"], v["group"]) for v in self.data["variants"])
+
+    def speedups(self) -> list[dict[str, Any]]:
+        """The run's ``speedups`` records; files of schema 1 (batched runs) carry them in their measurement rows."""
+        if "speedups" in self.data:
+            return self.data["speedups"]
+        return [
+            {"measurement": kind, "title": _short(kind), "variant": name, **_legacy(row["speedup"])}
+            for kind, rows in self.data["measurements"].items()
+            for name, row in rows.items()
+            if row.get("speedup")
+        ]
+
+
+def _legacy(speed: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "measured": speed["measured"],
+        "q1": speed["paired_q1"],
+        "q3": speed["paired_q3"],
+        "bound": speed["flop_bound"],
+    }
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Read ``bench.json`` files (or directories holding one), checking they are ``laco bench`` output."""
+    """Read result files of any engine (or directories holding one), checking they are ``laco bench`` output."""
     runs = []
     for given in paths:
-        path = Path(given)
-        if path.is_dir():
-            path = path / "bench.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; pass the bench.json files (or --out directories) of runs.")
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ValueError(f"{path} is not a laco bench result (expected schema {SCHEMA!r}).")
+        path, data = read_result(given)
+        if schema_version(data, path) == 1 and "sizes" in data:
+            raise ValueError(f"{path} is a packed-tower run of schema 1, which has no speed-up records; rerun it.")
         runs.append(Run(path, data))
     if len(runs) < 2:
         raise ValueError(f"a comparison needs at least two runs, got {len(runs)}.")
@@ -94,26 +120,22 @@ def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict
         name = variant or run.headline()
         if name is None:
             continue
-        if variant is not None and all(v["name"] != variant for v in run.data["variants"]):
+        if variant is not None and all(v["name"] != variant for v in run.data.get("variants", [])):
             names = [v["name"] for v in run.data["variants"]]
             raise ValueError(f"{run.path} has no variant {variant!r}; it ran {names}.")
-        for kind, measurements in run.data["measurements"].items():
-            speed = measurements.get(name, {}).get("speedup")
-            if not speed:
-                continue
-            out.append(
-                {
-                    "label": run.label,
-                    "value": run.settings[key],
-                    "kind": kind,
-                    "variant": name,
-                    "measured": speed["measured"],
-                    "q1": speed["paired_q1"],
-                    "q3": speed["paired_q3"],
-                    "bound": speed["flop_bound"],
-                    "path": str(run.path),
-                }
-            )
+        for record in run.speedups():
+            if record["variant"] == name:
+                out.append(
+                    {
+                        "label": run.label,
+                        "value": run.settings[key],
+                        "kind": record["measurement"],
+                        "title": record["title"],
+                        "variant": name,
+                        **{field: record[field] for field in ("measured", "q1", "q3", "bound")},
+                        "path": str(run.path),
+                    }
+                )
     order = {kind: index for index, kind in enumerate(MEASUREMENTS)}
     return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
 
@@ -135,7 +157,7 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
         [
             row["label"],
             str(row["value"]),
-            _short(row["kind"]),
+            row["title"],
             row["variant"],
             f"{row['measured']:.2f}x [{row['q1']:.2f}-{row['q3']:.2f}]",
             f"{row['bound']:.2f}x",
@@ -153,59 +175,36 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
 
 def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | None = None) -> Path:
     """One panel per measurement: measured speed-up (IQR bars) and FLOP bound (dashed) against ``key``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = rows(runs, key, variant)
     # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
     # gain to show; the table keeps it.
-    kinds = [
-        kind for kind in MEASUREMENTS if any(row["kind"] == kind and abs(row["bound"] - 1) > 0.02 for row in table)
-    ]
+    kinds = [kind for kind in _kinds(table) if any(r["kind"] == kind and abs(r["bound"] - 1) > 0.02 for r in table)]
     if not kinds:
         raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
     labels = sorted({row["label"] for row in table})
-    colours = {label: f"C{i}" for i, label in enumerate(labels)}
     numeric = all(isinstance(row["value"], int | float) and not isinstance(row["value"], bool) for row in table)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 3.6), squeeze=False)
-    for ax, kind in zip(axes[0], kinds):
-        for label in labels:
-            points = [row for row in table if row["kind"] == kind and row["label"] == label]
-            if not points:
-                continue
-            xs = [row["value"] if numeric else str(row["value"]) for row in points]
-            measured = [row["measured"] for row in points]
-            errors = [
-                [m - row["q1"] for m, row in zip(measured, points)],
-                [row["q3"] - m for m, row in zip(measured, points)],
-            ]
-            ax.errorbar(
-                xs, measured, yerr=errors, marker="o", color=colours[label], capsize=3, label=f"{label} measured"
-            )
-            ax.plot(
-                xs, [row["bound"] for row in points], "--", color=colours[label], alpha=0.7, label=f"{label} FLOP bound"
-            )
-        if numeric and key == "batch":
-            ax.set_xscale("log", base=2)
-            values = sorted({row["value"] for row in table if row["kind"] == kind})
-            ax.set_xticks(values, [str(v) for v in values])
-        ax.axhline(1.0, color="0.7", linewidth=0.8)
-        ax.set_title(_short(kind))
-        ax.set_xlabel(key)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("speed-up over external compression")
-    handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="lower center", ncol=max(1, min(4, len(names))), fontsize="small", frameon=False)
-    fig.suptitle(f"{_subject(variant)} vs its external-compression baseline, against {key}", fontsize="medium")
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * ((len(names) - 1) // 4), 1, 1))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    panels = {}
+    for kind in kinds:
+        panels[next(r["title"] for r in table if r["kind"] == kind)] = [
+            Series(
+                label,
+                [r["value"] if numeric else str(r["value"]) for r in points],
+                [r["measured"] for r in points],
+                [r["q1"] for r in points],
+                [r["q3"] for r in points],
+                [r["bound"] for r in points],
+                color=f"C{index}",
+                bound_line=True,
+            )  # fmt: skip
+            for index, label in enumerate(labels)
+            if (points := [r for r in table if r["kind"] == kind and r["label"] == label])
+        ]
+    title = f"{_subject(variant)} vs its baseline, against {key}"
+    return write_plot(path, panels, xlabel=key, title=title, log2x=numeric and key == "batch")
+
+
+def _kinds(table: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(row["kind"] for row in table))
 
 
 def compare(

@@ -1,11 +1,22 @@
-"""The model of a run and what its workloads share: fixed inputs, the placement switch, optimizers and timers.
+"""The model of a run, and what each built-in measurement times on it, as ``(prepare, call)`` for one variant.
 
-One model serves every variant (see :mod:`laco.bench.models` for why); the workloads of
-:mod:`laco.bench.workloads` move it to a variant's placement in their untimed ``prepare``.
+One model serves every variant (see :mod:`laco.bench.models` for why); ``prepare`` runs untimed before every call
+and moves the model to the variant's placement (and sets up a fresh cache). The workloads:
+
+* encoder: the vision tower's forward (inference mode);
+* train: a stage-2 training step of the MLLM, everything trainable: forward, the loss ``laco train`` uses
+  (:func:`laco.mllm.loss.answer_loss`: the LM head projects the answer tokens only), backward, AdamW step, zero
+  grad;
+* prefill: time to first token: forward over image + prompt with an empty KV cache, logits of the last token,
+  greedy first token;
+* decode: ``answer_tokens`` greedy single-token steps with the KV cache left by the prefill.
+
+Calls that run the LLM report the time inside its decoder layers (``stack_*``), which ``--llm-layers`` scales.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -13,8 +24,10 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..cost import training_activation_bytes
+from ..mllm.loss import answer_loss
 from ..placement import Placement
 from . import machine
+from .measurements import Measurement, Workload
 from .models import CompressionSwitch, compile_blocks, decoder_layers, random_encoder, random_mllm
 from .presets import BenchPreset
 from .settings import OPTIMIZER_LR, ResolvedSettings
@@ -139,3 +152,116 @@ class Testbed:
                 f"~{available / 2**30:.1f} GiB is available. Use a smaller --batch, time fewer LLM layers "
                 "(--llm-layers), use --dtype bfloat16, or leave train out of --measure."
             )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Workloads
+
+    def workload(self, spec: Measurement, variant: BenchVariant) -> Workload:
+        """``(prepare, call)`` of ``spec`` for ``variant``."""
+        if isinstance(spec.workload, str):
+            return getattr(self, spec.workload)(variant)
+        return spec.workload(self, variant)
+
+    def encoder_forward(self, variant: BenchVariant) -> Workload:
+        pixel_values = self.inputs.pixel_values
+
+        def prepare() -> None:
+            self.activate(variant)
+
+        def call() -> None:
+            with torch.inference_mode():
+                self.tower(pixel_values=pixel_values)
+
+        return prepare, call
+
+    def train_step(self, variant: BenchVariant) -> Workload:
+        ids = self.inputs.ids(self.image_tokens(variant), with_answer=True)
+        batch = {"input_ids": ids, "pixel_values": self.inputs.pixel_values, "labels": self.inputs.labels(ids)}
+        model, clock, stack = self.model, self.clock, self.stack
+
+        def prepare() -> None:
+            self.activate(variant)
+
+        def call() -> dict[str, float]:
+            rest, stack_optimizer, own = self.optimizers(variant)
+            stack.reset()
+            t0 = clock.mark()
+            loss, _ = answer_loss(model, batch)
+            t1 = clock.mark()
+            loss.backward()
+            t2 = clock.mark()
+            rest.step()
+            if own is not None:
+                own.step()
+            t3 = clock.mark()
+            stack_optimizer.step()
+            t4 = clock.mark()
+            model.zero_grad(set_to_none=True)
+            t5 = clock.mark()
+            return {
+                "forward": clock.seconds(t0, t1),
+                "backward": clock.seconds(t1, t2),
+                "optimizer": clock.seconds(t2, t5),
+                "stack_forward": stack.forward_seconds(),
+                "stack_backward": stack.backward_seconds(),
+                "stack_optimizer": clock.seconds(t3, t4),
+            }
+
+        return prepare, call
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self.model.config.text_config)
+
+    def _first_token(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """Prefill ``cache`` with image + prompt and pick the first answer token greedily (logits of the last only)."""
+        out = self.model(
+            input_ids=ids, pixel_values=self.inputs.pixel_values, cache=cache, use_cache=True, logits_to_keep=1
+        )
+        return out.logits[:, -1:].argmax(-1)
+
+    def _prefill_once(self, variant: BenchVariant):
+        """The first token and the KV cache after the prompt, computed untimed for decoding."""
+        ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
+        cache = self._new_cache()
+        with torch.inference_mode():
+            return self._first_token(ids, cache), cache
+
+    def prefill(self, variant: BenchVariant) -> Workload:
+        ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
+        state: dict[str, Any] = {}
+
+        def prepare() -> None:
+            self.activate(variant)
+            state["cache"] = self._new_cache()
+
+        def call() -> dict[str, float]:
+            self.stack.reset()
+            with torch.inference_mode():
+                self._first_token(ids, state["cache"])
+            return {"stack_forward": self.stack.forward_seconds()}
+
+        return prepare, call
+
+    def decode(self, variant: BenchVariant) -> Workload:
+        steps = self.inputs.answer_tokens
+        state: dict[str, Any] = {}
+
+        def prepare() -> None:
+            self.activate(variant)
+            if variant.name not in self.prefill_cache:
+                self.prefill_cache[variant.name] = self._prefill_once(variant)
+            token, cache = self.prefill_cache[variant.name]
+            state["token"], state["cache"] = token, copy.deepcopy(cache)  # every round decodes from the same prefix
+
+        def call() -> dict[str, float]:
+            self.stack.reset()
+            token, cache = state["token"], state["cache"]
+            with torch.inference_mode():
+                for _ in range(steps):
+                    out = self.model(input_ids=token, cache=cache, use_cache=True)
+                    token = out.logits[:, -1:].argmax(-1)
+            return {"stack_forward": self.stack.forward_seconds()}
+
+        return prepare, call

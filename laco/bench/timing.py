@@ -1,14 +1,9 @@
-"""Interleaved timing with warm-up, robust statistics and CUDA events.
+"""Interleaved timing with warm-up, robust statistics and CUDA events, shared by every engine.
 
-Why interleave: on a shared or thermally throttling machine the speed drifts over minutes. Timing variant A
-for a while and then variant B puts that drift into the A/B ratio. Here every repetition is a *round* that
-runs each workload once, so drift hits all variants alike, and the start of the round rotates so no variant
-always runs right after the same neighbour (caches, allocator state, turbo budget). Consecutive samples of two
-variants from the same round form a pair, and the spread of the per-round ratios is an honest error bar for
-a speed-up.
-
-Why median and IQR: timing noise is one-sided (interruptions only make runs slower) and heavy-tailed, so the
-mean and standard deviation are dragged by outliers; the median and the interquartile range are not.
+Why interleave: a shared or throttling machine drifts; timing A for a while and then B puts the drift into the
+A/B ratio. Every round runs each workload once, its start rotating (no variant always follows the same
+neighbour), and the samples of two variants from one round form a pair whose ratios give the error bar.
+Why median and IQR: timing noise is one-sided and heavy-tailed, and these are not dragged by outliers.
 """
 
 from __future__ import annotations
@@ -35,11 +30,8 @@ def usable_cores() -> int:
 
 
 class Clock:
-    """Time marks on the host clock, or CUDA events on the current stream when timing a GPU.
-
-    CUDA kernels run asynchronously: a host clock would measure the launch, not the work. Events are recorded
-    in the stream, and :meth:`seconds` waits for the later one before reading the interval.
-    """
+    """Time marks on the host clock, or CUDA events on the current stream when timing a GPU (kernels run
+    asynchronously: a host clock would measure the launch); :meth:`seconds` waits for the later event."""
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
@@ -84,15 +76,8 @@ class Stats:
         data = sorted(float(v) for v in values)
         if not data:
             raise ValueError("cannot summarise an empty sample; run at least one repetition (reps >= 1).")
-        return cls(
-            len(data),
-            quantile(data, 0.5),
-            quantile(data, 0.25),
-            quantile(data, 0.75),
-            data[0],
-            data[-1],
-            statistics.fmean(data),
-        )
+        q1, median, q3 = (quantile(data, q) for q in (0.25, 0.5, 0.75))
+        return cls(len(data), median, q1, q3, data[0], data[-1], statistics.fmean(data))
 
     def to_dict(self) -> dict[str, float]:
         return {
@@ -184,15 +169,12 @@ def paired_ratios(baseline: Samples, variant: Samples) -> list[float]:
 
 
 class StackTimer:
-    """Time spent inside a contiguous stack of layers, forward and backward, from hooks.
+    """Time spent inside a contiguous stack of layers, forward and backward, from hooks: what ``--llm-layers``
+    scales from ``N`` timed layers to ``L``, without the embedding, ``lm_head``, loss or vision tower around them.
 
-    Why: to time an LLM with ``N`` of its ``L`` layers and scale to ``L`` (``laco bench --llm-layers``) one
-    needs the time of the layers alone, without the embedding, ``lm_head``, loss or vision tower around them.
-
-    Forward: a pre-hook on the first layer and a hook on the last one mark entry and exit. Backward: tensor
-    hooks on the last layer's output (fires when its gradient is ready: backward enters the stack) and on the
-    first layer's input (fires when the stack's backward is done). Durations accumulate until :meth:`reset`,
-    so a decode loop sums its steps.
+    Forward: hooks on the first layer's entry and the last one's exit. Backward: tensor hooks on the last layer's
+    output (backward enters the stack) and the first layer's input (it is done). Durations accumulate until
+    :meth:`reset`, so a decode loop sums its steps.
     """
 
     def __init__(self, layers: nn.ModuleList, clock: Clock) -> None:

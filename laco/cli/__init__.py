@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in ("bench", "study"):
         import importlib
 
-        return importlib.import_module(f"laco.{argv[0]}").main(argv[1:]) or 0
+        return importlib.import_module(f"laco.{argv[0]}.cli").main(argv[1:]) or 0
     args = parser.parse_args(argv)
     try:
         return args.handler(args)

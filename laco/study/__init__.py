@@ -4,27 +4,9 @@
 attention probe on real labelled images, over several seeds, and writes tables, JSON and plots.
 """
 
-from __future__ import annotations
-
-from pathlib import Path
-
+from .cli import main
 from .grid import QUICK, StudyConfig, StudyVariant, load_study_config
-from .report import write_report
-from .runner import Study, collect_cells, missing_cells
-
-
-def run_study(config: StudyConfig, progress: bool = True, docs: Path | None = None) -> dict:
-    """Train every missing cell of ``config``, then write its tables, JSON and plots (and refresh ``docs``)."""
-    cells = Study(config, progress=progress).run()
-    return write_report(cells, Path(config.output_dir), docs)
-
-
-def main(argv=None) -> int:
-    """``laco study``; see :mod:`laco.study.cli`."""
-    from .cli import main as cli_main
-
-    return cli_main(argv)
-
+from .runner import Study, collect_cells, missing_cells, run_study
 
 __all__ = [
     "QUICK",

@@ -8,12 +8,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cli import positive_int
+from ..bench.options import positive_int
 from ..precision import PRECISIONS
-from . import run_study
 from .grid import QUICK, load_study_config
 from .report import refresh_costs, write_report
-from .runner import Study, collect_cells, missing_cells
+from .runner import Study, collect_cells, missing_cells, run_study
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from ..precision import choose as choose_precision
 from ..pretrained import load_dinov2_small
 from .grid import StudyConfig, StudyVariant
 from .probe import CompressedSuffix, prefix_features, start_layer, train_cell
+from .report import write_report
 from .tasks import load_task
 
 
@@ -256,6 +257,12 @@ def _run_share(config: StudyConfig, share: list[tuple[str, StudyVariant, int]], 
         cells = [(variant, seed) for task, variant, seed in share if task == task_name]
         if cells:
             study._run_task(task_name, cells, costs)
+
+
+def run_study(config: StudyConfig, progress: bool = True, docs: Path | None = None) -> dict:
+    """Train every missing cell of ``config``, then write its tables, JSON and plots (and refresh ``docs``)."""
+    cells = Study(config, progress=progress).run()
+    return write_report(cells, Path(config.output_dir), docs)
 
 
 def missing_cells(config: StudyConfig) -> list[tuple[str, str, int]]:

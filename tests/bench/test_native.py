@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from laco.bench import main
+from laco.bench import SCHEMA, main
 from laco.bench.native import IMAGE_SETS, NATIVE_PRESETS, packed_inputs
 from laco.bench.presets import load_preset
 from laco.bench.variants import packed_tower_variants
@@ -27,7 +27,7 @@ def test_the_tiny_preset_times_three_variants_per_image_set_next_to_their_flop_b
     out, status = tiny_run
     assert status == 0
     data = json.loads((out / "native.json").read_text())
-    assert data["schema"] == "laco-bench-native/1" and data["preset"]["name"] == "tiny-qwen-tower"
+    assert data["schema"] == SCHEMA and data["engine"] == "packed" and data["preset"]["name"] == "tiny-qwen-tower"
     assert data["settings"]["dtype"] == "float32" and data["machine"]["torch_threads"] == 1
     assert [v["name"] for v in data["variants"]] == VARIANTS
     assert list(data["sizes"]) == ["448", "mixed"]

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from laco.bench import SCHEMA, main, run_benchmark
 from laco.bench import machine as machine_module
-from laco.bench import main, run_benchmark
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM
 from laco.cost import training_activation_bytes
 
@@ -16,7 +16,8 @@ def test_quick_run_writes_json_and_png(quick_run, capsys):
     out, status = quick_run
     assert status == 0
     data = json.loads((out / "bench.json").read_text())
-    assert data["schema"] == "laco-bench/1"
+    assert data["schema"] == SCHEMA and data["engine"] == "batched" and data["headline"] == "laco@1/4"
+    assert set(data["provenance"]) == {"commit", "date", "cpu", "load_average_start", "load_average_end"}
     assert data["preset"]["name"] == "tiny"
     assert set(data["machine"]) >= {"cpu", "logical_cores", "torch_threads", "torch", "transformers", "gpu"}
     assert data["settings"]["threads"] == 1 and data["settings"]["reps"] == 3

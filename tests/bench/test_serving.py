@@ -8,8 +8,8 @@ import json
 import pytest
 
 from laco.bench import main as bench_main
+from laco.bench.report import serving_table as format_table
 from laco.bench.serving import VARIANTS, ServingResult, ServingSettings, flop_bounds, image_url
-from laco.bench.serving_report import format_table
 from laco.serve.launch import ServeUnavailable, check_serving
 
 TINY_SERVE_PRESET = """
