@@ -5,10 +5,10 @@ import torch
 
 import laco
 from laco import Placement, cost
-from laco.bench.counting import flop_counter_mode
 from laco.bench.models import CompressionSwitch, random_encoder, random_mllm
 from laco.compressors import build
 from laco.cost import EncoderGeometry, LLMGeometry
+from laco.measure.flop_counting import flop_counter_mode
 from laco.mllm import IGNORE_INDEX
 from laco.mllm.loss import answer_loss
 

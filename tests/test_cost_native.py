@@ -6,8 +6,8 @@ import torch
 from qwen_models import grid, packed_pixels, tiny_tower
 
 import laco
-from laco.bench.counting import flop_counter_mode
 from laco.cost.native import PACKED_ENCODERS, PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from laco.measure.flop_counting import flop_counter_mode
 
 TINY = {
     "qwen2": PackedEncoderGeometry("t-qwen2", "qwen2-vl", 32, 4, 4, 64, 32, patch=4),

@@ -11,6 +11,7 @@ serving (:mod:`~laco.bench.serving`), share the presets, options, variants, timi
 (:mod:`~laco.bench.schema`), report, plot and ``--compare``; :mod:`~laco.bench.cli` is ``laco bench``.
 """
 
+from ..measure.timing import Clock, Samples, Stats, run_interleaved
 from .cli import main
 from .measurements import MEASUREMENTS, Measurement, register
 from .presets import PRESETS, BenchPreset, load_preset
@@ -18,7 +19,6 @@ from .results import BenchResult, SpeedUp, VariantResult
 from .runner import run, run_benchmark
 from .schema import SCHEMA
 from .settings import BenchSettings, ResolvedSettings, resolve
-from .timing import Clock, Samples, Stats, run_interleaved
 from .variants import BenchVariant, build_variants
 
 __all__ = [

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..measure.flop_counting import flop_counter_mode
+from ..measure.timing import Clock, Stats, run_interleaved
 from ..placement import Placement
-from .counting import flop_counter_mode
-from .timing import Clock, Stats, run_interleaved
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,17 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..cost.native import PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from ..measure.machine import CpuLoad, Machine
+from ..measure.timing import Clock, Samples, Stats, run_interleaved, usable_cores
+from ..placement import KEEP
 from ..precision import PRECISIONS
 from ..precision import choose as choose_precision
-from .machine import CpuLoad, Machine
 from .models import CompressionSwitch
 from .options import check_threads, csv, option
 from .presets import PRESETS, NativePreset
 from .results import SpeedUp, paired_speedup, preset_summary
 from .schema import envelope, load_average, provenance, speedup_record
 from .settings import resolve_device
-from .timing import Clock, Samples, Stats, run_interleaved, usable_cores
 from .variants import BenchVariant, packed_tower_variants
 
 IMAGE_SETS: dict[str, tuple[tuple[int, int], ...]] = {
@@ -250,7 +251,7 @@ def _run_size(result: NativeResult, switch: CompressionSwitch, size: str, device
 
 
 def _mode(variant: BenchVariant) -> str:
-    return variant.placement.mode if variant.placement.compressed else "keep_llm_tokens"
+    return variant.placement.mode if variant.placement.compressed else KEEP
 
 
 def _timed_call(tower: nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor, rows: dict[str, int], name: str):
@@ -307,7 +308,7 @@ def laco_overhead(switch: CompressionSwitch, variant: BenchVariant, pixels, grid
     with torch.inference_mode():
         for _ in range(OVERHEAD_REPEATS):
             start = clock.mark()
-            layout = adapter.layout(tower, (pixels,), {"grid_thw": grid_thw})
+            layout = adapter.layout(tower, (pixels,), {"grid_thw": grid_thw}, laco_patch.placement_of(tower))
             layout.encoder_inputs((pixels,), {"grid_thw": grid_thw})
             middle = clock.mark()
             layout.merge(hidden, compressor)

@@ -4,11 +4,11 @@ each result's ``to_dict`` (:mod:`laco.bench.schema`), the plot :mod:`laco.bench.
 
 from __future__ import annotations
 
+from ..measure.timing import Stats
 from .measurements import Measurement, measurement
 from .native import NativeResult, SizeResult, ttft_bound
 from .results import BenchResult, VariantResult
 from .serving import ServingResult
-from .timing import Stats
 from .variants import BenchVariant, headline_variant
 
 TARGET_EFFICIENCY = 0.9

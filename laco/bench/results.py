@@ -12,15 +12,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..measure.flop_counting import Memory
+from ..measure.machine import Machine
+from ..measure.timing import Samples, Stats, paired_ratios
 from ..placement import Placement
 from .anatomy import Anatomy
-from .counting import Memory
-from .machine import Machine
 from .measurements import OPTIMIZER_PHASE, STACK_PREFIX, Measurement, measurement
 from .presets import BenchPreset
 from .schema import envelope, provenance, speedup_record
 from .settings import ResolvedSettings
-from .timing import Samples, Stats, paired_ratios
 from .variants import BenchVariant, headline_variant
 
 

@@ -2,7 +2,7 @@
 the results.
 
 Each measurement (:mod:`laco.bench.measurements`) is interleaved over all variants, round-robin (see
-:mod:`laco.bench.timing`). Every variant's first warm-up call runs under ``FlopCounterMode`` (FLOPs counted,
+:mod:`laco.measure.timing`). Every variant's first warm-up call runs under ``FlopCounterMode`` (FLOPs counted,
 plus memory), so counting never touches a timed call, and its FLOPs and visual tokens are checked against the
 cost model's.
 
@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
+from ..measure.flop_counting import count_call
+from ..measure.machine import BUSY_CORES_WARNING, CpuLoad, Machine
+from ..measure.timing import run_interleaved
 from . import plots, report
 from .anatomy import Anatomy, measure_anatomy
-from .counting import count_call
-from .machine import BUSY_CORES_WARNING, CpuLoad, Machine
 from .measurements import Measurement
 from .presets import BenchPreset
 from .results import BenchResult, VariantResult, optimizer_seconds, scale_seconds
 from .schema import load_average, write_result
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
-from .timing import run_interleaved
 from .variants import BenchVariant, build_variants, fraction_label
 
 RECOMPILE_LIMIT = 64  # graphs per compiled block: token counts x grad modes, far more than a preset needs

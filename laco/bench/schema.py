@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .machine import checkout_commit
+from ..measure.machine import checkout_commit
 
 SCHEMA = 2
 LEGACY_SCHEMAS = {"laco-bench/1": 1, "laco-bench-native/1": 1}

@@ -3,7 +3,7 @@
 Two random-weight checkpoints at a batched preset's geometry (default LLaVA-OneVision-0.5B), identical but for where
 the 2x2 merge sits (LaCo at ``--depth``, or after the last layer), are saved with a small tokenizer and each served
 by its own ``vllm serve`` (the serving environment; float32, eager on CPU). Both servers stay up and every round
-measures each once, interleaved like every engine (:func:`~laco.bench.timing.run_interleaved`: the start rotates,
+measures each once, interleaved like every engine (:func:`~laco.measure.timing.run_interleaved`: the start rotates,
 so the order alternates per round):
 
 * TTFT: one request at a time (an image, a prompt, ``max_tokens=1``), the client's wall time to the answer;
@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from ..cost import mllm_flops
+from ..measure.timing import Samples, Stats, run_interleaved
 from ..placement import Placement
 from .options import FLAG, option
 from .presets import load_preset
 from .results import SpeedUp, preset_summary
 from .schema import envelope, load_average, provenance, speedup_record
-from .timing import Samples, Stats, run_interleaved
 from .variants import BenchVariant, build_variants
 
 PROMPT = "Describe the image in one sentence."
@@ -269,8 +269,8 @@ def flop_bounds(settings: ServingSettings, prompt_tokens: int) -> dict[str, floa
 def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingResult:
     import torch
 
+    from ..measure.machine import Machine
     from ..serve.launch import check_serving, vllm_server
-    from .machine import Machine
 
     python = check_serving(settings.serve_python)  # fail before minutes of model building
     out.mkdir(parents=True, exist_ok=True)

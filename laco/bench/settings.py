@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..cost import LLMGeometry, encoder_flops, image_tokens, mllm_flops
+from ..measure.timing import usable_cores
 from ..placement import Placement
 from ..precision import PRECISIONS, Precision
 from ..precision import choose as choose_precision
@@ -23,7 +24,6 @@ from ..precision import normalize as normalize_precision
 from .measurements import MEASUREMENTS, Measurement, measurement
 from .options import FLAG, check_threads, csv, csv_or_none, given, option
 from .presets import PRESETS, BenchPreset, load_preset
-from .timing import usable_cores
 from .variants import DEFAULT_DEPTHS, DEFAULT_METHODS, DEFAULT_TWO_STAGE
 
 DEFAULT_PRESET = "llava-ov-0.5b"

@@ -16,7 +16,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..compressors import available as available_methods
-from ..placement import Placement
+from ..placement import KEEP, MORE, Placement
 
 DEFAULT_DEPTHS: tuple[str, ...] = ("1/12", "1/6", "1/4", "1/2")
 DEFAULT_METHODS: tuple[str, ...] = ("laco", "pixel_shuffle", "ldpv2", "tokenpacker", "avgpool")
@@ -102,9 +102,9 @@ def packed_tower_variants(depth: int, layer: str = "1/4", factor: int = 2) -> li
     ``layer`` in each mode, both compared with the original. ``keep_llm_tokens`` gives the LLM the original's
     tokens; ``compress_more`` gives it ``factor**2`` times fewer (its speed-up is not the placement's alone)."""
     variants = [BenchVariant("original", Placement(), None, "reference")]
-    for mode in ("keep_llm_tokens", "compress_more"):
+    for mode in (KEEP, MORE):
         placement = Placement(layer, "laco", factor, mode=mode).resolve(depth)
-        variants.append(BenchVariant(mode, placement, "original", "mode", mode == "keep_llm_tokens"))
+        variants.append(BenchVariant(mode, placement, "original", "mode", mode == KEEP))
     return variants
 
 

@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
-from ..bench.counting import flop_counter_mode
-from ..bench.timing import usable_cores
+from ..measure.flop_counting import flop_counter_mode
+from ..measure.timing import usable_cores
 from ..precision import choose as choose_precision
 from ..pretrained import load_dinov2_small
 from .grid import StudyConfig, StudyVariant

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from laco.bench import main
-from laco.bench.machine import Machine
 from laco.bench.settings import BenchSettings, resolve
+from laco.measure.machine import Machine
 
 
 @pytest.fixture(scope="session")

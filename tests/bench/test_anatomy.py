@@ -9,7 +9,7 @@ from laco import patch as laco_patch
 from laco.bench.anatomy import Anatomy, measure_anatomy
 from laco.bench.models import CompressionSwitch
 from laco.bench.presets import TINY_ENCODER
-from laco.bench.timing import Clock, Stats
+from laco.measure.timing import Clock, Stats
 
 from tiny_models import FAMILIES, PREFIX, tiny_encoder
 

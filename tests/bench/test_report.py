@@ -4,8 +4,8 @@ import pytest
 
 from laco.bench.report import host_bound_warning
 from laco.bench.results import BenchResult, VariantResult
-from laco.bench.timing import Samples
 from laco.bench.variants import build_variants
+from laco.measure.timing import Samples
 
 
 @pytest.mark.parametrize(("stack_none", "warned"), [(0.0101, True), (0.030, False)])

@@ -4,8 +4,8 @@ import pytest
 
 from laco.bench.measurements import measurement
 from laco.bench.results import BenchResult, VariantResult, scale_phase, scale_seconds
-from laco.bench.timing import Samples
 from laco.bench.variants import build_variants
+from laco.measure.timing import Samples
 
 
 def test_scaling_adds_the_untimed_layers():

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from laco.bench import SCHEMA, main, run_benchmark
-from laco.bench import machine as machine_module
 from laco.bench.presets import PRESETS, TINY_ENCODER, TINY_LLM
 from laco.cost import training_activation_bytes
+from laco.measure import machine as machine_module
 
 MEASURES = ["encoder", "train", "prefill", "decode"]
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from laco.bench.counting import flop_counter_mode
 from laco.bench.models import random_mllm
 from laco.bench.presets import TINY_ENCODER, TINY_LLM
+from laco.measure.flop_counting import flop_counter_mode
 from laco.mllm import IGNORE_INDEX
 from laco.mllm.loss import answer_loss, next_token_targets
 

@@ -226,7 +226,7 @@ def test_docs_keep_their_text_and_get_fresh_tables(tmp_path):
 def test_study_flops_are_the_bench_counters_with_attention_counted(tmp_path):
     """The study counts encoder FLOPs with the benchmark's counter, which also counts fused CPU attention."""
     from laco import apply, remove
-    from laco.bench.counting import flop_counter_mode
+    from laco.measure.flop_counting import flop_counter_mode
 
     config = load_study_config(None, {**QUICK, "output_dir": str(tmp_path), "depths": ["1/2"], "methods": ["laco"]})
     study = Study(config, progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from laco.bench.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
+from laco.measure.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
 
 
 def test_rounds_interleave_with_a_rotating_start():

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import sdpa_backward_flop_count
 
-from laco.bench.counting import PeakMemory, SavedMemory, _sdpa_backward_flop, count_call, flop_counter_mode
+from laco.measure.flop_counting import PeakMemory, SavedMemory, _sdpa_backward_flop, count_call, flop_counter_mode
 
 
 @pytest.mark.parametrize(
