@@ -175,3 +175,14 @@ def image_to_tokens(x: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
 def split_prefix(x: torch.Tensor, num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split CLS/register tokens (which lead the sequence) from the grid tokens."""
     return x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+
+
+def real_slots(size: GridSize, factor: int, device=None) -> torch.Tensor:
+    """Which slots of each merged token hold a real (unpadded) input token: ``(h*w, factor**2)`` booleans in the
+    slot order of :func:`space_to_channel` (``(dy, dx)`` row-major). All true when ``factor`` divides the grid."""
+    height, width = size
+    out_h, out_w = merged_size(size, factor)
+    rows = torch.arange(out_h * factor, device=device) < height
+    cols = torch.arange(out_w * factor, device=device) < width
+    grid = (rows[:, None] & cols[None, :]).reshape(out_h, factor, out_w, factor)
+    return grid.permute(0, 2, 1, 3).reshape(out_h * out_w, factor * factor)
