@@ -173,14 +173,17 @@ class PatchMerge(TokenCompressor):
     neighbourhood_wise = True
 
     def normalise(self, stacked: torch.Tensor, size: GridSize) -> torch.Tensor:
-        """The MLP's input: the window normalised as one vector, or token by token with padded slots left zero."""
+        """The MLP's input: the window normalised as one vector, or token by token. Per token, a padded slot reads
+        the nearest real token of its window, so the per-token FFN reuse averages real tokens only (exactly for
+        2x2 windows); the window-wide norm keeps the plain PML's zeros there."""
         if not self.token_norm:
             return self.norm(stacked)
         batch, windows, _ = stacked.shape
         groups = self.factor * self.factor
         normed = self.norm(stacked.reshape(batch, windows, groups, self.dim))
         if size[0] % self.factor or size[1] % self.factor:
-            normed = normed * F.real_slots(size, self.factor, stacked.device)[..., None].to(normed.dtype)
+            slots = F.nearest_real_slots(size, self.factor, stacked.device)
+            normed = normed.gather(2, slots[None, :, :, None].expand(batch, -1, -1, self.dim))
         return normed.reshape(batch, windows, groups * self.dim)
 
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:

@@ -44,7 +44,8 @@ class WindowAttentionMerge(PatchMerge):
             ``"layer"`` is the plain patch merge's tiled init over a normalised window and is refused here.
 
     ``branch_scale`` scales the MLP branch only; the attention keeps the block's own layer scale. On padded grids
-    the attention never reads padded slots, and padded slots stay zero for the MLP and the shortcut.
+    the attention never reads padded slots; they stay zero for the shortcut and read their nearest real token for
+    the MLP (see :meth:`PatchMerge.normalise`).
     """
 
     token_norm = True
