@@ -63,7 +63,7 @@ from .checkpoints import (
     seal,
     stage_done,
 )
-from .freezing import count_parameters, part_parameters, set_trainable
+from .freezing import count_parameters, part_parameters, set_trainable, stage_part_rates
 from .init_from import check_init_from, load_init_from
 from .resume import ConfigMismatch, RunLock, accept_config
 
@@ -284,14 +284,20 @@ def _train_stage(
     if not quiet:
         parts = ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items())
         print(f"{stage.name}: training {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters ({parts})")
-    trainer = LacoTrainer(
+    trainer_class, objective = LacoTrainer, {}
+    if stage.objective == "tower_distillation":
+        from .distill import DistillTrainer  # imports this module
+
+        trainer_class, objective = DistillTrainer, {"distill_loss": stage.distill_loss}
+    trainer = trainer_class(
         model=model,
         args=_training_arguments(config, index, stage_dir, precision),
         train_dataset=dataset,
         data_collator=MultimodalCollator(processor.tokenizer.pad_token_id),
         processing_class=processor.tokenizer,
-        part_learning_rates=stage.part_learning_rates,
+        part_learning_rates=stage_part_rates(stage),
         sample_weights=answer_balanced_weights(dataset, stage.answer_balance) if stage.answer_balance else None,
+        **objective,
     )
     _check_world_size(trainer)
     last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
