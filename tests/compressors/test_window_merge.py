@@ -219,3 +219,23 @@ def test_inits_keep_the_merged_tokens_on_the_scale_of_the_input(method, options)
     inputs, shortcut, branch = _norms(method, **options)
     assert branch <= shortcut
     assert 0.5 * shortcut <= (shortcut + branch) <= 1.5 * inputs
+
+
+@pytest.mark.parametrize("init", ["default", "ffn_reuse"])
+def test_laco_cost_counts_the_window_merge_inside_an_encoder(init):
+    """laco.cost builds the merge from the placement alone; with the usual MLP ratio 4 (this geometry's) the
+    FFN-reuse width it assumes is the block's, and the total holds against FlopCounterMode."""
+    from laco import Placement, cost
+    from laco.bench.counting import flop_counter_mode
+    from laco.bench.models import CompressionSwitch, random_encoder
+    from laco.cost import EncoderGeometry
+
+    geometry = EncoderGeometry("t-dinov2", "dinov2", 48, 6, 4, 192, 4, 32, prefix=1)
+    model = random_encoder(geometry, dtype=torch.float32, device=torch.device("cpu"))
+    placement = Placement(2, "laco-window", 2, {"init": init}).resolve(geometry.layers)
+    CompressionSwitch(model).activate(placement)
+    pixels = torch.randn(2, 3, geometry.image_size, geometry.image_size)
+    with torch.no_grad(), flop_counter_mode() as counter:
+        model(pixel_values=pixels)
+    predicted = cost.encoder_flops(geometry, placement, images=2).total
+    assert abs(counter.get_total_flops() / predicted - 1) < 0.02
