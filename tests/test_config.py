@@ -51,7 +51,11 @@ def test_overrides_reach_nested_keys_and_stage_lists():
             r"got \['compressor', 'projector'\]\. Use e.g. trainable: \[compressor\]",
         ),
         (
-            ["stages.0.objective=tower_distillation", "stages.0.trainable=[compressor]", "model.compression.layers=none"],
+            [
+                "stages.0.objective=tower_distillation",
+                "stages.0.trainable=[compressor]",
+                "model.compression.layers=none",
+            ],
             r"stages.0.objective: tower_distillation .* model.compression.layers is none; set layers",
         ),
         (["stages.1.vision_learning_rate_scale=0"], r"stages.1.vision_learning_rate_scale must be > 0 .* e.g. 0.2"),

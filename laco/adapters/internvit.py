@@ -2,8 +2,6 @@
 
 from transformers import InternVLVisionModel
 
-from torch import nn
-
 from .base import AttentionParts, EncoderAdapter, MlpParts
 
 
@@ -20,7 +18,7 @@ class InternVitAdapter(EncoderAdapter):
 
     def attention_parts(self, block) -> AttentionParts | None:
         attn = block.attention
-        if not isinstance(attn.q_norm, nn.Identity):  # qk-norm (InternViT-6B): not a plain attention
+        if getattr(attn.config, "use_qk_norm", False):  # qk-norm (InternViT-6B): not a plain attention
             return None
         return AttentionParts(
             block.layernorm_before,

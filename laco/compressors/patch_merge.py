@@ -149,7 +149,9 @@ class PatchMerge(TokenCompressor):
         """
         groups = self.factor * self.factor
         if not self.token_norm:
-            raise ValueError(f"init_from_ffn needs a per-token norm; build the merge with init='ffn_reuse', not {self.init!r}.")
+            raise ValueError(
+                f"init_from_ffn needs a per-token norm; build the merge with init='ffn_reuse', not {self.init!r}."
+            )
         if fc1.in_features != self.dim or fc2.out_features != self.out_dim:
             raise ValueError(
                 f"cannot initialise a PatchMerge of width {self.dim}->{self.out_dim} from an MLP of width "
@@ -204,7 +206,11 @@ class PatchMerge(TokenCompressor):
 def copy_norm(source: nn.Module, target: nn.Module) -> nn.Module:
     """``target`` holding ``source``'s weights (and epsilon), or a copy of ``source`` when it is another kind of norm
     (RMSNorm): laco rebuilds the merge from the same block on every load, so the kind is the same each time."""
-    if type(source) is nn.LayerNorm and type(target) is nn.LayerNorm and source.normalized_shape == target.normalized_shape:
+    if (
+        type(source) is nn.LayerNorm
+        and type(target) is nn.LayerNorm
+        and source.normalized_shape == target.normalized_shape
+    ):
         target.eps = source.eps
         for name in ("weight", "bias"):
             parameter, value = getattr(target, name), getattr(source, name)

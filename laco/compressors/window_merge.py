@@ -92,7 +92,10 @@ class WindowAttentionMerge(PatchMerge):
         if any(linear is None for linear in linears) or parts.out.in_features != self.dim:
             raise ValueError("AttentionParts needs a fused qkv or all of q, k and v, of the merge's width.")
         self.qkv.weight.copy_(torch.cat([linear.weight for linear in linears]))
-        biases = [linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features) for linear in linears]
+        biases = [
+            linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+            for linear in linears
+        ]
         self.qkv.bias.copy_(torch.cat(biases))
         scale = parts.scale if parts.scale is not None else torch.ones_like(self.proj.bias)
         self.proj.weight.copy_(parts.out.weight * scale[:, None])

@@ -24,6 +24,7 @@ from .. import patch as laco_patch
 from ..adapters import resolve_encoder
 from .trainer import LacoTrainer
 
+
 def uncompressed_copy(tower: nn.Module) -> nn.Module:
     """A frozen copy of ``tower`` without its merges (laco's hooks are deep-copy safe: the copy's own are removed)."""
     teacher = copy.deepcopy(tower)

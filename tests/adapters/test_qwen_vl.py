@@ -331,7 +331,10 @@ def test_a_tower_saved_after_apply_reloads_with_laco_load(tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_window_merge_runs_packed_and_equals_the_general_path(family, mode, monkeypatch):
     init = "default" if family == "qwen2.5" else "ffn_reuse"  # Qwen2.5-VL's SwiGLU MLP has no FFN reuse
-    tower, pixels = laco.apply(tiny_tower(family), LAYER, mode=mode, method="laco-window", init=init), packed_pixels(EVEN)
+    tower, pixels = (
+        laco.apply(tiny_tower(family), LAYER, mode=mode, method="laco-window", init=init),
+        packed_pixels(EVEN),
+    )
     fast = run(tower, pixels, EVEN)
     factor = 16 if mode == "compress_more" else 4
     assert fast[0].shape[0] == int(EVEN.prod(-1).sum()) // factor and torch.isfinite(fast[0]).all()

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import laco
 from laco import functional as F
-from laco.compressors import WindowAttentionMerge, build
+from laco.compressors import build
 
 from tiny_models import PATCH, pixels, tiny_encoder
 

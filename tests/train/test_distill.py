@@ -59,15 +59,17 @@ def _write(path, parts, output, distill_steps=8, save_steps=4, init="zero", **st
 
 def _moved(config, tmp_path):
     """Names of the tensors the distillation stage changed, against the model it started from."""
+    from transformers import set_seed
+
     from laco.checkpoints import from_pretrained_strict
     from laco.mllm import LacoLlavaForConditionalGeneration
     from laco.train.trainer import _model_for_next_stage
 
-    from transformers import set_seed
-
     set_seed(config.seed)  # as train() does before it assembles the model
     start = _model_for_next_stage(config, tmp_path / "fresh")[0].state_dict()
-    after = from_pretrained_strict(LacoLlavaForConditionalGeneration, tmp_path / "run" / "distill" / "final").state_dict()
+    after = from_pretrained_strict(
+        LacoLlavaForConditionalGeneration, tmp_path / "run" / "distill" / "final"
+    ).state_dict()
     return {key for key in after if not torch.equal(after[key], start[key])}
 
 
@@ -88,15 +90,23 @@ def test_distillation_lowers_its_loss_and_moves_only_the_merge(parts, tmp_path, 
     moved = _moved(config, tmp_path)
     assert moved and all("laco_compressor" in key for key in moved), sorted(moved)[:5]
 
-    changed = load_config(tmp_path / "run.yaml", [f"stages.0.distill_loss={'cosine' if distill_loss == 'mse' else 'mse'}"])
+    changed = load_config(
+        tmp_path / "run.yaml", [f"stages.0.distill_loss={'cosine' if distill_loss == 'mse' else 'mse'}"]
+    )
     with pytest.raises(ConfigMismatch, match="stages.0.distill_loss"):
         train(changed, quiet=True)
 
 
 def test_distillation_can_train_the_layers_after_the_merge(parts, tmp_path):
     config = load_config(
-        _write(tmp_path / "run.yaml", parts, tmp_path / "run", distill_steps=2, trainable=["compressor", "vision_after_merge"],
-               vision_learning_rate_scale=0.2)
+        _write(
+            tmp_path / "run.yaml",
+            parts,
+            tmp_path / "run",
+            distill_steps=2,
+            trainable=["compressor", "vision_after_merge"],
+            vision_learning_rate_scale=0.2,
+        )
     )
     train(config, quiet=True)
     moved = _moved(config, tmp_path)
