@@ -260,3 +260,16 @@ def test_window_merge_inside_idefics3_padded_tiles(init):
     if init == "zero":
         expected = F.avg_pool_tokens(x, (4, 4), 2)[0]
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_branch_scale_scales_the_mlp_branch_only():
+    x = torch.randn(2, 16, 32)
+    full, _ = _merge_after_block("dinov2", "laco-window", init="ffn_reuse")
+    unit, _ = _merge_after_block("dinov2", "laco-window", init="ffn_reuse", branch_scale=1.0)
+    none, block = _merge_after_block("dinov2", "laco-window", init="ffn_reuse", branch_scale=0.0)
+    torch.testing.assert_close(unit(x, (4, 4))[0], full(x, (4, 4))[0])
+    with torch.no_grad():  # without the MLP branch: the average of the window attention's output
+        attended = none.prepare_windows(F.space_to_channel(x, (4, 4), 2)[0], (4, 4))
+        torch.testing.assert_close(none(x, (4, 4))[0], F.channel_average(attended, 2))
+        assert not torch.allclose(attended, F.space_to_channel(x, (4, 4), 2)[0])
+    assert none.branch_scale.requires_grad and block is not None
