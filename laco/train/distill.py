@@ -43,12 +43,10 @@ def read_features(config: Any, tower: nn.Module, pixel_values: torch.Tensor) -> 
 def pooled_target(student: nn.Module, teacher_features: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
     """The teacher's grid tokens average-pooled through each of the student's merges, in turn, to its grid."""
     encoder, adapter = resolve_encoder(student)
-    state = encoder._laco
-    prefix = adapter.num_prefix_tokens(encoder)
     grid = adapter.grid(encoder, pixel_values)
-    head, tokens = F.split_prefix(teacher_features, prefix)
-    for index in range(len(state.stages)):
-        tokens, grid = F.avg_pool_tokens(tokens, grid, state.compressor(index).factor)
+    head, tokens = F.split_prefix(teacher_features, adapter.num_prefix_tokens(encoder))
+    for compressor in laco_patch.compressors(student):
+        tokens, grid = F.avg_pool_tokens(tokens, grid, compressor.factor)
     return torch.cat([head, tokens], dim=1)
 
 

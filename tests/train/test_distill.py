@@ -137,3 +137,23 @@ def test_a_killed_distillation_stage_resumes_exactly(parts, tmp_path):
         assert resumed.keys() == expected.keys()
         for key in expected:
             torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+
+
+def test_the_target_is_the_uncompressed_tower_pooled_through_every_merge():
+    import laco
+    from laco.train.distill import pooled_target, uncompressed_copy
+
+    from tiny_models import pixels, tiny_encoder
+
+    student = laco.apply(tiny_encoder("dinov2"), [1, 3], method="laco-window")
+    teacher = uncompressed_copy(student)
+    assert laco.is_patched(student) and not laco.is_patched(teacher)  # the copy's removal left the student alone
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x = pixels()
+    with torch.no_grad():
+        full = teacher(x).last_hidden_state
+        target = pooled_target(student, full, x)
+        merged = student(x).last_hidden_state
+    assert target.shape == merged.shape == (2, 1 + 4, full.shape[-1])  # CLS + the 8x8 grid merged twice: 2x2
+    torch.testing.assert_close(target[:, 0], full[:, 0])
+    torch.testing.assert_close(target[:, 1:], full[:, 1:].reshape(2, 2, 4, 2, 4, -1).mean((2, 4)).reshape(2, 4, -1))
