@@ -3,6 +3,8 @@ trainable, bf16, odd grids, cost; and what each init does to the norm of the mer
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 import laco
@@ -273,3 +275,30 @@ def test_branch_scale_scales_the_mlp_branch_only():
         torch.testing.assert_close(none(x, (4, 4))[0], F.channel_average(attended, 2))
         assert not torch.allclose(attended, F.space_to_channel(x, (4, 4), 2)[0])
     assert none.branch_scale.requires_grad and block is not None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    height=st.integers(1, 7),
+    width=st.integers(1, 7),
+    factor=st.integers(2, 3),
+    init=st.sampled_from(["zero", "default"]),
+)
+def test_any_grid_and_factor(height, width, factor, init):
+    merge = build("laco-window", 8, factor, init=init, num_heads=2)
+    x = torch.randn(2, height * width, 8)
+    y, size = merge(x, (height, width))
+    assert size == F.merged_size((height, width), factor) and y.shape == (2, size[0] * size[1], 8)
+    assert torch.isfinite(y).all()
+    if init == "zero":
+        torch.testing.assert_close(y, F.avg_pool_tokens(x, (height, width), factor)[0])
+    # a padded slot never changes a window's output: the same grid padded with other values merges the same
+    if height % factor or width % factor:
+        bigger = torch.randn(2, -(-height // factor) * factor, -(-width // factor) * factor, 8)
+        bigger[:, :height, :width] = x.reshape(2, height, width, 8)
+        alone = merge(x, (height, width))[0]
+        for i in range(size[0]):
+            for j in range(size[1]):
+                rows, cols = min(factor, height - i * factor), min(factor, width - j * factor)
+                window = bigger[:, i * factor : i * factor + rows, j * factor : j * factor + cols].reshape(2, -1, 8)
+                torch.testing.assert_close(merge(window, (rows, cols))[0][:, 0], alone[:, i * size[1] + j])
