@@ -114,6 +114,9 @@ class StageConfig:
     # uncompressed tower's features, 2x2-average-pooled to the merged count (laco.train.distill); put it first.
     objective: str = "next_token"
     distill_loss: str = "mse"  # tower_distillation only: mse (values and scale) or cosine (direction only)
+    # A depth curriculum (laco.train.curriculum): this stage trains the merge after this layer (an int or a fraction)
+    # instead of model.compression's, carrying its weights; null: model.compression's. Not on the last stage.
+    merge_layer: int | str | None = None
 
 
 @dataclass
@@ -170,6 +173,7 @@ class RunConfig:
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}.")
+        _validate_curriculum(self)
         for index, stage in enumerate(self.stages):
             _validate_stage(stage, f"stages.{index}")
             compression = self.model.compression
@@ -255,6 +259,29 @@ def _validate_stage(stage: StageConfig, where: str) -> None:
         raise ValueError(
             f"{where}.warmup_ratio must lie in [0, 1] (a fraction of max_steps), got {stage.warmup_ratio}."
         )
+
+
+def _validate_curriculum(config: RunConfig) -> None:
+    moved = [index for index, stage in enumerate(config.stages) if stage.merge_layer is not None]
+    if not moved:
+        return
+    where, compression = f"stages.{moved[0]}.merge_layer", config.model.compression
+    if moved[-1] == len(config.stages) - 1:
+        raise ValueError(
+            f"stages.{moved[-1]}.merge_layer: the last stage trains the merge where model.compression puts it, so "
+            "the run ends with the configured model; remove merge_layer from it (earlier stages move the merge)."
+        )
+    if compression is None or len(compression.layers) != 1:
+        given = "model.init_from" if compression is None else f"model.compression.layers={list(compression.layers)}"
+        raise ValueError(
+            f"{where} moves one merge, and {given} does not give exactly one; set model.compression.layers to "
+            "a single layer (e.g. 1/4), or drop merge_layer."
+        )
+    for index in moved:
+        try:
+            Placement(config.stages[index].merge_layer)
+        except ValueError as error:
+            raise ValueError(f"stages.{index}.merge_layer: {error}") from None
 
 
 def _validate_objective(stage: StageConfig, where: str) -> None:

@@ -63,6 +63,7 @@ from .checkpoints import (
     seal,
     stage_done,
 )
+from .curriculum import place_for_stage, stage_placement
 from .freezing import count_parameters, part_parameters, set_trainable, stage_part_rates
 from .init_from import check_init_from, load_init_from
 from .resume import ConfigMismatch, RunLock, accept_config
@@ -279,6 +280,7 @@ def _train_stage(
     """Train stage ``index`` (from its newest complete checkpoint, if any) and save its ``final/``."""
     stage = config.stages[index]
     stage_dir = Path(config.output_dir) / stage.name
+    place_for_stage(model, config, index)  # before a checkpoint loads: its merge is where this stage trains it
     counts = set_trainable(model, stage.trainable)
     trainable, total = count_parameters(model)
     if not quiet:
@@ -345,7 +347,7 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
         unset_hf_deepspeed_config()
         model = from_pretrained_strict(LacoLlavaForConditionalGeneration, source)
-        _check_placement(model, config, source)
+        _check_placement(model, config, source, config.stages.index(finished[-1]))
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
     spec = config.model
@@ -362,14 +364,14 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
     return model, processor
 
 
-def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path) -> None:
+def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path, index: int) -> None:
     """A finished stage's model carries its own compression; a config asking for another would be ignored."""
     if config.model.compression is None:  # init_from: the checkpoint's merge is the run's
         return
     tower = model.model.vision_tower
     saved = laco_patch.placement_of(tower) or Placement()
     _, adapter = resolve_encoder(tower)
-    wanted = config.model.compression.resolve(len(adapter.blocks(tower)))
+    wanted = stage_placement(config, index, len(adapter.blocks(tower)))  # where finished stage `index` trained it
     if wanted.mode == "auto":  # the adapter chose the mode when the model was built
         wanted = replace(wanted, mode=saved.mode)
     if saved.to_dict() != wanted.to_dict():
