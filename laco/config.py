@@ -271,11 +271,15 @@ def _validate_curriculum(config: RunConfig) -> None:
             f"stages.{moved[-1]}.merge_layer: the last stage trains the merge where model.compression puts it, so "
             "the run ends with the configured model; remove merge_layer from it (earlier stages move the merge)."
         )
-    if compression is None or len(compression.layers) != 1:
-        given = "model.init_from" if compression is None else f"model.compression.layers={list(compression.layers)}"
+    if compression is None:
         raise ValueError(
-            f"{where} moves one merge, and {given} does not give exactly one; set model.compression.layers to "
-            "a single layer (e.g. 1/4), or drop merge_layer."
+            f"{where}: a run from model.init_from keeps its checkpoint's merge where it is; drop merge_layer (or "
+            "convert the checkpoint to another layer with laco convert)."
+        )
+    if len(compression.layers) != 1:
+        raise ValueError(
+            f"{where} moves one merge, and model.compression.layers={list(compression.layers)} does not give exactly "
+            "one; set model.compression.layers to a single layer (e.g. 1/4), or drop merge_layer."
         )
     for index in moved:
         try:

@@ -103,6 +103,7 @@ def test_a_killed_curriculum_resumes_exactly(parts, tmp_path):
             r"stages.0.merge_layer moves one merge, and model.compression.layers=\[3, 6\] does not give exactly one",
         ),
         (["stages.0.merge_layer=deep"], r"stages.0.merge_layer: "),
+        (["stages.0.merge_layer=3", "model.init_from=dst"], r"stages.0.merge_layer: a run from model.init_from keeps"),
     ],
 )
 def test_curriculum_config_errors_name_the_key_and_the_fix(overrides, message):
