@@ -23,6 +23,10 @@ from .precision import normalize as normalize_precision
 T = TypeVar("T")
 
 TRAINABLE_PARTS = ("compressor", "projector", "llm", "vision_after_merge", "vision")
+VISION_PARTS = ("vision_after_merge", "vision")  # pretrained encoder weights: vision_learning_rate_scale applies
+OBJECTIVES = ("next_token", "tower_distillation")
+DISTILL_LOSSES = ("mse", "cosine")
+DISTILL_PARTS = ("compressor", "vision_after_merge")  # what a tower-distillation stage can train (no LLM runs)
 # Keys an older config may still use, and what replaced them (named in the error instead of a bare "unknown key").
 RENAMED = {"bf16": "precision: auto | bf16 | fp16 | fp32 (auto picks bf16 only where the hardware has it)"}
 
@@ -102,6 +106,17 @@ class StageConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     scheduler: str = "cosine"
+    # Rate of the pretrained encoder parts this stage trains (vision_after_merge, vision), as a multiple of
+    # learning_rate, unless part_learning_rates names them. 1 keeps every earlier recipe as it was; LLaVA-UHD v4
+    # recovers its in-ViT merge with the ViT unfrozen at 0.2.
+    vision_learning_rate_scale: float = 1.0
+    # next_token: the MLLM's answer loss. tower_distillation: images only, the compressed tower learns the
+    # uncompressed tower's features, 2x2-average-pooled to the merged count (laco.train.distill); put it first.
+    objective: str = "next_token"
+    distill_loss: str = "mse"  # tower_distillation only: mse (values and scale) or cosine (direction only)
+    # A depth curriculum (laco.train.curriculum): this stage trains the merge after this layer (an int or a fraction)
+    # instead of model.compression's, carrying its weights; null: model.compression's. Not on the last stage.
+    merge_layer: int | str | None = None
 
 
 @dataclass
@@ -158,8 +173,15 @@ class RunConfig:
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}.")
+        _validate_curriculum(self)
         for index, stage in enumerate(self.stages):
             _validate_stage(stage, f"stages.{index}")
+            compression = self.model.compression
+            if stage.objective == "tower_distillation" and compression is not None and not compression.compressed:
+                raise ValueError(
+                    f"stages.{index}.objective: tower_distillation teaches a compressed tower to match the "
+                    "uncompressed one, but model.compression.layers is none; set layers (e.g. 1/4) or drop the stage."
+                )
         for where, value in (("training.precision", self.training.precision), ("eval.precision", self.eval.precision)):
             try:
                 normalize_precision(value)
@@ -227,9 +249,58 @@ def _validate_stage(stage: StageConfig, where: str) -> None:
             key = f"{where}.part_learning_rates.{part}" if part else f"{where}.learning_rate"
             raise ValueError(f"{key} must be a positive learning rate such as 2e-4, got {rate}.")
     _at_least(0, f"{where}.weight_decay", stage.weight_decay)
+    if stage.vision_learning_rate_scale <= 0:
+        raise ValueError(
+            f"{where}.vision_learning_rate_scale must be > 0 (a multiple of learning_rate, e.g. 0.2), got "
+            f"{stage.vision_learning_rate_scale}; to freeze the encoder, leave vision parts out of trainable."
+        )
+    _validate_objective(stage, where)
     if not 0.0 <= stage.warmup_ratio <= 1.0:
         raise ValueError(
             f"{where}.warmup_ratio must lie in [0, 1] (a fraction of max_steps), got {stage.warmup_ratio}."
+        )
+
+
+def _validate_curriculum(config: RunConfig) -> None:
+    moved = [index for index, stage in enumerate(config.stages) if stage.merge_layer is not None]
+    if not moved:
+        return
+    where, compression = f"stages.{moved[0]}.merge_layer", config.model.compression
+    if moved[-1] == len(config.stages) - 1:
+        raise ValueError(
+            f"stages.{moved[-1]}.merge_layer: the last stage trains the merge where model.compression puts it, so "
+            "the run ends with the configured model; remove merge_layer from it (earlier stages move the merge)."
+        )
+    if compression is None:
+        raise ValueError(
+            f"{where}: a run from model.init_from keeps its checkpoint's merge where it is; drop merge_layer (or "
+            "convert the checkpoint to another layer with laco convert)."
+        )
+    if len(compression.layers) != 1:
+        raise ValueError(
+            f"{where} moves one merge, and model.compression.layers={list(compression.layers)} does not give exactly "
+            "one; set model.compression.layers to a single layer (e.g. 1/4), or drop merge_layer."
+        )
+    for index in moved:
+        try:
+            Placement(config.stages[index].merge_layer)
+        except ValueError as error:
+            raise ValueError(f"stages.{index}.merge_layer: {error}") from None
+
+
+def _validate_objective(stage: StageConfig, where: str) -> None:
+    if stage.objective not in OBJECTIVES:
+        raise ValueError(f"{where}.objective must be one of {OBJECTIVES}, got {stage.objective!r}.")
+    if stage.distill_loss not in DISTILL_LOSSES:
+        raise ValueError(f"{where}.distill_loss must be one of {DISTILL_LOSSES}, got {stage.distill_loss!r}.")
+    if stage.objective != "tower_distillation":
+        return
+    others = sorted(set(stage.trainable) - set(DISTILL_PARTS))
+    if others or not stage.trainable:
+        raise ValueError(
+            f"{where}.trainable: a tower_distillation stage runs the vision tower alone, so it trains only "
+            f"{list(DISTILL_PARTS)}; got {stage.trainable}. Use e.g. trainable: [compressor], and train "
+            f"{others or 'the other parts'} in a next_token stage after it."
         )
 
 

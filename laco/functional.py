@@ -175,3 +175,30 @@ def image_to_tokens(x: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
 def split_prefix(x: torch.Tensor, num_prefix_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Split CLS/register tokens (which lead the sequence) from the grid tokens."""
     return x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+
+
+def real_slots(size: GridSize, factor: int, device=None) -> torch.Tensor:
+    """Which slots of each merged token hold a real (unpadded) input token: ``(h*w, factor**2)`` booleans in the
+    slot order of :func:`space_to_channel` (``(dy, dx)`` row-major). All true when ``factor`` divides the grid."""
+    height, width = size
+    out_h, out_w = merged_size(size, factor)
+    rows = torch.arange(out_h * factor, device=device) < height
+    cols = torch.arange(out_w * factor, device=device) < width
+    grid = (rows[:, None] & cols[None, :]).reshape(out_h, factor, out_w, factor)
+    return grid.permute(0, 2, 1, 3).reshape(out_h * out_w, factor * factor)
+
+
+def nearest_real_slots(size: GridSize, factor: int, device=None) -> torch.Tensor:
+    """For each merged token, which slot each of its slots reads: itself if real, else the nearest real slot of the
+    same window (padding is bottom/right, so the real slots are the window's top-left rectangle). ``(h*w,
+    factor**2)`` indices. For ``factor=2`` every real token of a window then appears equally often, so a mean over
+    the slots is the mean over the real tokens."""
+    height, width = size
+    out_h, out_w = merged_size(size, factor)
+    steps = torch.arange(factor, device=device)
+    real_rows = (height - factor * torch.arange(out_h, device=device)).clamp(max=factor)
+    real_cols = (width - factor * torch.arange(out_w, device=device)).clamp(max=factor)
+    rows = torch.minimum(steps[None, :], real_rows[:, None] - 1)  # (out_h, factor)
+    cols = torch.minimum(steps[None, :], real_cols[:, None] - 1)  # (out_w, factor)
+    slots = rows[:, None, :, None] * factor + cols[None, :, None, :]
+    return slots.reshape(out_h * out_w, factor * factor)

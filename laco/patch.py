@@ -46,6 +46,7 @@ from .adapters.base import Undo
 from .adapters.changes import Changes
 from .adapters.layout import GridLayout, TokenLayout
 from .compressors import TokenCompressor, build
+from .compressors.from_block import block_options, init_from_block
 from .functional import GridSize
 from .hooks import COMPRESSOR_ATTRIBUTE, BlockInputsHook, InputHook, PatchState, Stage, StageHook
 from .placement import FORMAT as PLACEMENT_FORMAT
@@ -233,25 +234,14 @@ def _encoder_and_adapter(
 def build_compressor_for_block(
     placement: Placement, dim: int, adapter: EncoderAdapter, block: nn.Module
 ) -> TokenCompressor:
-    """The compressor that follows ``block``: on its device and dtype, initialised from its MLP for init='layer'."""
-    options = placement.option_dict
-    parts = None
-    if options.get("init") == "layer":
-        parts = adapter.mlp_parts(block)
-        if parts is None:
-            raise ValueError(
-                f"init='layer' needs a plain two-Linear MLP, which {adapter.family} blocks do not have; "
-                "use init='zero' or init='default'."
-            )
-        options.setdefault("hidden_dim", parts.fc1.out_features)
+    """The compressor that follows ``block``: on its device and dtype, initialised from the block where its ``init``
+    says so (:mod:`laco.compressors.from_block`)."""
+    options = block_options(placement.method, placement.option_dict, placement.factor, adapter, block)
     compressor = build(placement.method, dim, placement.factor, **options)
     reference = next(block.parameters(), None)
     if reference is not None:
         compressor.to(device=reference.device, dtype=reference.dtype)
-    if parts is not None:
-        if not hasattr(compressor, "init_from_mlp"):
-            raise ValueError(f"init='layer' is only defined for the patch-merge methods, not {placement.method!r}.")
-        compressor.init_from_mlp(parts.norm, parts.fc1, parts.fc2, parts.scale)
+    init_from_block(compressor, adapter, block)
     return compressor
 
 

@@ -43,6 +43,22 @@ def test_overrides_reach_nested_keys_and_stage_lists():
             ["model.init_from=dst", "model.compression.layers=2", "model.image_size=64"],
             r"model.compression, model.image_size would not be used: remove them",
         ),
+        (["stages.0.objective=distill"], r"stages.0.objective must be one of \('next_token', 'tower_distillation'\)"),
+        (["stages.0.distill_loss=l1"], r"stages.0.distill_loss must be one of \('mse', 'cosine'\)"),
+        (
+            ["stages.0.objective=tower_distillation"],
+            r"stages.0.trainable: a tower_distillation stage .* trains only \['compressor', 'vision_after_merge'\]; "
+            r"got \['compressor', 'projector'\]\. Use e.g. trainable: \[compressor\]",
+        ),
+        (
+            [
+                "stages.0.objective=tower_distillation",
+                "stages.0.trainable=[compressor]",
+                "model.compression.layers=none",
+            ],
+            r"stages.0.objective: tower_distillation .* model.compression.layers is none; set layers",
+        ),
+        (["stages.1.vision_learning_rate_scale=0"], r"stages.1.vision_learning_rate_scale must be > 0 .* e.g. 0.2"),
     ],
 )
 def test_bad_configs_are_reported(overrides, message):
@@ -90,3 +106,24 @@ def test_a_config_file_with_a_partial_compression_keeps_the_default_layers(tmp_p
     path.write_text("model:\n  compression:\n    method: avgpool\n")
     compression = load_config(path).model.compression
     assert compression.method == "avgpool" and compression.layers == load_config(None, []).model.compression.layers
+
+
+def test_recovery_stage_keys_have_documented_defaults():
+    stage = load_config(None).stages[0]
+    assert (stage.objective, stage.distill_loss, stage.vision_learning_rate_scale) == ("next_token", "mse", 1.0)
+    distill = load_config(
+        None, ["stages.0.objective=tower_distillation", "stages.0.trainable=[compressor, vision_after_merge]"]
+    ).stages[0]
+    assert distill.objective == "tower_distillation"
+
+
+def test_vision_learning_rate_scale_sets_the_rate_of_unnamed_vision_parts():
+    from laco.config import StageConfig
+    from laco.train.freezing import stage_part_rates
+
+    stage = StageConfig(trainable=["compressor", "vision_after_merge", "llm"], learning_rate=1e-3)
+    assert stage_part_rates(stage) == {}  # scale 1: the stage's rate, as before the key existed
+    stage.vision_learning_rate_scale = 0.2
+    assert stage_part_rates(stage) == {"vision_after_merge": pytest.approx(2e-4)}
+    stage.part_learning_rates = {"vision_after_merge": 5e-5}
+    assert stage_part_rates(stage) == {"vision_after_merge": 5e-5}  # an explicit rate wins

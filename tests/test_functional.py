@@ -139,3 +139,29 @@ def test_properties_over_random_grids(batch, height, width, channels, factor):
     # the padding adds exactly the missing slots, and the counts add up to the real tokens
     counts = F.real_token_counts(size, factor)
     assert int(counts.sum()) == height * width
+
+
+def test_real_slots_mark_the_padded_slots_of_border_windows():
+    slots = F.real_slots((3, 5), 2)  # merged grid 2x3; slot order (0,0), (0,1), (1,0), (1,1)
+    assert slots.shape == (6, 4)
+    assert slots[0].tolist() == [True] * 4
+    assert slots[2].tolist() == [True, False, True, False]  # right column padded
+    assert slots[3].tolist() == [True, True, False, False]  # bottom row padded
+    assert slots[5].tolist() == [True, False, False, False]  # the corner: one real token
+    assert F.real_slots((4, 6), 2).all()
+    # the same slots space_to_channel fills with zeros
+    stacked, _ = F.space_to_channel(torch.ones(1, 15, 1), (3, 5), 2)
+    assert torch.equal(stacked[0].bool(), slots)
+
+
+def test_nearest_real_slots_repeat_each_real_token_equally_for_2x2_windows():
+    slots = F.nearest_real_slots((3, 5), 2)
+    assert slots[0].tolist() == [0, 1, 2, 3]
+    assert slots[2].tolist() == [0, 0, 2, 2]
+    assert slots[3].tolist() == [0, 1, 0, 1]
+    assert slots[5].tolist() == [0, 0, 0, 0]
+    real = F.real_slots((3, 5), 2)
+    for window, sources in zip(real, slots):
+        assert all(window[s] for s in sources.tolist())  # every slot reads a real token
+        counts = torch.bincount(sources, minlength=4)[window]
+        assert (counts == counts[0]).all()

@@ -303,3 +303,57 @@ def test_no_warning_for_a_model_that_was_never_compiled(recwarn):
     model = laco.apply(tiny_encoder("siglip"), 2)
     laco.remove(model)
     assert not [w for w in recwarn if "compiled" in str(w.message)]
+
+
+# -- the window-attention merge ("laco-window") in every family -----------------------------------------------------
+
+WINDOW_INITS = {"aimv2": ["zero", "default"]}  # SwiGLU MLP: no FFN reuse
+
+
+@pytest.mark.parametrize("init", ["zero", "default", "ffn_reuse"])
+def test_window_merge_runs_in_every_family(family, init):
+    if init not in WINDOW_INITS.get(family, [init]):
+        with pytest.raises(ValueError, match="needs a plain two-Linear MLP"):
+            laco.apply(tiny_encoder(family), 2, method="laco-window", init=init)
+        return
+    model, x = tiny_encoder(family), pixels()
+    reference = model(x).last_hidden_state
+    laco.apply(model, 2, method="laco-window", init=init)
+    out = model(x).last_hidden_state
+    assert out.shape[1] == 16 + PREFIX[family] and torch.isfinite(out).all()
+    if init == "zero":
+        pooled = laco.apply(tiny_encoder(family), 2, method="avgpool")(x).last_hidden_state
+        assert torch.equal(out, pooled)
+    laco.remove(model)
+    assert torch.equal(model(x).last_hidden_state, reference)
+
+
+def test_window_merge_eager_and_sdpa_agree(family):
+    x = pixels()
+    outputs = []
+    for implementation in ("eager", "sdpa"):
+        model = tiny_encoder(family, attn_implementation=implementation)
+        outputs.append(laco.apply(model, 2, method="laco-window", init="default")(x).last_hidden_state)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+
+
+def test_window_merge_trains_and_takes_odd_grids(family):
+    init = "default" if family == "aimv2" else "ffn_reuse"
+    model = laco.apply(tiny_encoder(family), 2, method="laco-window", init=init).train()
+    model(pixels()).last_hidden_state.square().mean().backward()
+    merge = laco.attached_compressors(model)[0]
+    assert merge.qkv.weight.grad.abs().sum() > 0 and merge.fc1.weight.grad.abs().sum() > 0
+    overrides = {"aimv2": {"is_native": True}}.get(family, {})
+    kwargs = {"interpolate_pos_encoding": True} if family in ("siglip", "clip") else {}
+    odd = laco.apply(tiny_encoder(family, **overrides), 2, method="laco-window", init=init)
+    out = odd(pixels(1, 7 * PATCH, 5 * PATCH), **kwargs).last_hidden_state
+    assert out.shape[1] == 4 * 3 + PREFIX[family] and torch.isfinite(out).all()
+
+
+def test_window_merge_saves_and_reloads(tmp_path, family):
+    init = "default" if family == "aimv2" else "ffn_reuse"
+    model, x = laco.apply(tiny_encoder(family), 2, method="laco-window", init=init), pixels()
+    expected = model(x).last_hidden_state
+    model.save_pretrained(tmp_path)
+    reloaded = laco.load(tmp_path)
+    torch.testing.assert_close(reloaded(x).last_hidden_state, expected)

@@ -41,6 +41,24 @@ class MlpParts:
     scale: torch.Tensor | None = None
 
 
+@dataclass(frozen=True)
+class AttentionParts:
+    """A pre-norm ViT self-attention ``x + scale * out(softmax(q k^T * scaling) v)`` on ``norm(x)``, with
+    ``num_heads`` heads; ``q``, ``k``, ``v`` are separate Linears or one fused ``qkv`` Linear (q, k, v stacked along
+    its outputs, Qwen-VL's layout). ``scale`` is layer scale, if any; ``scaling`` is the softmax scale (default
+    ``head_dim ** -0.5``). For a window-attention merge initialised from the block (``method="laco-window"``)."""
+
+    norm: nn.Module
+    out: nn.Linear
+    num_heads: int
+    q: nn.Linear | None = None
+    k: nn.Linear | None = None
+    v: nn.Linear | None = None
+    qkv: nn.Linear | None = None
+    scale: torch.Tensor | None = None
+    scaling: float | None = None
+
+
 def _pair(value) -> GridSize:
     if isinstance(value, (tuple, list)):
         return int(value[0]), int(value[1])
@@ -88,6 +106,11 @@ class EncoderAdapter:
 
     def mlp_parts(self, block: nn.Module) -> MlpParts | None:
         """The block's MLP, for ``init="layer"``; ``None`` where it is not a plain two-Linear MLP."""
+        return None
+
+    def attention_parts(self, block: nn.Module) -> AttentionParts | None:
+        """The block's self-attention, for a window-attention merge initialised from it; ``None`` where it is not a
+        plain pre-norm multi-head attention."""
         return None
 
     # -- token layout ------------------------------------------------------------------------------------------

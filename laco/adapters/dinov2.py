@@ -2,7 +2,7 @@
 
 from transformers import Dinov2Model, Dinov2WithRegistersModel
 
-from .base import EncoderAdapter, MlpParts
+from .base import AttentionParts, EncoderAdapter, MlpParts
 from .registry import register_adapter
 
 
@@ -19,3 +19,16 @@ class Dinov2Adapter(EncoderAdapter):
         if not hasattr(block.mlp, "fc1"):  # SwiGLU variant (DINOv2-g)
             return None
         return MlpParts(block.norm2, block.mlp.fc1, block.mlp.fc2, block.layer_scale2.lambda1)
+
+    def attention_parts(self, block) -> AttentionParts:
+        attn = block.attention
+        return AttentionParts(
+            block.norm1,
+            attn.o_proj,
+            attn.num_attention_heads,
+            attn.q_proj,
+            attn.k_proj,
+            attn.v_proj,
+            scale=block.layer_scale1.lambda1,
+            scaling=attn.scaling,
+        )

@@ -22,7 +22,7 @@ from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionTransforme
 
 from ..compressors import TokenCompressor
 from ..placement import Placement
-from .base import EncoderAdapter, MlpParts
+from .base import AttentionParts, EncoderAdapter, MlpParts
 from .layout import GridLayout
 from .registry import register_adapter
 
@@ -97,6 +97,12 @@ class Idefics3VisionAdapter(EncoderAdapter):
 
     def mlp_parts(self, block: nn.Module) -> MlpParts:
         return MlpParts(block.layer_norm2, block.mlp.fc1, block.mlp.fc2)
+
+    def attention_parts(self, block: nn.Module) -> AttentionParts:
+        attn = block.self_attn
+        return AttentionParts(
+            block.layer_norm1, attn.out_proj, attn.num_heads, attn.q_proj, attn.k_proj, attn.v_proj, scaling=attn.scale
+        )
 
 
 __all__ = ["Idefics3VisionAdapter", "PaddedGridLayout"]

@@ -21,7 +21,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransforme
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
 from ..placement import AUTO, KEEP, MORE, Placement
-from .base import CallState, EncoderAdapter, GridSize, MlpParts, Undo, _pair
+from .base import AttentionParts, CallState, EncoderAdapter, GridSize, MlpParts, Undo, _pair
 from .packed import PackedGrids, PackedLayout, Windows, check_grid_thw
 from .qwen_merger import FinishCall, PoolEarlyTap, SetAsideWindowedOutput, run_one_to_one
 from .registry import register_adapter
@@ -50,6 +50,10 @@ class QwenVisionAdapter(EncoderAdapter):
 
     def mlp_parts(self, block: nn.Module) -> MlpParts | None:
         return MlpParts(block.norm2, block.mlp.fc1, block.mlp.fc2)
+
+    def attention_parts(self, block: nn.Module) -> AttentionParts:
+        # the tower rotates q and k by 2-D RoPE; inside a 2x2 window the merge attends without positions
+        return AttentionParts(block.norm1, block.attn.proj, block.attn.num_heads, qkv=block.attn.qkv)
 
     # -- token layout ------------------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from .ldp import LDPv2
 from .patch_merge import PatchMerge, PixelShuffle
 from .pooling import AvgPool
 from .tokenpacker import TokenPacker
+from .window_merge import WindowAttentionMerge
 
 __all__ = [
     "AvgPool",
@@ -17,6 +18,7 @@ __all__ = [
     "PixelShuffle",
     "TokenCompressor",
     "TokenPacker",
+    "WindowAttentionMerge",
     "available",
     "build",
     "compressor_class",

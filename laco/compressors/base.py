@@ -67,6 +67,8 @@ class TokenCompressor(nn.Module):
                 "build it with dim equal to the encoder's hidden size."
             )
         stacked = F.space_to_channel(x, size, self.factor, self.pad)[0] if self.uses_stacked or self.shortcut else None
+        if stacked is not None:
+            stacked = self.prepare_windows(stacked, size)
         y, new_size = self.compress(x, size, stacked)
         if self.shortcut:
             y = y + F.channel_average(stacked, self.factor, size)
@@ -87,10 +89,17 @@ class TokenCompressor(nn.Module):
             raise ValueError(
                 f"expected stacked neighbourhoods of shape (batch, M, {groups} * {self.dim}), got {tuple(stacked.shape)}."
             )
+        stacked = self.prepare_windows(stacked, None)
         y, _ = self.compress(None, (self.factor, self.factor * stacked.shape[1]), stacked)
         if self.shortcut:
             y = y + F.channel_average(stacked, self.factor)
         return y
+
+    def prepare_windows(self, stacked: torch.Tensor, size: GridSize | None) -> torch.Tensor:
+        """A step on each stacked ``factor x factor`` window before both the merge and the shortcut read it (the
+        window attention of ``"laco-window"``); the identity here. ``size`` is the unpadded grid (``None``: no
+        window is padded)."""
+        return stacked
 
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor | None) -> tuple[torch.Tensor, GridSize]:
         """Reduce ``x`` on grid ``size``; ``stacked`` is ``space_to_channel(x)`` (each ``factor x factor``

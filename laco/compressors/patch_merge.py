@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
 from torch import nn
 
+from .. import functional as F
 from ..functional import GridSize
 from .base import TokenCompressor, register
 
-Init = Literal["zero", "default", "layer"]
-INITS: tuple[str, ...] = ("zero", "default", "layer")
+Init = Literal["zero", "default", "layer", "ffn_reuse"]
+INITS: tuple[str, ...] = ("zero", "default", "layer", "ffn_reuse")
+MLP_RATIO = 4
+"""The usual ViT MLP width over token width, for ``init="ffn_reuse"``'s default ``hidden_dim`` when no block gives it."""
 
 
 @register("laco")
@@ -28,12 +32,16 @@ class PatchMerge(TokenCompressor):
         factor: merge ``factor x factor`` neighbourhoods of tokens (2 gives 4x fewer tokens).
         out_dim: output width; defaults to ``dim`` as needed inside an encoder.
         hidden_dim: width of the MLP's hidden layer; defaults to ``dim`` (about a tenth of a ViT layer's cost
-            at the incoming token count).
+            at the incoming token count), and for ``init="ffn_reuse"`` to ``factor**2`` times the layer's MLP width
+            (``factor**2 * 4 * dim`` when built without a layer).
         shortcut: add the average-pooling residual.
         init: ``"zero"`` zero-initialises the last Linear, so an untrained PML is exactly average pooling and
             a pretrained encoder works from step 0; ``"default"`` is PyTorch's initialisation; ``"layer"``
-            starts the MLP as a copy of an encoder layer's own MLP (see :meth:`init_from_mlp`; ``laco.apply``
-            does this with the layer the PML follows).
+            starts the MLP as a copy of an encoder layer's own MLP applied to the window's normalised
+            concatenation, ``fc1`` tiled and divided by ``factor**2`` (see :meth:`init_from_mlp`);
+            ``"ffn_reuse"`` runs the layer's MLP on each token of the window and averages (see
+            :meth:`init_from_ffn`: the norm becomes per token, ``fc1`` block-diagonal). ``laco.apply`` initialises
+            ``"layer"`` and ``"ffn_reuse"`` from the layer the PML follows.
         branch_scale: if set, multiply the learned branch by a learnable per-channel scale initialised to this
             value (LayerScale), which puts the branch on the scale of the residual stream.
         pad: policy for grids the factor does not divide (see :mod:`laco.functional`).
@@ -62,9 +70,13 @@ class PatchMerge(TokenCompressor):
                 "or keep shortcut=True."
             )
         merged = factor * factor * dim
-        self.hidden_dim = dim if hidden_dim is None else hidden_dim
+        if hidden_dim is None:
+            hidden_dim = factor * factor * MLP_RATIO * dim if init == "ffn_reuse" else dim
+        self.hidden_dim = hidden_dim
         self.init = init
-        self.norm = nn.LayerNorm(merged)
+        # "ffn_reuse" reuses a per-token pre-norm MLP, so its norm is per token; the PML's normalises the window
+        self.token_norm = self.token_norm or init == "ffn_reuse"
+        self.norm = nn.LayerNorm(dim if self.token_norm else merged)
         self.fc1 = nn.Linear(merged, self.hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(self.hidden_dim, self.out_dim)
@@ -80,6 +92,10 @@ class PatchMerge(TokenCompressor):
         if self.init == "zero":
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
+
+    token_norm: bool = False
+    """Whether the norm before the MLP is applied to each token of the window (width ``dim``) rather than to their
+    concatenation (width ``factor**2 * dim``)."""
 
     @torch.no_grad()
     def init_from_mlp(
@@ -115,11 +131,65 @@ class PatchMerge(TokenCompressor):
         self.fc2.weight.copy_(fc2.weight * scale[:, None])
         self.fc2.bias.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(scale)) * scale)
 
+    @torch.no_grad()
+    def init_from_ffn(
+        self,
+        norm: nn.Module,
+        fc1: nn.Linear,
+        fc2: nn.Linear,
+        output_scale: torch.Tensor | None = None,
+        act: nn.Module | None = None,
+    ) -> None:
+        """Start the learned branch as the mean of a pre-norm ViT MLP applied to each token of the window.
+
+        With ``g = factor**2`` tokens: the norm is ``norm`` (per token), ``fc1`` is ``blockdiag(F1, ..., F1)``
+        (``g C -> g H``, bias tiled), ``fc2`` is ``[F2 | ... | F2] / g`` (``g H -> C``, bias as is), and ``act`` is
+        the MLP's own activation. ``output_scale`` (layer scale) is folded into ``fc2``. On a window of identical
+        tokens the branch is exactly ``scale * fc2(act(fc1(norm(token))))``.
+        """
+        groups = self.factor * self.factor
+        if not self.token_norm:
+            raise ValueError(
+                f"init_from_ffn needs a per-token norm; build the merge with init='ffn_reuse', not {self.init!r}."
+            )
+        if fc1.in_features != self.dim or fc2.out_features != self.out_dim:
+            raise ValueError(
+                f"cannot initialise a PatchMerge of width {self.dim}->{self.out_dim} from an MLP of width "
+                f"{fc1.in_features}->{fc2.out_features}."
+            )
+        if self.hidden_dim != groups * fc1.out_features:
+            raise ValueError(
+                f"init='ffn_reuse' needs hidden_dim = {groups} x the layer's MLP width {fc1.out_features} = "
+                f"{groups * fc1.out_features}, got {self.hidden_dim}; leave hidden_dim unset."
+            )
+        self.norm = copy_norm(norm, self.norm)
+        if act is not None:
+            self.act = copy.deepcopy(act)
+        self.fc1.weight.copy_(torch.block_diag(*[fc1.weight] * groups))
+        self.fc1.bias.copy_(fc1.bias.repeat(groups) if fc1.bias is not None else torch.zeros_like(self.fc1.bias))
+        scale = torch.ones(self.out_dim, device=fc2.weight.device) if output_scale is None else output_scale
+        self.fc2.weight.copy_(torch.cat([fc2.weight * scale[:, None]] * groups, dim=1) / groups)
+        self.fc2.bias.copy_((fc2.bias if fc2.bias is not None else torch.zeros_like(scale)) * scale)
+
     uses_stacked = True
     neighbourhood_wise = True
 
+    def normalise(self, stacked: torch.Tensor, size: GridSize) -> torch.Tensor:
+        """The MLP's input: the window normalised as one vector, or token by token. Per token, a padded slot reads
+        the nearest real token of its window, so the per-token FFN reuse averages real tokens only (exactly for
+        2x2 windows); the window-wide norm keeps the plain PML's zeros there."""
+        if not self.token_norm:
+            return self.norm(stacked)
+        batch, windows, _ = stacked.shape
+        groups = self.factor * self.factor
+        normed = self.norm(stacked.reshape(batch, windows, groups, self.dim))
+        if size[0] % self.factor or size[1] % self.factor:
+            slots = F.nearest_real_slots(size, self.factor, stacked.device)
+            normed = normed.gather(2, slots[None, :, :, None].expand(batch, -1, -1, self.dim))
+        return normed.reshape(batch, windows, groups * self.dim)
+
     def compress(self, x: torch.Tensor, size: GridSize, stacked: torch.Tensor) -> tuple[torch.Tensor, GridSize]:
-        y = self.fc2(self.act(self.fc1(self.norm(stacked))))
+        y = self.fc2(self.act(self.fc1(self.normalise(stacked, size))))
         if self.branch_scale is not None:
             y = y * self.branch_scale
         return y, self.output_size(size)
@@ -131,6 +201,25 @@ class PatchMerge(TokenCompressor):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden_dim={self.hidden_dim}, init={self.init!r}"
+
+
+def copy_norm(source: nn.Module, target: nn.Module) -> nn.Module:
+    """``target`` holding ``source``'s weights (and epsilon), or a copy of ``source`` when it is another kind of norm
+    (RMSNorm): laco rebuilds the merge from the same block on every load, so the kind is the same each time."""
+    if (
+        type(source) is nn.LayerNorm
+        and type(target) is nn.LayerNorm
+        and source.normalized_shape == target.normalized_shape
+    ):
+        target.eps = source.eps
+        for name in ("weight", "bias"):
+            parameter, value = getattr(target, name), getattr(source, name)
+            if parameter is not None and value is not None:
+                parameter.copy_(value)
+            elif parameter is not None:  # a norm without affine weights: the identity affine
+                parameter.fill_(1.0 if name == "weight" else 0.0)
+        return target
+    return copy.deepcopy(source)
 
 
 @register("pixel_shuffle")

@@ -9,7 +9,7 @@ from torch import nn
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
 from ..adapters.mllm.base import read_layers
-from ..config import TRAINABLE_PARTS
+from ..config import TRAINABLE_PARTS, VISION_PARTS, StageConfig
 
 
 def part_parameters(model: nn.Module, part: str) -> list[nn.Parameter]:
@@ -63,3 +63,14 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, shared (tied) parameters counted once."""
     unique = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique)
+
+
+def stage_part_rates(stage: StageConfig) -> dict[str, float]:
+    """The stage's per-part learning rates: ``part_learning_rates``, and for the vision parts it trains that are not
+    named there, ``learning_rate * vision_learning_rate_scale`` (nothing added at the default scale of 1)."""
+    rates = dict(stage.part_learning_rates)
+    if stage.vision_learning_rate_scale != 1.0:
+        for part in VISION_PARTS:
+            if part in stage.trainable and part not in rates:
+                rates[part] = stage.learning_rate * stage.vision_learning_rate_scale
+    return rates

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import WeightedRandomSampler
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
@@ -49,7 +48,6 @@ from ..mllm import (
     build_mllm,
     resolve_attn_implementation,
 )
-from ..mllm.loss import answer_loss
 from ..placement import Placement
 from ..precision import Precision
 from ..precision import choose as choose_precision
@@ -57,13 +55,14 @@ from ..weights import from_pretrained_strict
 from .checkpoints import (
     last_complete_checkpoint,
     previous_summaries,
-    prune,
     publish_final,
     save_stage_final,
-    seal,
     stage_done,
 )
-from .freezing import count_parameters, part_parameters, set_trainable
+from .curriculum import place_for_stage, stage_placement
+from .distill import DistillTrainer
+from .freezing import count_parameters, set_trainable, stage_part_rates
+from .hf_trainer import LacoTrainer
 from .init_from import check_init_from, load_init_from
 from .resume import ConfigMismatch, RunLock, accept_config
 
@@ -81,108 +80,6 @@ class StageSummary:
     trainable_parameters: int
     images: int
     world_size: int
-
-
-class LacoTrainer(Trainer):
-    """``Trainer`` with per-part learning rates and throughput logs (tokens/s, images/s per logging interval)."""
-
-    def __init__(
-        self,
-        *args: Any,
-        part_learning_rates: dict[str, float] | None = None,
-        sample_weights: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.part_learning_rates = dict(part_learning_rates or {})
-        self.sample_weights = sample_weights
-        self.images_seen = 0
-        self._last_log = (time.perf_counter(), 0, 0)
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.sample_weights is None:
-            return super()._get_train_sampler(train_dataset)
-        # seeded, so a resumed run replays the same order and skips exactly the batches it already trained on
-        generator = torch.Generator().manual_seed(
-            self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        )
-        return WeightedRandomSampler(
-            self.sample_weights, len(self.sample_weights), replacement=True, generator=generator
-        )
-
-    def create_optimizer(self, model=None):
-        """The Trainer's optimizer, with one parameter group per (learning rate, weight decay) pair."""
-        if not self.part_learning_rates or self.optimizer is not None:
-            return super().create_optimizer(model)
-        model = self.model if model is None else model
-        decay = set(self.get_decay_parameter_names(model))
-        rate_of: dict[int, float] = {}
-        for part, rate in self.part_learning_rates.items():
-            for parameter in part_parameters(model, part):
-                rate_of.setdefault(id(parameter), rate)
-        groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
-                key = (rate_of.get(id(parameter), self.args.learning_rate), name in decay)
-                groups.setdefault(key, []).append(parameter)
-        optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
-        self.optimizer = optimizer_class(
-            [
-                {"params": params, "lr": rate, "weight_decay": self.args.weight_decay if decays else 0.0}
-                for (rate, decays), params in groups.items()
-            ],
-            **optimizer_kwargs,
-        )
-        return self.optimizer
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """Next-token loss computed only where there is a label (:func:`laco.mllm.loss.answer_loss`)."""
-        loss, outputs = answer_loss(model, inputs, num_items_in_batch)
-        return (loss, outputs) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is not None:
-            self.images_seen += pixel_values.shape[0] * self.args.world_size
-        return super().training_step(model, inputs, num_items_in_batch)
-
-    def _save_checkpoint(self, model, trial) -> None:
-        """The Trainer's checkpoint, then sealed (once every process has written its files) and older ones pruned."""
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()  # each rank writes its own RNG state (and shards under FSDP/ZeRO)
-        if self.is_world_process_zero():
-            checkpoint = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            seal(checkpoint)
-            prune(checkpoint.parent)
-        self.accelerator.wait_for_everyone()
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Load a checkpoint's weights strictly: every tensor the model has, by the names ``save_pretrained`` wrote.
-
-        The Trainer's own loader reads the safetensors file with ``load_state_dict(strict=False)``, but
-        ``save_pretrained`` writes LLaVA's LLM under ``model.language_model.model.*`` while the model names it
-        ``model.language_model.*``: it warned about "missing keys" and resumed stage 2 with the stage-1 LLM. Loading
-        through ``from_pretrained`` applies the same key mapping as every other load, and any key that still does
-        not fit is an error. FSDP and DeepSpeed checkpoints are their own sharded formats, loaded by their own code.
-        """
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        model = self.model if model is None else model
-        dtype = next(model.parameters()).dtype
-        saved = from_pretrained_strict(type(model), resume_from_checkpoint, dtype=dtype)
-        model.load_state_dict(saved.state_dict(), strict=True)
-        del saved
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            now = time.perf_counter()
-            last_time, last_tokens, last_images = self._last_log
-            elapsed = max(now - last_time, 1e-9)
-            tokens = self.state.num_input_tokens_seen
-            logs["tokens_per_second"] = round((tokens - last_tokens) / elapsed, 1)
-            logs["images_per_second"] = round((self.images_seen - last_images) / elapsed, 2)
-            self._last_log = (now, tokens, self.images_seen)
-        super().log(logs, start_time)
 
 
 def _training_arguments(
@@ -279,19 +176,24 @@ def _train_stage(
     """Train stage ``index`` (from its newest complete checkpoint, if any) and save its ``final/``."""
     stage = config.stages[index]
     stage_dir = Path(config.output_dir) / stage.name
+    place_for_stage(model, config, index)  # before a checkpoint loads: its merge is where this stage trains it
     counts = set_trainable(model, stage.trainable)
     trainable, total = count_parameters(model)
     if not quiet:
         parts = ", ".join(f"{part} {n / 1e6:.2f}M" for part, n in counts.items())
         print(f"{stage.name}: training {trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters ({parts})")
-    trainer = LacoTrainer(
+    trainer_class, objective = LacoTrainer, {}
+    if stage.objective == "tower_distillation":
+        trainer_class, objective = DistillTrainer, {"distill_loss": stage.distill_loss}
+    trainer = trainer_class(
         model=model,
         args=_training_arguments(config, index, stage_dir, precision),
         train_dataset=dataset,
         data_collator=MultimodalCollator(processor.tokenizer.pad_token_id),
         processing_class=processor.tokenizer,
-        part_learning_rates=stage.part_learning_rates,
+        part_learning_rates=stage_part_rates(stage),
         sample_weights=answer_balanced_weights(dataset, stage.answer_balance) if stage.answer_balance else None,
+        **objective,
     )
     _check_world_size(trainer)
     last_checkpoint = last_complete_checkpoint(stage_dir, tidy=trainer.is_world_process_zero())
@@ -339,7 +241,7 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
         unset_hf_deepspeed_config()
         model = from_pretrained_strict(LacoLlavaForConditionalGeneration, source)
-        _check_placement(model, config, source)
+        _check_placement(model, config, source, config.stages.index(finished[-1]))
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
         return model, LacoProcessor.from_pretrained(source)
     spec = config.model
@@ -356,14 +258,14 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
     return model, processor
 
 
-def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path) -> None:
+def _check_placement(model: LacoLlavaForConditionalGeneration, config: RunConfig, source: Path, index: int) -> None:
     """A finished stage's model carries its own compression; a config asking for another would be ignored."""
     if config.model.compression is None:  # init_from: the checkpoint's merge is the run's
         return
     tower = model.model.vision_tower
     saved = laco_patch.placement_of(tower) or Placement()
     _, adapter = resolve_encoder(tower)
-    wanted = config.model.compression.resolve(len(adapter.blocks(tower)))
+    wanted = stage_placement(config, index, len(adapter.blocks(tower)))  # where finished stage `index` trained it
     if wanted.mode == "auto":  # the adapter chose the mode when the model was built
         wanted = replace(wanted, mode=saved.mode)
     if saved.to_dict() != wanted.to_dict():

@@ -324,3 +324,55 @@ def test_a_tower_saved_after_apply_reloads_with_laco_load(tmp_path):
     reloaded = laco.load(tmp_path, attn_implementation="eager")
     assert type(reloaded) is type(tower) and laco.placement_of(reloaded) == laco.placement_of(tower)
     torch.testing.assert_close(run(reloaded, pixels, EVEN)[0], expected)
+
+
+# -- the window-attention merge ("laco-window"): a merge unit is a 2x2 window, so the packed fast path takes it ------
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_window_merge_runs_packed_and_equals_the_general_path(family, mode, monkeypatch):
+    init = "default" if family == "qwen2.5" else "ffn_reuse"  # Qwen2.5-VL's SwiGLU MLP has no FFN reuse
+    tower, pixels = (
+        laco.apply(tiny_tower(family), LAYER, mode=mode, method="laco-window", init=init),
+        packed_pixels(EVEN),
+    )
+    fast = run(tower, pixels, EVEN)
+    factor = 16 if mode == "compress_more" else 4
+    assert fast[0].shape[0] == int(EVEN.prod(-1).sum()) // factor and torch.isfinite(fast[0]).all()
+    monkeypatch.setattr(laco.attached_compressors(tower)[0], "neighbourhood_wise", False)
+    general = run(tower, pixels, EVEN)
+    torch.testing.assert_close(general[0], fast[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_window_merge_packed_batch_equals_each_image_alone_and_removes_cleanly(family):
+    tower, pixels = tiny_tower(family), packed_pixels(ODD)
+    before = run(tower, pixels, ODD)
+    laco.apply(tower, LAYER, method="laco-window", init="default")
+    pooled, _ = run(tower, pixels, ODD)
+    pieces = torch.split(pixels, ODD.prod(-1).tolist())
+    alone = [run(tower, piece, ODD[i : i + 1])[0] for i, piece in enumerate(pieces)]
+    torch.testing.assert_close(pooled, torch.cat(alone), rtol=1e-5, atol=1e-5)
+    laco.remove(tower)
+    assert torch.equal(run(tower, pixels, ODD)[0], before[0])
+
+
+def test_window_merge_from_a_qwen_block_is_that_block_on_identical_tokens():
+    """On a merge unit of 4 identical tokens t, the merge is Qwen2-VL's block on t (no rotation matters: the four
+    keys are equal), written out from the block's weights."""
+    tower = tiny_tower("qwen2")
+    laco.apply(tower, LAYER, method="laco-window", init="ffn_reuse")
+    merge, block = laco.attached_compressors(tower)[0], tower.blocks[LAYER - 1]
+    tokens = torch.randn(5, merge.dim)
+    with torch.no_grad():
+        got = merge.merge_stacked(tokens.repeat(1, 4)[None])[0]
+        value = block.attn.qkv(block.norm1(tokens))[:, 2 * merge.dim :]
+        hidden = tokens + block.attn.proj(value)
+        expected = hidden + block.mlp.fc2(block.mlp.act(block.mlp.fc1(block.norm2(hidden))))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_window_merge_ffn_reuse_is_refused_for_swiglu_towers():
+    with pytest.raises(ValueError, match="init='ffn_reuse' needs a plain two-Linear MLP, which qwen2.5-vl"):
+        laco.apply(tiny_tower("qwen2.5"), LAYER, method="laco-window", init="ffn_reuse")

@@ -1,6 +1,6 @@
 """Run the ``laco`` command, SIGKILLing this process at the Nth call of one function: a kill at an exact point.
 
-Usage: ``python tests/faults/kill_at.py laco.train.trainer:LacoTrainer.training_step 7 train --config run.yaml``.
+Usage: ``python tests/faults/kill_at.py laco.train.hf_trainer:LacoTrainer.training_step 7 train --config run.yaml``.
 The target is looked up where the caller looks it up (patch ``laco.train.trainer:seal``, not the module it was
 imported from). SIGKILL, not an exception: no ``finally`` block, atexit hook or buffered write runs, exactly as
 when the OOM killer or a lost node stops a run.

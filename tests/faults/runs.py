@@ -15,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 
 from laco.cli import main
-from laco.train.trainer import LacoTrainer
+from laco.train.hf_trainer import LacoTrainer
 
 from tiny_models import run_config as tiny_run_config
 

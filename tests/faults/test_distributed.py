@@ -83,7 +83,7 @@ def test_two_cpu_processes_match_one_resume_and_reload(
     launch: str, checkpoint_part: str, parts, single: Path, tmp_path: Path
 ) -> None:
     config = _write(tmp_path / "run.yaml", parts, tmp_path / "run", batch_size=4)
-    kill = {"LACO_KILL_TARGET": "laco.train.trainer:LacoTrainer.training_step", "LACO_KILL_CALL": str(STEPS[0] + 2)}
+    kill = {"LACO_KILL_TARGET": "laco.train.hf_trainer:LacoTrainer.training_step", "LACO_KILL_CALL": str(STEPS[0] + 2)}
     killed = _torchrun(launch, config, kill)
     assert killed.returncode != 0 and not (tmp_path / "run" / "stage2" / "final").exists(), killed.stderr[-3000:]
     assert (tmp_path / "run" / "stage2" / "checkpoint-1" / checkpoint_part).is_dir(), "the sharded checkpoint format"

@@ -20,7 +20,7 @@ STAGE2_STEP3 = STEPS[0] + 3  # the training step call that is stage 2's third st
 
 # point -> (target, which call of it is the kill, what the run directory must show afterwards)
 KILL_POINTS = {
-    "in stage 2": ("laco.train.trainer:LacoTrainer.training_step", STAGE2_STEP3),
+    "in stage 2": ("laco.train.hf_trainer:LacoTrainer.training_step", STAGE2_STEP3),
     "between the stages": ("laco.train.trainer:_model_for_next_stage", 2),
     "during the final save": ("laco.mllm.processing:LacoProcessor.save_pretrained", 2),
     "during evaluation": ("laco.evaluate:answer", 2),
