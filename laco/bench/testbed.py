@@ -24,10 +24,10 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..cost import training_activation_bytes
+from ..measure import machine
 from ..measure.timing import Clock, StackTimer
 from ..mllm.loss import answer_loss
 from ..placement import Placement
-from ..measure import machine
 from .measurements import Measurement, Workload
 from .models import CompressionSwitch, compile_blocks, decoder_layers, random_encoder, random_mllm
 from .presets import BenchPreset

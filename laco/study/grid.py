@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from ..config import from_dict
 from ..placement import Placement
+from ..typed import from_dict
 
 
 @dataclass(frozen=True)

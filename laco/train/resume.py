@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from ..atomic import atomic_write_text
-from ..config import RunConfig, from_dict, to_plain
+from ..config import RunConfig, read_run_config
+from ..typed import to_plain
 from .checkpoints import checkpoints
 
 try:  # POSIX; elsewhere runs are not locked (and say so)
@@ -146,7 +147,7 @@ def _recorded(path: Path) -> dict[str, Any]:
     """The recorded config as plain data, with today's defaults filled in for keys it predates."""
     raw = yaml.safe_load(path.read_text()) or {}
     try:
-        return to_plain(from_dict(RunConfig, raw))
+        return to_plain(read_run_config(raw))
     except (ValueError, TypeError):
         return raw  # written by another laco version: compare what is there
 
