@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,10 +89,10 @@ def checkout_commit() -> str | None:
     a git checkout."""
     import subprocess
 
-    from ..serve.launch import repo_root
+    checkout = Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True)
+        return subprocess.run(["git", *args], cwd=checkout, capture_output=True, text=True)
 
     try:
         commit, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")

@@ -1,16 +1,10 @@
 """The LaCo multimodal LLM: LLaVA-style vision tower (optionally compressed) -> projector -> causal LM."""
 
-from transformers import AutoProcessor
-
 from .builder import build_mllm, resolve_attn_implementation
 from .loss import answer_loss
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
 from .processing import IGNORE_INDEX, IMAGE_TAG, LacoProcessor, RecordError
 from .transform import ImageTransform, encoder_transform
-
-# AutoProcessor.from_pretrained(a laco checkpoint) then gives the LacoProcessor, found by the class name its
-# save_pretrained records (and, for checkpoints saved before that record, by the config's model type).
-AutoProcessor.register(LacoLlavaConfig, LacoProcessor, exist_ok=True)
 
 __all__ = [
     "IGNORE_INDEX",

@@ -18,7 +18,12 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor,
 from ..adapters import model_adapters
 from ..patch import CONFIG_ATTRIBUTE, apply_from_config
 from ..weights import share_key_mapping
-from .modeling import LacoLlavaForConditionalGeneration
+from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
+from .processing import LacoProcessor
+
+# AutoProcessor.from_pretrained(a laco checkpoint) gives the LacoProcessor, found by the class name its
+# save_pretrained records (and, for checkpoints saved before that record, by the config's model type).
+AutoProcessor.register(LacoLlavaConfig, LacoProcessor, exist_ok=True)
 
 LACO_MODELS: dict[str, type[nn.Module]] = {"llava": LacoLlavaForConditionalGeneration}
 """Stock ``model_type`` -> its LaCo model class (LLaVA's is laco's own model)."""
