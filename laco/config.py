@@ -25,6 +25,7 @@ TRAINABLE_PARTS = ("compressor", "projector", "llm", "vision_after_merge", "visi
 VISION_PARTS = ("vision_after_merge", "vision")  # pretrained encoder weights: vision_learning_rate_scale applies
 OBJECTIVES = ("next_token", "tower_distillation")
 DISTILL_LOSSES = ("mse", "cosine")
+BALANCE_BY = ("answer", "question")  # what a stage's answer_balance evens out
 DISTILL_PARTS = ("compressor", "vision_after_merge")  # what a tower-distillation stage can train (no LLM runs)
 # Keys an older config may still use, and what replaced them (named in the error instead of a bare "unknown key").
 RENAMED = {"bf16": "precision: auto | bf16 | fp16 | fp32 (auto picks bf16 only where the hardware has it)"}
@@ -102,6 +103,9 @@ class StageConfig:
     # same share. easy-VQA is 74% yes/no questions that the question alone mostly answers; a short stage 1 spent in
     # that mix never learns to read colours and shapes from the image.
     answer_balance: float = 0.0
+    # What the balance evens out: "answer" (every answer's share) or "question" (each question's answers, so a
+    # question the text alone answers, e.g. "is a brown shape present?" = "no" 91% of the time, needs the image).
+    balance_by: str = "answer"
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05
     scheduler: str = "cosine"
@@ -238,6 +242,8 @@ def _validate_stage(stage: StageConfig, where: str) -> None:
         raise ValueError(f"stage {stage.name!r}: unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}.")
     if not 0.0 <= stage.answer_balance <= 1.0:
         raise ValueError(f"stage {stage.name!r}: answer_balance must lie in [0, 1], got {stage.answer_balance}.")
+    if stage.balance_by not in BALANCE_BY:
+        raise ValueError(f"stage {stage.name!r}: balance_by must be one of {BALANCE_BY}, got {stage.balance_by!r}.")
     unknown = sorted(set(stage.part_learning_rates) - set(TRAINABLE_PARTS))
     if unknown:
         raise ValueError(f"stage {stage.name!r}: part_learning_rates for unknown part(s) {unknown}.")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..config import BALANCE_BY
 from ..mllm.processing import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -71,16 +72,29 @@ def _image_rows(pixel_values: Any) -> torch.Tensor:
     return pixel_values.unsqueeze(0) if pixel_values.dim() == 3 else pixel_values
 
 
-def answer_balanced_weights(dataset: LlavaDataset, strength: float = 1.0) -> torch.Tensor:
-    """Per-record sampling weights ``count(answer) ** -strength`` over each record's final answer.
+def answer_balanced_weights(dataset: LlavaDataset, strength: float = 1.0, by: str = "answer") -> torch.Tensor:
+    """Per-record sampling weights that even out each record's final answer.
 
-    VQA sets are dominated by a few answers (easy-VQA: 74% yes/no, which the question alone mostly predicts), so
-    a short training budget spent in natural proportions barely sees the answers that need the image.
-    ``strength=1`` gives every answer the same share, ``0.5`` shares in proportion to the square root of the
-    answer counts, ``0`` is natural sampling.
+    ``by="answer"``: ``count(answer) ** -strength``. VQA sets are dominated by a few answers (easy-VQA: 74% yes/no),
+    so a short training budget spent in natural proportions barely sees the answers that need the image.
+
+    ``by="question"``: ``(count(question) / (answers(question) * count(question, answer))) ** strength``, where
+    ``answers(question)`` is how many different answers the question has: every question keeps its share of the data
+    and, at ``strength=1``, each of its answers is equally likely. A question whose answer the text alone predicts
+    (easy-VQA: "is a brown shape present?" is "no" 91% of the time) then can only be answered from the image.
+
+    ``strength=1`` balances fully, ``0.5`` halfway (square roots), ``0`` is natural sampling.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"answer balance strength must lie in [0, 1], got {strength}.")
+    if by not in BALANCE_BY:
+        raise ValueError(f"answer balance by {by!r} is unknown; choose one of {BALANCE_BY}.")
     answers = [record.answers[-1].strip().lower() for record in dataset.records]
-    counts = Counter(answers)
-    return torch.tensor([counts[answer] ** -strength for answer in answers], dtype=torch.double)
+    if by == "answer":
+        counts = Counter(answers)
+        return torch.tensor([counts[answer] ** -strength for answer in answers], dtype=torch.double)
+    questions = [record.questions[-1].replace("<image>", "").strip().lower() for record in dataset.records]
+    per_question, pairs = Counter(questions), Counter(zip(questions, answers))
+    kinds = Counter(question for question, _ in pairs)
+    weights = [(per_question[q] / (kinds[q] * pairs[q, a])) ** strength for q, a in zip(questions, answers)]
+    return torch.tensor(weights, dtype=torch.double)

@@ -192,7 +192,9 @@ def _train_stage(
         data_collator=MultimodalCollator(processor.tokenizer.pad_token_id),
         processing_class=processor.tokenizer,
         part_learning_rates=stage_part_rates(stage),
-        sample_weights=answer_balanced_weights(dataset, stage.answer_balance) if stage.answer_balance else None,
+        sample_weights=(
+            answer_balanced_weights(dataset, stage.answer_balance, stage.balance_by) if stage.answer_balance else None
+        ),
         **objective,
     )
     _check_world_size(trainer)

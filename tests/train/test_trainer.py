@@ -149,6 +149,27 @@ def test_answer_balanced_sampling_weights(parts):
         assert all(totals[a] == pytest.approx(expected[counts[a]]) for a in totals)
 
 
+def test_question_balanced_weights_give_each_question_its_share_and_its_answers_equal_shares():
+    from types import SimpleNamespace
+
+    from laco.data import answer_balanced_weights
+
+    pairs = (
+        [("is it red?", "no")] * 9 + [("is it red?", "yes")] + [("what colour?", "red"), ("what colour?", "blue")] * 2
+    )
+    records = [SimpleNamespace(questions=(f"<image> {q}",), answers=(a,)) for q, a in pairs]
+    weights = answer_balanced_weights(SimpleNamespace(records=records), 1.0, by="question").tolist()
+    mass: dict[tuple[str, str], float] = {}
+    for (question, answer), weight in zip(pairs, weights):
+        mass[question, answer] = mass.get((question, answer), 0.0) + weight
+    assert mass["is it red?", "no"] == pytest.approx(5.0) and mass["is it red?", "yes"] == pytest.approx(5.0)
+    assert mass["what colour?", "red"] == pytest.approx(2.0) and mass["what colour?", "blue"] == pytest.approx(2.0)
+    natural = answer_balanced_weights(SimpleNamespace(records=records), 0.0, by="question")
+    assert natural.tolist() == [1.0] * len(pairs)
+    with pytest.raises(ValueError, match="balance by 'image' is unknown"):
+        answer_balanced_weights(SimpleNamespace(records=records), 1.0, by="image")
+
+
 def test_sparse_loss_equals_the_full_lm_loss(parts, tmp_path):
     from laco import Placement
     from laco.data import LlavaDataset, MultimodalCollator
