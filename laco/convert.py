@@ -23,6 +23,7 @@ from .adapters import find_model_adapter
 from .mllm.types import LACO_MODELS, laco_model_class
 from .patch import CONFIG_ATTRIBUTE, apply, num_tokens, placement_of
 from .placement import LayerSpec, Placement
+from .weights import check_shards
 
 PROCESSOR_ERRORS = (OSError, ValueError, ImportError, TypeError, KeyError)
 
@@ -81,6 +82,7 @@ def _check_paths(src: Path, dst: Path, overwrite: bool) -> None:
             "checkpoints only, since pickle files can run code when loaded. Re-save the model with "
             "save_pretrained(..., safe_serialization=True) from a trusted environment first."
         )
+    check_shards(src)
     if dst.exists() and any(dst.iterdir()) and not overwrite:
         raise FileExistsError(f"{dst} is not empty; choose a new directory or pass overwrite=True (--overwrite).")
     if dst.resolve() == src.resolve():

@@ -14,6 +14,7 @@ from .mllm.types import laco_model_class
 from .patch import COMPRESSOR_ATTRIBUTE, apply_from_config, placement_of
 from .weights import (
     CheckpointMismatch,
+    check_shards,
     checkpoint_names,
     from_pretrained_strict,
     refuse_pickle,
@@ -39,6 +40,7 @@ def load(
     """
     path = Path(path)
     refuse_pickle(path)
+    check_shards(path)
     laco_class = _laco_class_for(path) if model_class is None else None
     if laco_class is not None:
         return _load_mllm(path, laco_class, processor, **kwargs)

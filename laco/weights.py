@@ -74,6 +74,7 @@ def from_pretrained_strict(cls: Any, path: str | Path, **kwargs: Any) -> Any:
     from transformers.utils import logging as hf_logging
 
     refuse_pickle(path)
+    check_shards(path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # transformers prints its load report and carries on; we raise instead
     try:
@@ -173,6 +174,20 @@ def saved_keys(path: str | Path) -> set[str]:
     return names
 
 
+def check_shards(path: str | Path) -> None:
+    """Refuse a local sharded checkpoint whose index names shards that are not there, naming them."""
+    index = Path(path) / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    missing = [shard for shard in shards if not (Path(path) / shard).is_file()]
+    if missing:
+        raise CheckpointMismatch(
+            f"{path} is a sharded checkpoint whose index lists {len(shards)} shard(s), and {missing} are missing; "
+            "copy the whole checkpoint directory (every model-*.safetensors file its index names)."
+        )
+
+
 def safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
@@ -189,6 +204,7 @@ __all__ = [
     "CheckpointMismatch",
     "UnsafeWeights",
     "check_loading_info",
+    "check_shards",
     "checkpoint_names",
     "from_pretrained_strict",
     "refuse_pickle",

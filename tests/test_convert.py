@@ -50,3 +50,24 @@ def test_an_unsupported_model_type_is_refused(tmp_path):
     tiny_encoder("siglip").save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="cannot convert a 'siglip_vision_model' checkpoint; supported model types"):
         laco.convert(tmp_path, tmp_path / "dst", 2)
+
+
+def test_a_sharded_checkpoint_missing_a_shard_is_refused_naming_it(tmp_path):
+    from qwen_models import tiny_model, tiny_processor
+
+    tiny_model("qwen2.5").save_pretrained(tmp_path / "src", max_shard_size="100KB")
+    shards = sorted((tmp_path / "src").glob("model-*.safetensors"))
+    shards[1].unlink()
+    with pytest.raises(ValueError, match=rf"sharded checkpoint .*\['{shards[1].name}'\] are missing"):
+        laco.convert(tmp_path / "src", tmp_path / "dst", 2, processor=tiny_processor("qwen2.5"))
+    with pytest.raises(ValueError, match=rf"\['{shards[1].name}'\] are missing"):
+        laco.load(tmp_path / "src")
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_checkpoint_of_a_family_laco_does_not_know_is_refused_listing_the_supported(tmp_path):
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"cannot convert a 'dinov2' checkpoint; supported model types: .*qwen2_5_vl"):
+        laco.convert(tmp_path, tmp_path / "dst", 1)
