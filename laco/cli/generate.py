@@ -42,7 +42,9 @@ def pair_up(images: list, prompts: list[str]) -> tuple[list[list], list[str]]:
 def _run_generate(args: argparse.Namespace) -> int:
     from ..data.images import ImageProblem, load_rgb
     from ..evaluate import answer, load_model
+    from ..harness.family import check_servable
 
+    check_servable(args.model, "laco generate")  # another family, or a damaged checkpoint: refused before any work
     missing = [str(path) for path in args.image if not path.exists()]
     if missing:
         raise SystemExit(f"image {', '.join(missing)} not found")

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..evaluate import load_model
 from ..precision import choose as choose_precision
+from .family import check_servable
 from .inference import GenerationSettings, continuation_logprobs, generate_answers
 from .responses import ResponseLog, checkpoint_fingerprint, request_key
 
@@ -93,6 +94,7 @@ class LacoLmms(lmms):
             raise TypeError(f"unknown model_args {sorted(unknown)} for --model laco; it takes {', '.join(MODEL_ARGS)}.")
         if not pretrained:
             raise ValueError("--model laco needs --model_args pretrained=<checkpoint directory> (a run's final/).")
+        check_servable(pretrained, "lmms-eval --model laco")
         self.batch_size_per_gpu = _batch_size(batch_size)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         chosen = choose_precision(precision, self._device).name
