@@ -44,11 +44,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     from ..evaluate import answer, load_model
     from ..harness.family import check_servable
 
-    check_servable(args.model, "laco generate")  # another family, or a damaged checkpoint: refused before any work
     missing = [str(path) for path in args.image if not path.exists()]
     if missing:
         raise SystemExit(f"image {', '.join(missing)} not found")
     pair_up(args.image, args.prompt)  # refuse a combination before any image or model is loaded
+    check_servable(args.model, "laco generate")  # another family, or a damaged checkpoint
     try:
         images = [load_rgb(path) for path in args.image]  # the reader training uses: pixel budget, 16-bit scaled
     except ImageProblem as problem:
