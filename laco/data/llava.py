@@ -226,9 +226,11 @@ class LlavaDataset(torch.utils.data.Dataset):
                 SkipReason.MALFORMED, f"'image' is {image!r}, not a path string or a non-empty list of path strings."
             )
         for path in images:
-            if not self.allow_outside_image_folder and not inside_folder(path):
+            if not self.allow_outside_image_folder and not inside_folder(path, self.image_folder):
                 raise RecordSkipped(
-                    SkipReason.OUTSIDE_FOLDER, f"image path {path!r} leaves image_folder {self.image_folder}."
+                    SkipReason.OUTSIDE_FOLDER,
+                    f"image path {path!r} leaves image_folder {self.image_folder} (by '..', an absolute path or a "
+                    "symbolic link pointing out of it).",
                 )
         return [self.image_folder / path for path in images]
 
