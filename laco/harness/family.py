@@ -129,6 +129,9 @@ def _check_settings(directory: Path, config: dict[str, Any]) -> None:
 
 
 def _check_weights(directory: Path) -> None:
+    from ..checkpoints import refuse_pickle
+
+    refuse_pickle(directory)  # weights only as pickle files: refused with the reason, before any file is opened
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise FamilyRefusal(
