@@ -6,7 +6,8 @@
 ``model_args`` (comma-separated ``key=value``):
 
 * ``pretrained`` (required): a checkpoint directory laco wrote (``runs/<run>/final``): the default model, any
-  compression placement or compressor, or none; anything :func:`laco.evaluate.load_model` loads.
+  compression placement or compressor, or none; anything :func:`laco.evaluate.load_model` loads. Another family,
+  or a damaged checkpoint, is refused before loading (:func:`laco.harness.family.check_servable`).
 * ``device`` (default: ``cuda`` when available, else ``cpu``), ``precision`` (``auto``, ``bf16``, ``fp16``,
   ``fp32``; default ``auto`` as ``laco eval``: bf16 where the device has it natively, see :mod:`laco.precision`),
   ``attn_implementation`` (default ``auto``).
