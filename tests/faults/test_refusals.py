@@ -152,6 +152,13 @@ def test_a_flipped_bit_in_the_weights_is_refused_naming_the_file(made) -> None:
         refused(arguments, "model.safetensors", "sha256")
 
 
+def test_a_checkpoint_without_digests_still_answers(made, capsys) -> None:
+    unsigned = _copy(made, "unsigned")  # saved by an older laco, or by save_pretrained by hand
+    (unsigned / DIGESTS_FILE).unlink()
+    assert main(_generate(unsigned, made)) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # one answer (a random model may answer blanks)
+
+
 def test_data_and_path_problems_are_refused(made, tmp_path) -> None:
     refused(_generate(made["image"].parent, made), "has no config.json")
     refused(_eval(tmp_path / "nowhere", made), "is not a directory")
