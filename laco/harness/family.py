@@ -2,7 +2,8 @@
 
 ``laco eval``, ``laco generate`` and the lmms-eval model ``laco`` serve one model class,
 :class:`laco.mllm.LacoLlavaForConditionalGeneration` (``model_type`` ``laco_llava``: a ``laco train`` run's
-``final/`` or a ``laco convert`` output of a LLaVA checkpoint). Handing them anything else used to load it as that
+``final/`` or a ``laco convert`` output of a LLaVA checkpoint; a stock ``llava`` checkpoint loads as it too,
+uncompressed). Handing them anything else used to load it as that
 class anyway: a Qwen2.5-VL directory crashed inside transformers, a made-up ``model_type`` was accepted and
 answered, converted Gemma3 / SmolVLM / LLaVA-NeXT checkpoints got advice about LLaVA. :func:`check_servable`
 reads ``config.json`` as plain JSON (no config class, no remote code) and refuses, in one message naming the
@@ -20,6 +21,9 @@ from typing import Any
 from ..digests import safetensors_problem, verify_digests
 
 LACO_LLAVA = "laco_llava"
+SERVED = (LACO_LLAVA, "llava")
+"""What these entry points answer with: laco's LLaVA, and a stock LLaVA (it loads as laco's, uncompressed, with its
+own processor: the uncompressed baseline)."""
 
 
 class FamilyRefusal(ValueError):
@@ -37,7 +41,7 @@ def check_servable(directory: str | Path, entry: str) -> Path:
     directory = Path(directory)
     config = _read_config(directory, entry)
     model_type = config.get("model_type")
-    if model_type != LACO_LLAVA:
+    if model_type not in SERVED:
         raise FamilyRefusal(_family_message(directory, entry, model_type, config))
     _check_settings(directory, config)
     _check_weights(directory)
@@ -65,8 +69,8 @@ def _family_message(directory: Path, entry: str, model_type: Any, config: dict[s
     named = f", {architectures[0]}" if architectures and isinstance(architectures, list) else ""
     family = f"{directory} holds a model of model_type {model_type!r}{named}"
     serves = (
-        f"{entry} serves laco's LLaVA-style model only (model_type {LACO_LLAVA!r}: a laco train run's final/, or a "
-        "`laco convert` output of a LLaVA checkpoint)"
+        f"{entry} serves LLaVA-style models only (model_type {LACO_LLAVA!r}: a laco train run's final/ or a `laco "
+        "convert` output of a LLaVA checkpoint; or a stock 'llava' one, uncompressed)"
     )
     laco_class = _laco_class(model_type)
     if laco_class is None:
@@ -75,11 +79,6 @@ def _family_message(directory: Path, entry: str, model_type: Any, config: dict[s
             "supported checkpoint with `laco convert SRC DST --layer 1/4`."
         )
     stock = laco_class.stock_class.__name__ if hasattr(laco_class, "stock_class") else laco_class.__name__
-    if model_type == "llava":
-        return (
-            f"{family}, a stock LLaVA checkpoint; {serves}. Convert it first: `laco convert {directory} DST --layer "
-            f"1/4`, then pass DST."
-        )
     if str(model_type).startswith("laco_"):
         how = (
             f"load it in Python with `laco.load('{directory}')` (or AutoModelForImageTextToText after `import laco`)"

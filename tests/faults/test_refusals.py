@@ -94,6 +94,13 @@ def test_another_family_is_refused_naming_it(made, command) -> None:
         refused(run(made["root"] / f"stock-{family}", made), f"'{family}'", "laco convert")
 
 
+def test_a_stock_llava_is_served_uncompressed(made, tmp_path) -> None:
+    tiny = tiny_mllms.llava()  # the uncompressed baseline: it loads as laco's LLaVA with its own processor
+    tiny.model.save_pretrained(tmp_path / "llava")
+    tiny.processor.save_pretrained(tmp_path / "llava")
+    assert main(_generate(tmp_path / "llava", made)) == 0
+
+
 def test_an_unknown_model_type_is_refused_not_answered(made) -> None:
     evil = _copy(made, "evil")
     config = json.loads((evil / "config.json").read_text())
