@@ -21,8 +21,8 @@ from safetensors import safe_open
 from torch import nn
 
 from .adapters import MODEL_ADAPTERS
-from .digests import write_digests
 from .adapters.mllm.models import LACO_MODELS, laco_model_class
+from .digests import write_digests
 from .patch import CONFIG_ATTRIBUTE, apply, num_tokens
 from .placement import LayerSpec, Placement
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 import errno
 
 # torch's zip writer reports a failed write (a full disk, a quota) through its C++ enforce macro, as a
-# RuntimeError whose text names the source file, not as an OSError with an errno
-_WRITE_FAILURES = ("inline_container.cc", "No space left on device", "StorageFull", "Disk quota exceeded")
+# RuntimeError naming inline_container.cc, not as an OSError with an errno; its reader names the same file for a
+# damaged archive, which is not a full disk, so only the writer's messages count
+_TORCH_ARCHIVE = "inline_container.cc"
+_TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter", "file write failed")
+_WRITE_FAILURES = ("No space left on device", "StorageFull", "Disk quota exceeded")
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
@@ -59,8 +62,11 @@ def refusal_message(error: BaseException) -> str | None:
 def _is_write_failure(error: BaseException) -> bool:
     if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
         return True
+    if not isinstance(error, (RuntimeError, OSError)):
+        return False
     text = str(error)
-    return isinstance(error, (RuntimeError, OSError)) and any(marker in text for marker in _WRITE_FAILURES)
+    torch_write = _TORCH_ARCHIVE in text and any(marker in text for marker in _TORCH_WRITE_FAILURES)
+    return torch_write or any(marker in text for marker in _WRITE_FAILURES)
 
 
 def _first_line(error: BaseException) -> str:

@@ -229,3 +229,12 @@ def test_the_command_line_prints_one_line_and_no_traceback(made) -> None:
     lines = [line for line in process.stderr.splitlines() if line.strip() and "Warning" not in line]
     assert len(lines) == 1 and lines[0].startswith("laco generate: ") and "qwen2_5_vl" in lines[0], process.stderr
     assert "Traceback" not in process.stderr
+
+
+def test_a_damaged_archive_read_is_not_called_a_full_disk() -> None:
+    from laco.cli.refusals import refusal_message
+
+    reader = "PytorchStreamReader failed reading zip archive: failed finding central directory (inline_container.cc)"
+    assert refusal_message(RuntimeError(reader)) is None  # a bug or a damaged file: it keeps its traceback
+    assert "free space" in refusal_message(RuntimeError(_TORCH_ON_A_FULL_DISK))
+    assert "free space" in refusal_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
