@@ -12,6 +12,7 @@ An untrained merge is average pooling, so the converted model works before any f
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,14 @@ from safetensors import safe_open
 from torch import nn
 
 from .adapters import find_model_adapter
+from .digests import write_digests
 from .mllm.types import LACO_MODELS, laco_model_class
 from .patch import CONFIG_ATTRIBUTE, apply, num_tokens, placement_of
 from .placement import LayerSpec, Placement
 from .weights import check_shards
 
 PROCESSOR_ERRORS = (OSError, ValueError, ImportError, TypeError, KeyError)
+logger = logging.getLogger(__name__)
 
 
 def convert(
@@ -62,6 +65,7 @@ def convert(
     model.save_pretrained(dst)
     find_model_adapter(model).saved_processor(model, placement_of(model), processor).save_pretrained(dst)
     new = _check_tensors_kept(src, dst)
+    write_digests(dst)  # last: laco eval, the server and laco.load check the files against them
     recorded = getattr(model.config.vision_config, CONFIG_ATTRIBUTE)
     return {
         "placement": recorded,
@@ -131,10 +135,43 @@ def _load_processor(src: Path) -> Any:
     try:
         return AutoProcessor.from_pretrained(src)
     except PROCESSOR_ERRORS as error:
+        # LLaVA-OneVision, InternVL and SmolVLM processors carry a video processor, which needs torchvision even
+        # where only images are converted: the conversion changes the image counts only, so it goes on without it
+        without_video = _processor_without_video(src)
+        if without_video is not None:
+            return without_video
         raise ValueError(
-            f"cannot load the processor of {src} with AutoProcessor ({type(error).__name__}: {error}); load it yourself "
-            "and pass processor= to laco.convert."
+            f"cannot load the processor of {src} with AutoProcessor ({type(error).__name__}: {error}); save the "
+            "model's processor next to its weights (processor.save_pretrained), or in Python load it yourself and "
+            "pass processor= to laco.convert."
         ) from error
+
+
+def _processor_without_video(src: Path) -> Any | None:
+    """The processor ``src`` names, built from its image processor and tokenizer only (``None`` if it has no
+    video processor to leave out, or still fails)."""
+    import transformers
+
+    try:
+        name = json.loads((src / "processor_config.json").read_text()).get("processor_class", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    stock = getattr(transformers, str(name), None)
+    if stock is None or "video_processor" not in stock.get_attributes():
+        return None
+    attributes = [attribute for attribute in stock.get_attributes() if attribute != "video_processor"]
+    images_only = type(stock.__name__, (stock,), {"get_attributes": classmethod(lambda cls: list(attributes))})
+    try:
+        processor = images_only.from_pretrained(src, video_processor=None)
+    except PROCESSOR_ERRORS:
+        return None
+    logger.warning(
+        "%s: loaded its %s without the video processor (torchvision is not installed); the converted checkpoint "
+        "sizes image placeholders only, and its video preprocessor config is not copied.",
+        src,
+        stock.__name__,
+    )
+    return processor
 
 
 def _tensors(directory: Path) -> dict[str, tuple[Path, str]]:

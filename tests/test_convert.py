@@ -71,3 +71,26 @@ def test_a_checkpoint_of_a_family_laco_does_not_know_is_refused_listing_the_supp
     Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=4)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=r"cannot convert a 'dinov2' checkpoint; supported model types: .*qwen2_5_vl"):
         laco.convert(tmp_path, tmp_path / "dst", 1)
+
+
+@pytest.mark.parametrize("family", ["internvl", "llava_onevision"])
+def test_the_command_line_converts_families_whose_processor_needs_torchvision(family, tmp_path, caplog):
+    # their processors carry a video processor, which needs torchvision; `laco convert` failed and told the user to
+    # "pass processor=", which the command line has no option for
+    import json
+
+    from laco.digests import verify_digests
+
+    import tiny_mllms
+
+    tiny = getattr(tiny_mllms, family)()
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    tiny.model.save_pretrained(src)
+    tiny.processor.save_pretrained(src)
+    video = {"video_processor_type": f"{type(tiny.processor).__name__.replace('Processor', '')}VideoProcessor"}
+    (src / "video_preprocessor_config.json").write_text(json.dumps(video))  # as the hub checkpoints have it
+    with caplog.at_level("WARNING"):
+        assert main(["convert", str(src), str(dst), "--layer", "2"]) == 0
+    assert "without the video processor" in caplog.text
+    assert verify_digests(dst) and laco.placement_of(laco.load(dst)).layers == (2,)
+    assert not (dst / "video_preprocessor_config.json").exists()

@@ -1,7 +1,9 @@
 """The ``laco`` command: train, eval, generate, convert, bench, study.
 
 Every subcommand's ``--help`` explains its options; configs are YAML files (see ``configs/``), and any config key
-can be overridden with ``--set key.path=value``.
+can be overridden with ``--set key.path=value``. A refusal (a bad input, a damaged checkpoint, a full disk; see
+:mod:`laco.cli.refusals`) is one line on stderr and exit status 1; ``laco --debug COMMAND ...`` shows its
+traceback too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from collections.abc import Sequence
 
 from . import convert, evaluate, generate, train
 from .arguments import non_negative_int, positive_int
+from .refusals import refusal_message
+
+DEBUG_FLAG = "--debug"
 
 
 def _add_delegate(subparsers, name: str, help_text: str, module: str) -> None:
@@ -23,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="laco",
         description="LaCo: compress visual tokens inside the vision encoder of multimodal LLMs, and measure it.",
+    )
+    parser.add_argument(
+        DEBUG_FLAG, action="store_true", help="show the traceback of a refusal too (it is one line without)"
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add(subparsers)
@@ -39,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(argv) and argv[0] == DEBUG_FLAG
+    argv = argv[1:] if debug else argv
     parser = build_parser()
     # bench and study own their option parsers: everything after the subcommand goes to them
     if argv and argv[0] in ("bench", "study"):
@@ -48,19 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except _refusals() as refusal:
-        # a refusal is the answer, not a crash: its message names the problem and the fix, without a traceback
-        raise SystemExit(f"laco {args.command}: {refusal}") from None
-
-
-def _refusals() -> tuple[type[Exception], ...]:
-    """Errors that refuse a request before (or instead of) doing the wrong thing."""
-    from ..data import DataError
-    from ..train.init_from import InitFromError
-    from ..train.resume import ConfigMismatch, RunDirectoryBusy
-    from ..weights import CheckpointMismatch, UnsafeWeights
-
-    return (CheckpointMismatch, ConfigMismatch, DataError, InitFromError, RunDirectoryBusy, UnsafeWeights)
+    except Exception as error:
+        message = None if debug else refusal_message(error)
+        if message is None:
+            raise  # not a refusal (or --debug): the traceback is what a bug report needs
+        # SystemExit with a message: Python prints it as one line on stderr and exits with status 1
+        raise SystemExit(f"laco {args.command}: {message}") from None
 
 
 __all__ = ["build_parser", "main", "non_negative_int", "positive_int"]

@@ -34,6 +34,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from ..placement import Placement
 
     try:
+        _check_source_weights(args.src)
         placement = Placement(args.layer, args.method, args.factor, mode=args.mode)
         summary = convert(args.src, args.dst, placement, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
@@ -41,3 +42,14 @@ def _run_convert(args: argparse.Namespace) -> int:
     print(describe(summary))
     print(f"reload: import laco; AutoModelForImageTextToText.from_pretrained({str(args.dst)!r})")
     return 0
+
+
+def _check_source_weights(src: Path) -> None:
+    """A cut-short or empty safetensors file is refused by name before transformers reads it (which raised a bare
+    ``SafetensorError: invalid header length`` with a traceback)."""
+    from ..digests import safetensors_problem
+
+    for file in sorted(src.glob("*.safetensors")) if src.is_dir() else ():
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise ValueError(f"{file} {problem}: the checkpoint is damaged; copy or save it again, then convert.")

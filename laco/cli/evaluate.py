@@ -106,6 +106,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.model is None:
         raise SystemExit("laco eval needs --model (or --write-tasks DIR)")
     from ..config import load_config
+    from ..harness.family import check_servable
+
+    check_servable(args.model, "laco eval")  # another family, or a damaged checkpoint: refused before any work
+    if not args.eval_json:
+        _check_split(args.split)
 
     overrides = [f"eval.split={args.split}", f"eval.limit={args.limit or 'null'}", f"eval.precision={args.precision}"]
     if args.strict:
@@ -128,6 +133,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     if args.output:
         result.to_json(args.output)
     return 0
+
+
+def _check_split(split: str) -> None:
+    from ..data import EASY_VQA_SPLITS, DataError
+
+    if split not in EASY_VQA_SPLITS:
+        raise DataError(
+            f"--split {split!r} is not an easy-VQA split; use one of {list(EASY_VQA_SPLITS)}, or score your own "
+            "file with --eval-json FILE --image-folder DIR."
+        )
 
 
 def _prepare_output(path: Path) -> None:

@@ -42,11 +42,13 @@ def pair_up(images: list, prompts: list[str]) -> tuple[list[list], list[str]]:
 def _run_generate(args: argparse.Namespace) -> int:
     from ..data.images import ImageProblem, load_rgb
     from ..evaluate import answer, load_model
+    from ..harness.family import check_servable
 
     missing = [str(path) for path in args.image if not path.exists()]
     if missing:
         raise SystemExit(f"image {', '.join(missing)} not found")
     pair_up(args.image, args.prompt)  # refuse a combination before any image or model is loaded
+    check_servable(args.model, "laco generate")  # another family, or a damaged checkpoint
     try:
         images = [load_rgb(path) for path in args.image]  # the reader training uses: pixel budget, 16-bit scaled
     except ImageProblem as problem:

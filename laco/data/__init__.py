@@ -3,7 +3,7 @@
 from .batching import MultimodalCollator, answer_balanced_weights
 from .easyvqa import EASY_VQA_SPLITS, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
 from .llava import LlavaDataset, LlavaExample, LlavaRecord
-from .report import DataError, DatasetReport, SkipReason
+from .report import DataError, DatasetReport, MissingData, SkipReason
 from .sources import easy_vqa_dir, eval_examples, llava_dataset, question_answer_pairs, split_files
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "LlavaDataset",
     "LlavaExample",
     "LlavaRecord",
+    "MissingData",
     "MultimodalCollator",
     "SkipReason",
     "answer_balanced_weights",

@@ -57,7 +57,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def inside_folder(image: str) -> bool:
-    """Whether a record's relative ``image`` path stays inside its image folder (no absolute path, no ``..`` out)."""
+def inside_folder(image: str, folder: str | Path | None = None) -> bool:
+    """Whether a record's relative ``image`` path stays inside its image folder: no absolute path, no ``..`` out,
+    and, given ``folder``, no symbolic link (of the file or of a folder on its way) that points out of it."""
     normal = os.path.normpath(image)
-    return not os.path.isabs(image) and normal != ".." and not normal.startswith(".." + os.sep)
+    if os.path.isabs(image) or normal == ".." or normal.startswith(".." + os.sep):
+        return False
+    if folder is None:
+        return True
+    # resolved, so a link inside the folder to /etc/passwd or ../../secret counts as outside, as its target is
+    root = Path(folder).resolve()
+    return Path(root / normal).resolve().is_relative_to(root)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..mllm.processing import ROLES, LacoProcessor, RecordError
 from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageProblem, inside_folder, load_rgb
-from .report import FIXES, DataError, DatasetReport, RecordSkipped, SkipReason
+from .report import FIXES, DataError, DatasetReport, MissingData, RecordSkipped, SkipReason
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +125,11 @@ class LlavaDataset(torch.utils.data.Dataset):
         if limit is not None and limit < 1:
             raise ValueError(f"limit={limit} must be a positive number of records (or None for all).")
         if not self.json_path.is_file():
-            raise FileNotFoundError(f"LLaVA JSON file {self.json_path} not found; check json_path.")
+            raise MissingData(f"LLaVA JSON file {self.json_path} not found; check json_path.")
         if not self.image_folder.is_dir():
-            raise FileNotFoundError(f"image folder {self.image_folder} not found; check image_folder.")
+            raise MissingData(
+                f"image folder {self.image_folder} not found; check image_folder (--image-folder, data.image_folder)."
+            )
         raw = self._load_json()
 
         self.records: list[LlavaRecord] = []
@@ -224,9 +226,11 @@ class LlavaDataset(torch.utils.data.Dataset):
                 SkipReason.MALFORMED, f"'image' is {image!r}, not a path string or a non-empty list of path strings."
             )
         for path in images:
-            if not self.allow_outside_image_folder and not inside_folder(path):
+            if not self.allow_outside_image_folder and not inside_folder(path, self.image_folder):
                 raise RecordSkipped(
-                    SkipReason.OUTSIDE_FOLDER, f"image path {path!r} leaves image_folder {self.image_folder}."
+                    SkipReason.OUTSIDE_FOLDER,
+                    f"image path {path!r} leaves image_folder {self.image_folder} (by '..', an absolute path or a "
+                    "symbolic link pointing out of it).",
                 )
         return [self.image_folder / path for path in images]
 

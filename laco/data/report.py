@@ -11,6 +11,10 @@ class DataError(ValueError):
     """A data file or record that cannot be used as given; the message names the record and the fix."""
 
 
+class MissingData(FileNotFoundError):
+    """A data file or image folder that does not exist (a ``FileNotFoundError``, refused in one line by the CLI)."""
+
+
 class SkipReason:
     """Why a record was skipped (the keys of :attr:`DatasetReport.skipped`)."""
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ..pretrained import default_cache_dir
 from .easyvqa import convert_easy_vqa
 from .llava import LlavaDataset, LlavaExample
+from .report import DataError
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -24,11 +25,11 @@ def split_files(data: "DataConfig", split: str) -> tuple[Path, Path]:
     if data.dataset == "easy-vqa":
         paths = convert_easy_vqa(easy_vqa_dir())
         if split not in paths:
-            raise ValueError(f"easy-vqa has splits {sorted(paths)}, not {split!r}.")
+            raise DataError(f"easy-vqa has splits {sorted(paths)}, not {split!r}; pass one of them (--split).")
         return paths[split], easy_vqa_dir()
     json_path = data.train_json if split == "train" else data.eval_json
     if not json_path:
-        raise ValueError(f"no LLaVA JSON for split {split!r}: set data.train_json / data.eval_json.")
+        raise DataError(f"no LLaVA JSON for split {split!r}: set data.train_json / data.eval_json.")
     return Path(json_path), Path(data.image_folder)
 
 

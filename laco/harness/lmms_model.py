@@ -6,7 +6,8 @@
 ``model_args`` (comma-separated ``key=value``):
 
 * ``pretrained`` (required): a checkpoint directory laco wrote (``runs/<run>/final``): the default model, any
-  compression placement or compressor, or none; anything :func:`laco.evaluate.load_model` loads.
+  compression placement or compressor, or none; anything :func:`laco.evaluate.load_model` loads. Another family,
+  or a damaged checkpoint, is refused before loading (:func:`laco.harness.family.check_servable`).
 * ``device`` (default: ``cuda`` when available, else ``cpu``), ``precision`` (``auto``, ``bf16``, ``fp16``,
   ``fp32``; default ``auto`` as ``laco eval``: bf16 where the device has it natively, see :mod:`laco.precision`),
   ``attn_implementation`` (default ``auto``).
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 
 from ..evaluate import load_model
 from ..precision import choose as choose_precision
+from .family import check_servable
 from .inference import GenerationSettings, continuation_logprobs, generate_answers
 from .responses import ResponseLog, checkpoint_fingerprint, request_key
 
@@ -93,6 +95,7 @@ class LacoLmms(lmms):
             raise TypeError(f"unknown model_args {sorted(unknown)} for --model laco; it takes {', '.join(MODEL_ARGS)}.")
         if not pretrained:
             raise ValueError("--model laco needs --model_args pretrained=<checkpoint directory> (a run's final/).")
+        check_servable(pretrained, "lmms-eval --model laco")
         self.batch_size_per_gpu = _batch_size(batch_size)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         chosen = choose_precision(precision, self._device).name

@@ -25,6 +25,7 @@ import torch
 
 from ..packages import PackageFileNotFoundError
 from ..precision import choose as choose_precision
+from .family import check_servable
 from .report import Score, SuiteReport, TaskRun
 from .responses import checkpoint_fingerprint
 from .tasks import EASYVQA_TASKS, default_tasks_dir, write_easyvqa_tasks
@@ -50,6 +51,7 @@ def checkpoint_labels(checkpoints: Sequence[Path]) -> list[str]:
 def _check_checkpoint(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise SuiteError(f"{path} has no config.json: point --model / --baseline at a run's final/ directory.")
+    check_servable(path, "laco eval --suite")  # before lmms-eval starts a process per model
     if "," in str(path) or "=" in str(path):
         raise SuiteError(f"{path}: lmms-eval's model_args cannot carry a path with ',' or '='; move or link it.")
 

@@ -43,12 +43,14 @@ class ServeSpec:
     image_resample: str = "bicubic"
 
 
-def read_checkpoint(directory: str | Path, config: Any | None = None) -> ServeSpec:
+def read_checkpoint(directory: str | Path, config: Any | None = None, *, verify_files: bool = False) -> ServeSpec:
     """Check ``directory`` (a ``laco train`` ``final/``) and return its :class:`ServeSpec`.
 
     ``config`` is the already-loaded ``LacoLlavaConfig`` (vLLM loads it itself); without it, ``config.json`` is
     read. Raises :class:`CheckpointError` for a checkpoint without LaCo settings, with settings from a newer
-    laco, without ``laco_processor.json``, or whose placeholder counts disagree.
+    laco, without ``laco_processor.json``, or whose placeholder counts disagree; with ``verify_files`` (the
+    server does it once, before loading weights), also for a damaged safetensors file or a file that no longer
+    matches the sha256 laco recorded (:mod:`laco.digests`; a directory without digests is checked by structure).
     """
     from ..mllm.processing import PROCESSOR_FILE
 
@@ -56,6 +58,8 @@ def read_checkpoint(directory: str | Path, config: Any | None = None) -> ServeSp
     if config is None:
         config = _load_config(directory)
     _check_architecture(directory, config)
+    if verify_files:
+        check_files(directory)
     settings = _settings(directory, config)
     processor_path = directory / PROCESSOR_FILE
     if not processor_path.exists():
@@ -90,6 +94,20 @@ def read_checkpoint(directory: str | Path, config: Any | None = None) -> ServeSp
         image_crop_fraction=float(transform.get("crop_fraction", 1.0)),
         image_resample=transform.get("resample", "bicubic"),
     )
+
+
+def check_files(directory: Path) -> None:
+    """Refuse weights cut short and files whose content changed since laco wrote them, naming the file."""
+    from ..digests import DigestMismatch, safetensors_problem, verify_digests
+
+    for file in sorted(directory.glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise CheckpointError(f"{file} {problem}; copy or save the checkpoint again.")
+    try:
+        verify_digests(directory)
+    except DigestMismatch as mismatch:
+        raise CheckpointError(str(mismatch)) from None
 
 
 def _load_config(directory: Path):

@@ -83,7 +83,9 @@ def check_serving(python: str | Path | None = None) -> Path:
 def serve_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a vLLM subprocess: the caller's, plus the KV-cache budget vLLM's CPU backend requires."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", KVCACHE_GIB)}
-    env.pop("PYTHONPATH", None)  # the serving environment has its own laco (installed editable from this checkout)
+    # the serving environment has its own packages; laco is this checkout's (the venv may have been installed
+    # from another worktree), and nothing else of the caller's path leaks in
+    env["PYTHONPATH"] = str(repo_root())
     return {**env, **(extra or {})}
 
 

@@ -168,7 +168,8 @@ class LacoLlavaForVllm(nn.Module, SupportsMultiModal):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
         config = vllm_config.model_config.hf_config
-        spec = read_checkpoint(vllm_config.model_config.model, config)  # refuse before allocating anything
+        # refuse before allocating anything, damaged or changed files included (sha256 digests)
+        spec = read_checkpoint(vllm_config.model_config.model, config, verify_files=True)
         if spec.image_token != IMAGE_TAG:
             raise CheckpointError(
                 f"{spec.directory}: image token {spec.image_token!r}; laco's vLLM plugin serves {IMAGE_TAG!r}, which "

@@ -6,11 +6,12 @@ The ``Trainer`` writes a checkpoint as many files (weights, optimizer, scheduler
 over several seconds, so a kill, a full disk or a crash can leave any of them missing or cut short. Resuming from
 such a checkpoint either crashes on every rerun or, worse, continues from half-written state. So:
 
-* a checkpoint is *sealed* once every process has written its files: :data:`MANIFEST` records each file's size,
-  and is itself written last and atomically;
+* a checkpoint is *sealed* once every process has written its files: :data:`MANIFEST` records each file's size
+  and sha256 (:mod:`laco.digests`), and is itself written last and atomically;
 * before a checkpoint is used, or before an older one is deleted because of it, it is checked
   (:func:`checkpoint_problem`): manifest sizes, JSON that parses, safetensors headers that account for the whole
-  file, torch zip archives whose directory is intact. Bit rot inside a file of the right size is not detected;
+  file, torch zip archives whose directory is intact, and, before a resume, every file's sha256 (a flipped bit
+  inside a file of the right size is caught there, naming the file);
 * the newest :data:`KEEP` checkpoints that pass are kept, so a newest checkpoint that turns out bad on resume
   still has a predecessor to fall back to (:func:`last_complete_checkpoint` moves bad ones aside, never deletes).
 
@@ -18,7 +19,9 @@ Checkpoints written before manifests existed (no :data:`MANIFEST`) are accepted 
 and every file passes the structural checks.
 
 A stage's ``final/`` counts as done once its marker (:data:`DONE_MARKER`) is written, atomically and last
-(:func:`save_stage_final`); the run's ``final/`` is replaced in one rename (:func:`publish_final`).
+(:func:`save_stage_final`), after the digests of its files (:data:`laco.digests.DIGESTS_FILE`); the run's
+``final/`` is a copy of the last stage's, digests included, replaced in one rename (:func:`publish_final`). A
+done stage whose ``final/`` no longer matches its digests is refused on resume (:func:`stage_done`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import struct
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +39,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..atomic import atomic_write_text
+from ..digests import DigestMismatch, digest_problem, file_digests, safetensors_problem, verify_digests, write_digests
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -67,23 +70,31 @@ def checkpoints(stage_dir: Path) -> list[Path]:
 
 
 def seal(checkpoint: Path) -> None:
-    """Record every file of a finished checkpoint and its size; the checkpoint counts as complete from now on."""
+    """Record every file of a finished checkpoint, its size and its sha256; the checkpoint counts as complete from
+    now on."""
     files = {
         path.relative_to(checkpoint).as_posix(): path.stat().st_size
         for path in sorted(checkpoint.rglob("*"))
         if path.is_file() and path.name != MANIFEST and not path.name.endswith(".tmp")
     }
     step = int(checkpoint.name.rsplit("-", 1)[-1])
-    atomic_write_text(checkpoint / MANIFEST, json.dumps({"format": 1, "step": step, "files": files}, indent=1))
+    record = {"format": 1, "step": step, "files": files, "sha256": file_digests(checkpoint, files)}
+    atomic_write_text(checkpoint / MANIFEST, json.dumps(record, indent=1))
 
 
-def checkpoint_problem(checkpoint: Path) -> str | None:
-    """Why ``checkpoint`` cannot be resumed from (a sentence), or ``None`` when it can."""
+def checkpoint_problem(checkpoint: Path, content: bool = True) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a sentence), or ``None`` when it can.
+
+    ``content``: also compare every file with the sha256 its manifest recorded (reads every byte; manifests from
+    before digests have none, and are checked structurally only).
+    """
     manifest_path = checkpoint / MANIFEST
+    digests: dict[str, str] = {}
     if manifest_path.exists():
         try:
             manifest = json.loads(manifest_path.read_text())
             files: dict[str, int] = dict(manifest["files"])
+            digests = dict(manifest.get("sha256") or {})
         except (ValueError, KeyError, TypeError) as error:
             return f"its manifest {MANIFEST} is unreadable ({error})"
         for name, size in files.items():
@@ -100,6 +111,10 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         problem = _file_problem(checkpoint / name)
         if problem is not None:
             return f"{name} {problem}"
+    if content and digests:
+        problem = digest_problem(checkpoint, digests)
+        if problem is not None:
+            return problem
     return _state_problem(checkpoint)
 
 
@@ -119,27 +134,11 @@ def _file_problem(path: Path) -> str | None:
         if path.suffix == ".json":
             json.loads(path.read_text(encoding="utf-8"))
         elif path.suffix == ".safetensors":
-            return _safetensors_problem(path)
+            return safetensors_problem(path)
         elif path.suffix in _TORCH_ARCHIVES:
             return _archive_problem(path)
     except (OSError, ValueError) as error:
         return f"is unreadable ({error})"
-    return None
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            return "is cut short (no safetensors header)"
-        (header_size,) = struct.unpack("<Q", prefix)
-        if header_size > size - 8:
-            return "is cut short (its safetensors header is incomplete)"
-        header: dict[str, Any] = json.loads(handle.read(header_size))
-    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
-    if 8 + header_size + end != size:
-        return f"has {size} bytes where its safetensors header accounts for {8 + header_size + end}"
     return None
 
 
@@ -186,7 +185,8 @@ def prune(stage_dir: Path, keep: int = KEEP) -> None:
     found = checkpoints(Path(stage_dir))
     if not found:
         return
-    newest_problem = checkpoint_problem(found[0])
+    # structural checks only: the newest was hashed a moment ago, and resume hashes whichever it uses
+    newest_problem = checkpoint_problem(found[0], content=False)
     if newest_problem is not None:
         logger.warning(
             "the checkpoint just written, %s, fails its check (%s); keeping every older one", found[0], newest_problem
@@ -196,7 +196,7 @@ def prune(stage_dir: Path, keep: int = KEEP) -> None:
     for checkpoint in found:
         if complete >= keep:
             shutil.rmtree(checkpoint, ignore_errors=True)
-        elif checkpoint is found[0] or checkpoint_problem(checkpoint) is None:
+        elif checkpoint is found[0] or checkpoint_problem(checkpoint, content=False) is None:
             complete += 1
 
 
@@ -205,12 +205,24 @@ def prune(stage_dir: Path, keep: int = KEEP) -> None:
 
 
 def stage_done(directory: Path) -> bool:
-    """Whether the stage finished: its ``final/`` holds the marker, written (atomically) after everything else."""
+    """Whether the stage finished: its ``final/`` holds the marker, written (atomically) after everything else.
+
+    A finished stage's files must still match their digests (the next stage starts from them): a mismatch raises
+    :class:`~laco.digests.DigestMismatch` naming the file, rather than training on from damaged weights.
+    """
     marker = directory / FINAL / DONE_MARKER
     try:
-        return isinstance(json.loads(marker.read_text()), dict)
+        done = isinstance(json.loads(marker.read_text()), dict)
     except (OSError, ValueError):
         return False
+    if done:
+        try:
+            verify_digests(directory / FINAL)
+        except DigestMismatch as mismatch:
+            raise DigestMismatch(
+                f"{mismatch} To train this stage again instead, delete {directory / FINAL} and rerun."
+            ) from None
+    return done
 
 
 def save_stage_final(trainer: Trainer, processor: "LacoProcessor", final: Path, summary: dict[str, Any]) -> None:
@@ -230,6 +242,7 @@ def save_stage_final(trainer: Trainer, processor: "LacoProcessor", final: Path, 
         # the final model directory holds safetensors and JSON only: no pickled training arguments
         atomic_write_text(final / "training_args.json", trainer.args.to_json_string())
         processor.save_pretrained(final)
+        write_digests(final)  # before the marker: a done stage always has its digests
         atomic_write_text(final / DONE_MARKER, json.dumps(summary, indent=2) + "\n")
     del state_dict
     trainer.accelerator.wait_for_everyone()

@@ -10,6 +10,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from laco.cli import main
+from laco.digests import DIGESTS_FILE, verify_digests
 from laco.train.checkpoints import MANIFEST, checkpoint_problem, last_complete_checkpoint, prune
 from laco.train.resume import RunLock
 
@@ -108,3 +109,40 @@ def test_eval_output_into_a_missing_directory_is_written(reference: Path, parts,
     assert json.loads(output.read_text())["total"] == 4
     with pytest.raises(SystemExit, match="is a directory"):
         main([*args, "--output", str(tmp_path)])  # refused before the evaluation, not after it
+
+
+def _flip_a_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # inside the last tensor (safetensors) or the archive's data: the size stays right
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_caught_by_its_digest_and_not_resumed_from(
+    crashed: Path, reference: Path, tmp_path: Path, caplog
+) -> None:
+    config = copy_of(crashed, tmp_path)
+    stage2 = tmp_path / "run" / "stage2"
+    _flip_a_bit(stage2 / "checkpoint-4" / "model.safetensors")
+    assert checkpoint_problem(stage2 / "checkpoint-4", content=False) is None  # the structure is intact
+    assert "model.safetensors does not match the sha256" in checkpoint_problem(stage2 / "checkpoint-4")
+
+    with caplog.at_level("WARNING"):
+        assert main(["train", "--config", str(config), "--no-eval"]) == 0
+    assert "model.safetensors does not match the sha256" in caplog.text
+    assert (stage2 / "incomplete-checkpoint-4").exists(), "kept aside for inspection"
+    assert_same_model(tmp_path / "run" / "final", reference / "final")  # resumed from checkpoint-2
+
+
+def test_a_finished_stage_whose_final_changed_is_refused_on_resume(crashed: Path, tmp_path: Path) -> None:
+    config = copy_of(crashed, tmp_path)
+    stage1_final = tmp_path / "run" / "stage1" / "final"
+    assert json.loads((stage1_final / DIGESTS_FILE).read_text())["files"]["model.safetensors"]
+    _flip_a_bit(stage1_final / "model.safetensors")
+    with pytest.raises(SystemExit, match=r"stage1/final: model\.safetensors does not match .* delete .*stage1/final"):
+        main(["train", "--config", str(config), "--no-eval"])
+
+
+def test_the_run_final_carries_digests_that_verify(reference: Path) -> None:
+    assert verify_digests(reference / "final")
+    recorded = json.loads((reference / "final" / DIGESTS_FILE).read_text())["files"]
+    assert {"model.safetensors", "config.json", "laco_processor.json"} <= set(recorded)

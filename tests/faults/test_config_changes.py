@@ -79,7 +79,7 @@ def test_force_config_continues_and_logs_the_override(crashed: Path, tmp_path: P
 
 def test_a_run_that_failed_before_any_state_takes_a_new_config(parts, tmp_path: Path) -> None:
     missing = write_run_config(tmp_path / "bad.yaml", parts, tmp_path / "run", data={"train_json": "/nonexistent"})
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SystemExit, match="LLaVA JSON file /nonexistent not found"):
         main(["train", "--config", str(missing), "--no-eval"])
     fixed = write_run_config(tmp_path / "run.yaml", parts, tmp_path / "run", seed=3)
     assert main(["train", "--config", str(fixed), "--no-eval", "--set", "stages.0.max_steps=1"]) == 0

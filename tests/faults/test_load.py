@@ -12,17 +12,20 @@ from safetensors.torch import load_file, save_file
 import laco
 from laco.cli import main
 from laco.config import load_config
+from laco.digests import DIGESTS_FILE
 from laco.train import train
 
 from faults.runs import write_run_config
 
 
 def _damaged_copy(final: Path, tmp_path: Path, change) -> Path:
-    """A copy of a trained model directory whose weights went through ``change(dict) -> dict``."""
+    """A copy of a trained model directory whose weights went through ``change(dict) -> dict``, re-saved by hand
+    (so without laco's digests, which would refuse the changed file first: tests/faults/test_refusals.py)."""
     copy = tmp_path / "model"
     shutil.copytree(final, copy)
     weights = load_file(copy / "model.safetensors")
     save_file(change(weights), copy / "model.safetensors", metadata={"format": "pt"})
+    (copy / DIGESTS_FILE).unlink()
     return copy
 
 

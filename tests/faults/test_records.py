@@ -75,6 +75,10 @@ HOSTILE: dict[str, tuple[dict[str, Any], str | None]] = {
     "huge": (_record("huge", QUESTION, ("gpt", "red"), image="huge.png"), SkipReason.IMAGE_TOO_LARGE),
     "parent-path": (_record("parent-path", QUESTION, ("gpt", "red"), image="../outside.png"), "image outside"),
     "absolute-path": (_record("absolute-path", QUESTION, ("gpt", "red"), image="/etc/hostname"), "image outside"),
+    # symbolic links are followed before the containment check: a link to a file or a folder outside is outside
+    "linked-file": (_record("linked-file", QUESTION, ("gpt", "red"), image="link-out.png"), "image outside"),
+    "linked-folder": (_record("linked-folder", QUESTION, ("gpt", "red"), image="up/outside.png"), "image outside"),
+    "link-inside": (_record("link-inside", QUESTION, ("gpt", "red"), image="link-in.png"), None),
     "multi-turn": (_record("multi-turn", QUESTION, ("gpt", "red"), ("human", "sure?"), ("gpt", "yes")), None),
     "sixteen-bit": (_record("sixteen-bit", QUESTION, ("gpt", "grey"), image="sixteen.png"), None),
     "good": (_record("good", QUESTION, ("gpt", "red")), None),
@@ -87,6 +91,9 @@ def hostile_files(tmp_path: Path) -> tuple[Path, Path]:
     folder.mkdir()
     Image.new("RGB", (32, 32), (200, 30, 30)).save(folder / "ok.png")
     Image.new("RGB", (32, 32), (30, 30, 200)).save(tmp_path / "outside.png")
+    (folder / "link-out.png").symlink_to(tmp_path / "outside.png")
+    (folder / "up").symlink_to(tmp_path, target_is_directory=True)
+    (folder / "link-in.png").symlink_to("ok.png")
     write_corrupt_pixels_png(folder / "corrupt.png")
     write_huge_png(folder / "huge.png")
     Image.fromarray(np.full((32, 32), 128 * 257, dtype=np.uint16)).save(folder / "sixteen.png")
@@ -106,7 +113,7 @@ def test_each_hostile_record_is_skipped_for_its_reason_and_the_scan_goes_on(tiny
     _, processor = tiny_model
     with pytest.warns(UserWarning, match="skipped"):
         dataset = LlavaDataset(*hostile_files, processor, progress=False)
-    assert sorted(record.id for record in dataset.records) == ["good", "multi-turn", "sixteen-bit"]
+    assert sorted(record.id for record in dataset.records) == ["good", "link-inside", "multi-turn", "sixteen-bit"]
     for record_id, (_, reason) in HOSTILE.items():
         if reason is not None:
             assert any(record_id in ids and skip.startswith(reason) for skip, ids in dataset.report.examples.items()), (
@@ -184,7 +191,7 @@ def test_eval_skips_what_training_skips_and_scores_the_rest(reference: Path, hos
         assert main(["eval", "--model", str(reference / "final"), "--limit", "0", *arguments]) == 0
     scored = json.loads(output.read_text())
     # a multi-turn record is scored on its last answer, asked after the turns before it
-    assert sorted(p["id"] for p in scored["predictions"]) == ["good", "multi-turn", "sixteen-bit"]
+    assert sorted(p["id"] for p in scored["predictions"]) == ["good", "link-inside", "multi-turn", "sixteen-bit"]
     assert scored["multi_turn"] == 1
     multi = next(p for p in scored["predictions"] if p["id"] == "multi-turn")
     assert (multi["question"], multi["reference"]) == ("sure?", "yes")
@@ -200,5 +207,5 @@ def test_training_on_hostile_records_runs_past_its_first_batches(parts, hostile_
     for stage in config["stages"]:
         stage.update(max_steps=2, batch_size=3)  # every usable record in every batch
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    with pytest.warns(UserWarning, match="7 skipped"):
+    with pytest.warns(UserWarning, match="9 skipped"):
         assert main(["train", "--config", str(tmp_path / "run.yaml"), "--no-eval"]) == 0

@@ -64,6 +64,16 @@ def test_model_args_are_checked(easyvqa_checkpoint, tmp_path):
         LacoLmms(pretrained=str(tmp_path))
 
 
+def test_another_family_is_refused_before_loading(tmp_path):
+    from transformers import Qwen2_5_VLConfig
+
+    from laco.harness.family import FamilyRefusal
+
+    Qwen2_5_VLConfig().save_pretrained(tmp_path)  # loaded as LLaVA, it crashed with a bare AttributeError
+    with pytest.raises(FamilyRefusal, match=r"'qwen2_5_vl'.*lmms-eval --model laco serves LLaVA-style models only"):
+        LacoLmms(pretrained=str(tmp_path))
+
+
 def test_generation_keeps_order_groups_settings_and_cuts_at_stops(easyvqa_checkpoint, documents):
     model = _model(easyvqa_checkpoint, documents)
     greedy = {"until": [], "max_new_tokens": 4, "temperature": 0}

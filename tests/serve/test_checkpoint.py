@@ -77,3 +77,21 @@ def test_serving_environment_problems_are_explained(tmp_path):
     with pytest.raises(laco.serve.launch.ServeUnavailable, match=r"scripts/install-serve.sh"):
         serve_python(tmp_path / "nope" / "python")
     assert cpu_problem() is None or "AVX" in cpu_problem() or "x86-64" in cpu_problem()
+
+
+def test_the_server_refuses_a_changed_file_by_name_and_serves_one_without_digests(checkpoint):
+    from laco.digests import DIGESTS_FILE, write_digests
+
+    assert read_checkpoint(checkpoint, verify_files=True).num_image_tokens == 16  # saved by hand: no digests
+    write_digests(checkpoint)
+    assert read_checkpoint(checkpoint, verify_files=True).num_image_tokens == 16
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not match the sha256"):
+        read_checkpoint(checkpoint, verify_files=True)
+    (checkpoint / DIGESTS_FILE).unlink()
+    weights.write_bytes(bytes(data[:100]))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is cut short"):
+        read_checkpoint(checkpoint, verify_files=True)

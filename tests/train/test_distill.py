@@ -61,7 +61,7 @@ def _moved(config, tmp_path):
     """Names of the tensors the distillation stage changed, against the model it started from."""
     from transformers import set_seed
 
-    from laco.checkpoints import from_pretrained_strict
+    from laco.weights import from_pretrained_strict
     from laco.mllm import LacoLlavaForConditionalGeneration
     from laco.train.trainer import _model_for_next_stage
 

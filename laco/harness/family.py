@@ -1,0 +1,147 @@
+"""The one check every entry point that answers with laco's LLaVA runs before loading a checkpoint.
+
+``laco eval``, ``laco generate`` and the lmms-eval model ``laco`` serve one model class,
+:class:`laco.mllm.LacoLlavaForConditionalGeneration` (``model_type`` ``laco_llava``: a ``laco train`` run's
+``final/`` or a ``laco convert`` output of a LLaVA checkpoint; a stock ``llava`` checkpoint loads as it too,
+uncompressed). Handing them anything else used to load it as that
+class anyway: a Qwen2.5-VL directory crashed inside transformers, a made-up ``model_type`` was accepted and
+answered, converted Gemma3 / SmolVLM / LLaVA-NeXT checkpoints got advice about LLaVA. :func:`check_servable`
+reads ``config.json`` as plain JSON (no config class, no remote code) and refuses, in one message naming the
+family and the command that can take it, anything that is not laco's LLaVA; then it checks what would otherwise
+fail deep inside the load: the saved LaCo settings (built on the ``meta`` device, no memory), the safetensors
+files (cut short or empty) and their recorded content digests (:mod:`laco.digests`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..digests import safetensors_problem, verify_digests
+
+LACO_LLAVA = "laco_llava"
+SERVED = (LACO_LLAVA, "llava")
+"""What these entry points answer with: laco's LLaVA, and a stock LLaVA (it loads as laco's, uncompressed, with its
+own processor: the uncompressed baseline)."""
+
+
+class FamilyRefusal(ValueError):
+    """A checkpoint this entry point cannot serve (another family, unknown, or broken); the message says which
+    command can."""
+
+
+class NoCheckpoint(FileNotFoundError):
+    """A ``--model`` path that is not a checkpoint directory at all."""
+
+
+def check_servable(directory: str | Path, entry: str) -> Path:
+    """Refuse ``directory`` unless ``entry`` (``laco eval``, ``laco generate``, ``lmms-eval --model laco``) can
+    answer with it; returns it as a :class:`~pathlib.Path`."""
+    directory = Path(directory)
+    config = _read_config(directory, entry)
+    model_type = config.get("model_type")
+    if model_type not in SERVED:
+        raise FamilyRefusal(_family_message(directory, entry, model_type, config))
+    _check_settings(directory, config)
+    _check_weights(directory)
+    return directory
+
+
+def _read_config(directory: Path, entry: str) -> dict[str, Any]:
+    where = "a run's final/ directory (laco train) or a `laco convert` output"
+    if not directory.is_dir():
+        raise NoCheckpoint(f"{directory} is not a directory; point {entry} at {where}.")
+    path = directory / "config.json"
+    if not path.is_file():
+        raise NoCheckpoint(f"{directory} has no config.json; point {entry} at {where}.")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise FamilyRefusal(f"{path} is not readable JSON ({error}); restore it from where it came from.") from None
+    if not isinstance(config, dict):
+        raise FamilyRefusal(f"{path} holds a JSON {type(config).__name__}, not a model config object.")
+    return config
+
+
+def _family_message(directory: Path, entry: str, model_type: Any, config: dict[str, Any]) -> str:
+    architectures = config.get("architectures") or []
+    named = f", {architectures[0]}" if architectures and isinstance(architectures, list) else ""
+    family = f"{directory} holds a model of model_type {model_type!r}{named}"
+    serves = (
+        f"{entry} serves LLaVA-style models only (model_type {LACO_LLAVA!r}: a laco train run's final/ or a `laco "
+        "convert` output of a LLaVA checkpoint; or a stock 'llava' one, uncompressed)"
+    )
+    laco_class = _laco_class(model_type)
+    if laco_class is None:
+        return (
+            f"{family}, a model type laco does not know; {serves}. Train one with `laco train`, or convert a "
+            "supported checkpoint with `laco convert SRC DST --layer 1/4`."
+        )
+    stock = laco_class.stock_class.__name__ if hasattr(laco_class, "stock_class") else laco_class.__name__
+    if str(model_type).startswith("laco_"):
+        how = f"load it in Python with `laco.load('{directory}')` (or AutoModelForImageTextToText after `import laco`)"
+        return f"{family}, a LaCo {stock} checkpoint; {serves}, and no laco command answers with {stock}: {how}."
+    if _convertible(laco_class):
+        how = (
+            f"`laco convert {directory} DST --layer 1/4` makes a LaCo {stock} checkpoint, which loads in Python "
+            "with laco.load(DST)"
+        )
+    else:
+        how = "compress it in Python with `laco.apply(model, layer='1/4', processor=processor)` (laco.apply docs)"
+    return f"{family}, a stock {stock} checkpoint; {serves}, and no laco command answers with {stock}: {how}."
+
+
+def _convertible(laco_class: type) -> bool:
+    from ..adapters import find_model_adapter
+
+    adapter = find_model_adapter(laco_class)
+    return adapter is not None and not adapter.convert_refusal
+
+
+def _laco_class(model_type: Any) -> type | None:
+    from ..mllm.types import laco_model_class
+
+    return laco_model_class(model_type) if isinstance(model_type, str) else None
+
+
+def _check_settings(directory: Path, config: dict[str, Any]) -> None:
+    """Build the model the config describes on the ``meta`` device: a bad ``vision_config.laco`` (an unknown
+    method, a layer past the encoder's depth, a factor of 0, not a mapping) fails here in one message."""
+    import torch
+
+    from ..mllm import LacoLlavaConfig, LacoLlavaForConditionalGeneration
+
+    vision = config.get("vision_config")
+    recorded = vision.get("laco") if isinstance(vision, dict) else None
+    try:
+        loaded = LacoLlavaConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            LacoLlavaForConditionalGeneration(loaded)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+        raise FamilyRefusal(
+            f"{directory}/config.json does not describe a model laco can build (vision_config.laco = "
+            f"{json.dumps(recorded)}): {str(error).rstrip('.')}. Fix vision_config.laco (layers, method, factor as "
+            "laco saved them) or point at the directory laco saved."
+        ) from None
+
+
+def _check_weights(directory: Path) -> None:
+    from ..weights import refuse_pickle
+
+    refuse_pickle(directory)  # weights only as pickle files: refused with the reason, before any file is opened
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        raise FamilyRefusal(
+            f"{directory} has no safetensors weights (model.safetensors); laco loads safetensors only. Point at the "
+            "directory laco saved."
+        )
+    for file in files:
+        problem = safetensors_problem(file)
+        if problem is not None:
+            damaged = "the file is damaged (an interrupted copy or save); copy or save it again"
+            raise FamilyRefusal(f"{file} {problem}: {damaged}.")
+    verify_digests(directory)
+
+
+__all__ = ["FamilyRefusal", "LACO_LLAVA", "NoCheckpoint", "check_servable"]
