@@ -94,3 +94,14 @@ def test_the_command_line_converts_families_whose_processor_needs_torchvision(fa
     assert "without the video processor" in caplog.text
     assert verify_digests(dst) and laco.placement_of(laco.load(dst)).layers == (2,)
     assert not (dst / "video_preprocessor_config.json").exists()
+
+
+def test_laco_load_refuses_a_converted_checkpoint_whose_weights_changed(checkpoint):
+    dst = checkpoint.parent / "dst"
+    laco.convert(checkpoint, dst, 2)
+    weights = dst / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # one flipped bit in the last tensor's data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors"):
+        laco.load(dst)

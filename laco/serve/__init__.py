@@ -8,25 +8,8 @@ unless allowed, laco's pixel budget, 400 for bad images and for image placeholde
 docs/serving.md for the design and scripts/install-serve.sh for the environment.
 """
 
-from __future__ import annotations
-
 from .checkpoint import ARCHITECTURE, CheckpointError, ServeSpec, placeholder_count, read_checkpoint
-
-VLLM_MODEL = "laco.serve.vllm_model:LacoLlavaForVllm"
-
-
-def register() -> None:
-    """The vLLM plugin: safe to call more than once (vLLM loads plugins in every process it starts)."""
-    from vllm import ModelRegistry
-
-    from ..mllm import modeling  # noqa: F401  registers the "laco_llava" config with transformers' AutoConfig
-    from . import guards
-
-    guards.install_defaults()
-    guards.register_renderer()
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, VLLM_MODEL)
-
+from .plugin import VLLM_MODEL, register
 
 __all__ = [
     "ARCHITECTURE",
