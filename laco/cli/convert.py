@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..compressors import available as available_methods
+
 
 def add(subparsers) -> None:
     from ..placement import MODES
@@ -23,7 +25,7 @@ def add(subparsers) -> None:
         "--layer", required=True, help="where to merge: a layer such as 6, a fraction of depth such as 1/4, or 'last'"
     )
     parser.add_argument("--mode", default="auto", choices=MODES, help="for models that compress after their encoder")
-    parser.add_argument("--method", default="laco", help="compressor: laco, pixel_shuffle, avgpool, ldpv2, tokenpacker")
+    parser.add_argument("--method", default="laco", help=f"compressor: {', '.join(available_methods())}")
     parser.add_argument("--factor", type=int, default=2, help="merge factor x factor tokens")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty dst")
     parser.set_defaults(handler=_run_convert)

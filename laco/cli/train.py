@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..compressors import available as available_methods
 from .arguments import add_precision, positive_int, seed_list
 from .evaluate import evaluate_model, print_answer_types
 
@@ -35,7 +36,7 @@ def add(subparsers) -> None:
         "--layers",
         help="where to compress: 'none', 'last' (external), a layer such as 3, a fraction such as 1/4, or a list '3,6'",
     )
-    parser.add_argument("--method", help="compressor: laco, pixel_shuffle, avgpool, ldpv2, tokenpacker")
+    parser.add_argument("--method", help=f"compressor: {', '.join(available_methods())}")
     parser.add_argument("--vision", help="vision encoder: 'dinov2-small' (offline) or a hub id / local path")
     parser.add_argument("--llm", help="causal LM: 'smollm2-135m' (offline) or a hub id / local path")
     parser.add_argument(
