@@ -17,9 +17,10 @@ FLAG = "flag"
 """``parse`` of a boolean field: the option takes no value and sets the field to ``True``."""
 
 
-def csv(text: str) -> list[str]:
-    """A comma-separated list, as ``--measure encoder,train`` writes it."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+def csv(text: str | Sequence[Any]) -> list[str]:
+    """A comma-separated list, as ``--measure encoder,train`` writes it (or a list, as YAML may)."""
+    items = text.split(",") if isinstance(text, str) else text
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def csv_or_none(text: str) -> list[str] | None:

@@ -9,7 +9,7 @@ it back (:mod:`laco.bench.sweep`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..measure.flop_counting import Memory
@@ -17,9 +17,9 @@ from ..measure.machine import Machine
 from ..measure.timing import Samples, Stats, paired_ratios
 from ..placement import Placement
 from .anatomy import Anatomy
-from .measurements import OPTIMIZER_PHASE, STACK_PREFIX, Measurement, measurement
+from .measurements import STACK_PREFIX, Measurement, measurement
 from .presets import BenchPreset
-from .schema import envelope, provenance, speedup_record
+from .schema import RunStart, envelope, speedup_record
 from .settings import ResolvedSettings
 from .variants import BenchVariant, headline_variant
 
@@ -110,8 +110,7 @@ class BenchResult:
     build_seconds: float = 0.0
     run_seconds: float = 0.0
     anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
-    load_average_start: list[float] | None = None
-    started: float = 0.0  # time.time() at the start
+    start: RunStart = field(default_factory=RunStart)
 
     @property
     def preset(self) -> BenchPreset:
@@ -143,19 +142,23 @@ class BenchResult:
         rows = self.measurements[kind]
         base, this = rows[variant.baseline], rows[name]
         bound = base.flops_predicted_full / this.flops_predicted_full
-        return paired_speedup(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer), bound)
+        timed = (
+            r.samples.with_seconds(r.compute_seconds if without_optimizer else r.scaled_seconds) for r in (base, this)
+        )
+        return paired_speedup(*timed, bound)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the result as plain JSON types: the content of ``bench.json``."""
-        preset = self.preset
         return envelope(
             "batched",
-            provenance(self.machine.cpu, self.load_average_start, self.started),
+            self.start,
+            self.machine.cpu,
+            self.preset,
+            self.variants,
             headline_variant((v.name, v.group) for v in self.variants),
-            preset={**preset_summary(preset), "image_size": preset.resolution},
+            {"image_size": self.preset.resolution},
             settings=self.settings.to_dict(),
             machine=self.machine.to_dict(),
-            variants=[variant.to_dict(self.depth) for variant in self.variants],
             measurements={kind: self._rows_dict(kind) for kind in self.measurements},
             speedups=[
                 speedup_record(spec.name, variant, self.depth, speed, spec.short)
@@ -203,11 +206,6 @@ def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp
     return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
-def _scaled_samples(result: VariantResult, without_optimizer: bool = False) -> Samples:
-    seconds = result.compute_seconds if without_optimizer else result.scaled_seconds
-    return Samples(list(seconds), {}, list(result.samples.rounds), list(result.samples.slots))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Scaling a run that timed fewer LLM layers to the full depth
 
@@ -234,18 +232,3 @@ def scale_phase(samples: Samples, phase: str, scale: float) -> list[float]:
     """One phase's seconds with its decoder-stack part (``stack_<phase>``) scaled to the full depth; ``[]`` if
     it was not timed."""
     return _with_stack_scaled(samples.phases.get(phase, []), samples, (STACK_PREFIX + phase,), scale)
-
-
-def optimizer_seconds(samples: Samples, scale: float) -> list[float]:
-    """The optimizer step's share of every call, scaled like the call; ``[]`` where it was not timed apart."""
-    return scale_phase(samples, OPTIMIZER_PHASE, scale)
-
-
-def preset_summary(preset: Any) -> dict[str, Any]:
-    """What every result file records of the preset it ran: name, description and the geometries."""
-    return {
-        "name": preset.name,
-        "description": preset.description,
-        "encoder": asdict(preset.encoder),
-        "llm": asdict(preset.llm) if preset.llm is not None else None,
-    }

@@ -21,14 +21,14 @@ from typing import Any
 import torch
 
 from ..measure.flop_counting import count_call
-from ..measure.machine import BUSY_CORES_WARNING, CpuLoad, Machine
+from ..measure.machine import BUSY_CORES_WARNING, Machine
 from ..measure.timing import run_interleaved
-from . import plots, report
+from . import report
 from .anatomy import Anatomy, measure_anatomy
-from .measurements import Measurement
+from .measurements import OPTIMIZER_PHASE, Measurement
 from .presets import BenchPreset
-from .results import BenchResult, VariantResult, optimizer_seconds, scale_seconds
-from .schema import load_average, write_result
+from .results import BenchResult, VariantResult, scale_phase, scale_seconds
+from .schema import RunStart
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
 from .variants import BenchVariant, build_variants, fraction_label
@@ -59,11 +59,7 @@ def run_benchmark(
         raise TypeError("run_benchmark takes either settings=BenchSettings(...) or its fields, not both.")
     result = run(settings, progress=progress)
     data = result.to_dict()
-    files: dict[str, str] = {}
-    if out is not None:
-        files["json"] = str(write_result(data, out))
-        if plot:
-            files["plot"] = str(plots.write_run_plot(data, Path(out) / "bench.png"))
+    files = report.write_run(data, out, plot=plot) if out is not None else {}
     if echo:
         for kind in result.measurements:
             print(report.format_table(result, kind))
@@ -84,7 +80,7 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
         two_stage=requested.two_stage,
         factor=requested.factor,
     )
-    load, load_start, date = CpuLoad.now(), load_average(), time.time()
+    start = RunStart()
     started = time.perf_counter()
     bench = Testbed(resolved)
     build_seconds = time.perf_counter() - started
@@ -111,9 +107,7 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
                 anatomy = _anatomy(bench, variants)
     finally:
         bar.close()
-    machine = Machine.describe(resolved.device)
-    if load is not None:
-        machine = machine.with_load(load)
+    machine = start.machine(resolved.device)
     return BenchResult(
         settings=resolved,
         machine=machine,
@@ -123,8 +117,7 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
         build_seconds=build_seconds,
         run_seconds=time.perf_counter() - run_started,
         anatomy=anatomy,
-        load_average_start=load_start,
-        started=date,
+        start=start,
     )
 
 
@@ -173,7 +166,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
             image_tokens=predicted.image_tokens,
             sequence_tokens=predicted.sequence_tokens,
             memory=memory,
-            optimizer_seconds=optimizer_seconds(samples[variant.name], settings.llm_scale),
+            optimizer_seconds=scale_phase(samples[variant.name], OPTIMIZER_PHASE, settings.llm_scale),
         )
     bench.model.zero_grad(set_to_none=True)
     return rows
@@ -243,20 +236,13 @@ def _recompile_limit(limit: int):
         yield
 
 
-class _NoProgress:
-    def update(self, n: float = 1) -> None: ...
-    def set_description(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
 def _progress(total_gflops: float, enabled: bool):
-    if not enabled:
-        return _NoProgress()
     from tqdm.auto import tqdm
 
     return tqdm(
         total=round(total_gflops, 1),
         unit="GFLOP",
+        disable=not enabled,
         dynamic_ncols=True,
         leave=False,
         bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} GFLOP [{elapsed}<{remaining}]",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..measure.machine import checkout_commit
+from ..measure.machine import CpuLoad, Machine, checkout_commit
 
 SCHEMA = 2
 LEGACY_SCHEMAS = {"laco-bench/1": 1, "laco-bench-native/1": 1}
@@ -30,15 +31,29 @@ def load_average() -> list[float] | None:
         return None
 
 
-def provenance(cpu: str, load_start: list[float] | None, started: float) -> dict[str, Any]:
-    """Where and when a run happened; ``load_start`` is :func:`load_average` taken before it timed anything."""
-    return {
-        "commit": checkout_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-        "cpu": cpu,
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-    }
+@dataclass(frozen=True)
+class RunStart:
+    """Taken before a run times anything: the date, the load average and a CPU snapshot, which its
+    ``provenance`` and the machine's ``other_processes_cores`` are measured from."""
+
+    date: float = field(default_factory=time.time)
+    load_average: list[float] | None = field(default_factory=load_average)
+    load: CpuLoad | None = field(default_factory=CpuLoad.now)
+
+    def provenance(self, cpu: str) -> dict[str, Any]:
+        """Where and when the run happened, and how loaded the machine was at its start and now."""
+        return {
+            "commit": checkout_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.date)),
+            "cpu": cpu,
+            "load_average_start": self.load_average,
+            "load_average_end": load_average(),
+        }
+
+    def machine(self, device: Any) -> Machine:
+        """:meth:`Machine.describe` of ``device``, with the cores other processes kept busy since the start."""
+        machine = Machine.describe(device)
+        return machine if self.load is None else machine.with_load(self.load)
 
 
 def speedup_record(measurement: str, variant: Any, depth: int, speed: Any, title: str | None = None) -> dict:
@@ -60,10 +75,40 @@ def speedup_record(measurement: str, variant: Any, depth: int, speed: Any, title
     }
 
 
-def envelope(engine: str, provenance: dict[str, Any], headline: str | None, **payload: Any) -> dict[str, Any]:
+def preset_summary(preset: Any) -> dict[str, Any]:
+    """What every result file records of the preset it ran: name, description and the geometries."""
+    return {
+        "name": preset.name,
+        "description": preset.description,
+        "encoder": asdict(preset.encoder),
+        "llm": asdict(preset.llm) if preset.llm is not None else None,
+    }
+
+
+def envelope(
+    engine: str,
+    start: RunStart,
+    cpu: str,
+    preset: Any,
+    variants: list,
+    headline: str | None,
+    preset_fields: dict[str, Any] | None = None,
+    **payload: Any,
+) -> dict[str, Any]:
+    """A result file: schema, engine, provenance, headline, the preset and variants, then the engine's payload
+    (``preset_fields`` adds to the preset's summary)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines are {ENGINES}.")
-    return {"schema": SCHEMA, "engine": engine, "provenance": provenance, "headline": headline, **payload}
+    depth = preset.encoder.layers
+    return {
+        "schema": SCHEMA,
+        "engine": engine,
+        "provenance": start.provenance(cpu),
+        "headline": headline,
+        "preset": {**preset_summary(preset), **(preset_fields or {})},
+        "variants": [variant.to_dict(depth) for variant in variants],
+        **payload,
+    }
 
 
 def schema_version(data: Any, path: Path | str) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .measurements import MEASUREMENTS
 from .plots import Series, write_plot
+from .report import text_table
 from .schema import read_result, schema_version
 from .variants import headline_variant
 
@@ -165,12 +166,8 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
         ]
         for row in table
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    render = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    lines = [f"== speed-up against {key} ({_subject(variant)} vs its external-compression baseline)", render(header)]
-    lines.append(render(["-" * w for w in widths]))
-    lines += [render(c) for c in cells]
-    return "\n".join(lines)
+    title = f"== speed-up against {key} ({_subject(variant)} vs its external-compression baseline)"
+    return "\n".join([title, *text_table(header, cells)])
 
 
 def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | None = None) -> Path:
@@ -178,7 +175,11 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     table = rows(runs, key, variant)
     # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
     # gain to show; the table keeps it.
-    kinds = [kind for kind in _kinds(table) if any(r["kind"] == kind and abs(r["bound"] - 1) > 0.02 for r in table)]
+    kinds = [
+        kind
+        for kind in dict.fromkeys(r["kind"] for r in table)
+        if any(r["kind"] == kind and abs(r["bound"] - 1) > 0.02 for r in table)
+    ]
     if not kinds:
         raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
     labels = sorted({row["label"] for row in table})
@@ -186,25 +187,18 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     panels = {}
     for kind in kinds:
         panels[next(r["title"] for r in table if r["kind"] == kind)] = [
-            Series(
+            Series.of(
                 label,
+                points,
                 [r["value"] if numeric else str(r["value"]) for r in points],
-                [r["measured"] for r in points],
-                [r["q1"] for r in points],
-                [r["q3"] for r in points],
-                [r["bound"] for r in points],
                 color=f"C{index}",
                 bound_line=True,
-            )  # fmt: skip
+            )
             for index, label in enumerate(labels)
             if (points := [r for r in table if r["kind"] == kind and r["label"] == label])
         ]
     title = f"{_subject(variant)} vs its baseline, against {key}"
     return write_plot(path, panels, xlabel=key, title=title, log2x=numeric and key == "batch")
-
-
-def _kinds(table: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(row["kind"] for row in table))
 
 
 def compare(

@@ -111,6 +111,10 @@ class Samples:
     def phase_stats(self) -> dict[str, Stats]:
         return {name: Stats.of(values) for name, values in self.phases.items()}
 
+    def with_seconds(self, seconds: Sequence[float]) -> Samples:
+        """Other seconds (a derived time) in these rounds and slots, so they pair like the originals."""
+        return Samples(list(seconds), {}, list(self.rounds), list(self.slots))
+
 
 def run_interleaved(
     workloads: Mapping[str, Callable[[], Mapping[str, float] | None]],
