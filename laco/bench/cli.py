@@ -1,9 +1,7 @@
 """``laco bench``: one command line for every engine, and ``--compare``.
 
-Every field of the engines' settings (:class:`~laco.bench.settings.BenchSettings`,
-:class:`~laco.bench.native.NativeSettings`, :class:`~laco.bench.serving.ServingSettings`) is one option
-(``method_depth`` -> ``--method-depth``; see :mod:`laco.bench.options`). The engine is ``--engine``, or the preset's
-(:mod:`laco.bench.presets`); an option the chosen engine does not take is refused by name.
+Every field of the engines' settings is one option (:mod:`laco.bench.options`); the engine is ``--engine``, or the
+preset's, and an option the chosen engine does not take is refused by name.
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ from .sweep import compare
 
 ENGINES = {"batched": BenchSettings, "packed": NativeSettings, "vllm": ServingSettings}
 DESCRIBED = {"batched": "batched presets", "packed": "packed-tower presets", "vllm": "--engine vllm"}
-OWNERS = {name: [e for e, s in ENGINES.items() if name in {f.name for f in fields(s)}] for name in
-          {f.name for s in ENGINES.values() for f in fields(s)}}  # fmt: skip
+OWNERS = add_options(argparse.ArgumentParser(add_help=False), ENGINES)
 """Every settings field, and the engines that take it."""
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..cost.native import PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
+from ..measure.machine import RunStart
 from ..measure.timing import Clock, Samples, Stats, run_interleaved, usable_cores
 from ..placement import KEEP
 from ..precision import PRECISIONS
@@ -28,7 +29,7 @@ from .models import CompressionSwitch
 from .options import check_threads, csv, option
 from .presets import PRESETS, NativePreset
 from .results import SpeedUp, paired_speedup
-from .schema import RunStart, envelope, speedup_record
+from .schema import envelope, speedup_record
 from .settings import resolve_device
 from .variants import BenchVariant, packed_tower_variants
 

@@ -196,26 +196,27 @@ PRESETS: dict[str, BenchPreset | NativePreset] = {
 """Every built-in preset, of every engine, by name."""
 
 
+def _known(values: Mapping[str, Any], kind: type, what: str) -> Mapping[str, Any]:
+    """``values``, refused where a key is not a field of the dataclass ``kind``."""
+    names = {f.name for f in fields(kind)}
+    if unknown := sorted(set(values) - names):
+        raise ValueError(f"unknown {what} {unknown}; allowed: {sorted(names)}.")
+    return values
+
+
 def _geometry(value: Any, kind: type, lookup) -> Any:
     if value is None or isinstance(value, kind):
         return value
     if isinstance(value, str):
         return lookup(value)
     if isinstance(value, Mapping):
-        names = {f.name for f in fields(kind)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"unknown {kind.__name__} field(s) {unknown}; allowed: {sorted(names)}.")
-        return kind(**value)
+        return kind(**_known(value, kind, f"{kind.__name__} field(s)"))
     raise ValueError(f"a {kind.__name__} is a preset name or a mapping of fields, not {value!r}.")
 
 
 def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchPreset:
     """Build a preset from a mapping (as read from YAML): ``encoder``/``llm`` are names or field mappings."""
-    allowed = {f.name for f in fields(BenchPreset)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"unknown preset field(s) {unknown}; allowed: {sorted(allowed)}.")
+    _known(data, BenchPreset, "preset field(s)")
     if "encoder" not in data:
         raise ValueError("a preset needs an 'encoder' (a name such as 'siglip-so400m' or a mapping of fields).")
     values = dict(data)

@@ -13,7 +13,7 @@ from .measurements import Measurement, measurement
 from .native import NativeResult, SizeResult, ttft_bound
 from .results import BenchResult, VariantResult
 from .schema import RESULT_FILES, write_result
-from .serving import ServingResult
+from .serving import METRICS, ServingResult
 from .variants import BenchVariant, headline_variant
 
 TARGET_EFFICIENCY = 0.9
@@ -315,7 +315,7 @@ def _native_row(result: NativeResult, row: SizeResult) -> list[str]:
     speed = {v.name: row.speedup(v) for v in (keep, more)}
     cpu = {v.name: row.speedup(v, cpu_time=True) for v in (keep, more)}
     tokens = "/".join(str(sum(row.llm_tokens[v.name])) for v in result.variants)
-    ttft = "/".join(_format_bound(ttft_bound(row, original.name, v.name)) for v in (keep, more))
+    ttft = "/".join(f"{b:.2f}x" if (b := ttft_bound(row, original.name, v.name)) else "n/a" for v in (keep, more))
     cells = [row.size, str(row.patches), f"{median[original.name]:.3g}"]
     for variant in (keep, more):
         s = speed[variant.name]
@@ -328,15 +328,8 @@ def _native_row(result: NativeResult, row: SizeResult) -> list[str]:
     ]
 
 
-def _format_bound(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # vLLM serving (serving.md)
-
-METRICS = (("ttft", "ttft_s", "TTFT (s)"), ("requests_per_s", "requests_per_s", "requests/s"),
-           ("output_tokens_per_s", "output_tokens_per_s", "output tokens/s"))  # fmt: skip
 
 
 def serving_table(result: ServingResult) -> str:

@@ -1,9 +1,6 @@
-"""What a run produced, typed: every variant's samples, FLOPs, tokens and memory under every measurement, the
-speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict`).
-
-The JSON keeps every raw sample (with its round and slot), the sub-phase timings, the FLOP counts and the
-machine description, so any statistic can be recomputed later without rerunning; ``laco bench --compare`` reads
-it back (:mod:`laco.bench.sweep`).
+"""What a batched run produced, typed: every variant's samples, FLOPs, tokens and memory under every measurement,
+the speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict`), which keeps every raw sample
+(round, slot, sub-phases), so any statistic can be recomputed without rerunning.
 """
 
 from __future__ import annotations
@@ -13,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..measure.flop_counting import Memory
-from ..measure.machine import Machine
+from ..measure.machine import Machine, RunStart
 from ..measure.timing import Samples, Stats, paired_ratios
 from ..placement import Placement
 from .anatomy import Anatomy
 from .measurements import STACK_PREFIX, Measurement, measurement
 from .presets import BenchPreset
-from .schema import RunStart, envelope, speedup_record
+from .schema import envelope, speedup_record
 from .settings import ResolvedSettings
 from .variants import BenchVariant, headline_variant
 

@@ -1,13 +1,9 @@
-"""Run one benchmark: resolve the settings, build the variants and the model, take every measurement, collect
-the results.
+"""Run one batched benchmark: resolve the settings, build the variants and the model, take every measurement.
 
-Each measurement (:mod:`laco.bench.measurements`) is interleaved over all variants, round-robin (see
-:mod:`laco.measure.timing`). Every variant's first warm-up call runs under ``FlopCounterMode`` (FLOPs counted,
-plus memory), so counting never touches a timed call, and its FLOPs and visual tokens are checked against the
-cost model's.
-
-``compile=True`` times compiled models: each encoder block and LLM decoder layer runs under ``torch.compile``
-(:func:`~laco.bench.models.compile_blocks`), while the compressors and hooks stay eager.
+Each measurement is interleaved over all variants (:mod:`laco.measure.timing`). Every variant's first warm-up
+call runs under ``FlopCounterMode`` (FLOPs and memory), so counting never touches a timed call, and its FLOPs
+and visual tokens are checked against the cost model's. ``compile=True`` compiles each encoder block and LLM
+decoder layer (:func:`~laco.bench.models.compile_blocks`); the compressors and hooks stay eager.
 """
 
 from __future__ import annotations
@@ -21,14 +17,13 @@ from typing import Any
 import torch
 
 from ..measure.flop_counting import count_call
-from ..measure.machine import BUSY_CORES_WARNING, Machine
+from ..measure.machine import BUSY_CORES_WARNING, Machine, RunStart
 from ..measure.timing import run_interleaved
 from . import report
 from .anatomy import Anatomy, measure_anatomy
 from .measurements import OPTIMIZER_PHASE, Measurement
 from .presets import BenchPreset
 from .results import BenchResult, VariantResult, scale_phase, scale_seconds
-from .schema import RunStart
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
 from .variants import BenchVariant, build_variants, fraction_label
@@ -72,14 +67,8 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
     """Run one benchmark as ``settings`` say and return its results (no files written; see :mod:`report`)."""
     resolved = settings if isinstance(settings, ResolvedSettings) else resolve(settings)
     requested = resolved.requested
-    variants = build_variants(
-        resolved.preset.encoder.layers,
-        depths=requested.depths,
-        methods=requested.methods,
-        method_depth=requested.method_depth,
-        two_stage=requested.two_stage,
-        factor=requested.factor,
-    )
+    chosen = {key: getattr(requested, key) for key in ("depths", "methods", "method_depth", "two_stage", "factor")}
+    variants = build_variants(resolved.preset.encoder.layers, **chosen)
     start = RunStart()
     started = time.perf_counter()
     bench = Testbed(resolved)
@@ -107,18 +96,9 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
                 anatomy = _anatomy(bench, variants)
     finally:
         bar.close()
-    machine = start.machine(resolved.device)
-    return BenchResult(
-        settings=resolved,
-        machine=machine,
-        variants=variants,
-        measurements=measurements,
-        notes=_notes(resolved, machine),
-        build_seconds=build_seconds,
-        run_seconds=time.perf_counter() - run_started,
-        anatomy=anatomy,
-        start=start,
-    )
+    machine, run_seconds = start.machine(resolved.device), time.perf_counter() - run_started
+    notes = _notes(resolved, machine)
+    return BenchResult(resolved, machine, variants, measurements, notes, build_seconds, run_seconds, anatomy, start)
 
 
 def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant], done) -> dict[str, VariantResult]:
@@ -180,15 +160,10 @@ def _anatomy(bench: Testbed, variants: Sequence[BenchVariant]) -> Anatomy | None
     settings = bench.settings
     wanted = f"laco@{fraction_label(settings.requested.method_depth)}"
     variant = next((v for v in candidates if v.name == wanted), candidates[0])
+    timing = {"reps": settings.reps, "warmup": settings.warmup, "clock": bench.clock}
+    size = settings.preset.resolution
     return measure_anatomy(
-        bench.switch,
-        variant.placement,
-        variant.name,
-        batch=settings.batch,
-        image_size=settings.preset.resolution,
-        reps=settings.reps,
-        warmup=settings.warmup,
-        clock=bench.clock,
+        bench.switch, variant.placement, variant.name, batch=settings.batch, image_size=size, **timing
     )
 
 

@@ -1,59 +1,25 @@
 """The result file every engine writes (``bench.json``, ``native.json``, ``serving.json``): one versioned envelope.
 
-Every file holds ``schema`` (:data:`SCHEMA`, a number raised whenever a reader of the old layout would misread
-the new one), ``engine``, ``provenance`` (commit, date, CPU model and the load average before and after the run:
-what a reader needs to weigh the numbers), the engine's own payload, and ``speedups``: one record per measurement
-and compressed variant, in the same keys for every engine, which the plot and ``--compare`` read.
+``schema`` (:data:`SCHEMA`, raised whenever a reader of the old layout would misread the new one), ``engine``,
+``provenance`` (what a reader needs to weigh the numbers; :class:`~laco.measure.machine.RunStart`), the engine's
+payload, and ``speedups``: one record per measurement and compressed variant, in the same keys for every engine,
+which the plot and ``--compare`` read.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..measure.machine import CpuLoad, Machine, checkout_commit
+from ..measure.machine import RunStart
 
 SCHEMA = 2
 LEGACY_SCHEMAS = {"laco-bench/1": 1, "laco-bench-native/1": 1}
 """Files written before the schema was a number (batched and packed runs), read as version 1."""
 ENGINES = ("batched", "packed", "vllm")
 RESULT_FILES = {"batched": "bench.json", "packed": "native.json", "vllm": "serving.json"}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except OSError:  # no load average on this platform
-        return None
-
-
-@dataclass(frozen=True)
-class RunStart:
-    """Taken before a run times anything: the date, the load average and a CPU snapshot, which its
-    ``provenance`` and the machine's ``other_processes_cores`` are measured from."""
-
-    date: float = field(default_factory=time.time)
-    load_average: list[float] | None = field(default_factory=load_average)
-    load: CpuLoad | None = field(default_factory=CpuLoad.now)
-
-    def provenance(self, cpu: str) -> dict[str, Any]:
-        """Where and when the run happened, and how loaded the machine was at its start and now."""
-        return {
-            "commit": checkout_commit(),
-            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.date)),
-            "cpu": cpu,
-            "load_average_start": self.load_average,
-            "load_average_end": load_average(),
-        }
-
-    def machine(self, device: Any) -> Machine:
-        """:meth:`Machine.describe` of ``device``, with the cores other processes kept busy since the start."""
-        machine = Machine.describe(device)
-        return machine if self.load is None else machine.with_load(self.load)
 
 
 def speedup_record(measurement: str, variant: Any, depth: int, speed: Any, title: str | None = None) -> dict:

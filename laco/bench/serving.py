@@ -30,17 +30,19 @@ from typing import Any
 import numpy as np
 
 from ..cost import mllm_flops
+from ..measure.machine import RunStart
 from ..measure.timing import Samples, Stats, run_interleaved
 from ..placement import Placement
 from .options import FLAG, option
 from .presets import load_preset
 from .results import SpeedUp
-from .schema import RunStart, envelope, speedup_record
+from .schema import envelope, speedup_record
 from .variants import BenchVariant, build_variants
 
 PROMPT = "Describe the image in one sentence."
-RATIOS = {"ttft": "ttft_s", "requests_per_s": "requests_per_s", "output_tokens_per_s": "output_tokens_per_s"}
-"""Each reported ratio and the metric it compares (TTFT: lower is better, so external / LaCo)."""
+METRICS = (("ttft", "ttft_s", "TTFT (s)"), ("requests_per_s", "requests_per_s", "requests/s"),
+           ("output_tokens_per_s", "output_tokens_per_s", "output tokens/s"))  # fmt: skip
+"""Each reported ratio, the metric it compares (TTFT: lower is better, so external / LaCo) and its label."""
 
 
 @dataclass
@@ -294,19 +296,11 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
     on_cpu = settings.device == "cpu"
     with ExitStack() as stack:
         servers = {}
+        dtype = {"dtype": "float32" if on_cpu else "bfloat16", "eager": on_cpu}
         for name in names:  # one at a time: loading is the memory peak
             log = out / f"serve-{name.replace('/', '-')}.log"
-            servers[name] = stack.enter_context(
-                vllm_server(
-                    paths[name],
-                    python=python,
-                    name=name,
-                    extra_args=args,
-                    log=log,
-                    dtype="float32" if on_cpu else "bfloat16",
-                    eager=on_cpu,
-                )  # fmt: skip
-            )
+            server = vllm_server(paths[name], python=python, name=name, extra_args=args, log=log, **dtype)
+            servers[name] = stack.enter_context(server)
         samples = _time_servers(servers, settings, load_preset(settings.preset).resolution, progress)
     _summarise(result, samples)
     if not settings.keep_models:
@@ -358,11 +352,11 @@ def _summarise(result: ServingResult, samples: dict[str, Samples]) -> None:
     """Medians per metric, LaCo's ratios over external (median and quartiles of the per-round ratios)."""
     laco, external = names = tuple(samples)
     for name in names:
-        result.samples[name] = {metric: samples[name].phases[metric] for metric in RATIOS.values()}
+        result.samples[name] = {metric: samples[name].phases[metric] for _, metric, _ in METRICS}
         result.medians[name] = {m: statistics.median(v) for m, v in result.samples[name].items()}
     rounds = samples[laco].rounds
     result.order = [sorted(names, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in rounds]
-    for key, metric in RATIOS.items():
+    for key, metric, _ in METRICS:
         numerator, denominator = (external, laco) if key == "ttft" else (laco, external)
         per_round = [a / b for a, b in zip(result.samples[numerator][metric], result.samples[denominator][metric])]
         spread = Stats.of(per_round)

@@ -1,10 +1,6 @@
-"""What a benchmark run asks for (:class:`BenchSettings`), and the same with every default filled in for the
-device it runs on (:class:`ResolvedSettings`).
-
-:class:`BenchSettings` is the one place the options are written: :func:`laco.bench.run_benchmark` takes its fields
-as keyword arguments, and ``laco bench`` derives one command-line option from each field (its ``metadata`` holds
-the help text and how the command line spells the value). ``None`` fields take the preset's per-device defaults
-when :func:`resolve` turns the request into the typed settings the runner, the report and ``bench.json`` read.
+"""What a benchmark run asks for (:class:`BenchSettings`, the one place the options are written: the keyword
+arguments of :func:`laco.bench.run_benchmark` and the options of ``laco bench``), and the same with every ``None``
+field filled in from the preset for the device it runs on (:class:`ResolvedSettings`, by :func:`resolve`).
 """
 
 from __future__ import annotations
@@ -232,19 +228,9 @@ def resolve(settings: BenchSettings) -> ResolvedSettings:
             "use an MLLM preset such as llava-ov-0.5b."
         )
     threads = QUICK_THREADS if quick and settings.threads is None else check_threads(settings.threads, usable_cores())
-    return ResolvedSettings(
-        requested=settings,
-        preset=preset,
-        device=device,
-        precision=precision,
-        threads=threads,
-        reps=reps,
-        warmup=warmup,
-        batch=batch,
-        llm_layers=_llm_layers(pick(settings.llm_layers, "llm_layers"), preset),
-        measure=measure,
-        notes=(*preset.notes, *notes),
-    )
+    llm_layers = _llm_layers(pick(settings.llm_layers, "llm_layers"), preset)
+    resolved = (settings, preset, device, precision, threads, reps, warmup, batch, llm_layers, measure)
+    return ResolvedSettings(*resolved, notes=(*preset.notes, *notes))
 
 
 def resolve_device(name: str) -> torch.device:

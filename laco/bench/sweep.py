@@ -1,15 +1,11 @@
-"""Compare earlier ``laco bench`` runs of any engine: how the headline speed-ups move with one setting (batch,
-threads, ...).
+"""Compare earlier ``laco bench`` runs of any engine: how the headline speed-ups move with one setting.
 
 A single run answers "how much faster here"; a sweep answers "when does the gain show" (on a GPU the ratios grow
 with the batch until kernels are big enough for the FLOP bound to hold; on a CPU they move with the thread count).
-This reads the runs' result files (nothing is re-timed; their ``speedups`` records, see :mod:`laco.bench.schema`),
-prints one row per run and measurement, and plots measured speed-up and FLOP bound against the setting, one line
-per preset and device.
+Nothing is re-timed: this reads the runs' ``speedups`` records (:mod:`laco.bench.schema`).
 
 >>> from laco.bench.sweep import load_runs, format_sweep
->>> runs = load_runs(["runs/b8/bench.json", "runs/b32/bench.json"])
->>> print(format_sweep(runs, "batch"))
+>>> print(format_sweep(load_runs(["runs/b8/bench.json", "runs/b32/bench.json"]), "batch"))
 """
 
 from __future__ import annotations

@@ -82,14 +82,8 @@ class Testbed:
             self.model = random_encoder(self.preset.encoder, dtype=self.dtype, device=self.device, seed=seed)
             self.tower = self.model
         else:
-            self.model = random_mllm(
-                self.preset.encoder,
-                self.preset.llm,
-                llm_layers=settings.llm_layers,
-                dtype=self.dtype,
-                device=self.device,
-                seed=seed,
-            )
+            built = {"llm_layers": settings.llm_layers, "dtype": self.dtype, "device": self.device, "seed": seed}
+            self.model = random_mllm(self.preset.encoder, self.preset.llm, **built)
             self.tower = self.model.model.vision_tower
             self.stack = StackTimer(decoder_layers(self.model), self.clock).attach()
         self.switch = CompressionSwitch(self.tower)
