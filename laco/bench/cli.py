@@ -21,7 +21,7 @@ from .presets import PRESETS, any_preset
 from .runner import run_benchmark
 from .serving import ServingSettings
 from .serving import run as run_serving
-from .settings import DEFAULT_PRESET, QUICK_PRESET, BenchSettings
+from .settings import BenchSettings, preset_name
 from .sweep import compare
 
 ENGINES = {"batched": BenchSettings, "packed": NativeSettings, "vllm": ServingSettings}
@@ -73,7 +73,7 @@ def _error(error: Exception) -> int:
 
 def engine_settings(args: argparse.Namespace) -> tuple[str, BenchSettings | NativeSettings | ServingSettings]:
     """The engine the options ask for, and its settings; refuses options that engine does not take."""
-    preset = getattr(args, "preset", None) or (QUICK_PRESET if getattr(args, "quick", False) else DEFAULT_PRESET)
+    preset = preset_name(args)
     engine = args.engine if args.engine not in (None, "torch") else any_preset(preset).engine
     own = [f.name for f in fields(ENGINES[engine])]
     other = [name for name in vars(args) if name in OWNERS and engine not in OWNERS[name]]
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         engine, settings = engine_settings(args)
-        name = Path(str(settings.preset or (QUICK_PRESET if getattr(settings, "quick", False) else DEFAULT_PRESET)))
+        name = Path(str(preset_name(settings)))
         out = Path(args.out or f"runs/bench-{'vllm' if engine == 'vllm' else name.stem}-{stamp}")
         if engine == "batched":
             run_benchmark(settings=settings, out=out, plot=not args.no_plot, progress=not args.no_progress)

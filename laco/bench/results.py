@@ -192,6 +192,15 @@ class BenchResult:
         return rows
 
 
+def check_tokens(name: str, emitted: int, predicted: int) -> None:
+    """Refuse a run whose model feeds the LLM another number of tokens than the cost model predicts."""
+    if emitted != predicted:
+        raise RuntimeError(
+            f"{name}: the model feeds {emitted} tokens to the LLM but laco.cost predicts {predicted}; the cost model "
+            "and the model disagree (a bug to report)."
+        )
+
+
 def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
     """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
     pair), next to the FLOP ``bound``: how every engine states a speed-up."""

@@ -23,7 +23,7 @@ from . import report
 from .anatomy import Anatomy, measure_anatomy
 from .measurements import OPTIMIZER_PHASE, Measurement
 from .presets import BenchPreset
-from .results import BenchResult, VariantResult, scale_phase, scale_seconds
+from .results import BenchResult, VariantResult, check_tokens, scale_phase, scale_seconds
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
 from .variants import BenchVariant, build_variants, fraction_label
@@ -131,12 +131,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
     for variant in variants:
         flops, memory = counted[variant.name]
         predicted = settings.predict(spec.flop_mode, variant.placement, full=False)
-        actual_tokens = bench.image_tokens(variant)
-        if actual_tokens != predicted.image_tokens:
-            raise RuntimeError(
-                f"{variant.name}: the model feeds {actual_tokens} visual tokens to the LLM but the cost model "
-                f"predicts {predicted.image_tokens}; laco.cost and the model disagree (a bug to report)."
-            )
+        check_tokens(variant.name, bench.image_tokens(variant), predicted.image_tokens)
         rows[variant.name] = VariantResult(
             samples=samples[variant.name],
             scaled_seconds=scale_seconds(samples[variant.name], spec, settings.llm_scale),

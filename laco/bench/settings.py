@@ -32,6 +32,12 @@ COMPILE_WARMUP = 2  # the first warm-up call counts FLOPs eagerly; the second co
 OPTIMIZER_LR = 1e-6  # tiny, so repeated steps on random weights stay finite; the cost does not depend on it
 
 
+def preset_name(settings: Any) -> str | BenchPreset:
+    """The preset ``settings`` (or a namespace with their fields) ask for: ``preset``, else by ``quick``."""
+    chosen = getattr(settings, "preset", None)
+    return chosen if chosen is not None else QUICK_PRESET if getattr(settings, "quick", False) else DEFAULT_PRESET
+
+
 def _tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return None if value is None else tuple(value)
 
@@ -202,7 +208,7 @@ class ResolvedSettings:
 def resolve(settings: BenchSettings) -> ResolvedSettings:
     """Load the preset, pick the device and fill every ``None`` field with the preset's default for it."""
     quick = settings.quick
-    preset = load_preset(settings.preset if settings.preset is not None else QUICK_PRESET if quick else DEFAULT_PRESET)
+    preset = load_preset(preset_name(settings))
     device = resolve_device(settings.device)
 
     def pick(value: Any, key: str) -> Any:
@@ -240,13 +246,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu."
         )
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
     return device
 
 

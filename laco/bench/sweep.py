@@ -122,17 +122,8 @@ def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict
             raise ValueError(f"{run.path} has no variant {variant!r}; it ran {names}.")
         for record in run.speedups():
             if record["variant"] == name:
-                out.append(
-                    {
-                        "label": run.label,
-                        "value": run.settings[key],
-                        "kind": record["measurement"],
-                        "title": record["title"],
-                        "variant": name,
-                        **{field: record[field] for field in ("measured", "q1", "q3", "bound")},
-                        "path": str(run.path),
-                    }
-                )
+                where = {"label": run.label, "value": run.settings[key], "path": str(run.path)}
+                out.append({**record, "kind": record["measurement"], **where})
     order = {kind: index for index, kind in enumerate(MEASUREMENTS)}
     return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
 
