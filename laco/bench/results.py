@@ -5,7 +5,6 @@ the speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,25 +215,15 @@ def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp
 # Scaling a run that timed fewer LLM layers to the full depth
 
 
-def _with_stack_scaled(values: list[float], samples: Samples, stack_phases: Sequence[str], scale: float) -> list[float]:
-    """``values`` plus the decoder stack's share of them (the sum of ``stack_phases``) times ``scale - 1``: the
-    time of the full depth from a run that timed fewer LLM layers."""
-    stack = [0.0] * len(values)
-    for phase in stack_phases:
-        for index, value in enumerate(samples.phases.get(phase, [])[: len(values)]):
-            stack[index] += value
-    return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
-
-
 def scale_seconds(samples: Samples, spec: Measurement, scale: float) -> list[float]:
     """Wall seconds with the LLM decoder stack's time (``spec``'s ``stack_*`` phases) scaled from the timed to
     the full number of layers."""
     if scale == 1.0 or not spec.stack_phases:
         return list(samples.seconds)
-    return _with_stack_scaled(samples.seconds, samples, spec.stack_phases, scale)
+    return samples.stack_scaled(samples.seconds, spec.stack_phases, scale)
 
 
 def scale_phase(samples: Samples, phase: str, scale: float) -> list[float]:
     """One phase's seconds with its decoder-stack part (``stack_<phase>``) scaled to the full depth; ``[]`` if
     it was not timed."""
-    return _with_stack_scaled(samples.phases.get(phase, []), samples, (STACK_PREFIX + phase,), scale)
+    return samples.stack_scaled(samples.phases.get(phase, []), (STACK_PREFIX + phase,), scale)
