@@ -24,6 +24,8 @@ from .variants import headline_variant
 
 PREFERRED_KEYS = ("batch", "compile", "threads", "dtype", "llm_layers", "reps")
 LATER_SETTINGS = {"compile": False}  # settings added after runs were first recorded, as older runs ran them
+LEGACY = {"measured": "measured", "q1": "paired_q1", "q3": "paired_q3", "bound": "flop_bound"}
+"""A ``speedups`` record's keys, and where a schema-1 measurement row keeps them."""
 
 
 @dataclass(frozen=True)
@@ -61,20 +63,16 @@ class Run:
         if "speedups" in self.data:
             return self.data["speedups"]
         return [
-            {"measurement": kind, "title": _short(kind), "variant": name, **_legacy(row["speedup"])}
+            {
+                "measurement": kind,
+                "title": _short(kind),
+                "variant": name,
+                **{k: row["speedup"][v] for k, v in LEGACY.items()},
+            }
             for kind, rows in self.data["measurements"].items()
             for name, row in rows.items()
             if row.get("speedup")
         ]
-
-
-def _legacy(speed: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "measured": speed["measured"],
-        "q1": speed["paired_q1"],
-        "q3": speed["paired_q3"],
-        "bound": speed["flop_bound"],
-    }
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
