@@ -31,31 +31,35 @@ DEFAULT_KEYS = ("reps", "warmup", "precision", "llm_layers", "measure", "batch")
 
 
 @dataclass(frozen=True)
-class BenchPreset:
-    """What ``laco bench --preset NAME`` measures.
+class _Preset:
+    """What every preset names: ``name`` and ``description`` (shown in the report), the encoder geometry, the LLM
+    geometry (``None``: an encoder alone), caveats printed with the results, and the engine that runs it."""
+
+    name: str
+    description: str
+    encoder: Any
+    llm: LLMGeometry | None = None
+    notes: tuple[str, ...] = ()
+    engine: str = "batched"
+
+
+@dataclass(frozen=True)
+class BenchPreset(_Preset):
+    """What ``laco bench --preset NAME`` measures (besides the fields of every preset).
 
     Args:
-        name, description: shown in the report.
-        encoder: the vision encoder geometry.
-        llm: the LLM geometry; ``None`` for an encoder-only benchmark.
         image_size: input resolution (default: the encoder's).
         prompt_tokens, answer_tokens: text tokens after the image, and answer tokens (decoded at inference,
             labelled in training). A training sequence is image + prompt + answer.
         defaults: per device type (``"cpu"``, ``"cuda"``), defaults for ``reps``, ``warmup``, ``precision``,
             ``llm_layers`` (time that many LLM layers and scale to the full depth), ``measure`` and ``batch``.
-        notes: caveats printed with the results.
     """
 
-    name: str
-    description: str
     encoder: EncoderGeometry
-    llm: LLMGeometry | None = None
     image_size: int | None = None
     prompt_tokens: int = 32
     answer_tokens: int = 32
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-    engine: str = "batched"
 
     def __post_init__(self) -> None:
         if self.engine != "batched":
@@ -95,20 +99,16 @@ _SO400M_NOTE = (
 
 
 @dataclass(frozen=True)
-class NativePreset:
+class NativePreset(_Preset):
     """A packed tower to time (``engine = "packed"``). ``llm`` is the LLM it feeds (for the time-to-first-token
     bound); ``cpu_reps`` the timed rounds per image set on a CPU; image sets of more than ``warmup_max_patches``
     patches skip the warm-up on a CPU (a call of a large tower costs as much as a timed one)."""
 
-    name: str
-    description: str
     encoder: PackedEncoderGeometry
-    llm: LLMGeometry | None
     sizes: tuple[str, ...] = ("448", "1344")
     cpu_reps: Mapping[str, int] = field(default_factory=lambda: {"448": 3})
     warmup_max_patches: int = 4096
     layer: str = "1/4"
-    notes: tuple[str, ...] = ()
     engine: str = "packed"
 
     def reps(self, size: str, device: torch.device) -> int:
