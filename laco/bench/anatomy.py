@@ -165,18 +165,5 @@ def measure_anatomy(
                 call()
             flops[part] = float(counter.get_total_flops())
         samples = run_interleaved(workloads, reps=reps, warmup=warmup, clock=clock)
-    per_run = {part: Stats.of([seconds / repeat for seconds in samples[part].seconds]) for part in parts}
-    return Anatomy(
-        variant=name,
-        layer=placement.layers[0],
-        depth=len(blocks),
-        batch=batch,
-        tokens_before=before,
-        tokens_after=after,
-        block_before=per_run["block_before"],
-        block_after=per_run["block_after"],
-        merge=per_run["merge"],
-        flops_block_before=flops["block_before"],
-        flops_block_after=flops["block_after"],
-        flops_merge=flops["merge"],
-    )
+    per_run = [Stats.of([seconds / repeat for seconds in samples[part].seconds]) for part in parts]
+    return Anatomy(name, placement.layers[0], len(blocks), batch, before, after, *per_run, *flops.values())

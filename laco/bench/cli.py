@@ -1,9 +1,7 @@
 """``laco bench``: one command line for every engine, and ``--compare``.
 
-Every field of the engines' settings (:class:`~laco.bench.settings.BenchSettings`,
-:class:`~laco.bench.native.NativeSettings`, :class:`~laco.bench.serving.ServingSettings`) is one option
-(``method_depth`` -> ``--method-depth``; see :mod:`laco.bench.options`). The engine is ``--engine``, or the preset's
-(:mod:`laco.bench.presets`); an option the chosen engine does not take is refused by name.
+Every field of the engines' settings is one option (:mod:`laco.bench.options`); the engine is ``--engine``, or the
+preset's, and an option the chosen engine does not take is refused by name.
 """
 
 from __future__ import annotations
@@ -16,21 +14,19 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from . import plots, report
+from . import report
 from .native import NativeResult, NativeSettings, run_native
 from .options import add_options, flag, given
 from .presets import PRESETS, any_preset
 from .runner import run_benchmark
-from .schema import write_result
 from .serving import ServingSettings
 from .serving import run as run_serving
-from .settings import DEFAULT_PRESET, QUICK_PRESET, BenchSettings
+from .settings import BenchSettings, preset_name
 from .sweep import compare
 
 ENGINES = {"batched": BenchSettings, "packed": NativeSettings, "vllm": ServingSettings}
 DESCRIBED = {"batched": "batched presets", "packed": "packed-tower presets", "vllm": "--engine vllm"}
-OWNERS = {name: [e for e, s in ENGINES.items() if name in {f.name for f in fields(s)}] for name in
-          {f.name for s in ENGINES.values() for f in fields(s)}}  # fmt: skip
+OWNERS = add_options(argparse.ArgumentParser(add_help=False), ENGINES)
 """Every settings field, and the engines that take it."""
 
 
@@ -77,7 +73,7 @@ def _error(error: Exception) -> int:
 
 def engine_settings(args: argparse.Namespace) -> tuple[str, BenchSettings | NativeSettings | ServingSettings]:
     """The engine the options ask for, and its settings; refuses options that engine does not take."""
-    preset = getattr(args, "preset", None) or (QUICK_PRESET if getattr(args, "quick", False) else DEFAULT_PRESET)
+    preset = preset_name(args)
     engine = args.engine if args.engine not in (None, "torch") else any_preset(preset).engine
     own = [f.name for f in fields(ENGINES[engine])]
     other = [name for name in vars(args) if name in OWNERS and engine not in OWNERS[name]]
@@ -106,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         engine, settings = engine_settings(args)
-        name = Path(str(settings.preset or (QUICK_PRESET if getattr(settings, "quick", False) else DEFAULT_PRESET)))
+        name = Path(str(preset_name(settings)))
         out = Path(args.out or f"runs/bench-{'vllm' if engine == 'vllm' else name.stem}-{stamp}")
         if engine == "batched":
             run_benchmark(settings=settings, out=out, plot=not args.no_plot, progress=not args.no_progress)
@@ -120,27 +116,17 @@ def _packed(settings: NativeSettings, out: Path, args: argparse.Namespace) -> in
     """Run a packed tower, writing ``native.json`` and ``native.md`` after every image set (a long run stopped
     early keeps the sets it finished)."""
 
-    def write(result: NativeResult) -> dict:
+    def write(result: NativeResult, final: bool = False) -> int:
         data = result.to_dict()
-        write_result(data, out)
-        (out / "native.md").write_text(report.native_markdown(result, data["provenance"]))
-        return data
+        text = report.native_markdown(result, data["provenance"])
+        return _written(data, text, out, plot=final and not args.no_plot, echo=final)
 
-    result = run_native(settings, progress=not args.no_progress, on_size=write)
-    data = write(result)
-    files = [out / "native.json", out / "native.md"]
-    if not args.no_plot:
-        files.append(plots.write_run_plot(data, out / "native.png"))
-    print("\n" + report.native_markdown(result, data["provenance"]))
-    print(f"files: {', '.join(map(str, files))}")
-    return 0
+    return write(run_native(settings, progress=not args.no_progress, on_size=write), final=True)
 
 
 def _vllm(settings: ServingSettings, out: Path, args: argparse.Namespace) -> int:
     from ..serve.launch import ServeUnavailable
 
-    if settings.requests < 1 or settings.rounds < 1 or settings.output_tokens < 1:
-        return _error(ValueError("--requests, --rounds and --output-tokens must be >= 1"))
     # A plain SIGTERM would end Python without unwinding, leaving both vLLM servers running: exit through
     # SystemExit instead, so the servers are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -149,11 +135,12 @@ def _vllm(settings: ServingSettings, out: Path, args: argparse.Namespace) -> int
     except ServeUnavailable as error:
         return _error(error)
     data = result.to_dict()
-    files = [write_result(data, out), out / "serving.md"]
-    table, summary = report.serving_table(result), report.serving_summary(result, data["provenance"])
-    (out / "serving.md").write_text(f"{table}\n\n{summary}\n")
-    if not args.no_plot:
-        files.append(plots.write_run_plot(data, out / "serving.png"))
-    print(f"\n{table}\n\n{summary}\n")
-    print(f"files: {', '.join(map(str, files))}")
+    text = f"{report.serving_table(result)}\n\n{report.serving_summary(result, data['provenance'])}\n"
+    return _written(data, text, out, plot=not args.no_plot)
+
+
+def _written(data: dict, text: str, out: Path, plot: bool, echo: bool = True) -> int:
+    files = report.write_run(data, out, text, plot=plot)
+    if echo:
+        print(f"\n{text}\nfiles: {', '.join(files.values())}")
     return 0

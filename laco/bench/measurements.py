@@ -110,7 +110,7 @@ def default_measurements(with_llm: bool) -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------------------------------------
 # The built-in measurements
 
-register(
+for _spec in (
     Measurement(
         "encoder",
         "vision encoder forward (inference)",
@@ -119,9 +119,7 @@ register(
         flop_mode="encoder",
         needs_llm=False,
         anatomy=True,
-    )
-)
-register(
+    ),
     Measurement(
         "train",
         "training step: forward + answer loss + backward + AdamW step, everything trainable",
@@ -132,9 +130,7 @@ register(
         phases=("forward", "backward", OPTIMIZER_PHASE, "stack_forward", "stack_backward", "stack_optimizer"),
         training=True,
         target=True,
-    )
-)
-register(
+    ),
     Measurement(
         "prefill",
         "time to first token: prefill of image + prompt, first token",
@@ -144,9 +140,7 @@ register(
         detail="prompt = image + {s.preset.prompt_tokens} text tokens",
         phases=("stack_forward",),
         target=True,
-    )
-)
-register(
+    ),
     Measurement(
         "decode",
         "decode: greedy tokens with the KV cache",
@@ -157,5 +151,6 @@ register(
         phases=("stack_forward",),
         compile_blocker="every step grows the KV cache, so static-shape graphs would recompile at every token",
         rate=Rate("tok/s", lambda s: s.preset.answer_tokens * s.batch),
-    )
-)
+    ),
+):
+    register(_spec)

@@ -178,6 +178,3 @@ class CompressionSwitch:
                 # The stage hook reads the compressor from this attribute on every call.
                 blocks[layer - 1].add_module(laco_patch.COMPRESSOR_ATTRIBUTE, module)
         return self._compressors[placement]
-
-    def compressors(self, placement: Placement) -> list[nn.Module]:
-        return self._compressors.get(placement, [])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import patch as laco_patch
 from ..cost.native import PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
-from ..measure.machine import CpuLoad, Machine
+from ..measure.machine import RunStart
 from ..measure.timing import Clock, Samples, Stats, run_interleaved, usable_cores
 from ..placement import KEEP
 from ..precision import PRECISIONS
@@ -28,8 +28,8 @@ from ..precision import choose as choose_precision
 from .models import CompressionSwitch
 from .options import check_threads, csv, option
 from .presets import PRESETS, NativePreset
-from .results import SpeedUp, paired_speedup, preset_summary
-from .schema import envelope, load_average, provenance, speedup_record
+from .results import SpeedUp, check_tokens, paired_speedup
+from .schema import envelope, speedup_record
 from .settings import resolve_device
 from .variants import BenchVariant, packed_tower_variants
 
@@ -139,8 +139,7 @@ class SizeResult:
 
     def _timed(self, name: str, cpu_time: bool) -> Samples:
         samples = self.samples[name]
-        seconds = samples.phases[CPU_SECONDS] if cpu_time else samples.seconds
-        return Samples(list(seconds), {}, list(samples.rounds), list(samples.slots))
+        return samples.with_seconds(samples.phases[CPU_SECONDS]) if cpu_time else samples
 
     def overhead_share(self, name: str) -> float:
         """laco's own seconds per call over the variant's median call."""
@@ -156,20 +155,21 @@ class NativeResult:
     variants: list[BenchVariant]
     sizes: dict[str, SizeResult] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    load_average_start: list[float] | None = None
-    started: float = 0.0  # time.time() at the start
+    start: RunStart = field(default_factory=RunStart)
 
     def to_dict(self) -> dict[str, Any]:
         """The content of ``native.json``: every raw sample, per image set."""
         preset, depth = self.preset, self.preset.encoder.layers
         return envelope(
             "packed",
-            provenance(self.machine["cpu"], self.load_average_start, self.started),
+            self.start,
+            self.machine["cpu"],
+            preset,
+            self.variants,
             self.variants[1].name,
-            preset={**preset_summary(preset), "layer": preset.layer},
+            {"layer": preset.layer},
             settings={**asdict(self.settings), "dtype": self.dtype},
             machine=self.machine,
-            variants=[variant.to_dict(depth) for variant in self.variants],
             sizes={size: _size_dict(self, row) for size, row in self.sizes.items()},
             speedups=[
                 speedup_record(size, variant, depth, row.speedup(variant), f"{size} px")
@@ -194,29 +194,20 @@ def run_native(
     device = resolve_device(settings.device)
     precision = choose_precision(settings.precision, device)
     torch.set_num_threads(check_threads(settings.threads, usable_cores()))
-    load, started = CpuLoad.now(), time.time()
-    machine = Machine.describe(device).to_dict()
+    start = RunStart()
     tower = build_tower(preset.encoder, settings.attn, settings.seed).to(device, precision.dtype)
     variants = packed_tower_variants(preset.encoder.layers, preset.layer)
     dtype = str(precision.dtype).removeprefix("torch.")
-    result = NativeResult(
-        preset, settings, dtype, machine, variants, load_average_start=load_average(), started=started
-    )
+    result = NativeResult(preset, settings, dtype, start.machine(device).to_dict(), variants, start=start)
     result.notes = [*preset.notes, precision.describe()]
     switch = CompressionSwitch(tower)
     for size in sizes:
         result.sizes[size] = _run_size(result, switch, size, device, progress)
-        _finish_machine(result, load)
+        result.machine = start.machine(device).to_dict()  # the load of the sets timed so far
         if on_size is not None:
             on_size(result)
     switch.activate(variants[0].placement)
     return result
-
-
-def _finish_machine(result: NativeResult, load: CpuLoad | None) -> None:
-    if load is not None:
-        others = load.other_processes_cores()
-        result.machine["other_processes_cores"] = None if others is None else round(others, 2)
 
 
 def _run_size(result: NativeResult, switch: CompressionSwitch, size: str, device: torch.device, progress: bool):
@@ -236,7 +227,8 @@ def _run_size(result: NativeResult, switch: CompressionSwitch, size: str, device
     report = _progress_line(size, progress)
     samples = run_interleaved(calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report)
     costs = {v.name: packed_encoder_flops(preset.encoder, v.placement, images=images, mode=_mode(v)) for v in variants}
-    _check_tokens(rows, costs)
+    for name, emitted in rows.items():
+        check_tokens(name, emitted, sum(costs[name].info["llm_tokens"]))
     ttft = {
         v.name: packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v)).total
         for v in variants
@@ -265,16 +257,6 @@ def _timed_call(tower: nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor, 
         return {CPU_SECONDS: time.process_time() - cpu}
 
     return call
-
-
-def _check_tokens(rows: Mapping[str, int], costs: Mapping[str, Any]) -> None:
-    for name, emitted in rows.items():
-        predicted = sum(costs[name].info["llm_tokens"])
-        if emitted != predicted:
-            raise RuntimeError(
-                f"{name}: the tower emits {emitted} LLM tokens but laco.cost.native predicts {predicted}; the cost "
-                "model and the tower disagree (a bug to report)."
-            )
 
 
 def _progress_line(size: str, enabled: bool):

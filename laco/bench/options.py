@@ -1,9 +1,8 @@
-"""How a settings dataclass becomes command-line options, for every engine of ``laco bench`` (and the study).
+"""How a settings dataclass becomes command-line options, for every engine of ``laco bench``.
 
-A field made with :func:`option` carries its help text and how the command line spells its value; :func:`add_options`
-turns the fields of several engines' settings into one parser (a name shared by engines is one option), and
-:func:`given` reads back only what the user typed, so each engine's dataclass keeps its own defaults and an option
-another engine owns can be refused by name.
+A field made with :func:`option` carries its help text and how the command line spells its value; :func:`given`
+reads back only what the user typed, so each engine's dataclass keeps its own defaults and an option another
+engine owns can be refused by name.
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ FLAG = "flag"
 """``parse`` of a boolean field: the option takes no value and sets the field to ``True``."""
 
 
-def csv(text: str) -> list[str]:
-    """A comma-separated list, as ``--measure encoder,train`` writes it."""
-    return [item.strip() for item in text.split(",") if item.strip()]
+def csv(text: str | Sequence[Any]) -> list[str]:
+    """A comma-separated list, as ``--measure encoder,train`` writes it (or a list, as YAML may)."""
+    items = text.split(",") if isinstance(text, str) else text
+    return [str(item).strip() for item in items if str(item).strip()]
 
 
 def csv_or_none(text: str) -> list[str] | None:

@@ -31,6 +31,14 @@ class Series:
     line: bool = True
     bound_line: bool = False
 
+    @classmethod
+    def of(cls, label: str, points: Sequence[Mapping], xs: list, with_bounds: bool = True, **style: Any) -> Series:
+        """A line through ``speedups`` records (or rows with their keys: measured, q1, q3, bound) at ``xs``."""
+        values = {key: [p[key] for p in points] for key in ("measured", "q1", "q3", "bound")}
+        return cls(
+            label, xs, values["measured"], values["q1"], values["q3"], values["bound"] if with_bounds else None, **style
+        )
+
 
 def write_plot(
     path: str | Path,
@@ -110,28 +118,16 @@ def _series(records: list[dict[str, Any]], with_bounds: bool) -> list[Series]:
     if depth:
         points = [{"fraction": 1.0, "measured": 1.0, "q1": 1.0, "q3": 1.0, "bound": 1.0}, *depth]
         points.sort(key=lambda r: r["fraction"])
-        lines.append(_line("LaCo measured", points, with_bounds, "o", "C0", line=True))
+        lines.append(Series.of("LaCo measured", points, [p["fraction"] for p in points], with_bounds))
     for index, record in enumerate(r for r in records if r["group"] not in ("depth", "reference")):
         if record["group"] == "two-stage":
             marker, color = "*", "C3"
         else:
             marker, color = METHOD_STYLES.get(record["method"], ("o", f"C{6 + index}"))
-        lines.append(_line(record["variant"], [record], True, marker, color, line=False))
+        lines.append(
+            Series.of(record["variant"], [record], [record["fraction"]], marker=marker, color=color, line=False)
+        )
     return lines
-
-
-def _line(label: str, points: list[dict], with_bounds: bool, marker: str, color: str, line: bool) -> Series:
-    return Series(
-        label,
-        [p["fraction"] for p in points],
-        [p["measured"] for p in points],
-        [p["q1"] for p in points],
-        [p["q3"] for p in points],
-        [p["bound"] for p in points] if with_bounds else None,
-        marker,
-        color,
-        line,
-    )
 
 
 def write_run_plot(data: Mapping[str, Any], path: str | Path) -> Path:

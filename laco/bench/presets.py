@@ -19,6 +19,7 @@ import torch
 from ..cost import ENCODERS, LLMS, EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
 from ..cost.native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry
 from .measurements import default_measurements
+from .options import csv
 
 # Per-device defaults every preset starts from. A CPU has little compute, so few repetitions; GPUs get more
 # rounds and bf16 (what MLLMs are trained and served in).
@@ -30,31 +31,35 @@ DEFAULT_KEYS = ("reps", "warmup", "precision", "llm_layers", "measure", "batch")
 
 
 @dataclass(frozen=True)
-class BenchPreset:
-    """What ``laco bench --preset NAME`` measures.
+class _Preset:
+    """What every preset names: ``name`` and ``description`` (shown in the report), the encoder geometry, the LLM
+    geometry (``None``: an encoder alone), caveats printed with the results, and the engine that runs it."""
+
+    name: str
+    description: str
+    encoder: Any
+    llm: LLMGeometry | None = None
+    notes: tuple[str, ...] = ()
+    engine: str = "batched"
+
+
+@dataclass(frozen=True)
+class BenchPreset(_Preset):
+    """What ``laco bench --preset NAME`` measures (besides the fields of every preset).
 
     Args:
-        name, description: shown in the report.
-        encoder: the vision encoder geometry.
-        llm: the LLM geometry; ``None`` for an encoder-only benchmark.
         image_size: input resolution (default: the encoder's).
         prompt_tokens, answer_tokens: text tokens after the image, and answer tokens (decoded at inference,
             labelled in training). A training sequence is image + prompt + answer.
         defaults: per device type (``"cpu"``, ``"cuda"``), defaults for ``reps``, ``warmup``, ``precision``,
             ``llm_layers`` (time that many LLM layers and scale to the full depth), ``measure`` and ``batch``.
-        notes: caveats printed with the results.
     """
 
-    name: str
-    description: str
     encoder: EncoderGeometry
-    llm: LLMGeometry | None = None
     image_size: int | None = None
     prompt_tokens: int = 32
     answer_tokens: int = 32
     defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-    engine: str = "batched"
 
     def __post_init__(self) -> None:
         if self.engine != "batched":
@@ -94,20 +99,16 @@ _SO400M_NOTE = (
 
 
 @dataclass(frozen=True)
-class NativePreset:
+class NativePreset(_Preset):
     """A packed tower to time (``engine = "packed"``). ``llm`` is the LLM it feeds (for the time-to-first-token
     bound); ``cpu_reps`` the timed rounds per image set on a CPU; image sets of more than ``warmup_max_patches``
     patches skip the warm-up on a CPU (a call of a large tower costs as much as a timed one)."""
 
-    name: str
-    description: str
     encoder: PackedEncoderGeometry
-    llm: LLMGeometry | None
     sizes: tuple[str, ...] = ("448", "1344")
     cpu_reps: Mapping[str, int] = field(default_factory=lambda: {"448": 3})
     warmup_max_patches: int = 4096
     layer: str = "1/4"
-    notes: tuple[str, ...] = ()
     engine: str = "packed"
 
     def reps(self, size: str, device: torch.device) -> int:
@@ -118,95 +119,89 @@ class NativePreset:
 
 
 _TINY_NOTE = "tiny geometry: timings are dominated by Python overhead and say nothing about real models."
-PRESETS: dict[str, BenchPreset | NativePreset] = {}
-"""Every built-in preset, of every engine, by name."""
-
-
-def _add(preset: BenchPreset | NativePreset) -> None:
-    PRESETS[preset.name] = preset
-
-
-_add(
-    BenchPreset(
-        "llava-ov-0.5b",
-        "LLaVA-OneVision-0.5B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-0.5B",
-        ENCODERS["siglip-so400m"],
-        LLMS["qwen2-0.5b"],
-        # On a CPU the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
-        defaults={"cpu": {"llm_layers": 6}},
-        notes=(_SO400M_NOTE,),
-    )
-)
-_add(
-    BenchPreset(
-        "llava-ov-7b",
-        "LLaVA-OneVision-7B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-7B",
-        ENCODERS["siglip-so400m"],
-        LLMS["qwen2-7b"],
-        # A full 7B does not fit a training step with AdamW on one 80 GB GPU without sharding, nor any
-        # step in CPU RAM: time a few layers (embedding and lm_head included at full size) and scale.
-        defaults={
-            "cpu": {"llm_layers": 1, "measure": ("encoder", "prefill", "decode")},
-            "cuda": {"llm_layers": 4},
-        },
-        notes=(_SO400M_NOTE,),
-    )
-)
-for _name, _description in (
+_RANDOM = "random weights: the time of a call does not depend on them; speed-ups are what this measures, not quality."
+_ENCODER_ONLY = (
     ("siglip-so400m", "SigLIP-so400m/14 @384 (27 layers, 27x27 grid), encoder only"),
     ("siglip-l16", "SigLIP-L/16 @384 (24 layers, 24x24 grid), encoder only"),
     ("internvit-300m", "InternViT-300M @448 (24 layers, 32x32 grid + CLS), encoder only"),
     ("dinov2-s", "DINOv2-S/14 @224 (12 layers, 16x16 grid + CLS), encoder only"),
     ("aimv2-l14", "AIMv2-L/14 @224 (24 layers, SwiGLU, 16x16 grid), encoder only"),
     ("clip-l14-336", "CLIP ViT-L/14 @336 (24 layers, 24x24 grid + CLS), encoder only"),
-):
-    _add(BenchPreset(_name, _description, ENCODERS[_name]))
-_add(
-    BenchPreset(
-        "tiny",
-        "tiny random geometry for CI (--quick): 12-layer SigLIP-like encoder on an odd 13x13 grid + 2-layer Qwen2",
-        TINY_ENCODER,
-        TINY_LLM,
-        prompt_tokens=8,
-        answer_tokens=4,
-        defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "precision": "fp32"}},
-        notes=(_TINY_NOTE,),
-    )
 )
-_RANDOM = "random weights: the time of a call does not depend on them; speed-ups are what this measures, not quality."
-_add(
-    NativePreset(
-        "qwen2.5-vl-7b-tower",
-        "Qwen2.5-VL-7B vision tower (32 blocks, width 1280, 112 px windows, full attention in 7/15/23/31), "
-        "feeding Qwen2-7B",
-        PACKED_ENCODERS["qwen2.5-vl-7b"],
-        llm_geometry(PACKED_LLMS["qwen2.5-vl-7b"]),
-        notes=(_RANDOM,),
-    )
-)
-_add(
-    NativePreset(
-        "qwen2-vl-2b-tower",
-        "Qwen2-VL-2B vision tower (32 blocks, width 1280, full attention), feeding Qwen2-1.5B",
-        PACKED_ENCODERS["qwen2-vl-2b"],
-        llm_geometry(PACKED_LLMS["qwen2-vl-2b"]),
-        notes=(_RANDOM,),
-    )
-)
-_add(
-    NativePreset(
-        "tiny-qwen-tower",
-        "tiny Qwen2.5-VL-like tower for CI: 4 blocks, width 32, 112 px windows, full attention in 1/3",
-        PackedEncoderGeometry(
-            "tiny-qwen2.5-vl", "qwen2.5-vl", 32, 4, 4, 48, 32, mlp_kind="swiglu", window=112, full_blocks=(1, 3)
+PRESETS: dict[str, BenchPreset | NativePreset] = {
+    preset.name: preset
+    for preset in (
+        BenchPreset(
+            "llava-ov-0.5b",
+            "LLaVA-OneVision-0.5B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-0.5B",
+            ENCODERS["siglip-so400m"],
+            LLMS["qwen2-0.5b"],
+            # On a CPU the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
+            defaults={"cpu": {"llm_layers": 6}},
+            notes=(_SO400M_NOTE,),
         ),
-        TINY_LLM,
-        sizes=("448", "mixed"),
-        cpu_reps={},
-        warmup_max_patches=10**6,
-        notes=(_TINY_NOTE,),
+        BenchPreset(
+            "llava-ov-7b",
+            "LLaVA-OneVision-7B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-7B",
+            ENCODERS["siglip-so400m"],
+            LLMS["qwen2-7b"],
+            # A full 7B does not fit a training step with AdamW on one 80 GB GPU without sharding, nor any
+            # step in CPU RAM: time a few layers (embedding and lm_head included at full size) and scale.
+            defaults={
+                "cpu": {"llm_layers": 1, "measure": ("encoder", "prefill", "decode")},
+                "cuda": {"llm_layers": 4},
+            },
+            notes=(_SO400M_NOTE,),
+        ),
+        *(BenchPreset(name, description, ENCODERS[name]) for name, description in _ENCODER_ONLY),
+        BenchPreset(
+            "tiny",
+            "tiny random geometry for CI (--quick): 12-layer SigLIP-like encoder on an odd 13x13 grid + 2-layer Qwen2",
+            TINY_ENCODER,
+            TINY_LLM,
+            prompt_tokens=8,
+            answer_tokens=4,
+            defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "precision": "fp32"}},
+            notes=(_TINY_NOTE,),
+        ),
+        NativePreset(
+            "qwen2.5-vl-7b-tower",
+            "Qwen2.5-VL-7B vision tower (32 blocks, width 1280, 112 px windows, full attention in 7/15/23/31), "
+            "feeding Qwen2-7B",
+            PACKED_ENCODERS["qwen2.5-vl-7b"],
+            llm_geometry(PACKED_LLMS["qwen2.5-vl-7b"]),
+            notes=(_RANDOM,),
+        ),
+        NativePreset(
+            "qwen2-vl-2b-tower",
+            "Qwen2-VL-2B vision tower (32 blocks, width 1280, full attention), feeding Qwen2-1.5B",
+            PACKED_ENCODERS["qwen2-vl-2b"],
+            llm_geometry(PACKED_LLMS["qwen2-vl-2b"]),
+            notes=(_RANDOM,),
+        ),
+        NativePreset(
+            "tiny-qwen-tower",
+            "tiny Qwen2.5-VL-like tower for CI: 4 blocks, width 32, 112 px windows, full attention in 1/3",
+            PackedEncoderGeometry(
+                "tiny-qwen2.5-vl", "qwen2.5-vl", 32, 4, 4, 48, 32, mlp_kind="swiglu", window=112, full_blocks=(1, 3)
+            ),
+            TINY_LLM,
+            sizes=("448", "mixed"),
+            cpu_reps={},
+            warmup_max_patches=10**6,
+            notes=(_TINY_NOTE,),
+        ),
     )
-)
+}
+"""Every built-in preset, of every engine, by name."""
+
+
+def _known(values: Mapping[str, Any], kind: type, what: str) -> Mapping[str, Any]:
+    """``values``, refused where a key is not a field of the dataclass ``kind``."""
+    names = {f.name for f in fields(kind)}
+    if unknown := sorted(set(values) - names):
+        raise ValueError(f"unknown {what} {unknown}; allowed: {sorted(names)}.")
+    return values
 
 
 def _geometry(value: Any, kind: type, lookup) -> Any:
@@ -215,26 +210,13 @@ def _geometry(value: Any, kind: type, lookup) -> Any:
     if isinstance(value, str):
         return lookup(value)
     if isinstance(value, Mapping):
-        names = {f.name for f in fields(kind)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ValueError(f"unknown {kind.__name__} field(s) {unknown}; allowed: {sorted(names)}.")
-        return kind(**value)
+        return kind(**_known(value, kind, f"{kind.__name__} field(s)"))
     raise ValueError(f"a {kind.__name__} is a preset name or a mapping of fields, not {value!r}.")
-
-
-def _measure_tuple(value: Any) -> tuple[str, ...]:
-    """``measure`` as YAML writes it: a list, or one comma-separated string."""
-    items = value.split(",") if isinstance(value, str) else value
-    return tuple(str(item).strip() for item in items if str(item).strip())
 
 
 def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchPreset:
     """Build a preset from a mapping (as read from YAML): ``encoder``/``llm`` are names or field mappings."""
-    allowed = {f.name for f in fields(BenchPreset)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"unknown preset field(s) {unknown}; allowed: {sorted(allowed)}.")
+    _known(data, BenchPreset, "preset field(s)")
     if "encoder" not in data:
         raise ValueError("a preset needs an 'encoder' (a name such as 'siglip-so400m' or a mapping of fields).")
     values = dict(data)
@@ -244,7 +226,7 @@ def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchP
     values["llm"] = _geometry(values.get("llm"), LLMGeometry, llm_geometry)
     defaults = values.get("defaults") or {}
     values["defaults"] = {
-        device: {k: _measure_tuple(v) if k == "measure" else v for k, v in (entries or {}).items()}
+        device: {k: tuple(csv(v)) if k == "measure" else v for k, v in (entries or {}).items()}
         for device, entries in defaults.items()
     }
     values["notes"] = tuple(values.get("notes") or ())

@@ -4,11 +4,16 @@ each result's ``to_dict`` (:mod:`laco.bench.schema`), the plot :mod:`laco.bench.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from ..measure.timing import Stats
+from . import plots
 from .measurements import Measurement, measurement
 from .native import NativeResult, SizeResult, ttft_bound
 from .results import BenchResult, VariantResult
-from .serving import ServingResult
+from .schema import RESULT_FILES, write_result
+from .serving import METRICS, ServingResult
 from .variants import BenchVariant, headline_variant
 
 TARGET_EFFICIENCY = 0.9
@@ -24,6 +29,37 @@ LEGEND = (
     "to the same visual-token count (two-stage: external 16x). FLOP bound: predicted speed-up at full depth. "
     "GFLOP: cost model, full depth. count/model: FlopCounterMode / cost model for the model as timed."
 )
+
+
+def write_run(data: dict, out: str | Path, text: str | None = None, plot: bool = True) -> dict[str, str]:
+    """Write a run's result file, its markdown ``text`` (packed and vllm runs) and its plot into ``out``."""
+    stem = Path(out) / RESULT_FILES[data["engine"]].removesuffix(".json")
+    files = {"json": str(write_result(data, out))}
+    if text is not None:
+        stem.with_suffix(".md").write_text(text)
+        files["table"] = str(stem.with_suffix(".md"))
+    if plot:
+        files["plot"] = str(plots.write_run_plot(data, stem.with_suffix(".png")))
+    return files
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_from: int | None = None) -> list[str]:
+    """Fixed-width lines: header, rule, rows; columns from ``right_from`` on are right-aligned."""
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+
+    def render(cells: Sequence[str]) -> str:
+        aligned = (
+            c.rjust(w) if right_from is not None and i >= right_from else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        )
+        return "  ".join(aligned)
+
+    return [render(header), render(["-" * w for w in widths]), *map(render, rows)]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    rule = "|---" * len(header) + "|"
+    return ["| " + " | ".join(header) + " |", rule, *("| " + " | ".join(cells) + " |" for cells in rows)]
 
 
 def ms(seconds: float) -> str:
@@ -89,14 +125,7 @@ def format_table(result: BenchResult, kind: str) -> str:
     header = list(COLUMNS)
     if spec.rate is not None:
         header.insert(RATE_COLUMN, spec.rate.unit)
-    lines = [_row(result, spec, variant) for variant in result.variants]
-    widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
-
-    def render(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-
-    out = [_title(result, spec), render(header), render(["-" * w for w in widths])]
-    out += [render(row) for row in lines]
+    out = [_title(result, spec), *text_table(header, [_row(result, spec, v) for v in result.variants], right_from=2)]
     legend = LEGEND
     if any(not v.same_tokens_as_baseline for v in result.variants):
         legend += " +: the LLM sees more visual tokens than its baseline (no compression)."
@@ -246,11 +275,11 @@ def format_anatomy(result: BenchResult) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Packed towers (native.md)
 
-_HEADER = (
-    "| images | patches | original s | LaCo@1/4 keep s | speed-up (bound) | of bound | compress_more s "
-    "| speed-up (bound) | of bound | CPU-time speed-up keep/more | laco overhead (keep) | LLM tokens orig/keep/more "
-    "| TTFT bound keep/more |\n" + "|---" * 13 + "|"
-)
+NATIVE_COLUMNS = (
+    "images", "patches", "original s", "LaCo@1/4 keep s", "speed-up (bound)", "of bound", "compress_more s",
+    "speed-up (bound)", "of bound", "CPU-time speed-up keep/more", "laco overhead (keep)", "LLM tokens orig/keep/more",
+    "TTFT bound keep/more",
+)  # fmt: skip
 
 
 def provenance_text(provenance: dict) -> str:
@@ -272,59 +301,45 @@ def native_markdown(result: NativeResult, provenance: dict) -> str:
         f"{provenance_text(provenance)}"
         + (f"; other processes kept {others:.2f} cores busy." if others is not None else "."),
         "",
-        _HEADER,
+        *markdown_table(NATIVE_COLUMNS, [_native_row(result, row) for row in result.sizes.values()]),
     ]
-    lines += [_native_row(result, row) for row in result.sizes.values()]
     rounds = ", ".join(f"{size}: {row.warmup} warm-up + {row.reps} timed" for size, row in result.sizes.items())
     lines += ["", f"Rounds interleaved, start rotating ({rounds}); speed-ups are medians of per-round ratios."]
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines) + "\n"
 
 
-def _native_row(result: NativeResult, row: SizeResult) -> str:
+def _native_row(result: NativeResult, row: SizeResult) -> list[str]:
     original, keep, more = result.variants
     median = {v.name: row.samples[v.name].stats().median for v in result.variants}
     speed = {v.name: row.speedup(v) for v in (keep, more)}
     cpu = {v.name: row.speedup(v, cpu_time=True) for v in (keep, more)}
     tokens = "/".join(str(sum(row.llm_tokens[v.name])) for v in result.variants)
-    ttft = "/".join(_format_bound(ttft_bound(row, original.name, v.name)) for v in (keep, more))
+    ttft = "/".join(f"{b:.2f}x" if (b := ttft_bound(row, original.name, v.name)) else "n/a" for v in (keep, more))
     cells = [row.size, str(row.patches), f"{median[original.name]:.3g}"]
     for variant in (keep, more):
         s = speed[variant.name]
         cells += [f"{median[variant.name]:.3g}", f"{s.measured:.2f}x ({s.bound:.2f}x)", f"{s.efficiency:.2f}"]
-    cells += [
+    return cells + [
         f"{cpu[keep.name].measured:.2f}x/{cpu[more.name].measured:.2f}x",
         f"{100 * row.overhead_share(keep.name):.1f}%",
         tokens,
         ttft,
     ]
-    return "| " + " | ".join(cells) + " |"
-
-
-def _format_bound(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # vLLM serving (serving.md)
 
-METRICS = (("ttft", "ttft_s", "TTFT (s)"), ("requests_per_s", "requests_per_s", "requests/s"),
-           ("output_tokens_per_s", "output_tokens_per_s", "output tokens/s"))  # fmt: skip
-
 
 def serving_table(result: ServingResult) -> str:
     laco, external = result.names
-    lines = [
-        f"| metric | {laco} | {external} | LaCo speed-up | FLOP bound | of bound |",
-        "|---|---|---|---|---|---|",
-    ]
-    for key, metric, label in METRICS:
-        ratio, bound = result.ratios[key], result.bounds[key]
-        lines.append(
-            f"| {label} | {result.medians[laco][metric]:.3f} | {result.medians[external][metric]:.3f} | "
-            f"**{ratio:.2f}x** | {bound:.2f}x | {ratio / bound:.2f} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [label, f"{result.medians[laco][metric]:.3f}", f"{result.medians[external][metric]:.3f}",
+         f"**{result.ratios[key]:.2f}x**", f"{result.bounds[key]:.2f}x", f"{result.ratios[key] / result.bounds[key]:.2f}"]
+        for key, metric, label in METRICS
+    ]  # fmt: skip
+    return "\n".join(markdown_table(["metric", laco, external, "LaCo speed-up", "FLOP bound", "of bound"], rows))
 
 
 def serving_summary(result: ServingResult, provenance: dict) -> str:

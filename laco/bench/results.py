@@ -1,25 +1,21 @@
-"""What a run produced, typed: every variant's samples, FLOPs, tokens and memory under every measurement, the
-speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict`).
-
-The JSON keeps every raw sample (with its round and slot), the sub-phase timings, the FLOP counts and the
-machine description, so any statistic can be recomputed later without rerunning; ``laco bench --compare`` reads
-it back (:mod:`laco.bench.sweep`).
+"""What a batched run produced, typed: every variant's samples, FLOPs, tokens and memory under every measurement,
+the speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict`), which keeps every raw sample
+(round, slot, sub-phases), so any statistic can be recomputed without rerunning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..measure.flop_counting import Memory
-from ..measure.machine import Machine
+from ..measure.machine import Machine, RunStart
 from ..measure.timing import Samples, Stats, paired_ratios
 from ..placement import Placement
 from .anatomy import Anatomy
-from .measurements import OPTIMIZER_PHASE, STACK_PREFIX, Measurement, measurement
+from .measurements import STACK_PREFIX, Measurement, measurement
 from .presets import BenchPreset
-from .schema import envelope, provenance, speedup_record
+from .schema import envelope, speedup_record
 from .settings import ResolvedSettings
 from .variants import BenchVariant, headline_variant
 
@@ -110,8 +106,7 @@ class BenchResult:
     build_seconds: float = 0.0
     run_seconds: float = 0.0
     anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
-    load_average_start: list[float] | None = None
-    started: float = 0.0  # time.time() at the start
+    start: RunStart = field(default_factory=RunStart)
 
     @property
     def preset(self) -> BenchPreset:
@@ -143,19 +138,23 @@ class BenchResult:
         rows = self.measurements[kind]
         base, this = rows[variant.baseline], rows[name]
         bound = base.flops_predicted_full / this.flops_predicted_full
-        return paired_speedup(_scaled_samples(base, without_optimizer), _scaled_samples(this, without_optimizer), bound)
+        timed = (
+            r.samples.with_seconds(r.compute_seconds if without_optimizer else r.scaled_seconds) for r in (base, this)
+        )
+        return paired_speedup(*timed, bound)
 
     def to_dict(self) -> dict[str, Any]:
         """Everything in the result as plain JSON types: the content of ``bench.json``."""
-        preset = self.preset
         return envelope(
             "batched",
-            provenance(self.machine.cpu, self.load_average_start, self.started),
+            self.start,
+            self.machine.cpu,
+            self.preset,
+            self.variants,
             headline_variant((v.name, v.group) for v in self.variants),
-            preset={**preset_summary(preset), "image_size": preset.resolution},
+            {"image_size": self.preset.resolution},
             settings=self.settings.to_dict(),
             machine=self.machine.to_dict(),
-            variants=[variant.to_dict(self.depth) for variant in self.variants],
             measurements={kind: self._rows_dict(kind) for kind in self.measurements},
             speedups=[
                 speedup_record(spec.name, variant, self.depth, speed, spec.short)
@@ -192,6 +191,15 @@ class BenchResult:
         return rows
 
 
+def check_tokens(name: str, emitted: int, predicted: int) -> None:
+    """Refuse a run whose model feeds the LLM another number of tokens than the cost model predicts."""
+    if emitted != predicted:
+        raise RuntimeError(
+            f"{name}: the model feeds {emitted} tokens to the LLM but laco.cost predicts {predicted}; the cost model "
+            "and the model disagree (a bug to report)."
+        )
+
+
 def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
     """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
     pair), next to the FLOP ``bound``: how every engine states a speed-up."""
@@ -203,23 +211,8 @@ def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp
     return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
-def _scaled_samples(result: VariantResult, without_optimizer: bool = False) -> Samples:
-    seconds = result.compute_seconds if without_optimizer else result.scaled_seconds
-    return Samples(list(seconds), {}, list(result.samples.rounds), list(result.samples.slots))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Scaling a run that timed fewer LLM layers to the full depth
-
-
-def _with_stack_scaled(values: list[float], samples: Samples, stack_phases: Sequence[str], scale: float) -> list[float]:
-    """``values`` plus the decoder stack's share of them (the sum of ``stack_phases``) times ``scale - 1``: the
-    time of the full depth from a run that timed fewer LLM layers."""
-    stack = [0.0] * len(values)
-    for phase in stack_phases:
-        for index, value in enumerate(samples.phases.get(phase, [])[: len(values)]):
-            stack[index] += value
-    return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
 
 
 def scale_seconds(samples: Samples, spec: Measurement, scale: float) -> list[float]:
@@ -227,25 +220,10 @@ def scale_seconds(samples: Samples, spec: Measurement, scale: float) -> list[flo
     the full number of layers."""
     if scale == 1.0 or not spec.stack_phases:
         return list(samples.seconds)
-    return _with_stack_scaled(samples.seconds, samples, spec.stack_phases, scale)
+    return samples.stack_scaled(samples.seconds, spec.stack_phases, scale)
 
 
 def scale_phase(samples: Samples, phase: str, scale: float) -> list[float]:
     """One phase's seconds with its decoder-stack part (``stack_<phase>``) scaled to the full depth; ``[]`` if
     it was not timed."""
-    return _with_stack_scaled(samples.phases.get(phase, []), samples, (STACK_PREFIX + phase,), scale)
-
-
-def optimizer_seconds(samples: Samples, scale: float) -> list[float]:
-    """The optimizer step's share of every call, scaled like the call; ``[]`` where it was not timed apart."""
-    return scale_phase(samples, OPTIMIZER_PHASE, scale)
-
-
-def preset_summary(preset: Any) -> dict[str, Any]:
-    """What every result file records of the preset it ran: name, description and the geometries."""
-    return {
-        "name": preset.name,
-        "description": preset.description,
-        "encoder": asdict(preset.encoder),
-        "llm": asdict(preset.llm) if preset.llm is not None else None,
-    }
+    return samples.stack_scaled(samples.phases.get(phase, []), (STACK_PREFIX + phase,), scale)

@@ -1,13 +1,9 @@
-"""Run one benchmark: resolve the settings, build the variants and the model, take every measurement, collect
-the results.
+"""Run one batched benchmark: resolve the settings, build the variants and the model, take every measurement.
 
-Each measurement (:mod:`laco.bench.measurements`) is interleaved over all variants, round-robin (see
-:mod:`laco.measure.timing`). Every variant's first warm-up call runs under ``FlopCounterMode`` (FLOPs counted,
-plus memory), so counting never touches a timed call, and its FLOPs and visual tokens are checked against the
-cost model's.
-
-``compile=True`` times compiled models: each encoder block and LLM decoder layer runs under ``torch.compile``
-(:func:`~laco.bench.models.compile_blocks`), while the compressors and hooks stay eager.
+Each measurement is interleaved over all variants (:mod:`laco.measure.timing`). Every variant's first warm-up
+call runs under ``FlopCounterMode`` (FLOPs and memory), so counting never touches a timed call, and its FLOPs
+and visual tokens are checked against the cost model's. ``compile=True`` compiles each encoder block and LLM
+decoder layer (:func:`~laco.bench.models.compile_blocks`); the compressors and hooks stay eager.
 """
 
 from __future__ import annotations
@@ -21,14 +17,13 @@ from typing import Any
 import torch
 
 from ..measure.flop_counting import count_call
-from ..measure.machine import BUSY_CORES_WARNING, CpuLoad, Machine
+from ..measure.machine import BUSY_CORES_WARNING, Machine, RunStart
 from ..measure.timing import run_interleaved
-from . import plots, report
+from . import report
 from .anatomy import Anatomy, measure_anatomy
-from .measurements import Measurement
+from .measurements import OPTIMIZER_PHASE, Measurement
 from .presets import BenchPreset
-from .results import BenchResult, VariantResult, optimizer_seconds, scale_seconds
-from .schema import load_average, write_result
+from .results import BenchResult, VariantResult, check_tokens, scale_phase, scale_seconds
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
 from .variants import BenchVariant, build_variants, fraction_label
@@ -59,11 +54,7 @@ def run_benchmark(
         raise TypeError("run_benchmark takes either settings=BenchSettings(...) or its fields, not both.")
     result = run(settings, progress=progress)
     data = result.to_dict()
-    files: dict[str, str] = {}
-    if out is not None:
-        files["json"] = str(write_result(data, out))
-        if plot:
-            files["plot"] = str(plots.write_run_plot(data, Path(out) / "bench.png"))
+    files = report.write_run(data, out, plot=plot) if out is not None else {}
     if echo:
         for kind in result.measurements:
             print(report.format_table(result, kind))
@@ -76,15 +67,9 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
     """Run one benchmark as ``settings`` say and return its results (no files written; see :mod:`report`)."""
     resolved = settings if isinstance(settings, ResolvedSettings) else resolve(settings)
     requested = resolved.requested
-    variants = build_variants(
-        resolved.preset.encoder.layers,
-        depths=requested.depths,
-        methods=requested.methods,
-        method_depth=requested.method_depth,
-        two_stage=requested.two_stage,
-        factor=requested.factor,
-    )
-    load, load_start, date = CpuLoad.now(), load_average(), time.time()
+    chosen = {key: getattr(requested, key) for key in ("depths", "methods", "method_depth", "two_stage", "factor")}
+    variants = build_variants(resolved.preset.encoder.layers, **chosen)
+    start = RunStart()
     started = time.perf_counter()
     bench = Testbed(resolved)
     build_seconds = time.perf_counter() - started
@@ -111,21 +96,9 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
                 anatomy = _anatomy(bench, variants)
     finally:
         bar.close()
-    machine = Machine.describe(resolved.device)
-    if load is not None:
-        machine = machine.with_load(load)
-    return BenchResult(
-        settings=resolved,
-        machine=machine,
-        variants=variants,
-        measurements=measurements,
-        notes=_notes(resolved, machine),
-        build_seconds=build_seconds,
-        run_seconds=time.perf_counter() - run_started,
-        anatomy=anatomy,
-        load_average_start=load_start,
-        started=date,
-    )
+    machine, run_seconds = start.machine(resolved.device), time.perf_counter() - run_started
+    notes = _notes(resolved, machine)
+    return BenchResult(resolved, machine, variants, measurements, notes, build_seconds, run_seconds, anatomy, start)
 
 
 def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant], done) -> dict[str, VariantResult]:
@@ -158,12 +131,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
     for variant in variants:
         flops, memory = counted[variant.name]
         predicted = settings.predict(spec.flop_mode, variant.placement, full=False)
-        actual_tokens = bench.image_tokens(variant)
-        if actual_tokens != predicted.image_tokens:
-            raise RuntimeError(
-                f"{variant.name}: the model feeds {actual_tokens} visual tokens to the LLM but the cost model "
-                f"predicts {predicted.image_tokens}; laco.cost and the model disagree (a bug to report)."
-            )
+        check_tokens(variant.name, bench.image_tokens(variant), predicted.image_tokens)
         rows[variant.name] = VariantResult(
             samples=samples[variant.name],
             scaled_seconds=scale_seconds(samples[variant.name], spec, settings.llm_scale),
@@ -173,7 +141,7 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
             image_tokens=predicted.image_tokens,
             sequence_tokens=predicted.sequence_tokens,
             memory=memory,
-            optimizer_seconds=optimizer_seconds(samples[variant.name], settings.llm_scale),
+            optimizer_seconds=scale_phase(samples[variant.name], OPTIMIZER_PHASE, settings.llm_scale),
         )
     bench.model.zero_grad(set_to_none=True)
     return rows
@@ -187,15 +155,10 @@ def _anatomy(bench: Testbed, variants: Sequence[BenchVariant]) -> Anatomy | None
     settings = bench.settings
     wanted = f"laco@{fraction_label(settings.requested.method_depth)}"
     variant = next((v for v in candidates if v.name == wanted), candidates[0])
+    timing = {"reps": settings.reps, "warmup": settings.warmup, "clock": bench.clock}
+    size = settings.preset.resolution
     return measure_anatomy(
-        bench.switch,
-        variant.placement,
-        variant.name,
-        batch=settings.batch,
-        image_size=settings.preset.resolution,
-        reps=settings.reps,
-        warmup=settings.warmup,
-        clock=bench.clock,
+        bench.switch, variant.placement, variant.name, batch=settings.batch, image_size=size, **timing
     )
 
 
@@ -243,20 +206,13 @@ def _recompile_limit(limit: int):
         yield
 
 
-class _NoProgress:
-    def update(self, n: float = 1) -> None: ...
-    def set_description(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
 def _progress(total_gflops: float, enabled: bool):
-    if not enabled:
-        return _NoProgress()
     from tqdm.auto import tqdm
 
     return tqdm(
         total=round(total_gflops, 1),
         unit="GFLOP",
+        disable=not enabled,
         dynamic_ncols=True,
         leave=False,
         bar_format="{desc}{percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} GFLOP [{elapsed}<{remaining}]",

@@ -1,44 +1,25 @@
 """The result file every engine writes (``bench.json``, ``native.json``, ``serving.json``): one versioned envelope.
 
-Every file holds ``schema`` (:data:`SCHEMA`, a number raised whenever a reader of the old layout would misread
-the new one), ``engine``, ``provenance`` (commit, date, CPU model and the load average before and after the run:
-what a reader needs to weigh the numbers), the engine's own payload, and ``speedups``: one record per measurement
-and compressed variant, in the same keys for every engine, which the plot and ``--compare`` read.
+``schema`` (:data:`SCHEMA`, raised whenever a reader of the old layout would misread the new one), ``engine``,
+``provenance`` (what a reader needs to weigh the numbers; :class:`~laco.measure.machine.RunStart`), the engine's
+payload, and ``speedups``: one record per measurement and compressed variant, in the same keys for every engine,
+which the plot and ``--compare`` read.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..measure.machine import checkout_commit
+from ..measure.machine import RunStart
 
 SCHEMA = 2
 LEGACY_SCHEMAS = {"laco-bench/1": 1, "laco-bench-native/1": 1}
 """Files written before the schema was a number (batched and packed runs), read as version 1."""
 ENGINES = ("batched", "packed", "vllm")
 RESULT_FILES = {"batched": "bench.json", "packed": "native.json", "vllm": "serving.json"}
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except OSError:  # no load average on this platform
-        return None
-
-
-def provenance(cpu: str, load_start: list[float] | None, started: float) -> dict[str, Any]:
-    """Where and when a run happened; ``load_start`` is :func:`load_average` taken before it timed anything."""
-    return {
-        "commit": checkout_commit(),
-        "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)),
-        "cpu": cpu,
-        "load_average_start": load_start,
-        "load_average_end": load_average(),
-    }
 
 
 def speedup_record(measurement: str, variant: Any, depth: int, speed: Any, title: str | None = None) -> dict:
@@ -60,10 +41,40 @@ def speedup_record(measurement: str, variant: Any, depth: int, speed: Any, title
     }
 
 
-def envelope(engine: str, provenance: dict[str, Any], headline: str | None, **payload: Any) -> dict[str, Any]:
+def preset_summary(preset: Any) -> dict[str, Any]:
+    """What every result file records of the preset it ran: name, description and the geometries."""
+    return {
+        "name": preset.name,
+        "description": preset.description,
+        "encoder": asdict(preset.encoder),
+        "llm": asdict(preset.llm) if preset.llm is not None else None,
+    }
+
+
+def envelope(
+    engine: str,
+    start: RunStart,
+    cpu: str,
+    preset: Any,
+    variants: list,
+    headline: str | None,
+    preset_fields: dict[str, Any] | None = None,
+    **payload: Any,
+) -> dict[str, Any]:
+    """A result file: schema, engine, provenance, headline, the preset and variants, then the engine's payload
+    (``preset_fields`` adds to the preset's summary)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; engines are {ENGINES}.")
-    return {"schema": SCHEMA, "engine": engine, "provenance": provenance, "headline": headline, **payload}
+    depth = preset.encoder.layers
+    return {
+        "schema": SCHEMA,
+        "engine": engine,
+        "provenance": start.provenance(cpu),
+        "headline": headline,
+        "preset": {**preset_summary(preset), **(preset_fields or {})},
+        "variants": [variant.to_dict(depth) for variant in variants],
+        **payload,
+    }
 
 
 def schema_version(data: Any, path: Path | str) -> int:

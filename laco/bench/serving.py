@@ -30,17 +30,19 @@ from typing import Any
 import numpy as np
 
 from ..cost import mllm_flops
+from ..measure.machine import RunStart
 from ..measure.timing import Samples, Stats, run_interleaved
 from ..placement import Placement
 from .options import FLAG, option
 from .presets import load_preset
-from .results import SpeedUp, preset_summary
-from .schema import envelope, load_average, provenance, speedup_record
+from .results import SpeedUp
+from .schema import envelope, speedup_record
 from .variants import BenchVariant, build_variants
 
 PROMPT = "Describe the image in one sentence."
-RATIOS = {"ttft": "ttft_s", "requests_per_s": "requests_per_s", "output_tokens_per_s": "output_tokens_per_s"}
-"""Each reported ratio and the metric it compares (TTFT: lower is better, so external / LaCo)."""
+METRICS = (("ttft", "ttft_s", "TTFT (s)"), ("requests_per_s", "requests_per_s", "requests/s"),
+           ("output_tokens_per_s", "output_tokens_per_s", "output tokens/s"))  # fmt: skip
+"""Each reported ratio, the metric it compares (TTFT: lower is better, so external / LaCo) and its label."""
 
 
 @dataclass
@@ -56,6 +58,10 @@ class ServingSettings:
     serve_python: str | None = option(None, "Python of the vLLM environment (default .venv-serve)")
     seed: int = 0
     keep_models: bool = option(False, "keep the saved checkpoints for another run (kept per variant and depth)", FLAG)
+
+    def __post_init__(self) -> None:
+        if self.requests < 1 or self.rounds < 1 or self.output_tokens < 1:
+            raise ValueError("--requests, --rounds and --output-tokens must be >= 1")
 
 
 def serving_variants(settings: ServingSettings) -> list[BenchVariant]:
@@ -86,8 +92,7 @@ class ServingResult:
     bounds: dict[str, float] = field(default_factory=dict)  # the FLOP bound of each ratio
     order: list[list[str]] = field(default_factory=list)
     spreads: dict[str, list[float]] = field(default_factory=dict)  # quartiles of each per-round ratio
-    load_average_start: list[float] | None = None
-    started: float = 0.0
+    start: RunStart = field(default_factory=RunStart)
 
     @property
     def names(self) -> tuple[str, str]:
@@ -97,22 +102,25 @@ class ServingResult:
     def to_dict(self) -> dict[str, Any]:
         """The content of ``serving.json``."""
         settings = ServingSettings(**self.settings)
-        variants = serving_variants(settings)
+        laco, external = variants = serving_variants(settings)
         preset = load_preset(settings.preset)
-        depth = preset.encoder.layers
-        records = []
-        for key, ratio in self.ratios.items():
-            q1, q3 = self.spreads.get(key, (ratio, ratio))
-            speed = SpeedUp(ratio, q1, q3, self.bounds[key])
-            records.append(speedup_record(key, variants[0], depth, speed, key.replace("_", " ")))
-        payload = {k: v for k, v in asdict(self).items() if k not in ("load_average_start", "started", "spreads")}
+        speeds = {
+            key: SpeedUp(ratio, *self.spreads.get(key, (ratio, ratio)), self.bounds[key])
+            for key, ratio in self.ratios.items()
+        }
+        payload = {k: v for k, v in asdict(self).items() if k not in ("start", "spreads")}
         return envelope(
             "vllm",
-            provenance(self.machine.get("cpu", ""), self.load_average_start, self.started),
-            variants[0].name,
-            preset={**preset_summary(preset), "image_size": preset.resolution},
-            variants=[v.to_dict(depth) for v in variants],
-            speedups=records,
+            self.start,
+            self.machine.get("cpu", ""),
+            preset,
+            variants,
+            laco.name,
+            {"image_size": preset.resolution},
+            speedups=[
+                speedup_record(key, laco, preset.encoder.layers, speed, key.replace("_", " "))
+                for key, speed in speeds.items()
+            ],
             **payload,
         )
 
@@ -274,32 +282,25 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
 
     python = check_serving(settings.serve_python)  # fail before minutes of model building
     out.mkdir(parents=True, exist_ok=True)
-    load, started = load_average(), time.time()
+    start = RunStart()
     paths = build_checkpoints(settings, out / "models")
     names = variant_names(settings)
     spec = json.loads((paths[names[0]] / "laco_processor.json").read_text())
     machine = Machine.describe(torch.device(settings.device)).to_dict()
     machine["vllm"] = _vllm_version(python)
-    result = ServingResult(asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths[names[0]]))
-    result.load_average_start, result.started = load, started
+    result = ServingResult(
+        asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths[names[0]]), start=start
+    )
     result.bounds = flop_bounds(settings, result.prompt_tokens)
     args = ["--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", str(settings.requests)]
     on_cpu = settings.device == "cpu"
     with ExitStack() as stack:
         servers = {}
+        dtype = {"dtype": "float32" if on_cpu else "bfloat16", "eager": on_cpu}
         for name in names:  # one at a time: loading is the memory peak
             log = out / f"serve-{name.replace('/', '-')}.log"
-            servers[name] = stack.enter_context(
-                vllm_server(
-                    paths[name],
-                    python=python,
-                    name=name,
-                    extra_args=args,
-                    log=log,
-                    dtype="float32" if on_cpu else "bfloat16",
-                    eager=on_cpu,
-                )  # fmt: skip
-            )
+            server = vllm_server(paths[name], python=python, name=name, extra_args=args, log=log, **dtype)
+            servers[name] = stack.enter_context(server)
         samples = _time_servers(servers, settings, load_preset(settings.preset).resolution, progress)
     _summarise(result, samples)
     if not settings.keep_models:
@@ -351,11 +352,11 @@ def _summarise(result: ServingResult, samples: dict[str, Samples]) -> None:
     """Medians per metric, LaCo's ratios over external (median and quartiles of the per-round ratios)."""
     laco, external = names = tuple(samples)
     for name in names:
-        result.samples[name] = {metric: samples[name].phases[metric] for metric in RATIOS.values()}
+        result.samples[name] = {metric: samples[name].phases[metric] for _, metric, _ in METRICS}
         result.medians[name] = {m: statistics.median(v) for m, v in result.samples[name].items()}
     rounds = samples[laco].rounds
     result.order = [sorted(names, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in rounds]
-    for key, metric in RATIOS.items():
+    for key, metric, _ in METRICS:
         numerator, denominator = (external, laco) if key == "ttft" else (laco, external)
         per_round = [a / b for a, b in zip(result.samples[numerator][metric], result.samples[denominator][metric])]
         spread = Stats.of(per_round)

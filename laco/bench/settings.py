@@ -1,10 +1,6 @@
-"""What a benchmark run asks for (:class:`BenchSettings`), and the same with every default filled in for the
-device it runs on (:class:`ResolvedSettings`).
-
-:class:`BenchSettings` is the one place the options are written: :func:`laco.bench.run_benchmark` takes its fields
-as keyword arguments, and ``laco bench`` derives one command-line option from each field (its ``metadata`` holds
-the help text and how the command line spells the value). ``None`` fields take the preset's per-device defaults
-when :func:`resolve` turns the request into the typed settings the runner, the report and ``bench.json`` read.
+"""What a benchmark run asks for (:class:`BenchSettings`, the one place the options are written: the keyword
+arguments of :func:`laco.bench.run_benchmark` and the options of ``laco bench``), and the same with every ``None``
+field filled in from the preset for the device it runs on (:class:`ResolvedSettings`, by :func:`resolve`).
 """
 
 from __future__ import annotations
@@ -34,6 +30,12 @@ QUICK_OVERRIDES: dict[str, Any] = {"reps": 3, "warmup": 1, "precision": "fp32"}
 QUICK_THREADS = 1
 COMPILE_WARMUP = 2  # the first warm-up call counts FLOPs eagerly; the second compiles
 OPTIMIZER_LR = 1e-6  # tiny, so repeated steps on random weights stay finite; the cost does not depend on it
+
+
+def preset_name(settings: Any) -> str | BenchPreset:
+    """The preset ``settings`` (or a namespace with their fields) ask for: ``preset``, else by ``quick``."""
+    chosen = getattr(settings, "preset", None)
+    return chosen if chosen is not None else QUICK_PRESET if getattr(settings, "quick", False) else DEFAULT_PRESET
 
 
 def _tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -206,7 +208,7 @@ class ResolvedSettings:
 def resolve(settings: BenchSettings) -> ResolvedSettings:
     """Load the preset, pick the device and fill every ``None`` field with the preset's default for it."""
     quick = settings.quick
-    preset = load_preset(settings.preset if settings.preset is not None else QUICK_PRESET if quick else DEFAULT_PRESET)
+    preset = load_preset(preset_name(settings))
     device = resolve_device(settings.device)
 
     def pick(value: Any, key: str) -> Any:
@@ -232,19 +234,9 @@ def resolve(settings: BenchSettings) -> ResolvedSettings:
             "use an MLLM preset such as llava-ov-0.5b."
         )
     threads = QUICK_THREADS if quick and settings.threads is None else check_threads(settings.threads, usable_cores())
-    return ResolvedSettings(
-        requested=settings,
-        preset=preset,
-        device=device,
-        precision=precision,
-        threads=threads,
-        reps=reps,
-        warmup=warmup,
-        batch=batch,
-        llm_layers=_llm_layers(pick(settings.llm_layers, "llm_layers"), preset),
-        measure=measure,
-        notes=(*preset.notes, *notes),
-    )
+    llm_layers = _llm_layers(pick(settings.llm_layers, "llm_layers"), preset)
+    resolved = (settings, preset, device, precision, threads, reps, warmup, batch, llm_layers, measure)
+    return ResolvedSettings(*resolved, notes=(*preset.notes, *notes))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -254,13 +246,13 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"--device {name} asked for CUDA, but torch {torch.__version__} sees no GPU; use --device cpu."
         )
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}.")
     return device
 
 

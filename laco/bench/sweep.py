@@ -1,15 +1,11 @@
-"""Compare earlier ``laco bench`` runs of any engine: how the headline speed-ups move with one setting (batch,
-threads, ...).
+"""Compare earlier ``laco bench`` runs of any engine: how the headline speed-ups move with one setting.
 
 A single run answers "how much faster here"; a sweep answers "when does the gain show" (on a GPU the ratios grow
 with the batch until kernels are big enough for the FLOP bound to hold; on a CPU they move with the thread count).
-This reads the runs' result files (nothing is re-timed; their ``speedups`` records, see :mod:`laco.bench.schema`),
-prints one row per run and measurement, and plots measured speed-up and FLOP bound against the setting, one line
-per preset and device.
+Nothing is re-timed: this reads the runs' ``speedups`` records (:mod:`laco.bench.schema`).
 
 >>> from laco.bench.sweep import load_runs, format_sweep
->>> runs = load_runs(["runs/b8/bench.json", "runs/b32/bench.json"])
->>> print(format_sweep(runs, "batch"))
+>>> print(format_sweep(load_runs(["runs/b8/bench.json", "runs/b32/bench.json"]), "batch"))
 """
 
 from __future__ import annotations
@@ -22,11 +18,14 @@ from typing import Any
 
 from .measurements import MEASUREMENTS
 from .plots import Series, write_plot
+from .report import text_table
 from .schema import read_result, schema_version
 from .variants import headline_variant
 
 PREFERRED_KEYS = ("batch", "compile", "threads", "dtype", "llm_layers", "reps")
 LATER_SETTINGS = {"compile": False}  # settings added after runs were first recorded, as older runs ran them
+LEGACY = {"measured": "measured", "q1": "paired_q1", "q3": "paired_q3", "bound": "flop_bound"}
+"""A ``speedups`` record's keys, and where a schema-1 measurement row keeps them."""
 
 
 @dataclass(frozen=True)
@@ -64,20 +63,16 @@ class Run:
         if "speedups" in self.data:
             return self.data["speedups"]
         return [
-            {"measurement": kind, "title": _short(kind), "variant": name, **_legacy(row["speedup"])}
+            {
+                "measurement": kind,
+                "title": _short(kind),
+                "variant": name,
+                **{k: row["speedup"][v] for k, v in LEGACY.items()},
+            }
             for kind, rows in self.data["measurements"].items()
             for name, row in rows.items()
             if row.get("speedup")
         ]
-
-
-def _legacy(speed: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "measured": speed["measured"],
-        "q1": speed["paired_q1"],
-        "q3": speed["paired_q3"],
-        "bound": speed["flop_bound"],
-    }
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:
@@ -125,17 +120,8 @@ def rows(runs: Sequence[Run], key: str, variant: str | None = None) -> list[dict
             raise ValueError(f"{run.path} has no variant {variant!r}; it ran {names}.")
         for record in run.speedups():
             if record["variant"] == name:
-                out.append(
-                    {
-                        "label": run.label,
-                        "value": run.settings[key],
-                        "kind": record["measurement"],
-                        "title": record["title"],
-                        "variant": name,
-                        **{field: record[field] for field in ("measured", "q1", "q3", "bound")},
-                        "path": str(run.path),
-                    }
-                )
+                where = {"label": run.label, "value": run.settings[key], "path": str(run.path)}
+                out.append({**record, "kind": record["measurement"], **where})
     order = {kind: index for index, kind in enumerate(MEASUREMENTS)}
     return sorted(out, key=lambda row: (row["label"], order.get(row["kind"], len(order)), row["value"]))
 
@@ -165,12 +151,8 @@ def format_sweep(runs: Sequence[Run], key: str, variant: str | None = None) -> s
         ]
         for row in table
     ]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
-    render = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths))  # noqa: E731
-    lines = [f"== speed-up against {key} ({_subject(variant)} vs its external-compression baseline)", render(header)]
-    lines.append(render(["-" * w for w in widths]))
-    lines += [render(c) for c in cells]
-    return "\n".join(lines)
+    title = f"== speed-up against {key} ({_subject(variant)} vs its external-compression baseline)"
+    return "\n".join([title, *text_table(header, cells)])
 
 
 def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | None = None) -> Path:
@@ -178,7 +160,11 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     table = rows(runs, key, variant)
     # A measurement whose bound is ~1 everywhere (decode: LaCo and external feed the LLM the same tokens) has no
     # gain to show; the table keeps it.
-    kinds = [kind for kind in _kinds(table) if any(r["kind"] == kind and abs(r["bound"] - 1) > 0.02 for r in table)]
+    kinds = [
+        kind
+        for kind in dict.fromkeys(r["kind"] for r in table)
+        if any(r["kind"] == kind and abs(r["bound"] - 1) > 0.02 for r in table)
+    ]
     if not kinds:
         raise ValueError("none of the runs has a headline speed-up to plot (did they run a LaCo placement?).")
     labels = sorted({row["label"] for row in table})
@@ -186,25 +172,18 @@ def plot_sweep(runs: Sequence[Run], key: str, path: str | Path, variant: str | N
     panels = {}
     for kind in kinds:
         panels[next(r["title"] for r in table if r["kind"] == kind)] = [
-            Series(
+            Series.of(
                 label,
+                points,
                 [r["value"] if numeric else str(r["value"]) for r in points],
-                [r["measured"] for r in points],
-                [r["q1"] for r in points],
-                [r["q3"] for r in points],
-                [r["bound"] for r in points],
                 color=f"C{index}",
                 bound_line=True,
-            )  # fmt: skip
+            )
             for index, label in enumerate(labels)
             if (points := [r for r in table if r["kind"] == kind and r["label"] == label])
         ]
     title = f"{_subject(variant)} vs its baseline, against {key}"
     return write_plot(path, panels, xlabel=key, title=title, log2x=numeric and key == "batch")
-
-
-def _kinds(table: list[dict[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(row["kind"] for row in table))
 
 
 def compare(

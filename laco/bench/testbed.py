@@ -17,6 +17,7 @@ Calls that run the LLM report the time inside its decoder layers (``stack_*``), 
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
 import torch
@@ -81,19 +82,15 @@ class Testbed:
             self.model = random_encoder(self.preset.encoder, dtype=self.dtype, device=self.device, seed=seed)
             self.tower = self.model
         else:
-            self.model = random_mllm(
-                self.preset.encoder,
-                self.preset.llm,
-                llm_layers=settings.llm_layers,
-                dtype=self.dtype,
-                device=self.device,
-                seed=seed,
-            )
+            built = {"llm_layers": settings.llm_layers, "dtype": self.dtype, "device": self.device, "seed": seed}
+            self.model = random_mllm(self.preset.encoder, self.preset.llm, **built)
             self.tower = self.model.model.vision_tower
             self.stack = StackTimer(decoder_layers(self.model), self.clock).attach()
         self.switch = CompressionSwitch(self.tower)
         if settings.requested.compile:
-            compile_blocks(list(self.switch.adapter.blocks(self.switch.encoder)) + self._llm_layers())
+            compile_blocks(
+                [*self.switch.adapter.blocks(self.switch.encoder), *(self.stack.layers if self.stack else ())]
+            )
         self._optimizers: dict[str, torch.optim.Optimizer] = {}
         if any(spec.training for spec in settings.measurements):
             # Before any placement is active, so no compressor lands in the shared optimizers.
@@ -103,9 +100,6 @@ class Testbed:
             self._optimizers = {"rest": self._optimizer(rest), "stack": self._optimizer(stack_params)}
         self._variant_optimizers: dict[Placement, torch.optim.Optimizer | None] = {}
         self.prefill_cache: dict[str, Any] = {}
-
-    def _llm_layers(self) -> list[nn.Module]:
-        return list(decoder_layers(self.model)) if self.preset.llm is not None else []
 
     def activate(self, variant: BenchVariant) -> list[nn.Module]:
         """Compress as ``variant`` says; returns its compressor modules."""
@@ -165,22 +159,16 @@ class Testbed:
     def encoder_forward(self, variant: BenchVariant) -> Workload:
         pixel_values = self.inputs.pixel_values
 
-        def prepare() -> None:
-            self.activate(variant)
-
         def call() -> None:
             with torch.inference_mode():
                 self.tower(pixel_values=pixel_values)
 
-        return prepare, call
+        return partial(self.activate, variant), call
 
     def train_step(self, variant: BenchVariant) -> Workload:
         ids = self.inputs.ids(self.image_tokens(variant), with_answer=True)
         batch = {"input_ids": ids, "pixel_values": self.inputs.pixel_values, "labels": self.inputs.labels(ids)}
         model, clock, stack = self.model, self.clock, self.stack
-
-        def prepare() -> None:
-            self.activate(variant)
 
         def call() -> dict[str, float]:
             rest, stack_optimizer, own = self.optimizers(variant)
@@ -207,7 +195,7 @@ class Testbed:
                 "stack_optimizer": clock.seconds(t3, t4),
             }
 
-        return prepare, call
+        return partial(self.activate, variant), call
 
     def _new_cache(self):
         from transformers import DynamicCache
@@ -220,13 +208,6 @@ class Testbed:
             input_ids=ids, pixel_values=self.inputs.pixel_values, cache=cache, use_cache=True, logits_to_keep=1
         )
         return out.logits[:, -1:].argmax(-1)
-
-    def _prefill_once(self, variant: BenchVariant):
-        """The first token and the KV cache after the prompt, computed untimed for decoding."""
-        ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
-        cache = self._new_cache()
-        with torch.inference_mode():
-            return self._first_token(ids, cache), cache
 
     def prefill(self, variant: BenchVariant) -> Workload:
         ids = self.inputs.ids(self.image_tokens(variant), with_answer=False)
@@ -250,8 +231,10 @@ class Testbed:
 
         def prepare() -> None:
             self.activate(variant)
-            if variant.name not in self.prefill_cache:
-                self.prefill_cache[variant.name] = self._prefill_once(variant)
+            if variant.name not in self.prefill_cache:  # the first token and the KV cache after the prompt, untimed
+                ids, cache = self.inputs.ids(self.image_tokens(variant), with_answer=False), self._new_cache()
+                with torch.inference_mode():
+                    self.prefill_cache[variant.name] = self._first_token(ids, cache), cache
             token, cache = self.prefill_cache[variant.name]
             state["token"], state["cache"] = token, copy.deepcopy(cache)  # every round decodes from the same prefix
 

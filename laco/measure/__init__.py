@@ -3,13 +3,14 @@ by torch's dispatcher (:mod:`.flop_counting`), and what the machine was (:mod:`.
 load, commit). The benchmark, the study and run records use them; they import no other laco module."""
 
 from .flop_counting import flop_counter_mode
-from .machine import CpuLoad, Machine, checkout_commit
+from .machine import CpuLoad, Machine, RunStart, checkout_commit
 from .timing import Clock, Samples, Stats, run_interleaved, usable_cores
 
 __all__ = [
     "Clock",
     "CpuLoad",
     "Machine",
+    "RunStart",
     "Samples",
     "Stats",
     "checkout_commit",

@@ -1,5 +1,5 @@
 """What a reader needs to weigh a run's numbers: the machine (CPU, cores, memory, GPU, library versions), and
-how busy other processes kept it while the run timed.
+how busy other processes kept it while the run timed, and where and when the run happened (:class:`RunStart`).
 """
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +162,35 @@ class CpuLoad:
         if later is None or later.wall <= self.wall:
             return None
         return max(0.0, ((later.busy - self.busy) - (later.own - self.own)) / (later.wall - self.wall))
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:  # no load average on this platform
+        return None
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Taken before a run times anything: the date, the load average and a CPU snapshot, which its
+    ``provenance`` and the machine's ``other_processes_cores`` are measured from."""
+
+    date: float = field(default_factory=time.time)
+    load_average: list[float] | None = field(default_factory=load_average)
+    load: CpuLoad | None = field(default_factory=CpuLoad.now)
+
+    def provenance(self, cpu: str) -> dict[str, Any]:
+        """Where and when the run happened, and how loaded the machine was at its start and now."""
+        return {
+            "commit": checkout_commit(),
+            "date": time.strftime("%Y-%m-%d %H:%M", time.localtime(self.date)),
+            "cpu": cpu,
+            "load_average_start": self.load_average,
+            "load_average_end": load_average(),
+        }
+
+    def machine(self, device: torch.device) -> Machine:
+        """:meth:`Machine.describe` of ``device``, with the cores other processes kept busy since the start."""
+        machine = Machine.describe(device)
+        return machine if self.load is None else machine.with_load(self.load)

@@ -111,6 +111,20 @@ class Samples:
     def phase_stats(self) -> dict[str, Stats]:
         return {name: Stats.of(values) for name, values in self.phases.items()}
 
+    def stack_scaled(self, values: Sequence[float], stack_phases: Sequence[str], scale: float) -> list[float]:
+        """``values`` (these seconds, or a phase's) plus their share spent in a layer stack (the sum of the
+        ``stack_phases``, as :class:`StackTimer` times it) times ``scale - 1``: the time with ``scale`` times the
+        layers, from a run that timed fewer."""
+        stack = [0.0] * len(values)
+        for phase in stack_phases:
+            for index, value in enumerate(self.phases.get(phase, [])[: len(values)]):
+                stack[index] += value
+        return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
+
+    def with_seconds(self, seconds: Sequence[float]) -> Samples:
+        """Other seconds (a derived time) in these rounds and slots, so they pair like the originals."""
+        return Samples(list(seconds), {}, list(self.rounds), list(self.slots))
+
 
 def run_interleaved(
     workloads: Mapping[str, Callable[[], Mapping[str, float] | None]],

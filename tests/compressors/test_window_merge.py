@@ -228,9 +228,9 @@ def test_laco_cost_counts_the_window_merge_inside_an_encoder(init):
     """laco.cost builds the merge from the placement alone; with the usual MLP ratio 4 (this geometry's) the
     FFN-reuse width it assumes is the block's, and the total holds against FlopCounterMode."""
     from laco import Placement, cost
-    from laco.bench.counting import flop_counter_mode
     from laco.bench.models import CompressionSwitch, random_encoder
     from laco.cost import EncoderGeometry
+    from laco.measure.flop_counting import flop_counter_mode
 
     geometry = EncoderGeometry("t-dinov2", "dinov2", 48, 6, 4, 192, 4, 32, prefix=1)
     model = random_encoder(geometry, dtype=torch.float32, device=torch.device("cpu"))

@@ -61,9 +61,9 @@ def _moved(config, tmp_path):
     """Names of the tensors the distillation stage changed, against the model it started from."""
     from transformers import set_seed
 
-    from laco.weights import from_pretrained_strict
     from laco.mllm import LacoLlavaForConditionalGeneration
     from laco.train.trainer import _model_for_next_stage
+    from laco.weights import from_pretrained_strict
 
     set_seed(config.seed)  # as train() does before it assembles the model
     start = _model_for_next_stage(config, tmp_path / "fresh")[0].state_dict()
