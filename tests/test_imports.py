@@ -91,6 +91,7 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 LAYERS = [
     (
         "laco.placement",
+        "laco.arguments",
         "laco.functional",
         "laco.weights",
         "laco.digests",

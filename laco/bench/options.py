@@ -28,17 +28,6 @@ def csv_or_none(text: str) -> list[str] | None:
     return None if [item.lower() for item in items] in ([], ["none"]) else items
 
 
-def positive_int(text: str) -> int:
-    """An ``argparse`` type: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
 def option(default: Any, help: str, parse: Callable[[str], Any] | str = str, choices: Sequence[str] | None = None):
     """A settings field with its command-line spelling: ``parse`` reads the option's text (:data:`FLAG` for a
     switch), ``help`` says what it does."""

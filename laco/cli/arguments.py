@@ -4,26 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..arguments import non_negative_int, positive_int, seed_list
 from ..precision import PRECISIONS
-
-
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (``--limit 0`` and ``--jobs 0`` were silently ignored before)."""
-    return _int_at_least(text, 1)
-
-
-def non_negative_int(text: str) -> int:
-    return _int_at_least(text, 0)
-
-
-def _int_at_least(text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < low:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: use a whole number >= {low}")
-    return value
 
 
 def add_precision(parser: argparse.ArgumentParser, default: str | None = "auto", what: str = "answers in") -> None:
@@ -36,11 +18,4 @@ def add_precision(parser: argparse.ArgumentParser, default: str | None = "auto",
     )
 
 
-def seed_list(text: str) -> list[int]:
-    try:
-        seeds = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes integers such as 0,1,2, not {text!r}") from None
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--seeds needs distinct seeds >= 0 such as 0,1,2, not {text!r}")
-    return seeds
+__all__ = ["add_precision", "non_negative_int", "positive_int", "seed_list"]

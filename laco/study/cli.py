@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..bench.options import positive_int
+from ..arguments import positive_int
 from ..precision import PRECISIONS
 from .grid import QUICK, load_study_config
 from .report import refresh_costs, write_report
