@@ -153,7 +153,7 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
     import time
 
     from ..data.easyvqa import ANSWER_TYPES
-    from ..train.seeds import SeedRecord, describe_machine, markdown_table, record_seed, seed_dir
+    from ..train.seeds import SeedRecord, describe_machine, markdown_table, record_seed, seed_dir, tower_speedup_bound
 
     if not _has_eval_split(config):
         raise SystemExit(
@@ -167,6 +167,7 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
         wall = time.perf_counter() - started
         # what the processor gives the LLM per image (the config's count is for the tower's own size)
         processor_file = json.loads((Path(run.output_dir) / "final" / "laco_processor.json").read_text())
+        groups = result.by_group(ANSWER_TYPES)
         record = SeedRecord(
             seed=seed,
             run=run.output_dir,
@@ -174,11 +175,13 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
             train_seconds=round(sum(stage["seconds"] for stage in summary["stages"]), 1),
             eval_seconds=result.seconds,
             accuracy=result.accuracy,
-            groups={name: row["accuracy"] for name, row in result.by_group(ANSWER_TYPES).items()},
+            groups={name: row["accuracy"] for name, row in groups.items()},
             majority_accuracy=result.majority_accuracy,
             question_prior_accuracy=result.question_prior_accuracy,
             image_tokens=int(processor_file["num_image_tokens"]),
             precision=summary["precision"]["name"],
+            group_priors={name: row["question_prior"] for name, row in groups.items()},
+            tower_speedup_bound=tower_speedup_bound(run.model.vision, run.model.image_size, run.model.compression),
         )
         record_seed(config.output_dir, record, describe_machine())
     print("\n" + markdown_table([config.output_dir])[0])

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Any
@@ -36,6 +36,27 @@ class SeedRecord:
     question_prior_accuracy: float | None
     image_tokens: int
     precision: str
+    group_priors: dict[str, float] = field(default_factory=dict)
+    """The question-only prior's accuracy per answer type (empty in records written before it was kept)."""
+    tower_speedup_bound: float | None = None
+    """The tower's FLOP-bound speed-up over the uncompressed tower (``None`` where laco.cost has no geometry)."""
+
+
+# laco's offline encoders by the name a run config gives them -> their laco.cost geometry
+_GEOMETRIES = {"dinov2-small": "dinov2-s"}
+
+
+def tower_speedup_bound(vision: str | None, image_size: int | None, placement: Any) -> float | None:
+    """``flops(uncompressed tower) / flops(tower under placement)`` from :mod:`laco.cost`, for an encoder it knows."""
+    from ..cost import ENCODERS, encoder_flops
+
+    geometry = ENCODERS.get(_GEOMETRIES.get(str(vision), str(vision)))
+    if geometry is None:
+        return None
+    size = image_size or geometry.image_size
+    options = {"factor": placement.factor, "method": placement.method, "options": placement.option_dict}
+    compressed = encoder_flops(geometry, placement.layers, image_size=size, **options).total
+    return round(encoder_flops(geometry, None, image_size=size).total / compressed, 3)
 
 
 def seed_dir(output_dir: str | Path, seed: int) -> Path:
@@ -96,9 +117,14 @@ def summarize(arm: str | Path) -> dict[str, Any]:
     for group in GROUPS:
         values = [s["groups"][group] for s in seeds if group in s["groups"]]
         summary[group] = _mean_std(values) if values else None
+        above = [s["groups"][group] - s["group_priors"][group] for s in seeds if group in s.get("group_priors", {})]
+        summary[f"{group} above prior"] = _mean_std(above) if above else None
+        priors = [s["group_priors"][group] for s in seeds if group in s.get("group_priors", {})]
+        summary[f"{group} prior"] = _mean_std(priors) if priors else None
     priors = [s["question_prior_accuracy"] for s in seeds if s["question_prior_accuracy"] is not None]
     summary["question_prior_accuracy"] = _mean_std(priors) if priors else None
     summary["image_tokens"] = seeds[0]["image_tokens"]
+    summary["tower_speedup_bound"] = seeds[0].get("tower_speedup_bound")
     summary["precision"] = sorted({s["precision"] for s in seeds})
     summary["machine"] = data["machine"]
     return summary
@@ -111,8 +137,15 @@ def _percent(value: tuple[float, float] | None) -> str:
     return f"{100 * average:.1f} ± {100 * spread:.1f}"
 
 
+def _type_cell(row: dict[str, Any], group: str) -> str:
+    """Accuracy on one answer type, and by how much it beats that type's question-only prior (in points)."""
+    cell, above = _percent(row[group]), row.get(f"{group} above prior")
+    return cell if above is None else f"{cell} ({100 * above[0]:+.1f})"
+
+
 def markdown_table(arms: Sequence[str | Path]) -> tuple[str, list[dict[str, Any]]]:
-    """One row per arm (mean ± std over its seeds) and a row of blind baselines; and the summaries behind it."""
+    """One row per arm (mean ± std over its seeds; per answer type also the points above that type's question-only
+    prior) and a row of blind baselines (the priors per type); and the summaries behind it."""
     summaries = [summarize(arm) for arm in arms]
     lines = [
         "| arm | image tokens | seeds | wall time (min) | exact match | yes/no | shape | colour |",
@@ -120,15 +153,17 @@ def markdown_table(arms: Sequence[str | Path]) -> tuple[str, list[dict[str, Any]
     ]
     for row in summaries:
         wall = row["wall_seconds"]
+        types = " | ".join(_type_cell(row, group) for group in GROUPS)
         lines.append(
             f"| {row['arm']} | {row['image_tokens']} | {row['n']} | {wall[0] / 60:.1f} ± {wall[1] / 60:.1f} "
-            f"| {_percent(row['accuracy'])} | {_percent(row['yes/no'])} | {_percent(row['shape'])} "
-            f"| {_percent(row['colour'])} |"
+            f"| {_percent(row['accuracy'])} | {types} |"
         )
     first = summaries[0]
     prior = _percent(first["question_prior_accuracy"])
+    type_priors = " | ".join(_percent(first.get(f"{group} prior")) for group in GROUPS)
     lines.append(
-        f"| *blind baselines* | 0 | | | majority {_percent(first['majority_accuracy'])}, question-only {prior} | | | |"
+        f"| *blind baselines* | 0 | | | majority {_percent(first['majority_accuracy'])}, question-only {prior} "
+        f"| {type_priors} |"
     )
     machines = {json.dumps(row["machine"], sort_keys=True) for row in summaries}
     described = "; ".join(
@@ -137,19 +172,60 @@ def markdown_table(arms: Sequence[str | Path]) -> tuple[str, list[dict[str, Any]
         for m in map(json.loads, sorted(machines))
     )
     precisions = sorted({p for row in summaries for p in row["precision"]})
-    lines += ["", f"Mean ± standard deviation over seeds; timed on {described}; precision {', '.join(precisions)}."]
+    lines += [
+        "",
+        f"Mean ± standard deviation over seeds; in brackets, points above that answer type's question-only prior "
+        f"(the blind-baseline row); timed on {described}; precision {', '.join(precisions)}.",
+    ]
     return "\n".join(lines), summaries
 
 
-def write_table(arms: Sequence[str | Path], out: str | Path) -> tuple[Path, Path]:
-    """``out`` (markdown) and ``out`` with ``.json`` (the summaries) for ``arms``."""
+def write_table(arms: Sequence[str | Path], out: str | Path) -> tuple[Path, ...]:
+    """``out`` (markdown), ``out`` with ``.json`` (the summaries) and, where the arms know their tower's FLOP bound,
+    ``.png`` (quality against tower speed-up) for ``arms``."""
     text, summaries = markdown_table(arms)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     data_path = out.with_suffix(".json")
     data_path.write_text(json.dumps(summaries, indent=2) + "\n")
-    return out, data_path
+    plotted = plot_frontier(summaries, out.with_suffix(".png"))
+    return (out, data_path) if plotted is None else (out, data_path, plotted)
+
+
+def plot_frontier(summaries: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """Accuracy above each answer type's question-only prior (and overall exact match) against the tower's
+    FLOP-bound speed-up, one point per arm with its seed spread; ``None`` when no arm knows its bound."""
+    rows = [row for row in summaries if row.get("tower_speedup_bound")]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    x = [row["tower_speedup_bound"] for row in rows]
+    for key, label in (("accuracy", "exact match"), *((group, group) for group in GROUPS)):
+        column = key if key == "accuracy" else f"{key} above prior"
+        points = [(speed, row[column]) for speed, row in zip(x, rows) if row.get(column)]
+        if points:
+            ax = axes[0] if key == "accuracy" else axes[1]
+            ax.errorbar([p[0] for p in points], [100 * p[1][0] for p in points],
+                        yerr=[100 * p[1][1] for p in points], fmt="o", capsize=3, label=label)  # fmt: skip
+    for speed, row in zip(x, rows):
+        axes[0].annotate(row["arm"], (speed, 100 * row["accuracy"][0]), fontsize=8, xytext=(4, 4),
+                         textcoords="offset points")  # fmt: skip
+    axes[0].set(xlabel="tower speed-up (FLOP bound)", ylabel="exact match (%)", title="overall")
+    axes[1].set(xlabel="tower speed-up (FLOP bound)", ylabel="points above the question-only prior",
+                title="per answer type")  # fmt: skip
+    axes[1].axhline(0, color="grey", linewidth=0.8)
+    for ax in axes:
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 __all__ = [
@@ -160,6 +236,8 @@ __all__ = [
     "read_seeds",
     "record_seed",
     "seed_dir",
+    "plot_frontier",
     "summarize",
+    "tower_speedup_bound",
     "write_table",
 ]

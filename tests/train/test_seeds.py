@@ -63,3 +63,24 @@ def test_bad_seed_lists_are_refused(seeds, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--seeds", seeds])
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_table_reports_each_type_above_its_prior_and_plots_quality_against_the_tower_bound(tmp_path):
+    from dataclasses import replace
+
+    from laco import Placement
+    from laco.train.seeds import tower_speedup_bound, write_table
+
+    priors = {"yes/no": 0.83, "shape": 0.36, "colour": 0.30}
+    bounds = {"laco": tower_speedup_bound("dinov2-small", 112, Placement("1/4")), "none": 1.0}
+    for arm, shape in (("laco", 0.40), ("none", 0.97)):
+        for seed in (0, 1):
+            record = replace(_record(seed, 0.8, shape), group_priors=priors, tower_speedup_bound=bounds[arm])
+            record_seed(tmp_path / arm, record, MACHINE)
+    text, summaries = markdown_table([tmp_path / "laco", tmp_path / "none"])
+    assert "| 80.0 ± 0.0 (-3.0) | 40.0 ± 0.0 (+4.0) | 50.0 ± 0.0 (+20.0) |" in text
+    assert "question-only 67.0 ± 0.0 | 83.0 ± 0.0 | 36.0 ± 0.0 | 30.0 ± 0.0 |" in text
+    assert bounds["laco"] == pytest.approx(2.19, abs=0.01)  # LaCo after layer 3 of DINOv2-S's 12 at 112 px
+    written = write_table([tmp_path / "laco", tmp_path / "none"], tmp_path / "frontier.md")
+    assert [path.suffix for path in written] == [".md", ".json", ".png"] and written[2].stat().st_size > 1000
+    assert tower_speedup_bound("google/siglip-so400m-patch14-384", None, Placement("1/4")) is None  # no geometry
