@@ -1,4 +1,4 @@
-"""``laco train`` (with ``--seeds``) and ``laco table``."""
+"""``laco train`` (with ``--seeds``, and ``--frontier`` for one arm per placement) and ``laco table``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,13 @@ def add(subparsers) -> None:
         help="train and score one run per seed (e.g. 0,1,2) under OUTPUT_DIR/seed<N>; mean ± std in OUTPUT_DIR/seeds.json",
     )
     parser.add_argument(
+        "--frontier",
+        type=frontier_arms,
+        metavar="SPECS",
+        help="train one arm per placement, ';'-separated (e.g. '2;3;4;6;9;3,9;last;none'), each with --seeds, under "
+        "OUTPUT_DIR/<arm>; then write OUTPUT_DIR/frontier.md, .json and .png (quality against tower speed-up)",
+    )
+    parser.add_argument(
         "--force-config",
         action="store_true",
         help="continue a run even though this config changes its result (refused otherwise; logged in the run)",
@@ -113,6 +120,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from ..config import load_config
 
     config = load_config(args.config, _train_overrides(args))
+    if args.frontier is not None:
+        return _run_frontier(args, config)
     if args.seeds is not None:
         return _run_seeds(config, args.seeds, force_config=args.force_config)
     _train_and_evaluate(config, evaluate=not args.no_eval, force_config=args.force_config)
@@ -188,6 +197,34 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
     return 0
 
 
+def frontier_arms(text: str) -> dict[str, str]:
+    """argparse type: ``'2;3;3,9;last;none'`` -> ``{arm name: layer spec}`` (``last`` is ``external``)."""
+    specs = [spec.strip() for spec in text.split(";") if spec.strip()]
+    if not specs:
+        raise argparse.ArgumentTypeError(f"--frontier needs placements such as '2;3;6;last;none', not {text!r}")
+    names = {"last": "external", "none": "none"}
+    arms = {names.get(spec, "layer" + spec.replace(",", "+")): spec for spec in specs}
+    if len(arms) != len(specs):
+        raise argparse.ArgumentTypeError(f"--frontier names a placement twice: {text!r}")
+    return arms
+
+
+def _run_frontier(args: argparse.Namespace, config) -> int:
+    """Every placement of ``--frontier`` as an arm of ``--seeds`` (each run resumable), then the table and plot."""
+    from ..config import load_config
+    from ..train.seeds import write_table
+
+    if args.seeds is None or args.layers:
+        raise SystemExit("--frontier trains one arm per placement: give --seeds (e.g. 0,1,2) and no --layers.")
+    root = Path(config.output_dir)
+    for arm, spec in args.frontier.items():
+        layers = "[" + spec + "]" if "," in spec else spec
+        overrides = [*_train_overrides(args), f"output_dir={root / arm}", f"model.compression.layers={layers}"]
+        _run_seeds(load_config(args.config, overrides), args.seeds, force_config=args.force_config)
+    print("wrote", *write_table([root / arm for arm in args.frontier], root / "frontier.md"))
+    return 0
+
+
 def add_table(subparsers) -> None:
     parser = subparsers.add_parser(
         "table",
@@ -195,7 +232,9 @@ def add_table(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("arms", nargs="+", type=Path, help="output directories of `laco train --seeds` runs")
-    parser.add_argument("--out", type=Path, help="also write the table here (markdown) and its data (.json beside it)")
+    parser.add_argument(
+        "--out", type=Path, help="also write the table here (markdown), its data (.json) and plot (.png) beside it"
+    )
     parser.set_defaults(handler=_run_table)
 
 

@@ -84,3 +84,22 @@ def test_table_reports_each_type_above_its_prior_and_plots_quality_against_the_t
     written = write_table([tmp_path / "laco", tmp_path / "none"], tmp_path / "frontier.md")
     assert [path.suffix for path in written] == [".md", ".json", ".png"] and written[2].stat().st_size > 1000
     assert tower_speedup_bound("google/siglip-so400m-patch14-384", None, Placement("1/4")) is None  # no geometry
+
+
+def test_frontier_arms_are_named_by_placement():
+    from laco.cli.train import frontier_arms
+
+    assert frontier_arms("2;3,9;last;none") == {"layer2": "2", "layer3+9": "3,9", "external": "last", "none": "none"}
+    with pytest.raises(Exception, match="twice"):
+        frontier_arms("2;2")
+
+
+def test_train_frontier_trains_one_arm_per_placement_and_writes_the_table(parts, tmp_path):
+    config = write_run_config(tmp_path / "run.yaml", parts, tmp_path / "frontier")
+    assert main(["train", "--config", str(config), "--frontier", "2;1,3", "--seeds", "0"]) == 0
+    for arm in ("layer2", "layer1+3"):
+        assert (tmp_path / "frontier" / arm / "seed0" / "final" / "model.safetensors").exists()
+    table = (tmp_path / "frontier" / "frontier.md").read_text()
+    assert "| layer2 | 16 | 1 |" in table and "| layer1+3 | 4 | 1 |" in table
+    with pytest.raises(SystemExit, match="give --seeds"):
+        main(["train", "--config", str(config), "--frontier", "2;1,3"])
