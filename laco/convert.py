@@ -56,7 +56,7 @@ def convert(
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, overwrite)
     model = _load_source(src)
-    processor = processor if processor is not None else _load_processor(src)
+    processor = processor if processor is not None else load_saved_processor(src)
     size = find_model_adapter(model).summary_image_size
     before = num_tokens(model, size)
     placement = layer if isinstance(layer, Placement) else Placement(layer, method, factor, options, mode)
@@ -125,7 +125,7 @@ def _convert_refusal(model_class: type[nn.Module]) -> str:
     return adapter.convert_refusal if adapter is not None else ""
 
 
-def _load_processor(src: Path) -> Any:
+def load_saved_processor(src: Path) -> Any:
     from .mllm.processing import PROCESSOR_FILE, LacoProcessor
 
     if (src / PROCESSOR_FILE).exists():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..pretrained import default_cache_dir
 from .easyvqa import convert_easy_vqa
 from .llava import LlavaDataset, LlavaExample
+from .processor_data import ProcessorDataset
 from .report import DataError
 
 if TYPE_CHECKING:
@@ -59,6 +60,22 @@ def llava_dataset(data: "DataConfig", split: str, processor: "LacoProcessor", **
     """The checked dataset of ``split`` with the record rules of ``data``: what training and evaluation both read."""
     json_path, image_folder = split_files(data, split)
     return LlavaDataset(
+        json_path,
+        image_folder,
+        processor,
+        max_length=data.max_length,
+        strict=data.strict,
+        max_image_pixels=data.max_image_pixels,
+        allow_outside_image_folder=data.allow_outside_image_folder,
+        **kwargs,
+    )
+
+
+def processor_dataset(data: "DataConfig", split: str, processor: Any, **kwargs) -> ProcessorDataset:
+    """:func:`llava_dataset` for a checkpoint's own (stock) processor: the same files and record rules, each record
+    rendered by its chat template and encoded by it (:mod:`laco.data.processor_data`)."""
+    json_path, image_folder = split_files(data, split)
+    return ProcessorDataset(
         json_path,
         image_folder,
         processor,

@@ -1,0 +1,106 @@
+"""`laco train --init-from` on converted checkpoints of the families trained through their own processor: convert ->
+2 + 2 steps on a 4-record LLaVA JSON -> ``final/`` reloads compressed with the Auto classes and its processor, and
+the merge's, the connector's and the LLM's weights moved."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+
+import laco
+from laco.cli import main
+from laco.train.init_from import own_processor
+
+from chat_templates import templated
+
+# family -> what the saved names of its connector's and its LLM's tensors hold
+QWEN, LLAVA = ("visual.merger.", "model.layers."), ("multi_modal_projector.", "language_model.")
+PARTS = {
+    "qwen2-vl": QWEN,
+    "qwen2.5-vl": QWEN,
+    "qwen3-vl": QWEN,
+    "llava-next": LLAVA,
+    "llava-onevision": LLAVA,
+    "internvl": LLAVA,
+    "idefics3": ("model.connector.", "model.text_model."),
+    "smolvlm": ("model.connector.", "model.text_model."),
+    "gemma3": LLAVA,
+}
+CONNECTORS = {family: parts[0] for family, parts in PARTS.items()}
+LLMS = {family: parts[1] for family, parts in PARTS.items()}
+
+
+def write_records(directory):
+    """4 records: images of different sizes, one with two images, one of two turns."""
+    (directory / "images").mkdir(parents=True)
+    colours = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "yellow": (230, 220, 30)}
+    sizes = [(40, 30), (32, 48), (64, 40), (36, 36)]
+    for index, (colour, size) in enumerate(zip(colours.values(), sizes)):
+        Image.new("RGB", size, colour).save(directory / "images" / f"{index}.png")
+    ask = {"from": "human", "value": "<image>\nwhat color is the shape?"}
+    records = [
+        {"id": str(index), "image": f"images/{index}.png", "conversations": [ask, {"from": "gpt", "value": name}]}
+        for index, name in enumerate(colours)
+    ]
+    records[1]["image"] = ["images/1.png", "images/2.png"]
+    records[1]["conversations"][0] = {"from": "human", "value": "<image> and <image>: what color is the first?"}
+    records[3]["conversations"] += [{"from": "human", "value": "is it red?"}, {"from": "gpt", "value": "no"}]
+    (directory / "data.json").write_text(json.dumps(records))
+    return directory / "data.json", directory
+
+
+def write_config(path, init_from, data_json, images, output):
+    stages = [
+        {"name": "merge", "trainable": ["compressor", "vision_after_merge"], "max_steps": 2, "batch_size": 2},
+        {"name": "all", "trainable": ["compressor", "merger", "llm"], "max_steps": 2, "batch_size": 2},
+    ]
+    config = {
+        "output_dir": str(output),
+        "model": {"init_from": str(init_from)},
+        "data": {"dataset": "llava", "train_json": str(data_json), "image_folder": str(images), "max_length": 1024},
+        "stages": stages,
+        "training": {"precision": "fp32", "logging_steps": 1, "save_steps": 100, "threads": 1},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("family", sorted(CONNECTORS))
+def test_a_converted_checkpoint_trains_in_stages_and_its_final_reloads_compressed(family, tmp_path):
+    tiny = templated(family)
+    tiny.model.save_pretrained(tmp_path / "src")
+    tiny.processor.save_pretrained(tmp_path / "src")
+    dst = tmp_path / "dst"
+    laco.convert(tmp_path / "src", dst, "1/2", processor=tiny.processor)  # stock Qwen-VL ones need torchvision
+    data_json, images = write_records(tmp_path / "data")
+    config = write_config(tmp_path / "run.yaml", dst, data_json, images, tmp_path / "run")
+    assert main(["train", "--config", str(config)]) == 0
+
+    start = load_file(dst / "model.safetensors")
+    merged = load_file(tmp_path / "run" / "merge" / "final" / "model.safetensors")
+    changed = {name for name, tensor in merged.items() if not torch.equal(tensor, start[name])}
+    assert any("laco_compressor" in name for name in changed)
+    assert not any(CONNECTORS[family] in name or LLMS[family] in name for name in changed), sorted(changed)
+
+    final = tmp_path / "run" / "final"
+    trained = load_file(final / "model.safetensors")
+    moved = {name for name, tensor in trained.items() if not torch.equal(tensor, merged[name])}
+    assert any(CONNECTORS[family] in name for name in moved), sorted(moved)
+    assert any(LLMS[family] in name for name in moved), sorted(moved)
+
+    model, processor = AutoModelForImageTextToText.from_pretrained(final), own_processor(final)
+    assert type(model).__name__.startswith("Laco") and laco.placement_of(model) == laco.placement_of(laco.load(dst))
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color?"}]}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    inputs = processor(text=[text], images=[[Image.new("RGB", (40, 30))]], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).logits).all()
