@@ -5,6 +5,7 @@ the merge's, the connector's and the LLM's weights moved."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -15,7 +16,10 @@ from transformers import AutoModelForImageTextToText
 
 import laco
 from laco.cli import main
+from laco.config import load_config
+from laco.train import train
 from laco.train.init_from import own_processor
+from laco.train.resume import ConfigMismatch
 
 from chat_templates import templated
 
@@ -73,11 +77,7 @@ def write_config(path, init_from, data_json, images, output):
 
 @pytest.mark.parametrize("family", sorted(CONNECTORS))
 def test_a_converted_checkpoint_trains_in_stages_and_its_final_reloads_compressed(family, tmp_path):
-    tiny = templated(family)
-    tiny.model.save_pretrained(tmp_path / "src")
-    tiny.processor.save_pretrained(tmp_path / "src")
-    dst = tmp_path / "dst"
-    laco.convert(tmp_path / "src", dst, "1/2", processor=tiny.processor)  # stock Qwen-VL ones need torchvision
+    dst = converted(family, tmp_path)
     data_json, images = write_records(tmp_path / "data")
     config = write_config(tmp_path / "run.yaml", dst, data_json, images, tmp_path / "run")
     assert main(["train", "--config", str(config)]) == 0
@@ -104,3 +104,37 @@ def test_a_converted_checkpoint_trains_in_stages_and_its_final_reloads_compresse
     inputs = processor(text=[text], images=[[Image.new("RGB", (40, 30))]], return_tensors="pt")
     with torch.no_grad():
         assert torch.isfinite(model(**inputs).logits).all()
+
+
+def converted(family, directory):
+    tiny = templated(family)
+    tiny.model.save_pretrained(directory / "src")
+    tiny.processor.save_pretrained(directory / "src")
+    # given: AutoProcessor cannot rebuild the tests' image-only processor classes (stock ones need torchvision)
+    laco.convert(directory / "src", directory / "dst", "1/2", processor=tiny.processor)
+    return directory / "dst"
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-onevision"])
+def test_an_interrupted_stage_resumes_bit_identically_and_a_changed_config_is_refused(family, tmp_path):
+    dst = converted(family, tmp_path)
+    data_json, images = write_records(tmp_path / "data")
+    path = write_config(tmp_path / "run.yaml", dst, data_json, images, tmp_path / "run")
+    config = yaml.safe_load(path.read_text())
+    config["stages"] = [{**config["stages"][1], "max_steps": 4}]  # merge, connector and LLM: every part resumes
+    config["training"]["save_steps"] = 2
+    path.write_text(yaml.safe_dump(config))
+    train(load_config(path), quiet=True)
+    stage_dir = tmp_path / "run" / "all"
+    uninterrupted = load_file(stage_dir / "final" / "model.safetensors")
+    for finished in (stage_dir / "final", stage_dir / "checkpoint-4", tmp_path / "run" / "final"):
+        shutil.rmtree(finished)  # as if killed after the checkpoint at step 2
+    train(load_config(path), quiet=True)
+    resumed = load_file(stage_dir / "final" / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in resumed)
+
+    config["data"]["max_length"] = 2048
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigMismatch, match="data.max_length"):
+        train(load_config(path), quiet=True)
