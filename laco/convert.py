@@ -147,6 +147,19 @@ def load_saved_processor(src: Path) -> Any:
         ) from error
 
 
+def load_family_processor(path: str | Path) -> Any:
+    """The processor saved with a converted (non-LLaVA) checkpoint, for training and answering through it: as
+    :func:`load_saved_processor` loads it, and with a chat template, without which laco cannot write a conversation
+    the way the model reads one."""
+    processor = load_saved_processor(Path(path))
+    if not getattr(processor, "chat_template", None):
+        raise ValueError(
+            f"the processor of {path} has no chat template, so laco cannot render records as the model reads them; "
+            "save the original checkpoint's chat_template.jinja in the directory."
+        )
+    return processor
+
+
 def _processor_without_video(src: Path) -> Any | None:
     """The processor ``src`` names, built from its image processor and tokenizer only (``None`` if it has no
     video processor to leave out, or still fails)."""

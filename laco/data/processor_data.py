@@ -147,6 +147,31 @@ def encode_record(
     return text, input_ids, labels
 
 
+def generation_inputs(
+    processor: Any, prompts: Sequence[str | Sequence[Mapping[str, str]]], images: Sequence[Sequence[Image.Image]]
+) -> dict[str, torch.Tensor]:
+    """Left-padded inputs that ask each prompt (a question, or LLaVA turns ending with one) about its images, rendered
+    with the processor's chat template and its generation prompt, as the records were for training."""
+    texts = []
+    for prompt, row in zip(prompts, images, strict=True):
+        turns = [{"from": "human", "value": prompt}] if isinstance(prompt, str) else list(prompt)
+        tags = sum(turn["value"].count(IMAGE_TAG) for turn in turns)
+        if tags == 0:  # a bare question: its images first, as LacoProcessor.prompt puts them
+            turns[-1] = {**turns[-1], "value": IMAGE_TAG * len(row) + "\n" + turns[-1]["value"]}
+        elif tags != len(row):
+            raise ValueError(
+                f"a prompt holds {tags} {IMAGE_TAG} tag(s) for {len(row)} image(s); give one image per tag, in order."
+            )
+        messages = [_message(ROLES[str(turn["from"])], turn["value"]) for turn in turns]
+        texts.append(render(processor, messages, generation_prompt=True))
+    tokenizer = processor.tokenizer
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every row at its end
+    try:
+        return dict(processor(text=texts, images=[list(row) for row in images], padding=True, return_tensors="pt"))
+    finally:
+        tokenizer.padding_side = side
+
+
 def _common_prefix(a: Sequence[Any], b: Sequence[Any]) -> int:
     length = min(len(a), len(b))
     return next((i for i in range(length) if a[i] != b[i]), length)
@@ -193,6 +218,10 @@ class ProcessorDataset(LlavaDataset):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._texts: list[str] = []  # each record rendered once, at the check
         super().__init__(*args, **kwargs)
+
+    @property
+    def image_tag(self) -> str:
+        return IMAGE_TAG  # LLaVA JSON's, whatever token the family's template writes for an image
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]

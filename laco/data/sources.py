@@ -96,7 +96,8 @@ def eval_examples(
     ``data.strict``). Each record is one example: its last answer, asked after the turns before it (earlier
     questions with their reference answers, as the record gives them), with every image of the record.
     """
-    dataset = llava_dataset(data, split, processor, limit=limit, progress=False)
+    read = llava_dataset if hasattr(processor, "encode_conversation") else processor_dataset  # laco's, or a family's
+    dataset = read(data, split, processor, limit=limit, progress=False)
     examples = [dataset.example(index) for index in range(len(dataset))]
     train_json, _ = split_files(data, "train") if (data.dataset == "easy-vqa" or data.train_json) else (None, None)
     train_pairs = question_answer_pairs(train_json) if train_json is not None else []

@@ -35,17 +35,38 @@ class NoCheckpoint(FileNotFoundError):
     """A ``--model`` path that is not a checkpoint directory at all."""
 
 
-def check_servable(directory: str | Path, entry: str) -> Path:
+def check_servable(directory: str | Path, entry: str, families: bool = False) -> Path:
     """Refuse ``directory`` unless ``entry`` (``laco eval``, ``laco generate``, ``lmms-eval --model laco``) can
-    answer with it; returns it as a :class:`~pathlib.Path`."""
+    answer with it; returns it as a :class:`~pathlib.Path`. ``families``: the entry also answers with every other
+    family's LaCo checkpoint (``laco_<type>``, through the checkpoint's own processor and chat template), as
+    ``laco eval`` and ``laco generate`` do."""
     directory = Path(directory)
     config = _read_config(directory, entry)
     model_type = config.get("model_type")
-    if model_type not in SERVED:
+    family_class = _laco_class(model_type) if families and str(model_type).startswith("laco_") else None
+    if model_type not in SERVED and family_class is None:
         raise FamilyRefusal(_family_message(directory, entry, model_type, config))
-    _check_settings(directory, config)
+    if family_class is None:
+        _check_settings(directory, config)
+    else:
+        _check_family_settings(directory, family_class)
     _check_weights(directory)
     return directory
+
+
+def _check_family_settings(directory: Path, model_class: type) -> None:
+    """As :func:`_check_settings`, for another family's LaCo class: built on the ``meta`` device from its config."""
+    import torch
+
+    try:
+        config = model_class.config_class.from_pretrained(directory)
+        with torch.device("meta"):
+            model_class(config)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+        raise FamilyRefusal(
+            f"{directory}/config.json does not describe a {model_class.__name__} laco can build: "
+            f"{str(error).rstrip('.')}. Point at the directory laco saved (laco convert, laco train's final/)."
+        ) from None
 
 
 def _read_config(directory: Path, entry: str) -> dict[str, Any]:

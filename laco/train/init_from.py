@@ -93,12 +93,9 @@ def checkpoint_processor(path: str | Path, model: Any) -> Any:
 def own_processor(path: str | Path) -> Any:
     """The processor saved with a non-LLaVA checkpoint, as ``laco convert`` loads one: ``AutoProcessor``, or where
     torchvision is missing the same class without its video processor (laco trains on images only)."""
-    from ..convert import load_saved_processor
+    from ..convert import load_family_processor
 
-    processor = load_saved_processor(Path(path))
-    if not getattr(processor, "chat_template", None):
-        raise InitFromError(
-            f"the processor of {path} has no chat template, so laco cannot render records as the model reads them; "
-            "save the original checkpoint's chat_template.jinja in the directory."
-        )
-    return processor
+    try:
+        return load_family_processor(path)
+    except ValueError as error:
+        raise InitFromError(str(error)) from None

@@ -138,3 +138,25 @@ def test_an_interrupted_stage_resumes_bit_identically_and_a_changed_config_is_re
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigMismatch, match="data.max_length"):
         train(load_config(path), quiet=True)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-onevision", "idefics3", "gemma3"])
+def test_laco_train_then_eval_and_generate_answer_through_the_checkpoints_processor(family, tmp_path, capsys):
+    dst = converted(family, tmp_path)
+    data_json, images = write_records(tmp_path / "data")
+    path = write_config(tmp_path / "run.yaml", dst, data_json, images, tmp_path / "run")
+    config = yaml.safe_load(path.read_text())
+    config["stages"] = config["stages"][:1]
+    config["data"]["eval_json"] = str(data_json)
+    config["eval"] = {"limit": 4, "batch_size": 4, "max_new_tokens": 2}
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(path)]) == 0  # trains, then scores final/ on eval_json
+    assert "exact match" in capsys.readouterr().out
+    final = str(tmp_path / "run" / "final")
+    arguments = ["--eval-json", str(data_json), "--image-folder", str(images), "--max-new-tokens", "2"]
+    assert main(["eval", "--model", final, *arguments]) == 0
+    assert "exact match" in capsys.readouterr().out
+    image = str(images / "images" / "0.png")
+    assert (
+        main(["generate", "--model", final, "--image", image, "--prompt", "what color?", "--max-new-tokens", "2"]) == 0
+    )
