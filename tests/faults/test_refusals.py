@@ -86,7 +86,9 @@ def refused(arguments: list[str], *expected: str) -> str:
 def test_another_family_is_refused_naming_it(made, command) -> None:
     run = _generate if command == "generate" else _eval
     # transformers crashed with "'Qwen2_5_VLTextConfig' object has no attribute 'tie_word_embeddings'"
-    refused(run(made["root"] / "qwen2_5_vl", made), "'qwen2_5_vl'", "Qwen2_5_VLForConditionalGeneration", "laco convert")
+    refused(
+        run(made["root"] / "qwen2_5_vl", made), "'qwen2_5_vl'", "Qwen2_5_VLForConditionalGeneration", "laco convert"
+    )
     for family in ("gemma3", "llava_next"):
         # converted checkpoints were told about LLaVA ("use mode='compress_more'", "fix vision_config.laco.layers");
         # now they are answered through their processor's chat template, which these were saved without
