@@ -9,9 +9,9 @@ answered, converted Gemma3 / SmolVLM / LLaVA-NeXT checkpoints got advice about L
 reads ``config.json`` as plain JSON (no config class, no remote code) and refuses, in one message naming the
 family and the command that can take it, anything that is not laco's LLaVA; then it checks what would otherwise
 fail deep inside the load: the saved LaCo settings (built on the ``meta`` device, no memory), the safetensors
-files (cut short or empty) and their recorded content digests (:mod:`laco.digests`). ``laco eval`` and ``laco
-generate`` also answer with every other family's LaCo checkpoint (``laco_<type>``, through its own processor and
-chat template, which must be saved with it); the lmms-eval model still serves LLaVA only.
+files (cut short or empty) and their recorded content digests (:mod:`laco.digests`). ``laco eval``, ``laco
+generate`` and the lmms-eval model also answer with every other family's LaCo checkpoint (``laco_<type>``, through
+its own processor and chat template, which must be saved with it).
 """
 
 from __future__ import annotations
