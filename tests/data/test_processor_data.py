@@ -126,3 +126,16 @@ def test_records_over_max_length_are_skipped_not_cut(tmp_path):
     data_json, folder = write_records(tmp_path, RECORDS[:1], [(90, 60)])
     with pytest.raises(DataError, match="too long.*max_length=64"):
         ProcessorDataset(data_json, folder, tiny.processor, max_length=64, progress=False)
+
+
+def test_records_the_processor_cannot_encode_are_skipped_and_reported_naming_why(tmp_path):
+    import laco
+
+    tiny = templated("qwen2.5-vl")  # compress_more needs whole 2x2 blocks of merge units: 40x30 px has none
+    laco.apply(tiny.model, "1/2", mode="compress_more", processor=tiny.processor)
+    data_json, folder = write_records(tmp_path, RECORDS[:2], [(40, 30), (48, 32), (32, 32)])
+    with pytest.warns(UserWarning, match=r"1 of 2 records used, 1 skipped: 1 unusable conversation \(e.g. one\)"):
+        dataset = ProcessorDataset(data_json, folder, tiny.processor, max_length=None, progress=False)
+    assert [record.id for record in dataset.records] == ["two"]
+    with pytest.raises(DataError, match=r"'one'.*unusable conversation.*multiples of 16 px"):
+        ProcessorDataset(data_json, folder, tiny.processor, max_length=None, strict=True, progress=False)

@@ -44,7 +44,7 @@ def write_records(directory):
     """4 records: images of different sizes, one with two images, one of two turns."""
     (directory / "images").mkdir(parents=True)
     colours = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "yellow": (230, 220, 30)}
-    sizes = [(40, 30), (32, 48), (64, 40), (36, 36)]
+    sizes = [(48, 32), (32, 48), (64, 32), (32, 32)]  # multiples of 16 px: Qwen-VL's compress_more merges them
     for index, (colour, size) in enumerate(zip(colours.values(), sizes)):
         Image.new("RGB", size, colour).save(directory / "images" / f"{index}.png")
     ask = {"from": "human", "value": "<image>\nwhat color is the shape?"}
@@ -75,12 +75,21 @@ def write_config(path, init_from, data_json, images, output):
     return path
 
 
-@pytest.mark.parametrize("family", sorted(CONNECTORS))
-def test_a_converted_checkpoint_trains_in_stages_and_its_final_reloads_compressed(family, tmp_path):
-    dst = converted(family, tmp_path)
+# both modes where the family has both (LLaVA-NeXT and -OneVision have compress_more only)
+MODES = [
+    (family, mode)
+    for family in sorted(PARTS)
+    for mode in (("compress_more",) if family.startswith("llava") else ("keep_llm_tokens", "compress_more"))
+]
+
+
+@pytest.mark.parametrize(("family", "mode"), MODES)
+def test_a_converted_checkpoint_trains_in_stages_and_its_final_reloads_compressed(family, mode, tmp_path, capsys):
+    dst = converted(family, tmp_path, mode)
     data_json, images = write_records(tmp_path / "data")
     config = write_config(tmp_path / "run.yaml", dst, data_json, images, tmp_path / "run")
     assert main(["train", "--config", str(config)]) == 0
+    assert "data: 4 of 4 records used" in capsys.readouterr().out
 
     start = load_file(dst / "model.safetensors")
     merged = load_file(tmp_path / "run" / "merge" / "final" / "model.safetensors")
@@ -96,22 +105,23 @@ def test_a_converted_checkpoint_trains_in_stages_and_its_final_reloads_compresse
 
     model, processor = AutoModelForImageTextToText.from_pretrained(final), own_processor(final)
     assert type(model).__name__.startswith("Laco") and laco.placement_of(model) == laco.placement_of(laco.load(dst))
+    assert laco.placement_of(model).mode == mode
     text = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what color?"}]}],
         tokenize=False,
         add_generation_prompt=True,
     )
-    inputs = processor(text=[text], images=[[Image.new("RGB", (40, 30))]], return_tensors="pt")
+    inputs = processor(text=[text], images=[[Image.new("RGB", (48, 32))]], return_tensors="pt")
     with torch.no_grad():
         assert torch.isfinite(model(**inputs).logits).all()
 
 
-def converted(family, directory):
+def converted(family, directory, mode="auto"):
     tiny = templated(family)
     tiny.model.save_pretrained(directory / "src")
     tiny.processor.save_pretrained(directory / "src")
     # given: AutoProcessor cannot rebuild the tests' image-only processor classes (stock ones need torchvision)
-    laco.convert(directory / "src", directory / "dst", "1/2", processor=tiny.processor)
+    laco.convert(directory / "src", directory / "dst", "1/2", mode=mode, processor=tiny.processor)
     return directory / "dst"
 
 
