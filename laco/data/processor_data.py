@@ -186,20 +186,19 @@ class ProcessorDataset(LlavaDataset):
     with :class:`ProcessorCollator`.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._texts: list[str] = []  # each record rendered once, at the check
+        super().__init__(*args, **kwargs)
+
     def _add(
         self, record: Any, record_id: str, verify_images: bool, checked_images: dict[Any, RecordSkipped | None]
     ) -> None:
+        """Check one record and keep it with its rendered text, ids and labels. Its images are always decoded here
+        (``verify_images`` has no cheaper mode: the processor's placeholder counts depend on the pixels)."""
         turns = _checked_turns(record)
         paths = self._checked_image_paths(record)
-        for position, path in enumerate(paths):
-            if path not in checked_images:
-                checked_images[path] = _image_problem(path, True, self.max_image_pixels)
-            problem = checked_images[path]
-            if problem is not None:
-                which = f"image {position + 1} of {len(paths)}: " if len(paths) > 1 else ""
-                raise RecordSkipped(problem.reason, which + problem.detail)
+        images = self._images(paths, checked_images)
         try:
-            images = [load_rgb(path, self.max_image_pixels) for path in paths]
             text, input_ids, labels = encode_record(self.processor, turns, images, self.max_length)
         except RecordError as error:
             raise self._classify(error) from None
@@ -215,9 +214,23 @@ class ProcessorDataset(LlavaDataset):
         self._input_ids.append(np.asarray(input_ids, dtype=np.int32))
         self._labels.append(np.asarray(labels, dtype=np.int32))
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._texts: list[str] = []  # each record rendered once, at the check
-        super().__init__(*args, **kwargs)
+    def _images(self, paths: list[Any], checked: dict[Any, RecordSkipped | None]) -> list[Image.Image]:
+        """The record's images, decoded once each (a file found bad is remembered: VQA sets reuse images)."""
+        images = []
+        for position, path in enumerate(paths):
+            problem = checked.get(path) or _image_problem(path, False, self.max_image_pixels)  # does it exist
+            if problem is None:
+                try:
+                    images.append(load_rgb(path, self.max_image_pixels))
+                except ImageProblem as error:
+                    too_large = error.reason == "too large"
+                    reason = SkipReason.IMAGE_TOO_LARGE if too_large else SkipReason.UNREADABLE_IMAGE
+                    problem = RecordSkipped(reason, str(error))
+            if problem is not None:
+                checked[path] = problem
+                which = f"image {position + 1} of {len(paths)}: " if len(paths) > 1 else ""
+                raise RecordSkipped(problem.reason, which + problem.detail)
+        return images
 
     @property
     def image_tag(self) -> str:

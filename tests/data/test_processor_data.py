@@ -139,3 +139,18 @@ def test_records_the_processor_cannot_encode_are_skipped_and_reported_naming_why
     assert [record.id for record in dataset.records] == ["two"]
     with pytest.raises(DataError, match=r"'one'.*unusable conversation.*multiples of 16 px"):
         ProcessorDataset(data_json, folder, tiny.processor, max_length=None, strict=True, progress=False)
+
+
+def test_missing_and_corrupt_images_are_skipped_with_the_llava_paths_reasons(tmp_path):
+    tiny = templated("gemma3")
+    records = [
+        {"id": "missing", "image": "nothing.png", "conversations": TWO_TURNS},
+        {"id": "corrupt", "image": "bad.png", "conversations": TWO_TURNS},
+        {"id": "again", "image": "bad.png", "conversations": TWO_TURNS},
+        {"id": "good", "image": "0.png", "conversations": TWO_TURNS},
+    ]
+    data_json, folder = write_records(tmp_path, records, [(40, 30)])
+    (folder / "bad.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="1 of 4 records used"):
+        dataset = ProcessorDataset(data_json, folder, tiny.processor, max_length=None, progress=False)
+    assert dataset.report.skipped == {SkipReason.MISSING_IMAGE: 1, SkipReason.UNREADABLE_IMAGE: 2}
