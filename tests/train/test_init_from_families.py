@@ -150,7 +150,7 @@ def test_an_interrupted_stage_resumes_bit_identically_and_a_changed_config_is_re
         train(load_config(path), quiet=True)
 
 
-@pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-onevision", "idefics3", "gemma3"])
+@pytest.mark.parametrize("family", sorted(PARTS))
 def test_laco_train_then_eval_and_generate_answer_through_the_checkpoints_processor(family, tmp_path, capsys):
     dst = converted(family, tmp_path)
     data_json, images = write_records(tmp_path / "data")
