@@ -21,7 +21,8 @@ from .typed import from_dict, to_plain
 
 T = TypeVar("T")
 
-TRAINABLE_PARTS = ("compressor", "projector", "llm", "vision_after_merge", "vision")
+# "merger" is another name for "projector": the connector, whatever the family calls it (Qwen-VL: the merger)
+TRAINABLE_PARTS = ("compressor", "projector", "merger", "llm", "vision_after_merge", "vision")
 VISION_PARTS = ("vision_after_merge", "vision")  # pretrained encoder weights: vision_learning_rate_scale applies
 OBJECTIVES = ("next_token", "tower_distillation")
 DISTILL_LOSSES = ("mse", "cosine")

@@ -56,7 +56,7 @@ def convert(
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, overwrite)
     model = _load_source(src)
-    processor = processor if processor is not None else _load_processor(src)
+    processor = processor if processor is not None else load_saved_processor(src)
     size = find_model_adapter(model).summary_image_size
     before = num_tokens(model, size)
     placement = layer if isinstance(layer, Placement) else Placement(layer, method, factor, options, mode)
@@ -125,7 +125,7 @@ def _convert_refusal(model_class: type[nn.Module]) -> str:
     return adapter.convert_refusal if adapter is not None else ""
 
 
-def _load_processor(src: Path) -> Any:
+def load_saved_processor(src: Path) -> Any:
     from .mllm.processing import PROCESSOR_FILE, LacoProcessor
 
     if (src / PROCESSOR_FILE).exists():
@@ -145,6 +145,19 @@ def _load_processor(src: Path) -> Any:
             "model's processor next to its weights (processor.save_pretrained), or in Python load it yourself and "
             "pass processor= to laco.convert."
         ) from error
+
+
+def load_family_processor(path: str | Path) -> Any:
+    """The processor saved with a converted (non-LLaVA) checkpoint, for training and answering through it: as
+    :func:`load_saved_processor` loads it, and with a chat template, without which laco cannot write a conversation
+    the way the model reads one."""
+    processor = load_saved_processor(Path(path))
+    if not getattr(processor, "chat_template", None):
+        raise ValueError(
+            f"the processor of {path} has no chat template, so laco cannot render records as the model reads them; "
+            "save the original checkpoint's chat_template.jinja in the directory."
+        )
+    return processor
 
 
 def _processor_without_video(src: Path) -> Any | None:

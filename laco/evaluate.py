@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write_text
 from .data.images import load_rgb
 from .data.llava import LlavaExample
+from .data.processor_data import generation_inputs
 from .mllm import LacoLlavaForConditionalGeneration, LacoProcessor, resolve_attn_implementation
 from .mllm.stock import load_processor
 from .precision import choose as choose_precision
@@ -97,6 +98,14 @@ def load_model(
     if not (directory / "config.json").exists():
         raise FileNotFoundError(f"{directory} has no config.json; point --model at a run's final/ directory.")
     dtype = choose_precision(precision, device).dtype
+    model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+    if model_type not in ("laco_llava", "llava"):  # another family's LaCo checkpoint: answered through its processor
+        from .convert import load_family_processor
+        from .loading import load
+
+        model = load(directory, dtype=dtype).to(device).eval()
+        model.set_attn_implementation(resolve_attn_implementation(attn_implementation))
+        return model, load_family_processor(directory)
     # strict: weights that do not fit the config (a missing compressor, one saved after another layer) are refused
     model = from_pretrained_strict(LacoLlavaForConditionalGeneration, directory, dtype=dtype).to(device).eval()
     model.set_attn_implementation(resolve_attn_implementation(attn_implementation))
@@ -113,7 +122,11 @@ def answer(
 ) -> list[str]:
     """Greedy answers, one per question: ``images[i]`` is question ``i``'s image or list of images, and
     ``questions[i]`` a question or a conversation ending with one (see :meth:`LacoProcessor.__call__`)."""
-    inputs = processor(questions, images)
+    if isinstance(processor, LacoProcessor):
+        inputs = processor(questions, images)
+    else:  # another family's own processor and chat template (laco.data.processor_data)
+        rows = [[item] if isinstance(item, Image.Image) else list(item) for item in images]
+        inputs = generation_inputs(processor, questions, rows)
     inputs = {key: value.to(model.device) for key, value in inputs.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     output = model.generate(
@@ -122,7 +135,8 @@ def answer(
         do_sample=False,
         pad_token_id=processor.tokenizer.pad_token_id,
     )
-    return processor.decode(output[:, inputs["input_ids"].shape[1] :])
+    texts = processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in texts]
 
 
 def evaluate(

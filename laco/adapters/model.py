@@ -34,6 +34,11 @@ class ModelAdapter:
     init_from_refusal: str = ""
     """What this family's processor gives its model that ``laco train``'s data pipeline does not produce (empty:
     ``laco train --init-from`` fine-tunes it), for the refusal's message."""
+    connector_paths: tuple[str, ...] = ("model.multi_modal_projector",)
+    """Submodules or parameters (paths from the whole model) of the connector between tower and LLM: the
+    ``projector`` (or ``merger``) part training stages name; paths the model lacks are skipped."""
+    llm_paths: tuple[str, ...] = ("model.language_model", "lm_head")
+    """Submodules (paths from the whole model) of the LLM, the ``llm`` training part."""
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
         """The vision tower inside ``model`` and its encoder adapter."""

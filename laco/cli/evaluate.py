@@ -108,7 +108,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from ..config import load_config
     from ..harness.family import check_servable
 
-    check_servable(args.model, "laco eval")  # another family, or a damaged checkpoint: refused before any work
+    # another family's LaCo checkpoint answers through its processor; anything else is refused before any work
+    check_servable(args.model, "laco eval", families=True)
     if not args.eval_json:
         _check_split(args.split)
 

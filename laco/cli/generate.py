@@ -48,7 +48,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     if missing:
         raise SystemExit(f"image {', '.join(missing)} not found")
     pair_up(args.image, args.prompt)  # refuse a combination before any image or model is loaded
-    check_servable(args.model, "laco generate")  # another family, or a damaged checkpoint
+    check_servable(args.model, "laco generate", families=True)  # another family, or a damaged checkpoint
     try:
         images = [load_rgb(path) for path in args.image]  # the reader training uses: pixel budget, 16-bit scaled
     except ImageProblem as problem:
@@ -56,8 +56,15 @@ def _run_generate(args: argparse.Namespace) -> int:
     per_prompt, prompts = pair_up(images, args.prompt)
     model, processor = load_model(args.model, precision=args.precision)
     for prompt, row in zip(prompts, per_prompt):
+        tags = prompt.count("<image>")
         try:
-            processor.prompt(prompt, len(row))  # a prompt whose <image> tags do not match its images
+            if hasattr(processor, "prompt"):  # laco's LLaVA processor: a prompt whose tags do not match its images
+                processor.prompt(prompt, len(row))
+            elif tags not in (0, len(row)):  # another family's processor reads the same <image> tags
+                raise ValueError(
+                    f"the prompt {prompt!r} holds {tags} <image> tag(s) for {len(row)} image(s); put one "
+                    "tag per image where it belongs in the text, or none to put every image first."
+                )
         except ValueError as error:
             raise SystemExit(f"laco generate: {error}") from None
     for text in answer(model, processor, per_prompt, prompts, args.max_new_tokens):

@@ -3,8 +3,16 @@
 from .batching import MultimodalCollator, answer_balanced_weights
 from .easyvqa import EASY_VQA_SPLITS, convert_easy_vqa, easy_vqa_answers, easy_vqa_data_dir
 from .llava import LlavaDataset, LlavaExample, LlavaRecord
+from .processor_data import ProcessorCollator, ProcessorDataset
 from .report import DataError, DatasetReport, MissingData, SkipReason
-from .sources import easy_vqa_dir, eval_examples, llava_dataset, question_answer_pairs, split_files
+from .sources import (
+    easy_vqa_dir,
+    eval_examples,
+    llava_dataset,
+    processor_dataset,
+    question_answer_pairs,
+    split_files,
+)
 
 __all__ = [
     "EASY_VQA_SPLITS",
@@ -15,6 +23,8 @@ __all__ = [
     "LlavaRecord",
     "MissingData",
     "MultimodalCollator",
+    "ProcessorCollator",
+    "ProcessorDataset",
     "SkipReason",
     "answer_balanced_weights",
     "convert_easy_vqa",
@@ -23,6 +33,7 @@ __all__ = [
     "easy_vqa_dir",
     "eval_examples",
     "llava_dataset",
+    "processor_dataset",
     "question_answer_pairs",
     "split_files",
 ]

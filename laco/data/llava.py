@@ -273,6 +273,11 @@ class LlavaDataset(torch.utils.data.Dataset):
         }
 
     @property
+    def image_tag(self) -> str:
+        """The tag that places an image in the records' text (the processor's image token)."""
+        return self.processor.image_token
+
+    @property
     def lengths(self) -> list[int]:
         """Token count of every item, without loading images (for length-grouped samplers)."""
         return [len(ids) for ids in self._input_ids]
@@ -283,7 +288,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         record = self.records[index]
         last = max(i for i, (speaker, _) in enumerate(record.turns) if ROLES[speaker] == "assistant")
         asked = [value for speaker, value in record.turns[:last] if ROLES[speaker] == "user"]
-        question = asked[-1].replace(self.processor.image_token, "").strip() if asked else ""
+        question = asked[-1].replace(self.image_tag, "").strip() if asked else ""
         single = len(record.images) == 1 and len(record.questions) == 1 and len(record.answers) == 1
         if single:  # asked as before multi-turn support: the question about the image, its tag first
             return LlavaExample(record.id, record.image, question, record.answers[0])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..pretrained import default_cache_dir
 from .easyvqa import convert_easy_vqa
 from .llava import LlavaDataset, LlavaExample
+from .processor_data import ProcessorDataset
 from .report import DataError
 
 if TYPE_CHECKING:
@@ -70,6 +71,22 @@ def llava_dataset(data: "DataConfig", split: str, processor: "LacoProcessor", **
     )
 
 
+def processor_dataset(data: "DataConfig", split: str, processor: Any, **kwargs) -> ProcessorDataset:
+    """:func:`llava_dataset` for a checkpoint's own (stock) processor: the same files and record rules, each record
+    rendered by its chat template and encoded by it (:mod:`laco.data.processor_data`)."""
+    json_path, image_folder = split_files(data, split)
+    return ProcessorDataset(
+        json_path,
+        image_folder,
+        processor,
+        max_length=data.max_length,
+        strict=data.strict,
+        max_image_pixels=data.max_image_pixels,
+        allow_outside_image_folder=data.allow_outside_image_folder,
+        **kwargs,
+    )
+
+
 def eval_examples(
     data: "DataConfig", split: str, processor: "LacoProcessor", limit: int | None = None
 ) -> tuple[list[LlavaExample], list[tuple[str, str]]]:
@@ -79,7 +96,8 @@ def eval_examples(
     ``data.strict``). Each record is one example: its last answer, asked after the turns before it (earlier
     questions with their reference answers, as the record gives them), with every image of the record.
     """
-    dataset = llava_dataset(data, split, processor, limit=limit, progress=False)
+    read = llava_dataset if hasattr(processor, "encode_conversation") else processor_dataset  # laco's, or a family's
+    dataset = read(data, split, processor, limit=limit, progress=False)
     examples = [dataset.example(index) for index in range(len(dataset))]
     train_json, _ = split_files(data, "train") if (data.dataset == "easy-vqa" or data.train_json) else (None, None)
     train_pairs = question_answer_pairs(train_json) if train_json is not None else []

@@ -1,4 +1,4 @@
-"""The one check every entry point that answers with laco's LLaVA runs before loading a checkpoint.
+"""The one check every entry point that answers with a LaCo checkpoint runs before loading it.
 
 ``laco eval``, ``laco generate`` and the lmms-eval model ``laco`` serve one model class,
 :class:`laco.mllm.LacoLlavaForConditionalGeneration` (``model_type`` ``laco_llava``: a ``laco train`` run's
@@ -9,7 +9,9 @@ answered, converted Gemma3 / SmolVLM / LLaVA-NeXT checkpoints got advice about L
 reads ``config.json`` as plain JSON (no config class, no remote code) and refuses, in one message naming the
 family and the command that can take it, anything that is not laco's LLaVA; then it checks what would otherwise
 fail deep inside the load: the saved LaCo settings (built on the ``meta`` device, no memory), the safetensors
-files (cut short or empty) and their recorded content digests (:mod:`laco.digests`).
+files (cut short or empty) and their recorded content digests (:mod:`laco.digests`). ``laco eval``, ``laco
+generate`` and the lmms-eval model also answer with every other family's LaCo checkpoint (``laco_<type>``, through
+its own processor and chat template, which must be saved with it).
 """
 
 from __future__ import annotations
@@ -35,17 +37,57 @@ class NoCheckpoint(FileNotFoundError):
     """A ``--model`` path that is not a checkpoint directory at all."""
 
 
-def check_servable(directory: str | Path, entry: str) -> Path:
+def check_servable(directory: str | Path, entry: str, families: bool = False) -> Path:
     """Refuse ``directory`` unless ``entry`` (``laco eval``, ``laco generate``, ``lmms-eval --model laco``) can
-    answer with it; returns it as a :class:`~pathlib.Path`."""
+    answer with it; returns it as a :class:`~pathlib.Path`. ``families``: the entry also answers with every other
+    family's LaCo checkpoint (``laco_<type>``, through the checkpoint's own processor and chat template), as
+    ``laco eval`` and ``laco generate`` do."""
     directory = Path(directory)
     config = _read_config(directory, entry)
     model_type = config.get("model_type")
-    if model_type not in SERVED:
-        raise FamilyRefusal(_family_message(directory, entry, model_type, config))
-    _check_settings(directory, config)
+    other = families and model_type not in SERVED and str(model_type).startswith("laco_")
+    family_class = _laco_class(model_type) if other else None
+    if model_type not in SERVED and family_class is None:
+        raise FamilyRefusal(_family_message(directory, entry, model_type, config, families))
+    if family_class is None:
+        _check_settings(directory, config)
+    else:
+        _check_family_settings(directory, family_class)
+        _check_chat_template(directory, entry)
     _check_weights(directory)
     return directory
+
+
+def _check_chat_template(directory: Path, entry: str) -> None:
+    """Another family is asked through its chat template: a checkpoint saved without one is refused up front."""
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        path = directory / name
+        try:
+            if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("chat_template"):
+                return
+        except (OSError, ValueError, AttributeError):
+            continue
+    raise FamilyRefusal(
+        f"{directory} has no chat template, and {entry} asks this family's models through it; copy the original "
+        "checkpoint's chat_template.jinja into the directory (or set processor.chat_template and save the processor)."
+    )
+
+
+def _check_family_settings(directory: Path, model_class: type) -> None:
+    """As :func:`_check_settings`, for another family's LaCo class: built on the ``meta`` device from its config."""
+    import torch
+
+    try:
+        config = model_class.config_class.from_pretrained(directory)
+        with torch.device("meta"):
+            model_class(config)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
+        raise FamilyRefusal(
+            f"{directory}/config.json does not describe a {model_class.__name__} laco can build: "
+            f"{str(error).rstrip('.')}. Point at the directory laco saved (laco convert, laco train's final/)."
+        ) from None
 
 
 def _read_config(directory: Path, entry: str) -> dict[str, Any]:
@@ -64,7 +106,7 @@ def _read_config(directory: Path, entry: str) -> dict[str, Any]:
     return config
 
 
-def _family_message(directory: Path, entry: str, model_type: Any, config: dict[str, Any]) -> str:
+def _family_message(directory: Path, entry: str, model_type: Any, config: dict[str, Any], families: bool) -> str:
     architectures = config.get("architectures") or []
     named = f", {architectures[0]}" if architectures and isinstance(architectures, list) else ""
     family = f"{directory} holds a model of model_type {model_type!r}{named}"
@@ -72,6 +114,11 @@ def _family_message(directory: Path, entry: str, model_type: Any, config: dict[s
         f"{entry} serves LLaVA-style models only (model_type {LACO_LLAVA!r}: a laco train run's final/ or a `laco "
         "convert` output of a LLaVA checkpoint; or a stock 'llava' one, uncompressed)"
     )
+    if families:  # laco eval / generate: every family's LaCo checkpoint
+        serves = (
+            f"{entry} serves LaCo checkpoints (model_type 'laco_<type>': a `laco convert` output or a laco train "
+            "run's final/) and stock 'llava' ones (uncompressed)"
+        )
     laco_class = _laco_class(model_type)
     if laco_class is None:
         return (
@@ -83,13 +130,12 @@ def _family_message(directory: Path, entry: str, model_type: Any, config: dict[s
         how = f"load it in Python with `laco.load('{directory}')` (or AutoModelForImageTextToText after `import laco`)"
         return f"{family}, a LaCo {stock} checkpoint; {serves}, and no laco command answers with {stock}: {how}."
     if _convertible(laco_class):
-        how = (
-            f"`laco convert {directory} DST --layer 1/4` makes a LaCo {stock} checkpoint, which loads in Python "
-            "with laco.load(DST)"
-        )
+        answered = f"which {entry} answers with" if families else "which loads in Python with laco.load(DST)"
+        how = f"`laco convert {directory} DST --layer 1/4` makes a LaCo {stock} checkpoint, {answered}"
     else:
         how = "compress it in Python with `laco.apply(model, layer='1/4', processor=processor)` (laco.apply docs)"
-    return f"{family}, a stock {stock} checkpoint; {serves}, and no laco command answers with {stock}: {how}."
+    unserved = f"{entry} does not answer with a stock {stock}" if families else f"no laco command answers with {stock}"
+    return f"{family}, a stock {stock} checkpoint; {serves}, and {unserved}: {how}."
 
 
 def _convertible(laco_class: type) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from ..data.processor_data import generation_inputs
 from ..mllm import LacoLlavaForConditionalGeneration, LacoProcessor
 
 # Generation settings lmms-eval tasks pass that we honour; `max_gen_toks` is lm-eval's name for max_new_tokens.
@@ -79,7 +80,12 @@ def cut_at_stops(text: str, until: Sequence[str]) -> str:
 def _model_inputs(
     model: LacoLlavaForConditionalGeneration, processor: LacoProcessor, questions, images
 ) -> dict[str, torch.Tensor]:
-    inputs = {key: value.to(model.device) for key, value in processor(questions, images).items()}
+    if isinstance(processor, LacoProcessor):
+        encoded = processor(questions, images)
+    else:  # another family's LaCo checkpoint: its own processor and chat template, as laco eval asks it
+        rows = [[item] if isinstance(item, Image.Image) else list(item) for item in images]
+        encoded = generation_inputs(processor, questions, rows)
+    inputs = {key: value.to(model.device) for key, value in encoded.items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
     return inputs
 
@@ -99,8 +105,8 @@ def generate_answers(
     """
     inputs = _model_inputs(model, processor, questions, images)
     output = model.generate(**inputs, **settings.generate_kwargs(), pad_token_id=processor.tokenizer.pad_token_id)
-    texts = processor.decode(output[:, inputs["input_ids"].shape[1] :])
-    return [cut_at_stops(text, settings.until) for text in texts]
+    texts = processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    return [cut_at_stops(text.strip(), settings.until) for text in texts]
 
 
 @torch.inference_mode()
@@ -119,6 +125,12 @@ def continuation_logprobs(
     """
     if not (len(images) == len(contexts) == len(continuations)):
         raise ValueError(f"got {len(images)} images, {len(contexts)} contexts and {len(continuations)} continuations.")
+    if not isinstance(processor, LacoProcessor):
+        # explicit 1-D positions below are LLaVA's; Qwen-VL's M-RoPE and Gemma3's token types need their own
+        raise ValueError(
+            f"loglikelihood (multiple-choice) requests are scored for LaCo LLaVA checkpoints only, not with a "
+            f"{type(processor).__name__}; run this family on generate_until tasks."
+        )
     tokenizer = processor.tokenizer
     targets = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in continuations]
     for text, ids in zip(continuations, targets):

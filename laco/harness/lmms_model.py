@@ -6,8 +6,10 @@
 ``model_args`` (comma-separated ``key=value``):
 
 * ``pretrained`` (required): a checkpoint directory laco wrote (``runs/<run>/final``): the default model, any
-  compression placement or compressor, or none; anything :func:`laco.evaluate.load_model` loads. Another family,
-  or a damaged checkpoint, is refused before loading (:func:`laco.harness.family.check_servable`).
+  compression placement or compressor, or none; anything :func:`laco.evaluate.load_model` loads, which includes
+  every family's LaCo checkpoint (``laco convert``, ``laco train --init-from``; through its own processor and chat
+  template, ``generate_until`` requests only). A stock checkpoint of another family, or a damaged one, is refused
+  before loading (:func:`laco.harness.family.check_servable`).
 * ``device`` (default: ``cuda`` when available, else ``cpu``), ``precision`` (``auto``, ``bf16``, ``fp16``,
   ``fp32``; default ``auto`` as ``laco eval``: bf16 where the device has it natively, see :mod:`laco.precision`),
   ``attn_implementation`` (default ``auto``).
@@ -95,7 +97,7 @@ class LacoLmms(lmms):
             raise TypeError(f"unknown model_args {sorted(unknown)} for --model laco; it takes {', '.join(MODEL_ARGS)}.")
         if not pretrained:
             raise ValueError("--model laco needs --model_args pretrained=<checkpoint directory> (a run's final/).")
-        check_servable(pretrained, "lmms-eval --model laco")
+        check_servable(pretrained, "lmms-eval --model laco", families=True)  # generate_until only, for those
         self.batch_size_per_gpu = _batch_size(batch_size)
         self._device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         chosen = choose_precision(precision, self._device).name

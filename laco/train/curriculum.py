@@ -52,6 +52,8 @@ def move_merge(model: nn.Module, placement: Placement) -> None:
 
 def place_for_stage(model: nn.Module, config: RunConfig, index: int) -> None:
     """Move the merge to where stage ``index`` trains it (see :func:`stage_placement`)."""
+    if config.model.compression is None:
+        return  # init_from: the checkpoint's merge stays (and its tower may be elsewhere than LLaVA's)
     encoder, adapter = resolve_encoder(model.model.vision_tower)
     placement = stage_placement(config, index, len(adapter.blocks(encoder)))
     if placement is not None:

@@ -76,9 +76,7 @@ class LacoTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        pixel_values = inputs.get("pixel_values")
-        if pixel_values is not None:
-            self.images_seen += pixel_values.shape[0] * self.args.world_size
+        self.images_seen += _images_in(inputs) * self.args.world_size
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _save_checkpoint(self, model, trial) -> None:
@@ -121,3 +119,17 @@ class LacoTrainer(Trainer):
 
 
 __all__ = ["LacoTrainer"]
+
+
+def _images_in(inputs: dict[str, Any]) -> int:
+    """Images in a batch: a row of ``pixel_values`` each for LLaVA, else what the family's processor says per image
+    (Qwen-VL packs patches as rows, Idefics3 stacks images per record, AnyRes stacks tiles per image)."""
+    for key in ("image_grid_thw", "image_sizes"):
+        if inputs.get(key) is not None:
+            return int(inputs[key].shape[0])
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is None:
+        return 0
+    if pixel_values.dim() == 5 and inputs.get("pixel_attention_mask") is not None:  # Idefics3: zero images pad
+        return int((pixel_values.flatten(-3) != 0).any(-1).sum())
+    return int(pixel_values.shape[0])

@@ -41,7 +41,14 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
 from ..config import RunConfig
-from ..data import LlavaDataset, MultimodalCollator, answer_balanced_weights, llava_dataset
+from ..data import (
+    LlavaDataset,
+    MultimodalCollator,
+    ProcessorCollator,
+    answer_balanced_weights,
+    llava_dataset,
+    processor_dataset,
+)
 from ..mllm import (
     LacoLlavaForConditionalGeneration,
     LacoProcessor,
@@ -63,7 +70,7 @@ from .curriculum import place_for_stage, stage_placement
 from .distill import DistillTrainer
 from .freezing import count_parameters, set_trainable, stage_part_rates
 from .hf_trainer import LacoTrainer
-from .init_from import check_init_from, load_init_from
+from .init_from import check_init_from, checkpoint_model_class, checkpoint_processor, load_init_from
 from .resume import ConfigMismatch, RunLock, accept_config
 
 logger = logging.getLogger(__name__)
@@ -137,7 +144,9 @@ def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False)
         if not quiet:
             print(f"precision: {precision.describe()}")
         model, processor = _model_for_next_stage(config, output)
-        dataset = llava_dataset(config.data, "train", processor, limit=config.data.limit, progress=not quiet)
+        # laco's LLaVA processor, or (a converted checkpoint of another family) the checkpoint's own
+        read = llava_dataset if isinstance(processor, LacoProcessor) else processor_dataset
+        dataset = read(config.data, "train", processor, limit=config.data.limit, progress=not quiet)
         if not quiet:
             print(f"data: {dataset.report.summary()}")
         summaries: list[dict[str, Any]] = previous_summaries(output)
@@ -151,7 +160,7 @@ def train(config: RunConfig, *, quiet: bool = False, force_config: bool = False)
             gc.collect()  # the finished stage's model, optimizer and gradients
             summaries = [s for s in summaries if s["name"] != stage.name] + [summary]
         # what the run started from and how it read images, which config.yaml leaves to the checkpoint or encoder
-        started = {"init_from": config.model.init_from, "image_transform": processor.image_transform.to_dict()}
+        started = {"init_from": config.model.init_from, **_image_reading(processor)}
         if _is_main_process():
             publish_final(output, config, summaries, precision=precision.to_dict(), extra=started)
     return {
@@ -189,7 +198,11 @@ def _train_stage(
         model=model,
         args=_training_arguments(config, index, stage_dir, precision),
         train_dataset=dataset,
-        data_collator=MultimodalCollator(processor.tokenizer.pad_token_id),
+        data_collator=(
+            MultimodalCollator(processor.tokenizer.pad_token_id)
+            if isinstance(processor, LacoProcessor)
+            else ProcessorCollator(processor.tokenizer.pad_token_id)
+        ),
         processing_class=processor.tokenizer,
         part_learning_rates=stage_part_rates(stage),
         sample_weights=(
@@ -220,6 +233,14 @@ def _train_stage(
     return asdict(summary)
 
 
+def _image_reading(processor: Any) -> dict[str, Any]:
+    """How the run read images, for summary.json: laco's transform, or the family processor that did it."""
+    if isinstance(processor, LacoProcessor):
+        return {"image_transform": processor.image_transform.to_dict()}
+    image_processor = getattr(processor, "image_processor", None)
+    return {"processor": type(processor).__name__, "image_processor": type(image_processor).__name__}
+
+
 def _check_world_size(trainer: Trainer) -> None:
     """Refuse processes that a launcher started together but that would each train alone (and overwrite each other)."""
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -242,10 +263,10 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         # Built whole, and its Trainer shards it. Under DeepSpeed ZeRO-3 the last stage's Trainer left transformers
         # building models partitioned (zero.Init), where laco.apply cannot initialise the compressors.
         unset_hf_deepspeed_config()
-        model = from_pretrained_strict(LacoLlavaForConditionalGeneration, source)
+        model = from_pretrained_strict(checkpoint_model_class(source), source)
         _check_placement(model, config, source, config.stages.index(finished[-1]))
         model.set_attn_implementation(resolve_attn_implementation(config.model.attn_implementation))
-        return model, LacoProcessor.from_pretrained(source)
+        return model, checkpoint_processor(source, model)
     spec = config.model
     if spec.init_from is not None:
         return load_init_from(spec.init_from, spec.attn_implementation)

@@ -70,7 +70,7 @@ def test_another_family_is_refused_before_loading(tmp_path):
     from laco.harness.family import FamilyRefusal
 
     Qwen2_5_VLConfig().save_pretrained(tmp_path)  # loaded as LLaVA, it crashed with a bare AttributeError
-    with pytest.raises(FamilyRefusal, match=r"'qwen2_5_vl'.*lmms-eval --model laco serves LLaVA-style models only"):
+    with pytest.raises(FamilyRefusal, match=r"'qwen2_5_vl'.*lmms-eval --model laco serves LaCo checkpoints"):
         LacoLmms(pretrained=str(tmp_path))
 
 

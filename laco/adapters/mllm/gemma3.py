@@ -33,9 +33,6 @@ class Gemma3Adapter(MllmAdapter):
     family = "Gemma3"
     model_classes = (Gemma3ForConditionalGeneration,)
     checkpoint_classes = (Gemma3ForConditionalGeneration,)
-    init_from_refusal = (
-        "<start_of_image> blocks with token_type_ids (bidirectional image attention) from Gemma3Processor"
-    )
     own_compression = "the projector's average pooling"
 
     def own_factor(self, model: nn.Module) -> int:

@@ -34,7 +34,8 @@ class Idefics3Adapter(MllmAdapter):
     family = "Idefics3"
     model_classes = (Idefics3ForConditionalGeneration,)
     checkpoint_classes = (Idefics3ForConditionalGeneration,)
-    init_from_refusal = "split, padded tiles (pixel_attention_mask) with row/column tokens from Idefics3Processor"
+    connector_paths = ("model.connector",)
+    llm_paths = ("model.text_model", "lm_head")
     tower_path = "model.vision_model"
     own_compression = "the connector's pixel-shuffle"
 
@@ -63,7 +64,6 @@ class SmolVLMAdapter(Idefics3Adapter):
     family = "SmolVLM"
     model_classes = (SmolVLMForConditionalGeneration,)
     checkpoint_classes = (SmolVLMForConditionalGeneration,)
-    init_from_refusal = "split, padded tiles (pixel_attention_mask) with row/column tokens from SmolVLMProcessor"
 
 
 __all__ = ["Idefics3Adapter", "SmolVLMAdapter"]

@@ -32,7 +32,6 @@ class InternVLAdapter(MllmAdapter):
     family = "InternVL"
     model_classes = (InternVLForConditionalGeneration,)
     checkpoint_classes = (InternVLForConditionalGeneration,)
-    init_from_refusal = "a variable number of tiles per image between <img>...</img> tokens from InternVLProcessor"
     own_compression = "the pixel-shuffle"
 
     def feature_layer(self, model: nn.Module) -> int | list[int]:

@@ -83,8 +83,8 @@ class LlavaNextAdapter(LlavaAdapter):
     family = "LLaVA-NeXT"
     model_classes = (LlavaNextForConditionalGeneration,)
     checkpoint_classes = (LlavaNextForConditionalGeneration,)
-    init_from_refusal = "AnyRes tiles with image_sizes (a per-image count after unpadding) from LlavaNextProcessor"
     fixed_tile_count = False  # unpadding: an image's count depends on its size
+    connector_paths = ("model.multi_modal_projector", "model.image_newline")  # the row-end embedding is learned
 
     def check(self, model: nn.Module, placement: Placement) -> None:
         super().check(model, placement)

@@ -37,7 +37,6 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     family = "LLaVA-OneVision"
     model_classes = (LlavaOnevisionForConditionalGeneration,)
     checkpoint_classes = (LlavaOnevisionForConditionalGeneration,)
-    init_from_refusal = "AnyRes tiles with image_sizes, and video frames, from LlavaOnevisionProcessor"
 
     def resolve_mode(self, model: nn.Module, placement: Placement) -> str:
         if placement.mode == KEEP:

@@ -103,7 +103,8 @@ class QwenVLModelAdapter(ModelAdapter):
     model_classes = _WHOLE + _INNER
     checkpoint_classes = _WHOLE
     summary_image_size = (448, 448)  # native resolution has no size of its own
-    init_from_refusal = "native-resolution images with image_grid_thw and M-RoPE positions from the Qwen-VL processor"
+    # the tower's own 2x2 merger (and Qwen3-VL's DeepStack mergers) connects it to the LLM
+    connector_paths = ("model.visual.merger", "model.visual.deepstack_merger_list")
 
     def encoder(self, model: nn.Module) -> tuple[nn.Module, EncoderAdapter]:
         visual = _inner(model).visual
