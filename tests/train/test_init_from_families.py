@@ -191,3 +191,26 @@ def test_every_family_init_from_takes_is_tested_here():
     takes = {type(a).__name__ for a in model_adapters() if not a.init_from_refusal and a.checkpoint_classes}
     assert takes - {"LlavaAdapter"} == set(ADAPTER_FAMILIES)  # LLaVA trains through laco's own pipeline
     assert set().union(*ADAPTER_FAMILIES.values()) == set(PARTS)
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "llava-onevision"])
+def test_a_stage_killed_mid_way_reruns_to_the_uninterrupted_model(family, tmp_path):
+    from faults.runs import kill_at
+
+    dst = converted(family, tmp_path)
+    data_json, images = write_records(tmp_path / "data")
+    finals = {}
+    for name in ("reference", "killed"):
+        path = write_config(tmp_path / f"{name}.yaml", dst, data_json, images, tmp_path / name)
+        config = yaml.safe_load(path.read_text())
+        config["stages"] = [{**config["stages"][1], "max_steps": 4}]
+        config["training"]["save_steps"] = 2
+        path.write_text(yaml.safe_dump(config))
+        if name == "killed":  # SIGKILL at the third training step: checkpoint-2 is on disk, step 3 half done
+            kill_at("laco.train.hf_trainer:LacoTrainer.training_step", 3, "train", "--config", str(path), "--no-eval")
+            assert (tmp_path / name / "all" / "checkpoint-2").is_dir()
+            assert not (tmp_path / name / "all" / "final").exists()
+        train(load_config(path), quiet=True)
+        finals[name] = load_file(tmp_path / name / "all" / "final" / "model.safetensors")
+    assert finals["killed"].keys() == finals["reference"].keys()
+    assert all(torch.equal(finals["killed"][key], finals["reference"][key]) for key in finals["reference"])
