@@ -15,7 +15,7 @@ from typing import Any
 
 from ..measure.machine import RunStart
 
-SCHEMA = 2
+SCHEMA = 3
 LEGACY_SCHEMAS = {"laco-bench/1": 1, "laco-bench-native/1": 1}
 """Files written before the schema was a number (batched and packed runs), read as version 1."""
 ENGINES = ("batched", "packed", "vllm")
