@@ -118,10 +118,7 @@ def _packed(settings: NativeSettings, out: Path, args: argparse.Namespace) -> in
     early keeps the sets it finished)."""
 
     def write(result: Result, final: bool = False) -> int:
-        data = result.to_dict()
-        return _written(
-            data, report.markdown(result, data["provenance"]), out, plot=final and not args.no_plot, echo=final
-        )
+        return _written(result, out, plot=final and not args.no_plot, echo=final)
 
     return write(run_native(settings, progress=not args.no_progress, on_size=write), final=True)
 
@@ -136,11 +133,13 @@ def _vllm(settings: ServingSettings, out: Path, args: argparse.Namespace) -> int
         result = run_serving(settings, out, progress=not args.no_progress)
     except ServeUnavailable as error:
         return _error(error)
+    return _written(result, out, plot=not args.no_plot)
+
+
+def _written(result: Result, out: Path, plot: bool, echo: bool = True) -> int:
+    """Write a packed or vLLM run's result file, markdown (table and summary) and plot; print the markdown."""
     data = result.to_dict()
-    return _written(data, report.markdown(result, data["provenance"]), out, plot=not args.no_plot)
-
-
-def _written(data: dict, text: str, out: Path, plot: bool, echo: bool = True) -> int:
+    text = report.markdown(result, data["provenance"])
     files = report.write_run(data, out, text, plot=plot)
     if echo:
         print(f"\n{text}\nfiles: {', '.join(files.values())}")

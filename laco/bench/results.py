@@ -13,7 +13,7 @@ from typing import Any
 from ..measure.machine import RunStart
 from ..measure.timing import Samples, Stats, paired_ratios
 from .measurements import STACK_PREFIX, Measurement
-from .schema import envelope, speedup_record
+from .schema import ENGINES, SCHEMA
 from .variants import BenchVariant
 
 
@@ -77,13 +77,8 @@ class SpeedUp:
         return self.measured / self.bound if self.bound else float("nan")
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "measured": self.measured,
-            "paired_q1": self.q1,
-            "paired_q3": self.q3,
-            "flop_bound": self.bound,
-            "measured_over_bound": self.efficiency,
-        }
+        return {"measured": self.measured, "q1": self.q1, "q3": self.q3, "bound": self.bound,
+                "efficiency": self.efficiency}  # fmt: skip
 
 
 @dataclass
@@ -132,23 +127,39 @@ class Result:
         return paired_speedup(*timed, base.flops / this.flops)
 
     def records(self) -> list[dict[str, Any]]:
-        """The ``speedups`` records: one per measurement and compressed variant."""
+        """The ``speedups`` records: one per measurement and compressed variant, in the same keys for every engine."""
         return [
-            speedup_record(kind, variant, self.depth, speed, self.titles.get(kind))
+            {
+                "measurement": kind,
+                "title": self.titles.get(kind, kind),
+                "variant": variant.name,
+                "baseline": variant.baseline,
+                "group": variant.group,
+                "method": variant.placement.method,
+                "fraction": variant.fraction(self.depth),
+                "same_tokens": variant.same_tokens_as_baseline,
+                **speed.to_dict(),
+            }  # fmt: skip
             for kind in self.rows
             for variant in self.variants
             if (speed := self.speedup(kind, variant.name)) is not None
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything in the result as plain JSON types: the content of the engine's result file."""
-        machine = plain(self.machine)
-        return envelope(
-            self.engine, self.start, machine.get("cpu", ""), self.preset, self.variants, self.headline,
-            self.preset_fields, settings=plain(self.settings), machine=machine,
-            measurements={kind: self._rows_dict(kind) for kind in self.rows}, speedups=self.records(),
-            notes=self.notes, **{key: plain(value) for key, value in self.payload.items()},
-        )  # fmt: skip
+        """Everything in the result as plain JSON types (:mod:`laco.bench.schema`): the engine's result file."""
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; engines are {ENGINES}.")
+        preset, machine = self.preset, plain(self.machine)
+        return {
+            "schema": SCHEMA, "engine": self.engine, "provenance": self.start.provenance(machine.get("cpu", "")),
+            "headline": self.headline,
+            "preset": {"name": preset.name, "description": preset.description, "encoder": plain(preset.encoder),
+                       "llm": plain(preset.llm), **self.preset_fields},
+            "variants": [variant.to_dict(self.depth) for variant in self.variants],
+            "settings": plain(self.settings), "machine": machine,
+            "measurements": {kind: self._rows_dict(kind) for kind in self.rows}, "speedups": self.records(),
+            "notes": self.notes, **{key: plain(value) for key, value in self.payload.items()},
+        }  # fmt: skip
 
     def _rows_dict(self, kind: str) -> dict[str, Any]:
         rows = {}

@@ -180,7 +180,7 @@ def _scaled(samples: Samples, spec: Measurement, scale: float) -> Samples:
     phases = {**samples.phases, "wall": list(samples.seconds)}
     if optimizer:
         phases.update(optimizer_scaled=optimizer, compute=[t - o for t, o in zip(seconds, optimizer)])
-    return Samples(seconds, phases, list(samples.rounds), list(samples.slots))
+    return samples.with_seconds(seconds, phases)
 
 
 def _anatomy(bench: Testbed, variants: Sequence[BenchVariant]) -> Anatomy | None:

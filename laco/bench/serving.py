@@ -90,22 +90,13 @@ def serving_result(
     """The result of a run: per metric, each server's per-round seconds (the rates inverted), their FLOPs."""
     laco, external = variants = serving_variants(settings)
     preset, flops = load_preset(settings.preset), flop_costs(settings, prompt_tokens)
-    rows = {
-        key: {
-            name: Row(
-                Samples(
-                    [v if key == "ttft" else 1 / v for v in runs.phases[metric]],
-                    {metric: runs.phases[metric]},
-                    list(runs.rounds),
-                    list(runs.slots),
-                ),
-                flops[name][key != "ttft"],
-                image_tokens,
-            )  # fmt: skip
-            for name, runs in samples.items()
-        }
-        for key, metric, _ in METRICS
-    }
+
+    def row(key: str, metric: str, name: str) -> Row:
+        values = samples[name].phases[metric]
+        seconds = values if key == "ttft" else [1 / value for value in values]
+        return Row(samples[name].with_seconds(seconds, {metric: values}), flops[name][key != "ttft"], image_tokens)
+
+    rows = {key: {name: row(key, metric, name) for name in samples} for key, metric, _ in METRICS}
     runs = samples[laco.name]
     order = [sorted(samples, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in runs.rounds]
     s = settings

@@ -121,9 +121,10 @@ class Samples:
                 stack[index] += value
         return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
 
-    def with_seconds(self, seconds: Sequence[float]) -> Samples:
-        """Other seconds (a derived time) in these rounds and slots, so they pair like the originals."""
-        return Samples(list(seconds), {}, list(self.rounds), list(self.slots))
+    def with_seconds(self, seconds: Sequence[float], phases: Mapping[str, list[float]] | None = None) -> Samples:
+        """Other seconds (a derived time; ``phases`` its sub-phases) in these rounds and slots, so they pair like
+        the originals."""
+        return Samples(list(seconds), dict(phases or {}), list(self.rounds), list(self.slots))
 
 
 def run_interleaved(
