@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..measure.machine import machine_text, provenance_text
 from ..measure.timing import Stats
 from . import plots
 from .measurements import Measurement, measurement
@@ -141,33 +142,13 @@ def format_table(result: Result, kind: str) -> str:
 # Summary (every engine)
 
 
-def provenance_text(provenance: dict) -> str:
-    """Commit, date and how loaded the machine was: what every engine's report names."""
-    load = [p[0] if p else float("nan") for p in (provenance["load_average_start"], provenance["load_average_end"])]
-    return (
-        f"commit {provenance['commit']}, {provenance['date']}; load average {load[0]:.1f} at start, "
-        f"{load[1]:.1f} at end"
-    )
-
-
-def machine_text(result: Result) -> str:
-    m = plain(result.machine)
-    execution = getattr(result.settings, "execution", None)
-    others = m.get("other_processes_cores")
-    return (
-        f"{m.get('device', '')}{' ' + execution if execution else ''}, {m.get('torch_threads')} thread(s) on "
-        f"{m.get('cpu')} ({m.get('usable_cores')} cores, {m.get('memory_gib')} GiB)"
-        + (f", GPU {m['gpu']['name']}" if m.get("gpu") else "")
-        + f"; torch {m.get('torch')}, transformers {m.get('transformers')}"
-        + (f", vLLM {m['vllm']}" if m.get("vllm") else "")
-        + (f"; other processes kept {others:.2f} cores busy" if others is not None else "")
-    )
-
-
 def format_summary(result: Result, files: dict[str, str] | None = None, provenance: dict | None = None) -> str:
     """The few lines worth reading first, for any engine: the machine, the headline placement against its baseline
     under every measurement, the efficiency over all placements, the engine's warnings and notes."""
-    lines = [f"== summary: {result.preset.name} ({result.preset.description})", f"   {machine_text(result)}"]
+    lines = [
+        f"== summary: {result.preset.name} ({result.preset.description})",
+        f"   {machine_text(plain(result.machine), getattr(result.settings, 'execution', None))}",
+    ]
     if provenance is not None:
         lines.append(f"   {provenance_text(provenance)}")
     lines += _headline_lines(result)

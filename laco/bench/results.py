@@ -1,6 +1,6 @@
 """One result model for every engine: per measurement and variant a :class:`Row` (samples, the cost model's FLOPs,
 the LLM's visual tokens, and what only that engine records), speed-ups over the baselines computed once, by
-:func:`paired_speedup` (median and quartiles of the per-round ratios), and one serialiser (:meth:`Result.to_dict`,
+:func:`~laco.measure.timing.paired_speedup` (median and quartiles of the per-round ratios), and one serialiser (:meth:`Result.to_dict`,
 the content of ``bench.json``, ``native.json`` and ``serving.json``), which keeps every raw sample (round, slot,
 sub-phases), so any statistic can be recomputed without rerunning.
 """
@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
 from ..measure.machine import RunStart
-from ..measure.timing import Samples, Stats, paired_ratios
+from ..measure.timing import Samples, SpeedUp, Stats, paired_speedup
 from .measurements import STACK_PREFIX, Measurement
 from .schema import ENGINES, SCHEMA
 from .variants import BenchVariant
@@ -59,26 +59,6 @@ class Row:
             "tokens": self.tokens,
             **{key: plain(value) for key, value in self.facts.items()},
         }
-
-
-@dataclass(frozen=True)
-class SpeedUp:
-    """Speed-up of a variant over its baseline: median and quartiles of the per-round ratios (each round times
-    both, back to back), and the FLOP bound."""
-
-    measured: float
-    q1: float
-    q3: float
-    bound: float
-
-    @property
-    def efficiency(self) -> float:
-        """Measured over predicted: 1.0 collects the whole FLOP reduction as time."""
-        return self.measured / self.bound if self.bound else float("nan")
-
-    def to_dict(self) -> dict[str, float]:
-        return {"measured": self.measured, "q1": self.q1, "q3": self.q3, "bound": self.bound,
-                "efficiency": self.efficiency}  # fmt: skip
 
 
 @dataclass
@@ -181,17 +161,6 @@ def check_tokens(name: str, emitted: int, predicted: int) -> None:
             f"{name}: the model feeds {emitted} tokens to the LLM but laco.cost predicts {predicted}; the cost model "
             "and the model disagree (a bug to report)."
         )
-
-
-def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
-    """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
-    pair), next to the FLOP ``bound``: how every engine states a speed-up."""
-    pairs = paired_ratios(baseline, variant)
-    if not pairs:
-        measured = baseline.stats().median / variant.stats().median
-        return SpeedUp(measured, measured, measured, bound)
-    spread = Stats.of(pairs)
-    return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
 # ---------------------------------------------------------------------------------------------------------------
