@@ -11,11 +11,11 @@ serving (:mod:`~laco.bench.serving`), share the presets, options, variants, timi
 (:mod:`~laco.bench.schema`), report, plot and ``--compare``; :mod:`~laco.bench.cli` is ``laco bench``.
 """
 
-from ..measure.timing import Clock, Samples, Stats, run_interleaved
+from ..measure.timing import Clock, Samples, SpeedUp, Stats, run_interleaved
 from .cli import main
 from .measurements import MEASUREMENTS, Measurement, register
 from .presets import PRESETS, BenchPreset, load_preset
-from .results import BenchResult, SpeedUp, VariantResult
+from .results import Result, Row
 from .runner import run, run_benchmark
 from .schema import SCHEMA
 from .settings import BenchSettings, ResolvedSettings, resolve
@@ -26,16 +26,16 @@ __all__ = [
     "PRESETS",
     "SCHEMA",
     "BenchPreset",
-    "BenchResult",
     "BenchSettings",
     "BenchVariant",
     "Clock",
     "Measurement",
     "ResolvedSettings",
+    "Result",
+    "Row",
     "Samples",
     "SpeedUp",
     "Stats",
-    "VariantResult",
     "build_variants",
     "load_preset",
     "main",

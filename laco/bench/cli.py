@@ -15,9 +15,10 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import report
-from .native import NativeResult, NativeSettings, run_native
+from .native import NativeSettings, run_native
 from .options import add_options, flag, given
 from .presets import PRESETS, any_preset
+from .results import Result
 from .runner import run_benchmark
 from .serving import ServingSettings
 from .serving import run as run_serving
@@ -116,10 +117,8 @@ def _packed(settings: NativeSettings, out: Path, args: argparse.Namespace) -> in
     """Run a packed tower, writing ``native.json`` and ``native.md`` after every image set (a long run stopped
     early keeps the sets it finished)."""
 
-    def write(result: NativeResult, final: bool = False) -> int:
-        data = result.to_dict()
-        text = report.native_markdown(result, data["provenance"])
-        return _written(data, text, out, plot=final and not args.no_plot, echo=final)
+    def write(result: Result, final: bool = False) -> int:
+        return _written(result, out, plot=final and not args.no_plot, echo=final)
 
     return write(run_native(settings, progress=not args.no_progress, on_size=write), final=True)
 
@@ -134,12 +133,13 @@ def _vllm(settings: ServingSettings, out: Path, args: argparse.Namespace) -> int
         result = run_serving(settings, out, progress=not args.no_progress)
     except ServeUnavailable as error:
         return _error(error)
+    return _written(result, out, plot=not args.no_plot)
+
+
+def _written(result: Result, out: Path, plot: bool, echo: bool = True) -> int:
+    """Write a packed or vLLM run's result file, markdown (table and summary) and plot; print the markdown."""
     data = result.to_dict()
-    text = f"{report.serving_table(result)}\n\n{report.serving_summary(result, data['provenance'])}\n"
-    return _written(data, text, out, plot=not args.no_plot)
-
-
-def _written(data: dict, text: str, out: Path, plot: bool, echo: bool = True) -> int:
+    text = report.markdown(result, data["provenance"])
     files = report.write_run(data, out, text, plot=plot)
     if echo:
         print(f"\n{text}\nfiles: {', '.join(files.values())}")

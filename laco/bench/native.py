@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -21,15 +20,14 @@ from torch import nn
 from .. import patch as laco_patch
 from ..cost.native import PackedEncoderGeometry, packed_encoder_flops, packed_mllm_flops
 from ..measure.machine import RunStart
-from ..measure.timing import Clock, Samples, Stats, run_interleaved, usable_cores
+from ..measure.timing import Clock, Stats, run_interleaved, usable_cores
 from ..placement import KEEP
 from ..precision import PRECISIONS
 from ..precision import choose as choose_precision
 from .models import CompressionSwitch
 from .options import check_threads, csv, option
 from .presets import PRESETS, NativePreset
-from .results import SpeedUp, check_tokens, paired_speedup
-from .schema import envelope, speedup_record
+from .results import Result, Row, check_tokens
 from .settings import resolve_device
 from .variants import BenchVariant, packed_tower_variants
 
@@ -112,78 +110,9 @@ def packed_inputs(geometry: PackedEncoderGeometry, images, seed: int) -> tuple[t
     return torch.randn(rows, channels, generator=generator), grid_thw
 
 
-@dataclass
-class SizeResult:
-    """One image set: every variant's samples (wall seconds, ``cpu`` phase), the cost model's FLOPs and LLM tokens,
-    and what laco adds per call, timed alone."""
-
-    size: str
-    images: tuple[tuple[int, int], ...]
-    grid_thw: list[list[int]]
-    warmup: int
-    reps: int
-    samples: dict[str, Samples]
-    flops: dict[str, float]
-    ttft_flops: dict[str, float]
-    llm_tokens: dict[str, list[int]]
-    overhead_seconds: dict[str, dict[str, float]]
-
-    @property
-    def patches(self) -> int:
-        return sum(t * h * w for t, h, w in self.grid_thw)
-
-    def speedup(self, variant: BenchVariant, cpu_time: bool = False) -> SpeedUp:
-        """``variant`` against its baseline: median and quartiles of the per-round ratios, and the FLOP bound."""
-        base, this = (self._timed(name, cpu_time) for name in (variant.baseline, variant.name))
-        return paired_speedup(base, this, self.flops[variant.baseline] / self.flops[variant.name])
-
-    def _timed(self, name: str, cpu_time: bool) -> Samples:
-        samples = self.samples[name]
-        return samples.with_seconds(samples.phases[CPU_SECONDS]) if cpu_time else samples
-
-    def overhead_share(self, name: str) -> float:
-        """laco's own seconds per call over the variant's median call."""
-        return sum(self.overhead_seconds[name].values()) / self.samples[name].stats().median
-
-
-@dataclass
-class NativeResult:
-    preset: NativePreset
-    settings: NativeSettings
-    dtype: str
-    machine: dict[str, Any]
-    variants: list[BenchVariant]
-    sizes: dict[str, SizeResult] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    start: RunStart = field(default_factory=RunStart)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The content of ``native.json``: every raw sample, per image set."""
-        preset, depth = self.preset, self.preset.encoder.layers
-        return envelope(
-            "packed",
-            self.start,
-            self.machine["cpu"],
-            preset,
-            self.variants,
-            self.variants[1].name,
-            {"layer": preset.layer},
-            settings={**asdict(self.settings), "dtype": self.dtype},
-            machine=self.machine,
-            sizes={size: _size_dict(self, row) for size, row in self.sizes.items()},
-            speedups=[
-                speedup_record(size, variant, depth, row.speedup(variant), f"{size} px")
-                for size, row in self.sizes.items()
-                for variant in self.variants
-                if variant.baseline is not None
-            ],
-            notes=self.notes,
-        )
-
-
 def run_native(
-    settings: NativeSettings, *, progress: bool = True, on_size: Callable[[NativeResult], None] | None = None
-) -> NativeResult:
+    settings: NativeSettings, *, progress: bool = True, on_size: Callable[[Result], None] | None = None
+) -> Result:
     """Time the preset's tower on every image set of ``settings``; ``on_size(result)`` after each set (a long run
     stopped early keeps the sets it finished)."""
     preset = native_preset(settings.preset)
@@ -198,48 +127,70 @@ def run_native(
     tower = build_tower(preset.encoder, settings.attn, settings.seed).to(device, precision.dtype)
     variants = packed_tower_variants(preset.encoder.layers, preset.layer)
     dtype = str(precision.dtype).removeprefix("torch.")
-    result = NativeResult(preset, settings, dtype, start.machine(device).to_dict(), variants, start=start)
-    result.notes = [*preset.notes, precision.describe()]
+    result = Result(
+        "packed", preset, variants, {**asdict(settings), "dtype": dtype}, start.machine(device).to_dict(),
+        headline=variants[1].name, alternatives={CPU_SECONDS: "cpu_time"}, preset_fields={"layer": preset.layer},
+        payload={"sizes": {}}, start=start,
+    )  # fmt: skip
+    notes = [f"random weights, {dtype}, {settings.attn} attention", *preset.notes, precision.describe()]
     switch = CompressionSwitch(tower)
     for size in sizes:
-        result.sizes[size] = _run_size(result, switch, size, device, progress)
+        result.rows[size] = _run_size(result, switch, size, device, progress)
+        result.titles[size] = f"{size} px"
         result.machine = start.machine(device).to_dict()  # the load of the sets timed so far
+        rounds = ", ".join(
+            f"{k}: {v['warmup']} warm-up + {v['reps']} timed" for k, v in result.payload["sizes"].items()
+        )
+        result.notes = [
+            *notes,
+            f"rounds interleaved, start rotating ({rounds}); speed-ups are medians of per-round ratios",
+        ]
         if on_size is not None:
             on_size(result)
     switch.activate(variants[0].placement)
     return result
 
 
-def _run_size(result: NativeResult, switch: CompressionSwitch, size: str, device: torch.device, progress: bool):
+def _run_size(result: Result, switch: CompressionSwitch, size: str, device: torch.device, progress: bool):
+    """One image set: every variant's samples (wall seconds, ``cpu`` phase), the cost model's FLOPs and LLM tokens,
+    the TTFT FLOP bound, and what laco adds per call, timed alone."""
     preset, settings, variants, images = result.preset, result.settings, result.variants, IMAGE_SETS[size]
-    pixels, grid_thw = packed_inputs(preset.encoder, images, settings.seed + 1)
-    pixels, grid_thw = pixels.to(device, getattr(torch, result.dtype)), grid_thw.to(device)
+    pixels, grid_thw = packed_inputs(preset.encoder, images, settings["seed"] + 1)
+    pixels, grid_thw = pixels.to(device, getattr(torch, result.settings["dtype"])), grid_thw.to(device)
     patches = int(grid_thw.prod(-1).sum())
-    reps = settings.reps or preset.reps(size, device)
-    warmup = preset.warmup(patches, device) if settings.warmup is None else settings.warmup
-    rows: dict[str, int] = {}
+    reps = settings["reps"] or preset.reps(size, device)
+    warmup = preset.warmup(patches, device) if settings["warmup"] is None else settings["warmup"]
+    emitted: dict[str, int] = {}
     calls, prepares = {}, {}
     for variant in variants:
         prepares[variant.name] = lambda placement=variant.placement: switch.activate(placement)
-        calls[variant.name] = _timed_call(switch.encoder, pixels, grid_thw, rows, variant.name)
+        calls[variant.name] = _timed_call(switch.encoder, pixels, grid_thw, emitted, variant.name)
     if progress:
         print(f"{preset.name} {size}: {patches} patches, {warmup} warm-up + {reps} timed rounds", flush=True)
     report = _progress_line(size, progress)
     samples = run_interleaved(calls, reps=reps, warmup=warmup, clock=Clock(device), prepare=prepares, on_call=report)
     costs = {v.name: packed_encoder_flops(preset.encoder, v.placement, images=images, mode=_mode(v)) for v in variants}
-    for name, emitted in rows.items():
-        check_tokens(name, emitted, sum(costs[name].info["llm_tokens"]))
+    for name, count in emitted.items():
+        check_tokens(name, count, sum(costs[name].info["llm_tokens"]))
     ttft = {
         v.name: packed_mllm_flops(preset.encoder, preset.llm, v.placement, images=images, mode=_mode(v)).total
         for v in variants
         if preset.llm is not None
     }
-    overhead = {v.name: laco_overhead(switch, v, pixels, grid_thw) for v in variants if v.placement.compressed}
-    return SizeResult(
-        size, images, grid_thw.tolist(), warmup, reps, samples,
-        {name: cost.total for name, cost in costs.items()}, ttft,
-        {name: list(cost.info["llm_tokens"]) for name, cost in costs.items()}, overhead,
-    )  # fmt: skip
+    result.payload["sizes"][size] = {
+        "images": [list(image) for image in images], "grid_thw": grid_thw.tolist(), "patches": patches,
+        "warmup": warmup, "reps": reps,
+    }  # fmt: skip
+    rows = {}
+    for v in variants:
+        tokens = list(costs[v.name].info["llm_tokens"])
+        facts = {"ttft_flops_predicted": ttft.get(v.name)}
+        if v.placement.compressed:
+            facts["ttft_flop_bound"] = ttft[v.baseline] / ttft[v.name] if ttft else None
+            overhead = facts["overhead_seconds"] = laco_overhead(switch, v, pixels, grid_thw)
+            facts["overhead_share"] = sum(overhead.values()) / samples[v.name].stats().median
+        rows[v.name] = Row(samples[v.name], costs[v.name].total, tokens, facts)
+    return rows
 
 
 def _mode(variant: BenchVariant) -> str:
@@ -302,41 +253,3 @@ def laco_overhead(switch: CompressionSwitch, variant: BenchVariant, pixels, grid
             for part, (a, b) in zip(times, ((start, middle), (middle, merged), (merged, end))):
                 times[part].append(clock.seconds(a, b))
     return {part: Stats.of(values).median for part, values in times.items()}
-
-
-def _size_dict(result: NativeResult, row: SizeResult) -> dict[str, Any]:
-    variants = {}
-    for variant in result.variants:
-        samples = row.samples[variant.name]
-        entry = {
-            "seconds": samples.seconds,
-            "cpu_seconds": samples.phases.get(CPU_SECONDS, []),
-            "rounds": samples.rounds,
-            "slots": samples.slots,
-            "stats_seconds": samples.stats().to_dict(),
-            "flops_predicted": row.flops[variant.name],
-            "ttft_flops_predicted": row.ttft_flops.get(variant.name),
-            "llm_tokens": row.llm_tokens[variant.name],
-        }
-        if variant.baseline is not None:
-            entry["speedup"] = {
-                "baseline": variant.baseline,
-                **row.speedup(variant).to_dict(),
-                "cpu_time": row.speedup(variant, cpu_time=True).to_dict(),
-                "ttft_flop_bound": ttft_bound(row, variant.baseline, variant.name),
-            }
-            entry["overhead_seconds"] = row.overhead_seconds[variant.name]
-            entry["overhead_share"] = row.overhead_share(variant.name)
-        variants[variant.name] = entry
-    return {
-        "images": [list(image) for image in row.images],
-        "grid_thw": row.grid_thw,
-        "patches": row.patches,
-        "warmup": row.warmup,
-        "reps": row.reps,
-        "variants": variants,
-    }
-
-
-def ttft_bound(row: SizeResult, baseline: str, name: str) -> float | None:
-    return row.ttft_flops[baseline] / row.ttft_flops[name] if row.ttft_flops else None

@@ -1,20 +1,21 @@
-"""The text of every engine's results: terminal tables and a summary of a batched run, the markdown table of a
-packed-tower run (which ``docs/native-resolution.md`` quotes) and of a vLLM run (``docs/serving.md``). The JSON is
-each result's ``to_dict`` (:mod:`laco.bench.schema`), the plot :mod:`laco.bench.plots`."""
+"""The text of every engine's results: one summary (:func:`format_summary`, any engine), the terminal tables of a
+batched run, and the markdown tables of a packed-tower run (which ``docs/native-resolution.md`` quotes) and of a
+vLLM run (``docs/serving.md``). The JSON is :meth:`~laco.bench.results.Result.to_dict`, the plot
+:mod:`laco.bench.plots`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..measure.machine import machine_text, provenance_text
 from ..measure.timing import Stats
 from . import plots
 from .measurements import Measurement, measurement
-from .native import NativeResult, SizeResult, ttft_bound
-from .results import BenchResult, VariantResult
+from .results import Result, plain
 from .schema import RESULT_FILES, write_result
-from .serving import METRICS, ServingResult
-from .variants import BenchVariant, headline_variant
+from .serving import METRICS
+from .variants import BenchVariant
 
 TARGET_EFFICIENCY = 0.9
 HOST_BOUND_SCALING = 0.5
@@ -74,12 +75,12 @@ def _layers(variant: BenchVariant) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Tables
+# Batched tables
 
 
-def _row(result: BenchResult, spec: Measurement, variant: BenchVariant) -> list[str]:
-    row = result.measurements[spec.name][variant.name]
-    stats = row.stats()
+def _row(result: Result, spec: Measurement, variant: BenchVariant) -> list[str]:
+    row = result.rows[spec.name][variant.name]
+    stats, facts = row.stats(), row.facts
     speed = result.speedup(spec.name, variant.name)
     if speed is None:
         speed_cells = ["(baseline)", "1.00x", ""]
@@ -90,24 +91,25 @@ def _row(result: BenchResult, spec: Measurement, variant: BenchVariant) -> list[
             f"{speed.bound:.2f}x",
             f"{speed.efficiency:.2f}",
         ]
+    memory = facts.get("memory")
     cells = [
         variant.name,
         _layers(variant),
-        str(row.image_tokens),
+        str(row.tokens),
         ms(stats.median),
         ms(stats.iqr),
         f"{ms(stats.min)}-{ms(stats.max)}",
         *speed_cells,
-        f"{row.flops_predicted_full / 1e9:.1f}",
-        f"{row.flops_counted / row.flops_predicted:.3f}" if row.flops_predicted else "n/a",
-        row.memory.label() if row.memory is not None else "n/a",
+        f"{row.flops / 1e9:.1f}",
+        f"{facts['flops_counted'] / facts['flops_predicted']:.3f}" if facts.get("flops_predicted") else "n/a",
+        memory.label() if memory is not None else "n/a",
     ]
     if spec.rate is not None:
         cells.insert(RATE_COLUMN, f"{spec.rate.per_call(result.settings) / stats.median:.1f}")
     return cells
 
 
-def _title(result: BenchResult, spec: Measurement) -> str:
+def _title(result: Result, spec: Measurement) -> str:
     settings = result.settings
     details = [f"batch {settings.batch}, image {settings.preset.resolution}px"]
     if settings.requested.compile:
@@ -119,8 +121,8 @@ def _title(result: BenchResult, spec: Measurement) -> str:
     return f"== {spec.name}: {spec.title} (" + "; ".join(details) + ")"
 
 
-def format_table(result: BenchResult, kind: str) -> str:
-    """One measurement as a fixed-width table, with its title and what the columns mean."""
+def format_table(result: Result, kind: str) -> str:
+    """One measurement of a batched run as a fixed-width table, with its title and what the columns mean."""
     spec = measurement(kind)
     header = list(COLUMNS)
     if spec.rate is not None:
@@ -129,69 +131,94 @@ def format_table(result: BenchResult, kind: str) -> str:
     legend = LEGEND
     if any(not v.same_tokens_as_baseline for v in result.variants):
         legend += " +: the LLM sees more visual tokens than its baseline (no compression)."
-    footnotes = {row.memory.footnote for row in result.measurements[kind].values() if row.memory is not None}
+    memories = (row.facts.get("memory") for row in result.rows[kind].values())
+    footnotes = {memory.footnote for memory in memories if memory is not None}
     legend += "".join(f" {note}" for note in sorted(filter(None, footnotes)))
     out.append(legend)
     return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Summary
+# Summary (every engine)
 
 
-def format_summary(result: BenchResult, files: dict[str, str] | None = None, provenance: dict | None = None) -> str:
-    """The few lines worth reading first: the main target, the efficiency over all placements, run time."""
-    settings, machine = result.settings, result.machine
+def format_summary(result: Result, files: dict[str, str] | None = None, provenance: dict | None = None) -> str:
+    """The few lines worth reading first, for any engine: the machine, the headline placement against its baseline
+    under every measurement, the efficiency over all placements, the engine's warnings and notes."""
     lines = [
         f"== summary: {result.preset.name} ({result.preset.description})",
-        f"   {machine.device} {settings.execution}, {settings.threads} thread(s) on {machine.cpu}"
-        + (f", GPU {machine.gpu.name}" if machine.gpu else "")
-        + f"; torch {machine.torch}, transformers {machine.transformers}",
+        f"   {machine_text(plain(result.machine), getattr(result.settings, 'execution', None))}",
     ]
     if provenance is not None:
         lines.append(f"   {provenance_text(provenance)}")
     lines += _headline_lines(result)
     lines += _efficiency_lines(result)
-    if result.anatomy is not None:
+    if result.payload.get("anatomy") is not None:
         lines += format_anatomy(result)
     host_bound = host_bound_warning(result)
     if host_bound:
         lines.append(f"   warning: {host_bound}")
-    lines.append(f"   build {result.build_seconds:.1f} s, measurements {result.run_seconds:.1f} s")
+    if "run_seconds" in result.payload:
+        lines.append(
+            f"   build {result.payload['build_seconds']:.1f} s, measurements {result.payload['run_seconds']:.1f} s"
+        )
     lines += [f"   note: {note}" for note in result.notes]
     for label, path in (files or {}).items():
         lines.append(f"   {label}: {path}")
     return "\n".join(lines)
 
 
-def _headline_lines(result: BenchResult) -> list[str]:
-    """The headline placement against external compression, under every measurement."""
-    main = headline_variant((v.name, v.group) for v in result.variants)
-    if main is None:
+def _headline_lines(result: Result) -> list[str]:
+    """The headline placement against its baseline, under every measurement."""
+    main = result.headline
+    if main is None or not result.rows:
         return []
     variant = result.variant(main)
-    tokens = next(iter(result.measurements.values()))[main].image_tokens
+    tokens = next(iter(result.rows.values()))[main].tokens
+    tokens = sum(tokens) if isinstance(tokens, list) else tokens
+    both = "both " if variant.same_tokens_as_baseline else ""
     lines = [
-        f"   {main} (after layer {variant.placement.layers[0]} of {result.depth}) vs external, both {tokens} visual tokens:"
+        f"   {main} (after layer {variant.placement.layers[0]} of {result.depth}) vs {variant.baseline}, "
+        f"{both}{tokens} visual tokens:"
     ]
-    for spec in result.kinds():
-        speed = result.speedup(spec.name, main)
+    for kind in result.rows:
+        speed = result.speedup(kind, main)
         if speed is not None:
             lines.append(
-                f"     {spec.short:<10} {speed.measured:.2f}x measured [{speed.q1:.2f}-{speed.q3:.2f}], "
+                f"     {result.titles.get(kind, kind):<10} {speed.measured:.2f}x measured [{speed.q1:.2f}-{speed.q3:.2f}], "
                 f"{speed.bound:.2f}x FLOP bound, {speed.efficiency:.2f} of bound"
             )
-            lines += _optimizer_lines(result, spec.name, main)
-    if any(spec.target for spec in result.kinds()):
+            lines += _alternative_lines(result, kind, main)
+    if result.engine == "batched" and any(measurement(kind).target for kind in result.rows):
         lines.append("     (target >= 1.5x; docs/benchmarks.md sets measured runs against the paper's figures)")
     return lines
 
 
-def _efficiency_lines(result: BenchResult) -> list[str]:
+def _alternative_lines(result: Result, kind: str, name: str) -> list[str]:
+    """The same speed-up in other times (CPU time; a training step less its AdamW step, whose cost is the same for
+    any token count: how much of the gap to the FLOP bound the optimizer explains)."""
+    lines = []
+    row = result.rows[kind][name]
+    if row.phase("optimizer_scaled"):
+        optimizer, step = Stats.of(row.phase("optimizer_scaled")).median, row.stats().median
+        lines.append(
+            f"       of which AdamW: {ms(optimizer)} ms of {ms(step)} ms ({100 * optimizer / step:.0f}%), the same for "
+            "any token count;"
+        )
+    for phase, key in result.alternatives.items():
+        if (other := result.speedup(kind, name, phase)) is not None:
+            label = "forward + backward alone" if phase == "compute" else key.replace("_", " ")
+            lines.append(
+                f"       {label}: {other.measured:.2f}x [{other.q1:.2f}-{other.q3:.2f}], {other.efficiency:.2f} of bound"
+            )
+    return lines
+
+
+def _efficiency_lines(result: Result) -> list[str]:
     """Measured over bound across every placement and measurement with a gain to collect."""
     efficiencies = [
         (speed.efficiency, kind, variant.name)
-        for kind in result.measurements
+        for kind in result.rows
         for variant in result.variants
         if variant.same_tokens_as_baseline
         and (speed := result.speedup(kind, variant.name)) is not None
@@ -208,52 +235,37 @@ def _efficiency_lines(result: BenchResult) -> list[str]:
     ]
 
 
-def _optimizer_lines(result: BenchResult, kind: str, name: str) -> list[str]:
-    """The training step less its AdamW step: how much of the gap to the FLOP bound the optimizer explains."""
-    row: VariantResult = result.measurements[kind][name]
-    compute = result.speedup(kind, name, without_optimizer=True)
-    if compute is None or not row.optimizer_seconds:
-        return []
-    optimizer = Stats.of(row.optimizer_seconds).median
-    step = row.stats().median
-    return [
-        f"       of which AdamW: {ms(optimizer)} ms of {ms(step)} ms ({100 * optimizer / step:.0f}%), the same for "
-        "any token count;",
-        f"       forward + backward alone: {compute.measured:.2f}x [{compute.q1:.2f}-{compute.q3:.2f}], "
-        f"{compute.efficiency:.2f} of bound",
-    ]
-
-
-def host_bound_warning(result: BenchResult) -> str | None:
+def host_bound_warning(result: Result) -> str | None:
     """Say so when the LLM's prefill did not get slower with ~3x the tokens: a host-bound run.
 
     Uncompressed and externally compressed prefills run the same decoder layers over different token counts.
     If the larger one costs hardly more time, the device is waiting for the host to launch kernels (eager mode,
     small batch on a GPU), and every speed-up in the run understates what the FLOP reduction allows.
     """
-    rows = result.measurements.get("prefill", {})
+    rows = result.rows.get("prefill", {}) if result.engine == "batched" else {}
     if "none" not in rows or "external" not in rows:
         return None
     big, small = rows["none"], rows["external"]
     stats = [m.samples.phase_stats().get("stack_forward") for m in (big, small)]
-    if None in stats or not big.sequence_tokens or not small.sequence_tokens or stats[1].median <= 0:
+    tokens = [m.facts.get("sequence_tokens") for m in (big, small)]
+    if None in stats or not all(tokens) or stats[1].median <= 0:
         return None
     times = [s.median for s in stats]
-    token_ratio = big.sequence_tokens / small.sequence_tokens
+    token_ratio = tokens[0] / tokens[1]
     time_ratio = times[0] / times[1]
     if token_ratio <= 1.5 or (time_ratio - 1) >= HOST_BOUND_SCALING * (token_ratio - 1):
         return None
     return (
-        f"the LLM's decoder layers took {ms(times[0])} ms of prefill for {big.sequence_tokens} tokens per sequence "
-        f"and {ms(times[1])} ms for {small.sequence_tokens} ({token_ratio:.1f}x the tokens, {time_ratio:.2f}x the "
+        f"the LLM's decoder layers took {ms(times[0])} ms of prefill for {tokens[0]} tokens per sequence "
+        f"and {ms(times[1])} ms for {tokens[1]} ({token_ratio:.1f}x the tokens, {time_ratio:.2f}x the "
         "time): this run is bound by host overhead (Python, kernel launches), not by arithmetic, so its speed-ups understate "
         "what the FLOP reduction allows. Raise --batch (and compare runs with --compare)."
     )
 
 
-def format_anatomy(result: BenchResult) -> list[str]:
+def format_anatomy(result: Result) -> list[str]:
     """Where the headline merge's encoder time goes, and the speed-up those part times predict."""
-    parts = result.anatomy
+    parts = result.payload["anatomy"]
     lines = [
         f"   where {parts.variant}'s encoder time goes (parts timed alone, batch {parts.batch}):",
         f"     a block: {ms(parts.block_before.median)} ms at {parts.tokens_before} tokens, "
@@ -262,7 +274,7 @@ def format_anatomy(result: BenchResult) -> list[str]:
         f"     the merge: {ms(parts.merge.median)} ms = {100 * parts.merge_share:.1f}% of the compressed encoder's "
         f"blocks + merge ({100 * parts.flops_merge / parts.compressed_encoder_flops:.1f}% of its FLOPs)",
     ]
-    timed_with = next((spec.name for spec in result.kinds() if spec.anatomy), None)
+    timed_with = next((kind for kind in result.rows if measurement(kind).anatomy), None)
     speed = result.speedup(timed_with, parts.variant) if timed_with is not None else None
     if speed is not None:
         lines.append(
@@ -273,7 +285,7 @@ def format_anatomy(result: BenchResult) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Packed towers (native.md)
+# Markdown tables: packed towers (native.md) and vLLM serving (serving.md)
 
 NATIVE_COLUMNS = (
     "images", "patches", "original s", "LaCo@1/4 keep s", "speed-up (bound)", "of bound", "compress_more s",
@@ -282,74 +294,43 @@ NATIVE_COLUMNS = (
 )  # fmt: skip
 
 
-def provenance_text(provenance: dict) -> str:
-    """Commit, date and how loaded the machine was: what every engine's report names."""
-    load = [p[0] if p else float("nan") for p in (provenance["load_average_start"], provenance["load_average_end"])]
-    return (
-        f"commit {provenance['commit']}, {provenance['date']}; load average {load[0]:.1f} at start, "
-        f"{load[1]:.1f} at end"
-    )
+def markdown(result: Result, provenance: dict) -> str:
+    """A packed or vLLM run's markdown file: its table, then the summary."""
+    table = serving_table(result) if result.engine == "vllm" else native_table(result)
+    return f"{table}\n\n{format_summary(result, provenance=provenance)}\n"
 
 
-def native_markdown(result: NativeResult, provenance: dict) -> str:
-    """A header naming the machine and the run, then one row per image set (the docs' table)."""
-    m, settings = result.machine, result.settings
-    others = m.get("other_processes_cores")
-    lines = [
-        f"{result.preset.name}: {result.preset.description}. Random weights, {result.dtype}, {settings.attn} "
-        f"attention; {m['cpu']}, {m['torch_threads']} thread(s), torch {m['torch']}, transformers {m['transformers']}, "
-        f"{provenance_text(provenance)}"
-        + (f"; other processes kept {others:.2f} cores busy." if others is not None else "."),
-        "",
-        *markdown_table(NATIVE_COLUMNS, [_native_row(result, row) for row in result.sizes.values()]),
-    ]
-    rounds = ", ".join(f"{size}: {row.warmup} warm-up + {row.reps} timed" for size, row in result.sizes.items())
-    lines += ["", f"Rounds interleaved, start rotating ({rounds}); speed-ups are medians of per-round ratios."]
-    lines += [f"- {note}" for note in result.notes]
-    return "\n".join(lines) + "\n"
-
-
-def _native_row(result: NativeResult, row: SizeResult) -> list[str]:
+def native_table(result: Result) -> str:
+    """One row per image set (the table docs/native-resolution.md quotes)."""
     original, keep, more = result.variants
-    median = {v.name: row.samples[v.name].stats().median for v in result.variants}
-    speed = {v.name: row.speedup(v) for v in (keep, more)}
-    cpu = {v.name: row.speedup(v, cpu_time=True) for v in (keep, more)}
-    tokens = "/".join(str(sum(row.llm_tokens[v.name])) for v in result.variants)
-    ttft = "/".join(f"{b:.2f}x" if (b := ttft_bound(row, original.name, v.name)) else "n/a" for v in (keep, more))
-    cells = [row.size, str(row.patches), f"{median[original.name]:.3g}"]
-    for variant in (keep, more):
-        s = speed[variant.name]
-        cells += [f"{median[variant.name]:.3g}", f"{s.measured:.2f}x ({s.bound:.2f}x)", f"{s.efficiency:.2f}"]
-    return cells + [
-        f"{cpu[keep.name].measured:.2f}x/{cpu[more.name].measured:.2f}x",
-        f"{100 * row.overhead_share(keep.name):.1f}%",
-        tokens,
-        ttft,
-    ]
+    cells = []
+    for size, rows in result.rows.items():
+        median = {name: row.stats().median for name, row in rows.items()}
+        speed = {v.name: result.speedup(size, v.name) for v in (keep, more)}
+        cpu = {v.name: result.speedup(size, v.name, "cpu") for v in (keep, more)}
+        ttft = "/".join(
+            f"{b:.2f}x" if (b := rows[v.name].facts.get("ttft_flop_bound")) else "n/a" for v in (keep, more)
+        )
+        line = [size, str(result.payload["sizes"][size]["patches"]), f"{median[original.name]:.3g}"]
+        for variant in (keep, more):
+            s = speed[variant.name]
+            line += [f"{median[variant.name]:.3g}", f"{s.measured:.2f}x ({s.bound:.2f}x)", f"{s.efficiency:.2f}"]
+        cells.append(line + [
+            f"{cpu[keep.name].measured:.2f}x/{cpu[more.name].measured:.2f}x",
+            f"{100 * rows[keep.name].facts['overhead_share']:.1f}%",
+            "/".join(str(sum(rows[v.name].tokens)) for v in result.variants),
+            ttft,
+        ])  # fmt: skip
+    return "\n".join(markdown_table(NATIVE_COLUMNS, cells))
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# vLLM serving (serving.md)
-
-
-def serving_table(result: ServingResult) -> str:
-    laco, external = result.names
-    rows = [
-        [label, f"{result.medians[laco][metric]:.3f}", f"{result.medians[external][metric]:.3f}",
-         f"**{result.ratios[key]:.2f}x**", f"{result.bounds[key]:.2f}x", f"{result.ratios[key] / result.bounds[key]:.2f}"]
-        for key, metric, label in METRICS
-    ]  # fmt: skip
+def serving_table(result: Result) -> str:
+    """Each metric's medians, LaCo's speed-up (median of the per-round ratios) and its FLOP bound."""
+    laco, external = (v.name for v in result.variants)
+    rows = []
+    for key, metric, label in METRICS:
+        medians = [Stats.of(result.rows[key][name].phase(metric)).median for name in (laco, external)]
+        speed = result.speedup(key, laco)
+        rows.append([label, *(f"{m:.3f}" for m in medians), f"**{speed.measured:.2f}x**", f"{speed.bound:.2f}x",
+                     f"{speed.efficiency:.2f}"])  # fmt: skip
     return "\n".join(markdown_table(["metric", laco, external, "LaCo speed-up", "FLOP bound", "of bound"], rows))
-
-
-def serving_summary(result: ServingResult, provenance: dict) -> str:
-    s, m = result.settings, result.machine
-    rounds = ", ".join("/".join(order) for order in result.order)
-    return (
-        f"{s['preset']} served by vLLM {m.get('vllm')} ({'float32, eager' if s['device'] == 'cpu' else 'bfloat16'}, "
-        f"LLM layers: {s['llm_layers'] or 'all'}), {result.image_tokens} image + {result.prompt_tokens} text tokens "
-        f"per request; TTFT: one request alone, max_tokens 1; throughput: {s['requests']} concurrent requests of "
-        f"{s['output_tokens']} tokens; medians of {s['rounds']} rounds after {s['warmup']} warm-up (order: {rounds}). "
-        f"Machine: {m.get('cpu')}, {m.get('usable_cores')} cores, {m.get('memory_gib')} GiB"
-        f"{', GPU ' + m['gpu']['name'] if m.get('gpu') else ''}; {provenance_text(provenance)}."
-    )

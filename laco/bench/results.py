@@ -1,124 +1,92 @@
-"""What a batched run produced, typed: every variant's samples, FLOPs, tokens and memory under every measurement,
-the speed-ups over the baselines, and ``bench.json`` (:meth:`BenchResult.to_dict`), which keeps every raw sample
-(round, slot, sub-phases), so any statistic can be recomputed without rerunning.
+"""One result model for every engine: per measurement and variant a :class:`Row` (samples, the cost model's FLOPs,
+the LLM's visual tokens, and what only that engine records), speed-ups over the baselines computed once, by
+:func:`~laco.measure.timing.paired_speedup` (median and quartiles of the per-round ratios), and one serialiser (:meth:`Result.to_dict`,
+the content of ``bench.json``, ``native.json`` and ``serving.json``), which keeps every raw sample (round, slot,
+sub-phases), so any statistic can be recomputed without rerunning.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any
 
-from ..measure.flop_counting import Memory
-from ..measure.machine import Machine, RunStart
-from ..measure.timing import Samples, Stats, paired_ratios
-from ..placement import Placement
-from .anatomy import Anatomy
-from .measurements import STACK_PREFIX, Measurement, measurement
-from .presets import BenchPreset
-from .schema import envelope, speedup_record
-from .settings import ResolvedSettings
-from .variants import BenchVariant, headline_variant
+from ..measure.machine import RunStart
+from ..measure.timing import Samples, SpeedUp, Stats, paired_speedup
+from .measurements import STACK_PREFIX, Measurement
+from .schema import ENGINES, SCHEMA
+from .variants import BenchVariant
+
+
+def plain(value: Any) -> Any:
+    """``value`` in JSON types: its ``to_dict()``, a dataclass's fields, or itself."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return asdict(value) if is_dataclass(value) else value
 
 
 @dataclass
-class VariantResult:
-    """One variant under one measurement: raw samples, scaled samples (reduced LLM depth), FLOPs, memory."""
+class Row:
+    """One variant under one measurement, as every engine records it.
+
+    ``samples``: the seconds the speed-ups compare (batched runs: scaled to the full LLM depth; vLLM throughput:
+    seconds per request or per output token), per round and slot, with their sub-phases (other times that pair
+    like them: ``cpu``, ``compute``, ...). ``flops``: the cost model's FLOPs at full size (the FLOP bound is the
+    baseline's over the variant's). ``tokens``: visual tokens the LLM receives. ``facts``: what only one engine
+    records (FLOPs counted, memory, laco's overhead, ...).
+    """
 
     samples: Samples
-    scaled_seconds: list[float]
-    flops_counted: float
-    flops_predicted: float
-    flops_predicted_full: float
-    image_tokens: int
-    sequence_tokens: int | None
-    memory: Memory = None
-    # Training only: the AdamW step's share of ``scaled_seconds`` (scaled like it). It streams every parameter
-    # whatever the token count, so it is the part of a step that compression cannot shorten.
-    optimizer_seconds: list[float] = field(default_factory=list)
+    flops: float
+    tokens: int | list[int] | None
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def stats(self) -> Stats:
-        return Stats.of(self.scaled_seconds)
+        return self.samples.stats()
 
-    @property
-    def compute_seconds(self) -> list[float]:
-        """Scaled seconds without the optimizer step (forward + backward in training; all of it otherwise)."""
-        if not self.optimizer_seconds:
-            return list(self.scaled_seconds)
-        return [total - optimizer for total, optimizer in zip(self.scaled_seconds, self.optimizer_seconds)]
+    def phase(self, name: str) -> list[float]:
+        return self.samples.phases.get(name, [])
 
     def to_dict(self) -> dict[str, Any]:
-        data = {
-            "seconds": self.samples.seconds,
-            "scaled_seconds": self.scaled_seconds,
-            "rounds": self.samples.rounds,
-            "slots": self.samples.slots,
-            "phases_seconds": self.samples.phases,
-            "stats_seconds": self.stats().to_dict(),
-            "phase_stats_seconds": {
-                name: Stats.of(values).to_dict() if values else None for name, values in self.samples.phases.items()
-            },
-            "image_tokens": self.image_tokens,
-            "sequence_tokens": self.sequence_tokens,
-            "flops_counted": self.flops_counted,
-            "flops_predicted": self.flops_predicted,
-            "flops_predicted_full": self.flops_predicted_full,
-            "memory": self.memory.to_dict() if self.memory is not None else {},
-        }
-        if self.optimizer_seconds:
-            data["optimizer_scaled_seconds"] = self.optimizer_seconds
-        return data
-
-
-@dataclass(frozen=True)
-class SpeedUp:
-    """Speed-up of a variant over its baseline: median and quartiles of the per-round ratios (each round times
-    both, back to back), and the FLOP bound."""
-
-    measured: float
-    q1: float
-    q3: float
-    bound: float
-
-    @property
-    def efficiency(self) -> float:
-        """Measured over predicted: 1.0 collects the whole FLOP reduction as time."""
-        return self.measured / self.bound if self.bound else float("nan")
-
-    def to_dict(self) -> dict[str, float]:
+        samples = self.samples
         return {
-            "measured": self.measured,
-            "paired_q1": self.q1,
-            "paired_q3": self.q3,
-            "flop_bound": self.bound,
-            "measured_over_bound": self.efficiency,
+            "seconds": samples.seconds,
+            "rounds": samples.rounds,
+            "slots": samples.slots,
+            "phases_seconds": samples.phases,
+            "stats_seconds": samples.stats().to_dict(),
+            "phase_stats_seconds": {name: Stats.of(v).to_dict() if v else None for name, v in samples.phases.items()},
+            "flops": self.flops,
+            "tokens": self.tokens,
+            **{key: plain(value) for key, value in self.facts.items()},
         }
 
 
 @dataclass
-class BenchResult:
-    """Everything one run produced; :mod:`laco.bench.report` and :mod:`laco.bench.plots` show it."""
+class Result:
+    """Everything one run of any engine produced; :mod:`laco.bench.report` and :mod:`laco.bench.plots` show it.
 
-    settings: ResolvedSettings
-    machine: Machine
+    ``rows``: measurement -> variant -> :class:`Row`; ``titles``: each measurement's label; ``alternatives``:
+    phase -> key of the speed-ups also computed from that phase (``cpu`` -> ``cpu_time``); ``payload``: the
+    engine's own keys of the result file (anatomy, image sets, ...); ``settings`` and ``machine`` the engine's
+    objects (serialised by their ``to_dict``)."""
+
+    engine: str
+    preset: Any
     variants: list[BenchVariant]
-    measurements: dict[str, dict[str, VariantResult]]
+    settings: Any
+    machine: Any
+    rows: dict[str, dict[str, Row]] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+    headline: str | None = None
+    alternatives: dict[str, str] = field(default_factory=dict)
+    preset_fields: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    build_seconds: float = 0.0
-    run_seconds: float = 0.0
-    anatomy: Anatomy | None = None  # the headline merge's parts, timed alone (with the encoder measurement)
     start: RunStart = field(default_factory=RunStart)
-
-    @property
-    def preset(self) -> BenchPreset:
-        return self.settings.preset
 
     @property
     def depth(self) -> int:
         return self.preset.encoder.layers
-
-    def kinds(self) -> list[Measurement]:
-        """The measurements this run took, in order."""
-        return [measurement(kind) for kind in self.measurements]
 
     def variant(self, name: str) -> BenchVariant:
         for variant in self.variants:
@@ -126,67 +94,62 @@ class BenchResult:
                 return variant
         raise KeyError(f"no variant {name!r}; variants are {[v.name for v in self.variants]}.")
 
-    def speedup(self, kind: str, name: str, without_optimizer: bool = False) -> SpeedUp | None:
-        """``name`` against its baseline under measurement ``kind``; ``None`` for reference variants.
-
-        ``without_optimizer``: compare training steps less their AdamW step (forward + backward), against the
-        same FLOP bound, to tell the optimizer's fixed cost from how well the smaller matmuls run.
-        """
+    def speedup(self, kind: str, name: str, phase: str | None = None) -> SpeedUp | None:
+        """``name`` against its baseline under measurement ``kind`` (timed by ``phase``, default the samples'
+        seconds); ``None`` for reference variants and phases not timed."""
         variant = self.variant(name)
         if variant.baseline is None:
             return None
-        rows = self.measurements[kind]
-        base, this = rows[variant.baseline], rows[name]
-        bound = base.flops_predicted_full / this.flops_predicted_full
-        timed = (
-            r.samples.with_seconds(r.compute_seconds if without_optimizer else r.scaled_seconds) for r in (base, this)
-        )
-        return paired_speedup(*timed, bound)
+        base, this = self.rows[kind][variant.baseline], self.rows[kind][name]
+        if phase is not None and not (base.phase(phase) and this.phase(phase)):
+            return None
+        timed = (r.samples if phase is None else r.samples.with_seconds(r.phase(phase)) for r in (base, this))
+        return paired_speedup(*timed, base.flops / this.flops)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The ``speedups`` records: one per measurement and compressed variant, in the same keys for every engine."""
+        return [
+            {
+                "measurement": kind,
+                "title": self.titles.get(kind, kind),
+                "variant": variant.name,
+                "baseline": variant.baseline,
+                "group": variant.group,
+                "method": variant.placement.method,
+                "fraction": variant.fraction(self.depth),
+                "same_tokens": variant.same_tokens_as_baseline,
+                **speed.to_dict(),
+            }  # fmt: skip
+            for kind in self.rows
+            for variant in self.variants
+            if (speed := self.speedup(kind, variant.name)) is not None
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        """Everything in the result as plain JSON types: the content of ``bench.json``."""
-        return envelope(
-            "batched",
-            self.start,
-            self.machine.cpu,
-            self.preset,
-            self.variants,
-            headline_variant((v.name, v.group) for v in self.variants),
-            {"image_size": self.preset.resolution},
-            settings=self.settings.to_dict(),
-            machine=self.machine.to_dict(),
-            measurements={kind: self._rows_dict(kind) for kind in self.measurements},
-            speedups=[
-                speedup_record(spec.name, variant, self.depth, speed, spec.short)
-                for spec in self.kinds()
-                for variant in self.variants
-                if (speed := self.speedup(spec.name, variant.name)) is not None
-            ],
-            bound_curves={spec.name: self.bound_curve(spec) for spec in self.kinds()},
-            notes=self.notes,
-            anatomy=self.anatomy.to_dict() if self.anatomy is not None else None,
-            build_seconds=self.build_seconds,
-            run_seconds=self.run_seconds,
-        )
-
-    def bound_curve(self, spec: Measurement) -> list[list[float]]:
-        """``[fraction, FLOP-bound speed-up]`` of LaCo after every layer k = 1..L over external compression."""
-        factor, depth = self.settings.requested.factor, self.depth
-
-        def flops(layer: int) -> float:
-            return self.settings.predict(spec.flop_mode, Placement((layer,), "laco", factor), full=True).flops
-
-        external = flops(depth)
-        return [[layer / depth, external / flops(layer)] for layer in range(1, depth + 1)]
+        """Everything in the result as plain JSON types (:mod:`laco.bench.schema`): the engine's result file."""
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}; engines are {ENGINES}.")
+        preset, machine = self.preset, plain(self.machine)
+        return {
+            "schema": SCHEMA, "engine": self.engine, "provenance": self.start.provenance(machine.get("cpu", "")),
+            "headline": self.headline,
+            "preset": {"name": preset.name, "description": preset.description, "encoder": plain(preset.encoder),
+                       "llm": plain(preset.llm), **self.preset_fields},
+            "variants": [variant.to_dict(self.depth) for variant in self.variants],
+            "settings": plain(self.settings), "machine": machine,
+            "measurements": {kind: self._rows_dict(kind) for kind in self.rows}, "speedups": self.records(),
+            "notes": self.notes, **{key: plain(value) for key, value in self.payload.items()},
+        }  # fmt: skip
 
     def _rows_dict(self, kind: str) -> dict[str, Any]:
         rows = {}
         for variant in self.variants:
-            row = self.measurements[kind][variant.name].to_dict()
+            row = self.rows[kind][variant.name].to_dict()
             speed = self.speedup(kind, variant.name)
             row["speedup"] = None if speed is None else {"baseline": variant.baseline, **speed.to_dict()}
-            if speed is not None and "optimizer_scaled_seconds" in row:
-                row["speedup"]["without_optimizer"] = self.speedup(kind, variant.name, without_optimizer=True).to_dict()
+            for phase, key in self.alternatives.items():
+                if speed is not None and (other := self.speedup(kind, variant.name, phase)) is not None:
+                    row["speedup"][key] = other.to_dict()
             rows[variant.name] = row
         return rows
 
@@ -198,17 +161,6 @@ def check_tokens(name: str, emitted: int, predicted: int) -> None:
             f"{name}: the model feeds {emitted} tokens to the LLM but laco.cost predicts {predicted}; the cost model "
             "and the model disagree (a bug to report)."
         )
-
-
-def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
-    """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
-    pair), next to the FLOP ``bound``: how every engine states a speed-up."""
-    pairs = paired_ratios(baseline, variant)
-    if not pairs:
-        measured = baseline.stats().median / variant.stats().median
-        return SpeedUp(measured, measured, measured, bound)
-    spread = Stats.of(pairs)
-    return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
 # ---------------------------------------------------------------------------------------------------------------

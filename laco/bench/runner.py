@@ -18,15 +18,16 @@ import torch
 
 from ..measure.flop_counting import count_call
 from ..measure.machine import BUSY_CORES_WARNING, Machine, RunStart
-from ..measure.timing import run_interleaved
+from ..measure.timing import Samples, run_interleaved
+from ..placement import Placement
 from . import report
 from .anatomy import Anatomy, measure_anatomy
-from .measurements import OPTIMIZER_PHASE, Measurement
+from .measurements import OPTIMIZER_PHASE, Measurement, measurement
 from .presets import BenchPreset
-from .results import BenchResult, VariantResult, check_tokens, scale_phase, scale_seconds
+from .results import Result, Row, check_tokens, scale_phase, scale_seconds
 from .settings import BenchSettings, ResolvedSettings, resolve
 from .testbed import Testbed
-from .variants import BenchVariant, build_variants, fraction_label
+from .variants import BenchVariant, build_variants, fraction_label, headline_variant
 
 RECOMPILE_LIMIT = 64  # graphs per compiled block: token counts x grad modes, far more than a preset needs
 
@@ -40,7 +41,7 @@ def run_benchmark(
     progress: bool = True,
     echo: bool = True,
     **options: Any,
-) -> BenchResult:
+) -> Result:
     """Run a benchmark, print its tables and summary (``echo``), and write ``bench.json`` and ``bench.png`` to ``out``.
 
     ``options`` are the fields of :class:`BenchSettings` (or pass ``settings`` whole); ``None`` ones take the
@@ -56,14 +57,14 @@ def run_benchmark(
     data = result.to_dict()
     files = report.write_run(data, out, plot=plot) if out is not None else {}
     if echo:
-        for kind in result.measurements:
+        for kind in result.rows:
             print(report.format_table(result, kind))
             print()
         print(report.format_summary(result, files, data["provenance"]))
     return result
 
 
-def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> BenchResult:
+def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Result:
     """Run one benchmark as ``settings`` say and return its results (no files written; see :mod:`report`)."""
     resolved = settings if isinstance(settings, ResolvedSettings) else resolve(settings)
     requested = resolved.requested
@@ -84,7 +85,7 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
     }
     bar = _progress(sum(gflops.values()) * (resolved.warmup + resolved.reps), progress)
     run_started = time.perf_counter()
-    measurements: dict[str, dict[str, VariantResult]] = {}
+    measurements: dict[str, dict[str, Row]] = {}
     anatomy = None
     try:
         with _recompile_limit(RECOMPILE_LIMIT) if requested.compile else contextlib.nullcontext():
@@ -97,11 +98,41 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Be
     finally:
         bar.close()
     machine, run_seconds = start.machine(resolved.device), time.perf_counter() - run_started
-    notes = _notes(resolved, machine)
-    return BenchResult(resolved, machine, variants, measurements, notes, build_seconds, run_seconds, anatomy, start)
+    payload = {"bound_curves": {spec.name: bound_curve(resolved, spec) for spec in resolved.measurements}}
+    payload.update(anatomy=anatomy, build_seconds=build_seconds, run_seconds=run_seconds)
+    return batched_result(resolved, machine, variants, measurements, payload, _notes(resolved, machine), start)
 
 
-def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant], done) -> dict[str, VariantResult]:
+def batched_result(
+    settings: ResolvedSettings,
+    machine: Machine,
+    variants: list[BenchVariant],
+    rows: dict[str, dict[str, Row]],
+    payload: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+    start: RunStart | None = None,
+) -> Result:
+    """A batched run's :class:`Result`: speed-ups also without the AdamW step (``compute``)."""
+    titles = {kind: measurement(kind).short for kind in rows}
+    return Result(
+        "batched", settings.preset, variants, settings, machine, rows, titles,
+        headline_variant((v.name, v.group) for v in variants), {"compute": "without_optimizer"},
+        {"image_size": settings.preset.resolution}, payload or {}, notes or [], start or RunStart(),
+    )  # fmt: skip
+
+
+def bound_curve(settings: ResolvedSettings, spec: Measurement) -> list[list[float]]:
+    """``[fraction, FLOP-bound speed-up]`` of LaCo after every layer k = 1..L over external compression."""
+    factor, depth = settings.requested.factor, settings.preset.encoder.layers
+
+    def flops(layer: int) -> float:
+        return settings.predict(spec.flop_mode, Placement((layer,), "laco", factor), full=True).flops
+
+    external = flops(depth)
+    return [[layer / depth, external / flops(layer)] for layer in range(1, depth + 1)]
+
+
+def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant], done) -> dict[str, Row]:
     """One measurement of every variant: FLOPs counted first, then timed interleaved. ``done(name)`` after
     every call (progress)."""
     settings = bench.settings
@@ -132,19 +163,24 @@ def _measure(bench: Testbed, spec: Measurement, variants: Sequence[BenchVariant]
         flops, memory = counted[variant.name]
         predicted = settings.predict(spec.flop_mode, variant.placement, full=False)
         check_tokens(variant.name, bench.image_tokens(variant), predicted.image_tokens)
-        rows[variant.name] = VariantResult(
-            samples=samples[variant.name],
-            scaled_seconds=scale_seconds(samples[variant.name], spec, settings.llm_scale),
-            flops_counted=flops,
-            flops_predicted=predicted.flops,
-            flops_predicted_full=settings.predict(spec.flop_mode, variant.placement, full=True).flops,
-            image_tokens=predicted.image_tokens,
-            sequence_tokens=predicted.sequence_tokens,
-            memory=memory,
-            optimizer_seconds=scale_phase(samples[variant.name], OPTIMIZER_PHASE, settings.llm_scale),
+        full = settings.predict(spec.flop_mode, variant.placement, full=True).flops
+        facts = {"flops_counted": flops, "flops_predicted": predicted.flops, "memory": memory}
+        facts["sequence_tokens"] = predicted.sequence_tokens
+        rows[variant.name] = Row(
+            _scaled(samples[variant.name], spec, settings.llm_scale), full, predicted.image_tokens, facts
         )
     bench.model.zero_grad(set_to_none=True)
     return rows
+
+
+def _scaled(samples: Samples, spec: Measurement, scale: float) -> Samples:
+    """The seconds scaled to the full LLM depth; the phases keep the wall ``seconds`` as timed and, in training,
+    the AdamW step scaled like them (``optimizer_scaled``) and the rest of the step (``compute``)."""
+    seconds, optimizer = scale_seconds(samples, spec, scale), scale_phase(samples, OPTIMIZER_PHASE, scale)
+    phases = {**samples.phases, "wall": list(samples.seconds)}
+    if optimizer:
+        phases.update(optimizer_scaled=optimizer, compute=[t - o for t, o in zip(seconds, optimizer)])
+    return samples.with_seconds(seconds, phases)
 
 
 def _anatomy(bench: Testbed, variants: Sequence[BenchVariant]) -> Anatomy | None:

@@ -1,80 +1,23 @@
-"""The result file every engine writes (``bench.json``, ``native.json``, ``serving.json``): one versioned envelope.
+"""The result file every engine writes (``bench.json``, ``native.json``, ``serving.json``; written by
+:meth:`~laco.bench.results.Result.to_dict`): its schema number, reading and writing it.
 
 ``schema`` (:data:`SCHEMA`, raised whenever a reader of the old layout would misread the new one), ``engine``,
-``provenance`` (what a reader needs to weigh the numbers; :class:`~laco.measure.machine.RunStart`), the engine's
-payload, and ``speedups``: one record per measurement and compressed variant, in the same keys for every engine,
-which the plot and ``--compare`` read.
+``provenance`` (what a reader needs to weigh the numbers; :class:`~laco.measure.machine.RunStart`), the preset and
+variants, ``measurements`` (measurement -> variant -> samples, FLOPs, tokens, speed-up), and ``speedups``: one record
+per measurement and compressed variant, in the same keys for every engine, which the plot and ``--compare`` read.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..measure.machine import RunStart
-
-SCHEMA = 2
+SCHEMA = 3
 LEGACY_SCHEMAS = {"laco-bench/1": 1, "laco-bench-native/1": 1}
 """Files written before the schema was a number (batched and packed runs), read as version 1."""
 ENGINES = ("batched", "packed", "vllm")
 RESULT_FILES = {"batched": "bench.json", "packed": "native.json", "vllm": "serving.json"}
-
-
-def speedup_record(measurement: str, variant: Any, depth: int, speed: Any, title: str | None = None) -> dict:
-    """One entry of ``speedups``: ``variant`` (a :class:`~laco.bench.variants.BenchVariant`) against its baseline
-    under ``measurement``; ``speed`` a :class:`~laco.bench.results.SpeedUp`."""
-    return {
-        "measurement": measurement,
-        "title": title or measurement,
-        "variant": variant.name,
-        "baseline": variant.baseline,
-        "group": variant.group,
-        "method": variant.placement.method,
-        "fraction": variant.fraction(depth),
-        "same_tokens": variant.same_tokens_as_baseline,
-        "measured": speed.measured,
-        "q1": speed.q1,
-        "q3": speed.q3,
-        "bound": speed.bound,
-    }
-
-
-def preset_summary(preset: Any) -> dict[str, Any]:
-    """What every result file records of the preset it ran: name, description and the geometries."""
-    return {
-        "name": preset.name,
-        "description": preset.description,
-        "encoder": asdict(preset.encoder),
-        "llm": asdict(preset.llm) if preset.llm is not None else None,
-    }
-
-
-def envelope(
-    engine: str,
-    start: RunStart,
-    cpu: str,
-    preset: Any,
-    variants: list,
-    headline: str | None,
-    preset_fields: dict[str, Any] | None = None,
-    **payload: Any,
-) -> dict[str, Any]:
-    """A result file: schema, engine, provenance, headline, the preset and variants, then the engine's payload
-    (``preset_fields`` adds to the preset's summary)."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; engines are {ENGINES}.")
-    depth = preset.encoder.layers
-    return {
-        "schema": SCHEMA,
-        "engine": engine,
-        "provenance": start.provenance(cpu),
-        "headline": headline,
-        "preset": {**preset_summary(preset), **(preset_fields or {})},
-        "variants": [variant.to_dict(depth) for variant in variants],
-        **payload,
-    }
 
 
 def schema_version(data: Any, path: Path | str) -> int:

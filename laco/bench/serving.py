@@ -19,11 +19,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,18 @@ import numpy as np
 
 from ..cost import mllm_flops
 from ..measure.machine import RunStart
-from ..measure.timing import Samples, Stats, run_interleaved
+from ..measure.timing import Samples, run_interleaved
 from ..placement import Placement
 from .options import FLAG, option
 from .presets import load_preset
-from .results import SpeedUp
-from .schema import envelope, speedup_record
+from .results import Result, Row
 from .variants import BenchVariant, build_variants
 
 PROMPT = "Describe the image in one sentence."
 METRICS = (("ttft", "ttft_s", "TTFT (s)"), ("requests_per_s", "requests_per_s", "requests/s"),
            ("output_tokens_per_s", "output_tokens_per_s", "output tokens/s"))  # fmt: skip
-"""Each reported ratio, the metric it compares (TTFT: lower is better, so external / LaCo) and its label."""
+"""Each measurement, the metric it times and its label. Rows hold seconds (TTFT; and per request or per output
+token for the rates), so every speed-up is external's seconds over LaCo's, per round."""
 
 
 @dataclass
@@ -80,49 +79,39 @@ VARIANTS = variant_names()
 """The variants at the default depth: LaCo's first, then external."""
 
 
-@dataclass
-class ServingResult:
-    settings: dict[str, Any]
-    machine: dict[str, Any]
-    image_tokens: int
-    prompt_tokens: int
-    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # variant -> metric -> per round
-    medians: dict[str, dict[str, float]] = field(default_factory=dict)
-    ratios: dict[str, float] = field(default_factory=dict)  # LaCo's speed-up over external, per metric
-    bounds: dict[str, float] = field(default_factory=dict)  # the FLOP bound of each ratio
-    order: list[list[str]] = field(default_factory=list)
-    spreads: dict[str, list[float]] = field(default_factory=dict)  # quartiles of each per-round ratio
-    start: RunStart = field(default_factory=RunStart)
+def serving_result(
+    settings: ServingSettings,
+    machine: dict,
+    image_tokens: int,
+    prompt_tokens: int,
+    samples: dict[str, Samples],
+    start: RunStart | None = None,
+) -> Result:
+    """The result of a run: per metric, each server's per-round seconds (the rates inverted), their FLOPs."""
+    laco, external = variants = serving_variants(settings)
+    preset, flops = load_preset(settings.preset), flop_costs(settings, prompt_tokens)
 
-    @property
-    def names(self) -> tuple[str, str]:
-        """LaCo's variant, then external's."""
-        return tuple(self.medians) if self.medians else variant_names(ServingSettings(**self.settings))
+    def row(key: str, metric: str, name: str) -> Row:
+        values = samples[name].phases[metric]
+        seconds = values if key == "ttft" else [1 / value for value in values]
+        return Row(samples[name].with_seconds(seconds, {metric: values}), flops[name][key != "ttft"], image_tokens)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The content of ``serving.json``."""
-        settings = ServingSettings(**self.settings)
-        laco, external = variants = serving_variants(settings)
-        preset = load_preset(settings.preset)
-        speeds = {
-            key: SpeedUp(ratio, *self.spreads.get(key, (ratio, ratio)), self.bounds[key])
-            for key, ratio in self.ratios.items()
-        }
-        payload = {k: v for k, v in asdict(self).items() if k not in ("start", "spreads")}
-        return envelope(
-            "vllm",
-            self.start,
-            self.machine.get("cpu", ""),
-            preset,
-            variants,
-            laco.name,
-            {"image_size": preset.resolution},
-            speedups=[
-                speedup_record(key, laco, preset.encoder.layers, speed, key.replace("_", " "))
-                for key, speed in speeds.items()
-            ],
-            **payload,
-        )
+    rows = {key: {name: row(key, metric, name) for name in samples} for key, metric, _ in METRICS}
+    runs = samples[laco.name]
+    order = [sorted(samples, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in runs.rounds]
+    s = settings
+    note = (
+        f"served by vLLM ({'float32, eager' if s.device == 'cpu' else 'bfloat16'}, LLM layers: {s.llm_layers or 'all'}), "
+        f"{image_tokens} image + {prompt_tokens} text tokens per request; TTFT: one request alone, max_tokens 1; "
+        f"throughput: {s.requests} concurrent requests of {s.output_tokens} tokens; {s.rounds} rounds after "
+        f"{s.warmup} warm-up (order: {', '.join('/'.join(o) for o in order)}); speed-ups are medians of per-round ratios"
+    )
+    titles = {key: key.replace("_", " ") for key, _, _ in METRICS}
+    payload = {"image_tokens": image_tokens, "prompt_tokens": prompt_tokens, "order": order}
+    return Result(
+        "vllm", preset, variants, asdict(settings), machine, rows, titles, laco.name,
+        preset_fields={"image_size": preset.resolution}, payload=payload, notes=[note], start=start or RunStart(),
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,22 +248,26 @@ def measure_round(server, urls: list[str], settings: ServingSettings) -> dict[st
 # The run
 
 
-def flop_bounds(settings: ServingSettings, prompt_tokens: int) -> dict[str, float]:
-    """FLOP-bound speed-ups: TTFT from the prefill; throughput from prefill + decode of ``output_tokens``."""
+def flop_costs(settings: ServingSettings, prompt_tokens: int) -> dict[str, tuple[float, float]]:
+    """Per variant, the FLOPs of TTFT (the prefill) and of a request (prefill + decode of ``output_tokens``)."""
     preset = load_preset(settings.preset)
     llm = preset.llm if settings.llm_layers is None else preset.llm.with_layers(settings.llm_layers)
-    costs = []
+    costs = {}
     for variant in serving_variants(settings):
         common = dict(mode="prefill", prompt_tokens=prompt_tokens, answer_tokens=settings.output_tokens)
         prefill = mllm_flops(preset.encoder, llm, variant.placement, **common).total
         decode = mllm_flops(preset.encoder, llm, variant.placement, **{**common, "mode": "decode"}).total
-        costs.append((prefill, prefill + decode))
-    laco, external = costs
-    throughput = external[1] / laco[1]
-    return {"ttft": external[0] / laco[0], "requests_per_s": throughput, "output_tokens_per_s": throughput}
+        costs[variant.name] = (prefill, prefill + decode)
+    return costs
 
 
-def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingResult:
+def flop_bounds(settings: ServingSettings, prompt_tokens: int) -> dict[str, float]:
+    """FLOP-bound speed-ups of LaCo over external, per measurement."""
+    laco, external = flop_costs(settings, prompt_tokens).values()
+    return {key: external[key != "ttft"] / laco[key != "ttft"] for key, _, _ in METRICS}
+
+
+def run(settings: ServingSettings, out: Path, progress: bool = True) -> Result:
     import torch
 
     from ..measure.machine import Machine
@@ -288,10 +281,6 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
     spec = json.loads((paths[names[0]] / "laco_processor.json").read_text())
     machine = Machine.describe(torch.device(settings.device)).to_dict()
     machine["vllm"] = _vllm_version(python)
-    result = ServingResult(
-        asdict(settings), machine, spec["num_image_tokens"], _prompt_tokens(paths[names[0]]), start=start
-    )
-    result.bounds = flop_bounds(settings, result.prompt_tokens)
     args = ["--no-enable-prefix-caching", "--mm-processor-cache-gb", "0", "--max-num-seqs", str(settings.requests)]
     on_cpu = settings.device == "cpu"
     with ExitStack() as stack:
@@ -302,7 +291,9 @@ def run(settings: ServingSettings, out: Path, progress: bool = True) -> ServingR
             server = vllm_server(paths[name], python=python, name=name, extra_args=args, log=log, **dtype)
             servers[name] = stack.enter_context(server)
         samples = _time_servers(servers, settings, load_preset(settings.preset).resolution, progress)
-    _summarise(result, samples)
+    result = serving_result(
+        settings, machine, spec["num_image_tokens"], _prompt_tokens(paths[names[0]]), samples, start
+    )
     if not settings.keep_models:
         for path in paths.values():
             for file in path.glob("*.safetensors"):
@@ -346,19 +337,3 @@ def _prompt_tokens(checkpoint: Path) -> int:
     size = processor.image_transform.size
     ids = processor([PROMPT], [Image.new("RGB", (size, size))])["input_ids"]
     return int(ids.shape[1]) - processor.num_image_tokens
-
-
-def _summarise(result: ServingResult, samples: dict[str, Samples]) -> None:
-    """Medians per metric, LaCo's ratios over external (median and quartiles of the per-round ratios)."""
-    laco, external = names = tuple(samples)
-    for name in names:
-        result.samples[name] = {metric: samples[name].phases[metric] for _, metric, _ in METRICS}
-        result.medians[name] = {m: statistics.median(v) for m, v in result.samples[name].items()}
-    rounds = samples[laco].rounds
-    result.order = [sorted(names, key=lambda n, r=r: samples[n].slots[samples[n].rounds.index(r)]) for r in rounds]
-    for key, metric, _ in METRICS:
-        numerator, denominator = (external, laco) if key == "ttft" else (laco, external)
-        per_round = [a / b for a, b in zip(result.samples[numerator][metric], result.samples[denominator][metric])]
-        spread = Stats.of(per_round)
-        result.spreads[key] = [spread.q1, spread.q3]
-        result.ratios[key] = result.medians[numerator][metric] / result.medians[denominator][metric]

@@ -194,3 +194,26 @@ class RunStart:
         """:meth:`Machine.describe` of ``device``, with the cores other processes kept busy since the start."""
         machine = Machine.describe(device)
         return machine if self.load is None else machine.with_load(self.load)
+
+
+def provenance_text(provenance: dict) -> str:
+    """Commit, date and how loaded the machine was: what every engine's report names."""
+    load = [p[0] if p else float("nan") for p in (provenance["load_average_start"], provenance["load_average_end"])]
+    return (
+        f"commit {provenance['commit']}, {provenance['date']}; load average {load[0]:.1f} at start, "
+        f"{load[1]:.1f} at end"
+    )
+
+
+def machine_text(m: dict, execution: str | None = None) -> str:
+    """The device (and how the model ran on it), threads, CPU, memory, GPU and library versions of a machine's
+    :meth:`Machine.to_dict` (with ``vllm`` where a server ran), and the cores other processes kept busy."""
+    others = m.get("other_processes_cores")
+    return (
+        f"{m.get('device', '')}{' ' + execution if execution else ''}, {m.get('torch_threads')} thread(s) on "
+        f"{m.get('cpu')} ({m.get('usable_cores')} cores, {m.get('memory_gib')} GiB)"
+        + (f", GPU {m['gpu']['name']}" if m.get("gpu") else "")
+        + f"; torch {m.get('torch')}, transformers {m.get('transformers')}"
+        + (f", vLLM {m['vllm']}" if m.get("vllm") else "")
+        + (f"; other processes kept {others:.2f} cores busy" if others is not None else "")
+    )

@@ -121,9 +121,10 @@ class Samples:
                 stack[index] += value
         return [value + (scale - 1.0) * extra for value, extra in zip(values, stack)]
 
-    def with_seconds(self, seconds: Sequence[float]) -> Samples:
-        """Other seconds (a derived time) in these rounds and slots, so they pair like the originals."""
-        return Samples(list(seconds), {}, list(self.rounds), list(self.slots))
+    def with_seconds(self, seconds: Sequence[float], phases: Mapping[str, list[float]] | None = None) -> Samples:
+        """Other seconds (a derived time; ``phases`` its sub-phases) in these rounds and slots, so they pair like
+        the originals."""
+        return Samples(list(seconds), dict(phases or {}), list(self.rounds), list(self.slots))
 
 
 def run_interleaved(
@@ -180,6 +181,37 @@ def paired_ratios(baseline: Samples, variant: Samples) -> list[float]:
     """Per-round speed-ups ``baseline / variant`` from samples taken in the same rounds."""
     by_round = dict(zip(baseline.rounds, baseline.seconds))
     return [by_round[r] / s for r, s in zip(variant.rounds, variant.seconds) if r in by_round and s > 0]
+
+
+@dataclass(frozen=True)
+class SpeedUp:
+    """Speed-up of a variant over its baseline: median and quartiles of the per-round ratios (each round times
+    both, back to back), and the FLOP bound."""
+
+    measured: float
+    q1: float
+    q3: float
+    bound: float
+
+    @property
+    def efficiency(self) -> float:
+        """Measured over predicted: 1.0 collects the whole FLOP reduction as time."""
+        return self.measured / self.bound if self.bound else float("nan")
+
+    def to_dict(self) -> dict[str, float]:
+        return {"measured": self.measured, "q1": self.q1, "q3": self.q3, "bound": self.bound,
+                "efficiency": self.efficiency}  # fmt: skip
+
+
+def paired_speedup(baseline: Samples, variant: Samples, bound: float) -> SpeedUp:
+    """Median and quartiles of the per-round ratios ``baseline / variant`` (the medians' ratio where no rounds
+    pair), next to the FLOP ``bound``: how every engine states a speed-up."""
+    pairs = paired_ratios(baseline, variant)
+    if not pairs:
+        measured = baseline.stats().median / variant.stats().median
+        return SpeedUp(measured, measured, measured, bound)
+    spread = Stats.of(pairs)
+    return SpeedUp(spread.median, spread.q1, spread.q3, bound)
 
 
 class StackTimer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,11 @@ from laco.bench import SCHEMA, main
 from laco.bench import serving as serving_module
 from laco.bench.plots import write_run_plot
 from laco.bench.presets import PRESETS, any_preset, load_preset, preset_from_dict
+from laco.bench.results import Result
 from laco.bench.schema import write_result
-from laco.bench.serving import ServingResult, ServingSettings, build_checkpoints, flop_bounds, variant_names
+from laco.bench.serving import ServingSettings, build_checkpoints, flop_bounds, serving_result, variant_names
 from laco.bench.sweep import load_runs
+from laco.measure.timing import Samples
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = ["--quick", "--no-progress", "--no-plot", "--measure", "encoder", "--methods", "laco", "--two-stage", "none"]
@@ -89,21 +90,19 @@ def test_packed_runs_plot_and_compare_like_batched_ones(tmp_path, capsys):
     assert (tmp_path / "cmp" / "sweep.png").read_bytes()[:8] == PNG
 
 
-def serving_result(requests: int) -> ServingResult:
+def a_serving_result(requests: int) -> Result:
     settings = ServingSettings(preset="tiny", requests=requests)
     laco, external = variant_names(settings)
-    medians = {
-        laco: {"ttft_s": 2.0, "requests_per_s": 0.5, "output_tokens_per_s": 8.0},
-        external: {"ttft_s": 4.0, "requests_per_s": 0.25, "output_tokens_per_s": 4.0},
+    rounds = {
+        laco: {"ttft_s": [2.0], "requests_per_s": [0.5], "output_tokens_per_s": [8.0]},
+        external: {"ttft_s": [4.0], "requests_per_s": [0.25], "output_tokens_per_s": [4.0]},
     }
-    result = ServingResult(asdict(settings), {"cpu": "test CPU", "torch_threads": 1, "gpu": None}, 49, 20)
-    result.medians, result.ratios = medians, {"ttft": 2.0, "requests_per_s": 2.0, "output_tokens_per_s": 2.0}
-    result.bounds = flop_bounds(settings, prompt_tokens=20)
-    return result
+    samples = {name: Samples([1.0], phases, [0], [slot]) for slot, (name, phases) in enumerate(rounds.items())}
+    return serving_result(settings, {"cpu": "test CPU", "torch_threads": 1, "gpu": None}, 49, 20, samples)
 
 
 def test_serving_results_write_the_shared_schema_plot_and_compare(tmp_path, capsys):
-    paths = [write_result(serving_result(n).to_dict(), tmp_path / str(n)) for n in (2, 4)]
+    paths = [write_result(a_serving_result(n).to_dict(), tmp_path / str(n)) for n in (2, 4)]
     data = json.loads(paths[0].read_text())
     assert paths[0].name == "serving.json" and data["schema"] == SCHEMA and data["engine"] == "vllm"
     assert data["headline"] == "laco@1/4" and {r["measurement"] for r in data["speedups"]} == {
@@ -117,7 +116,7 @@ def test_serving_results_write_the_shared_schema_plot_and_compare(tmp_path, caps
 def test_the_serving_label_follows_the_depth():
     assert variant_names(ServingSettings(depth="1/2")) == ("laco@1/2", "external")
     assert variant_names(ServingSettings(depth="0.25")) == ("laco@1/4", "external")
-    assert serving_result(2).to_dict()["headline"] == "laco@1/4"
+    assert a_serving_result(2).to_dict()["headline"] == "laco@1/4"
     shallow, deep = (flop_bounds(ServingSettings(depth=d), prompt_tokens=20)["ttft"] for d in ("1/4", "1/2"))
     assert shallow > deep > 1
 

@@ -66,7 +66,7 @@ def test_a_new_measurement_is_one_registration(toy, tmp_path, capsys):
     for name, row in data["measurements"]["tower"].items():
         encoder = data["measurements"]["encoder"][name]
         assert (row["flops_counted"], row["flops_predicted"]) == (encoder["flops_counted"], encoder["flops_predicted"])
-    assert data["measurements"]["tower"]["laco@1/4"]["speedup"]["flop_bound"] > 2
+    assert data["measurements"]["tower"]["laco@1/4"]["speedup"]["bound"] > 2
     assert (tmp_path / "bench.png").exists()
     # Not a default: a run that does not choose leaves it out.
     assert "tower" not in default_measurements(with_llm=True)

@@ -30,22 +30,22 @@ def test_the_tiny_preset_times_three_variants_per_image_set_next_to_their_flop_b
     assert data["schema"] == SCHEMA and data["engine"] == "packed" and data["preset"]["name"] == "tiny-qwen-tower"
     assert data["settings"]["dtype"] == "float32" and data["machine"]["torch_threads"] == 1
     assert [v["name"] for v in data["variants"]] == VARIANTS
-    assert list(data["sizes"]) == ["448", "mixed"]
+    assert list(data["sizes"]) == list(data["measurements"]) == ["448", "mixed"]
     mixed = data["sizes"]["mixed"]
     assert mixed["grid_thw"] == [[1, 32, 32], [1, 64, 48], [1, 32, 96]] and mixed["patches"] == 7168
-    rows = mixed["variants"]
+    rows = data["measurements"]["mixed"]
     # interleaved: every variant once per round, the start rotating
     assert all(rows[name]["rounds"] == [0, 1] for name in VARIANTS)
     assert all(sorted(rows[name]["slots"][r] for name in VARIANTS) == [0, 1, 2] for r in (0, 1))
     assert rows["original"]["slots"][0] != rows["original"]["slots"][1]
-    assert [sum(rows[name]["llm_tokens"]) for name in VARIANTS] == [1792, 1792, 448]
+    assert [sum(rows[name]["tokens"]) for name in VARIANTS] == [1792, 1792, 448]
     for name in VARIANTS[1:]:
         speedup = rows[name]["speedup"]
-        assert speedup["baseline"] == "original" and speedup["flop_bound"] > 1
-        assert speedup["measured_over_bound"] == pytest.approx(speedup["measured"] / speedup["flop_bound"])
-        assert speedup["cpu_time"]["measured"] > 0 and speedup["ttft_flop_bound"] > 1
+        assert speedup["baseline"] == "original" and speedup["bound"] > 1
+        assert speedup["efficiency"] == pytest.approx(speedup["measured"] / speedup["bound"])
+        assert speedup["cpu_time"]["measured"] > 0 and rows[name]["ttft_flop_bound"] > 1
         assert set(rows[name]["overhead_seconds"]) == {"layout", "merge", "block_inputs"}
-    assert "speedup" not in rows["original"]
+    assert rows["original"]["speedup"] is None and "overhead_seconds" not in rows["original"]
 
 
 def test_the_markdown_table_has_a_row_per_image_set_and_names_the_machine(tiny_run):

@@ -3,7 +3,8 @@
 import pytest
 
 from laco.bench.report import host_bound_warning
-from laco.bench.results import BenchResult, VariantResult
+from laco.bench.results import Row
+from laco.bench.runner import batched_result
 from laco.bench.variants import build_variants
 from laco.measure.timing import Samples
 
@@ -14,13 +15,15 @@ def test_a_prefill_that_does_not_grow_with_its_tokens_is_called_host_bound(
 ):
     def prefill(stack, sequence):
         samples = Samples([2 * stack], {"stack_forward": [stack]}, [0], [0])
-        return VariantResult(samples, [2 * stack], 1e9, 1e9, 1e9, sequence - 32, sequence)
+        return Row(
+            samples, 1e9, sequence - 32, {"flops_counted": 1e9, "flops_predicted": 1e9, "sequence_tokens": sequence}
+        )
 
     variants = build_variants(12, depths=["1/4"], methods=["laco"], method_depth="1/4", two_stage=None, factor=2)
     rows = {"none": prefill(stack_none, 761), "external": prefill(0.010, 228), "laco@1/4": prefill(0.010, 228)}
-    result = BenchResult(tiny_settings, cpu_machine, variants, {"prefill": rows})
+    result = batched_result(tiny_settings, cpu_machine, variants, {"prefill": rows})
     warning = host_bound_warning(result)
     assert (warning is not None) == warned
     if warned:
         assert "3.3x the tokens, 1.01x the time" in warning and "--batch" in warning
-    assert host_bound_warning(BenchResult(tiny_settings, cpu_machine, variants, {})) is None
+    assert host_bound_warning(batched_result(tiny_settings, cpu_machine, variants, {})) is None

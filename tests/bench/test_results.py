@@ -3,7 +3,8 @@
 import pytest
 
 from laco.bench.measurements import measurement
-from laco.bench.results import BenchResult, VariantResult, scale_phase, scale_seconds
+from laco.bench.results import Row, scale_phase, scale_seconds
+from laco.bench.runner import _scaled, batched_result
 from laco.bench.variants import build_variants
 from laco.measure.timing import Samples
 
@@ -24,13 +25,14 @@ def test_optimizer_share_is_scaled_and_can_be_left_out_of_the_speedup(tiny_setti
     assert scale_phase(Samples([1.0], {}), "optimizer", 4.0) == []
 
     def row(total, optimizer, flops):
-        return VariantResult(Samples([total], {}, [0], [0]), [total], flops, flops, flops, 4, None, None, [optimizer])
+        samples = Samples([total], {"optimizer": [optimizer]}, [0], [0])
+        return Row(_scaled(samples, measurement("train"), 1.0), flops, 4)
 
     variants = build_variants(12, depths=["1/4"], methods=["laco"], method_depth="1/4", two_stage=None, factor=2)
     rows = {"none": row(6.0, 1.0, 4e9), "external": row(5.0, 1.0, 4e9), "laco@1/4": row(3.0, 1.0, 2e9)}
-    result = BenchResult(tiny_settings, cpu_machine, variants, {"train": rows})
+    result = batched_result(tiny_settings, cpu_machine, variants, {"train": rows})
     whole = result.speedup("train", "laco@1/4")
-    compute = result.speedup("train", "laco@1/4", without_optimizer=True)
+    compute = result.speedup("train", "laco@1/4", "compute")
     assert (whole.measured, whole.bound) == (pytest.approx(5 / 3), 2.0)
     assert (compute.measured, compute.efficiency) == (pytest.approx(4 / 2), pytest.approx(1.0))
     speedup = result.to_dict()["measurements"]["train"]["laco@1/4"]["speedup"]

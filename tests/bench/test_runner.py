@@ -36,14 +36,14 @@ def test_quick_run_writes_json_and_png(quick_run, capsys):
                 assert row["speedup"] is None
             else:
                 assert row["speedup"]["baseline"] == variant["baseline"]
-                assert row["speedup"]["flop_bound"] > 0
+                assert row["speedup"]["bound"] > 0
     train = data["measurements"]["train"]["laco@1/4"]
     assert set(train["phases_seconds"]) >= {"forward", "backward", "optimizer", "stack_forward", "stack_backward"}
     assert train["memory"]["kind"] == "saved_for_backward" and train["memory"]["bytes"] > 0
     # LaCo at 1/4 and external feed the LLM the same number of tokens; no compression 4x more (odd 13x13 grid).
     prefill = data["measurements"]["prefill"]
-    assert prefill["laco@1/4"]["image_tokens"] == prefill["external"]["image_tokens"] == 49
-    assert prefill["none"]["image_tokens"] == 169
+    assert prefill["laco@1/4"]["tokens"] == prefill["external"]["tokens"] == 49
+    assert prefill["none"]["tokens"] == 169
     png = (out / "bench.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -67,7 +67,7 @@ def test_quick_run_counts_and_predicts_what_it_always_did(quick_run):
     data = json.loads((out / "bench.json").read_text())
     for (kind, name), (counted, predicted, tokens) in QUICK_PINNED.items():
         row = data["measurements"][kind][name]
-        assert (row["flops_counted"], row["flops_predicted_full"], row["image_tokens"]) == (counted, predicted, tokens)
+        assert (row["flops_counted"], row["flops"], row["tokens"]) == (counted, predicted, tokens)
 
 
 def test_quick_run_prints_tables_and_summary(tmp_path, capsys):
@@ -93,9 +93,9 @@ def test_llm_layer_scaling_is_stated(tmp_path, capsys):
     )
     assert result.settings.llm_layers == 1 and result.settings.llm_layers_full == TINY_LLM.layers
     assert result.settings.to_dict()["llm_layers"] == 1
-    row = result.measurements["prefill"]["laco@1/4"]
-    assert all(scaled > raw for scaled, raw in zip(row.scaled_seconds, row.samples.seconds))
-    assert row.flops_predicted < row.flops_predicted_full
+    row = result.rows["prefill"]["laco@1/4"]
+    assert all(scaled > raw for scaled, raw in zip(row.samples.seconds, row.phase("wall")))
+    assert row.facts["flops_predicted"] < row.flops
     assert "LLM timed with 1 of 2" in capsys.readouterr().out
 
 

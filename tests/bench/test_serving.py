@@ -9,7 +9,8 @@ import pytest
 
 from laco.bench import main as bench_main
 from laco.bench.report import serving_table as format_table
-from laco.bench.serving import VARIANTS, ServingResult, ServingSettings, flop_bounds, image_url
+from laco.bench.serving import VARIANTS, ServingSettings, flop_bounds, image_url, serving_result
+from laco.measure.timing import Samples
 from laco.serve.launch import ServeUnavailable, check_serving
 
 TINY_SERVE_PRESET = """
@@ -31,22 +32,21 @@ def test_every_request_gets_its_own_image():
     assert image_url(3, 16) == image_url(3, 16)  # the same images for both models
 
 
-def test_table_sets_ratios_next_to_bounds():
-    medians = {
-        VARIANTS[0]: {"ttft_s": 2.0, "requests_per_s": 0.5, "output_tokens_per_s": 8.0},
-        VARIANTS[1]: {"ttft_s": 4.0, "requests_per_s": 0.25, "output_tokens_per_s": 4.0},
+def test_table_sets_per_round_ratios_next_to_bounds():
+    """Speed-ups are medians of per-round ratios (external / LaCo for TTFT, LaCo / external for the rates), not
+    ratios of medians: round 1's 3x and round 2's 1x make 2x, where the medians' ratio would be 1.5x."""
+    rounds = {
+        VARIANTS[0]: {"ttft_s": [2.0, 2.0], "requests_per_s": [0.5, 0.5], "output_tokens_per_s": [8.0, 8.0]},
+        VARIANTS[1]: {"ttft_s": [6.0, 2.0], "requests_per_s": [0.25, 0.25], "output_tokens_per_s": [4.0, 4.0]},
     }
-    result = ServingResult(
-        {},
-        {},
-        196,
-        20,
-        medians=medians,
-        ratios={"ttft": 2.0, "requests_per_s": 2.0, "output_tokens_per_s": 2.0},
-        bounds={"ttft": 2.5, "requests_per_s": 2.0, "output_tokens_per_s": 2.0},
-    )
+    samples = {name: Samples([1.0, 1.0], phases, [0, 1], [i, 1 - i]) for i, (name, phases) in enumerate(rounds.items())}
+    settings = ServingSettings(preset="tiny")
+    result = serving_result(settings, {}, 196, 20, samples)
+    bound = flop_bounds(settings, prompt_tokens=20)["ttft"]
     table = format_table(result)
-    assert "| TTFT (s) | 2.000 | 4.000 | **2.00x** | 2.50x | 0.80 |" in table
+    assert f"| TTFT (s) | 2.000 | 4.000 | **2.00x** | {bound:.2f}x | {2 / bound:.2f} |" in table
+    assert "| requests/s | 0.500 | 0.250 | **2.00x** |" in table
+    assert result.to_dict()["order"] == [list(VARIANTS), list(VARIANTS)[::-1]]
 
 
 @pytest.mark.slow
@@ -61,7 +61,8 @@ def test_tiny_serving_benchmark_end_to_end(tmp_path, capsys):
     argv = ["--engine", "vllm", "--preset", str(preset), "--rounds", "1", "--warmup", "1", "--requests", "2"]
     assert bench_main([*argv, "--output-tokens", "4", "--out", str(out)]) == 0
     result = json.loads((out / "serving.json").read_text())
-    assert set(result["medians"]) == set(VARIANTS) and result["ratios"]["ttft"] > 0
+    assert set(result["measurements"]["ttft"]) == set(VARIANTS)
+    assert next(r for r in result["speedups"] if r["measurement"] == "ttft")["measured"] > 0
     assert result["image_tokens"] == 16 and (out / "serving.png").exists()
     assert "LaCo speed-up" in (out / "serving.md").read_text()
     assert not list((out / "models").glob("*/*.safetensors"))  # the checkpoints are removed after the run

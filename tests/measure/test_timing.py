@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from laco.measure.timing import Clock, Samples, StackTimer, Stats, paired_ratios, quantile, run_interleaved
+from laco.measure.timing import (
+    Clock,
+    Samples,
+    StackTimer,
+    Stats,
+    paired_ratios,
+    paired_speedup,
+    quantile,
+    run_interleaved,
+)  # fmt: skip
 
 
 def test_rounds_interleave_with_a_rotating_start():
@@ -67,3 +76,13 @@ def test_stack_timer_splits_forward_and_backward():
     timer.reset()
     layers[0](x)
     assert timer.forward_seconds() == 0
+
+
+def test_a_speedup_is_the_median_of_per_round_ratios_not_the_ratio_of_medians():
+    base = Samples([6.0, 2.0, 4.0], {}, [0, 1, 2], [0, 1, 0])
+    variant = Samples([2.0, 2.0, 2.0], {}, [0, 1, 2], [1, 0, 1])
+    speed = paired_speedup(base, variant, bound=2.5)
+    assert (speed.measured, speed.q1, speed.q3, speed.bound) == (2.0, 1.5, 2.5, 2.5)
+    assert speed.efficiency == 0.8 and speed.to_dict()["efficiency"] == 0.8
+    unpaired = paired_speedup(Samples([6.0, 2.0]), Samples([2.0, 2.0]), bound=2.0)  # no rounds: medians' ratio
+    assert unpaired.measured == unpaired.q1 == unpaired.q3 == 2.0
