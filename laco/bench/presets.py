@@ -2,7 +2,7 @@
 
 Each preset names its ``engine``: ``batched`` (square images as 4-D ``pixel_values`` through an encoder or a LLaVA-style
 MLLM; ``--engine vllm`` serves these too) or ``packed`` (a Qwen-VL tower taking packed patches and ``grid_thw``).
-Built-in presets live here as data; a YAML file with the fields of a batched preset works too (``--preset path.yaml``;
+Built-in presets are data, in ``presets.yaml`` beside this module; a YAML file with the fields of a batched preset works too (``--preset path.yaml``;
 see ``configs/bench/``). Geometries come from :mod:`laco.cost` by name, or inline as a mapping of
 :class:`~laco.cost.EncoderGeometry` / :class:`~laco.cost.LLMGeometry` fields.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..cost import ENCODERS, LLMS, EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
+from ..cost import EncoderGeometry, LLMGeometry, encoder_geometry, llm_geometry
 from ..cost.native import PACKED_ENCODERS, PACKED_LLMS, PackedEncoderGeometry
 from .measurements import default_measurements
 from .options import csv
@@ -89,15 +89,6 @@ class BenchPreset(_Preset):
         return BASE_DEFAULTS[device_type].get(key)
 
 
-TINY_ENCODER = EncoderGeometry("tiny-siglip", "siglip", 64, 12, 4, 128, 4, 52)  # 13x13: odd, like so400m@384
-TINY_LLM = LLMGeometry("tiny-qwen2", 64, 2, 4, 2, 176, 1024, tied=True)
-
-_SO400M_NOTE = (
-    "SigLIP-so400m is benchmarked with all 27 layers as geometries.md lists it; LLaVA-OneVision's own tower "
-    "drops the last layer (26 used), which changes the FLOP ratios by ~1%."
-)
-
-
 @dataclass(frozen=True)
 class NativePreset(_Preset):
     """A packed tower to time (``engine = "packed"``). ``llm`` is the LLM it feeds (for the time-to-first-token
@@ -118,84 +109,6 @@ class NativePreset(_Preset):
         return 3 if device.type == "cuda" else int(patches <= self.warmup_max_patches)
 
 
-_TINY_NOTE = "tiny geometry: timings are dominated by Python overhead and say nothing about real models."
-_RANDOM = "random weights: the time of a call does not depend on them; speed-ups are what this measures, not quality."
-_ENCODER_ONLY = (
-    ("siglip-so400m", "SigLIP-so400m/14 @384 (27 layers, 27x27 grid), encoder only"),
-    ("siglip-l16", "SigLIP-L/16 @384 (24 layers, 24x24 grid), encoder only"),
-    ("internvit-300m", "InternViT-300M @448 (24 layers, 32x32 grid + CLS), encoder only"),
-    ("dinov2-s", "DINOv2-S/14 @224 (12 layers, 16x16 grid + CLS), encoder only"),
-    ("aimv2-l14", "AIMv2-L/14 @224 (24 layers, SwiGLU, 16x16 grid), encoder only"),
-    ("clip-l14-336", "CLIP ViT-L/14 @336 (24 layers, 24x24 grid + CLS), encoder only"),
-)
-PRESETS: dict[str, BenchPreset | NativePreset] = {
-    preset.name: preset
-    for preset in (
-        BenchPreset(
-            "llava-ov-0.5b",
-            "LLaVA-OneVision-0.5B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-0.5B",
-            ENCODERS["siglip-so400m"],
-            LLMS["qwen2-0.5b"],
-            # On a CPU the full 24-layer LLM would dominate the run time: time 6 layers, scale to 24.
-            defaults={"cpu": {"llm_layers": 6}},
-            notes=(_SO400M_NOTE,),
-        ),
-        BenchPreset(
-            "llava-ov-7b",
-            "LLaVA-OneVision-7B geometry: SigLIP-so400m/14 @384 + 2-layer MLP projector + Qwen2-7B",
-            ENCODERS["siglip-so400m"],
-            LLMS["qwen2-7b"],
-            # A full 7B does not fit a training step with AdamW on one 80 GB GPU without sharding, nor any
-            # step in CPU RAM: time a few layers (embedding and lm_head included at full size) and scale.
-            defaults={
-                "cpu": {"llm_layers": 1, "measure": ("encoder", "prefill", "decode")},
-                "cuda": {"llm_layers": 4},
-            },
-            notes=(_SO400M_NOTE,),
-        ),
-        *(BenchPreset(name, description, ENCODERS[name]) for name, description in _ENCODER_ONLY),
-        BenchPreset(
-            "tiny",
-            "tiny random geometry for CI (--quick): 12-layer SigLIP-like encoder on an odd 13x13 grid + 2-layer Qwen2",
-            TINY_ENCODER,
-            TINY_LLM,
-            prompt_tokens=8,
-            answer_tokens=4,
-            defaults={"cpu": {"reps": 3, "warmup": 1}, "cuda": {"reps": 3, "warmup": 1, "precision": "fp32"}},
-            notes=(_TINY_NOTE,),
-        ),
-        NativePreset(
-            "qwen2.5-vl-7b-tower",
-            "Qwen2.5-VL-7B vision tower (32 blocks, width 1280, 112 px windows, full attention in 7/15/23/31), "
-            "feeding Qwen2-7B",
-            PACKED_ENCODERS["qwen2.5-vl-7b"],
-            llm_geometry(PACKED_LLMS["qwen2.5-vl-7b"]),
-            notes=(_RANDOM,),
-        ),
-        NativePreset(
-            "qwen2-vl-2b-tower",
-            "Qwen2-VL-2B vision tower (32 blocks, width 1280, full attention), feeding Qwen2-1.5B",
-            PACKED_ENCODERS["qwen2-vl-2b"],
-            llm_geometry(PACKED_LLMS["qwen2-vl-2b"]),
-            notes=(_RANDOM,),
-        ),
-        NativePreset(
-            "tiny-qwen-tower",
-            "tiny Qwen2.5-VL-like tower for CI: 4 blocks, width 32, 112 px windows, full attention in 1/3",
-            PackedEncoderGeometry(
-                "tiny-qwen2.5-vl", "qwen2.5-vl", 32, 4, 4, 48, 32, mlp_kind="swiglu", window=112, full_blocks=(1, 3)
-            ),
-            TINY_LLM,
-            sizes=("448", "mixed"),
-            cpu_reps={},
-            warmup_max_patches=10**6,
-            notes=(_TINY_NOTE,),
-        ),
-    )
-}
-"""Every built-in preset, of every engine, by name."""
-
-
 def _known(values: Mapping[str, Any], kind: type, what: str) -> Mapping[str, Any]:
     """``values``, refused where a key is not a field of the dataclass ``kind``."""
     names = {f.name for f in fields(kind)}
@@ -209,13 +122,14 @@ def _geometry(value: Any, kind: type, lookup) -> Any:
         return value
     if isinstance(value, str):
         return lookup(value)
-    if isinstance(value, Mapping):
-        return kind(**_known(value, kind, f"{kind.__name__} field(s)"))
+    if isinstance(value, Mapping):  # YAML lists become the tuples a frozen geometry holds
+        fields_ = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        return kind(**_known(fields_, kind, f"{kind.__name__} field(s)"))
     raise ValueError(f"a {kind.__name__} is a preset name or a mapping of fields, not {value!r}.")
 
 
 def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchPreset:
-    """Build a preset from a mapping (as read from YAML): ``encoder``/``llm`` are names or field mappings."""
+    """Build a batched preset from a mapping (as read from YAML): ``encoder``/``llm`` are names or field mappings."""
     _known(data, BenchPreset, "preset field(s)")
     if "encoder" not in data:
         raise ValueError("a preset needs an 'encoder' (a name such as 'siglip-so400m' or a mapping of fields).")
@@ -231,6 +145,31 @@ def preset_from_dict(data: Mapping[str, Any], name: str | None = None) -> BenchP
     }
     values["notes"] = tuple(values.get("notes") or ())
     return BenchPreset(**values)
+
+
+def _native_from_dict(data: Mapping[str, Any], name: str) -> NativePreset:
+    values = dict(_known(data, NativePreset, "packed preset field(s)"), name=name)
+    values["encoder"] = _geometry(values["encoder"], PackedEncoderGeometry, PACKED_ENCODERS.__getitem__)
+    values["llm"] = _geometry(values.get("llm") or PACKED_LLMS[values["encoder"].name], LLMGeometry, llm_geometry)
+    values["sizes"], values["notes"] = tuple(values.get("sizes", ("448", "1344"))), tuple(values.get("notes", ()))
+    return NativePreset(**values)
+
+
+def _built_in() -> dict[str, BenchPreset | NativePreset]:
+    import yaml
+
+    data = yaml.safe_load(Path(__file__).with_name("presets.yaml").read_text())
+    presets = {}
+    for name, entry in data["presets"].items():
+        entry = {**entry, "notes": [data["notes"][note] for note in entry.get("notes", ())]}
+        packed = entry.get("engine") == "packed"
+        presets[name] = _native_from_dict(entry, name) if packed else preset_from_dict(entry, name)
+    return presets
+
+
+PRESETS: dict[str, BenchPreset | NativePreset] = _built_in()
+"""Every built-in preset, of every engine, by name (``presets.yaml`` beside this module)."""
+TINY_ENCODER, TINY_LLM = PRESETS["tiny"].encoder, PRESETS["tiny"].llm  # the CI geometry, for tests and --quick
 
 
 def load_preset(name_or_path: str | Path | BenchPreset) -> BenchPreset:

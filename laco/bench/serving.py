@@ -16,7 +16,6 @@ encoder and processor caches cannot skip work. The ratios are set next to the FL
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import time
@@ -32,6 +31,7 @@ from ..cost import mllm_flops
 from ..measure.machine import RunStart
 from ..measure.timing import Samples, run_interleaved
 from ..placement import Placement
+from ..serve.client import data_url, image_chat
 from .options import FLAG, option
 from .presets import load_preset
 from .results import Result, Row
@@ -202,24 +202,12 @@ def image_url(seed: int, size: int) -> str:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return data_url(buffer.getvalue())
 
 
 def chat_request(model: str, url: str, max_tokens: int) -> dict[str, Any]:
-    return {
-        "model": model,
-        "max_tokens": max_tokens,
-        "min_tokens": max_tokens,
-        "ignore_eos": True,
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": ""},
-            {
-                "role": "user",
-                "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": PROMPT}],
-            },
-        ],
-    }
+    """Exactly ``max_tokens`` answer tokens per request, so every variant decodes the same amount."""
+    return image_chat(model, url, PROMPT, max_tokens, min_tokens=max_tokens, ignore_eos=True)
 
 
 def _send(server, payload: dict[str, Any]) -> tuple[float, int]:

@@ -7,11 +7,11 @@ Skipped, with the exact reason, where the serving environment is missing or vLLM
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from PIL import Image
 
+from laco.serve.client import data_url, image_chat
 from laco.serve.launch import run_in_serve_env, vllm_server
 
 from faults.test_records import write_huge_png
@@ -50,17 +50,11 @@ def test_media_fetching_is_off_by_default_and_the_budget_is_lacos(serving_python
 
 
 def _chat(url: str | None, text: str) -> dict:
-    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}] if url else text
-    return {
-        "model": "laco",
-        "max_tokens": 4,
-        "temperature": 0,
-        "messages": [{"role": "system", "content": ""}, {"role": "user", "content": content}],
-    }
+    return image_chat("laco", url, text, 4)
 
 
 def _data_url(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return data_url(path.read_bytes())
 
 
 def test_vllm_serve_refuses_bad_input_with_400_and_keeps_serving(tmp_path, serving_python):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from laco.serve.client import data_url, image_chat
 from laco.serve.launch import run_in_serve_env, vllm_server
 
 from serve.conftest import QUESTION, color_images, laco_generate, save_tiny_laco
@@ -89,22 +90,11 @@ def test_offline_greedy_answers_equal_laco_generate(tmp_path, serving_python, de
 
 
 def _chat(server, image_url: str, question: str) -> dict:
-    return {
-        "model": server.model,
-        "max_tokens": MAX_TOKENS,
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": ""},  # the system prompt laco trained with (laco_processor.json)
-            {
-                "role": "user",
-                "content": [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": question}],
-            },
-        ],
-    }
+    return image_chat(server.model, image_url, question, MAX_TOKENS)
 
 
 def _data_url(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    return data_url(path.read_bytes())
 
 
 @pytest.mark.slow
