@@ -158,7 +158,21 @@ def safetensors_problem(path: str | Path) -> str | None:
     return None
 
 
+def check_weight_files(directory: str | Path) -> bool:
+    """Refuse, naming the file, a safetensors file cut short (:func:`safetensors_problem`) or any file whose content
+    no longer matches the digests laco wrote (:func:`verify_digests`); returns whether digests were there to check.
+    What every reader of a laco checkpoint (``laco.load``, the family check, the vLLM plugin) runs before loading."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem is not None:
+            raise DigestMismatch(
+                f"{file} {problem}: the file is damaged (an interrupted copy or save); copy or save it again."
+            )
+    return verify_digests(directory)
+
+
 __all__ = [
+    "check_weight_files",
     "DIGESTS_FILE",
     "DigestMismatch",
     "checkpoint_files",

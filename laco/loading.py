@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .adapters import find_model_adapter
-from .digests import safetensors_problem, verify_digests
+from .digests import check_weight_files
 from .mllm.types import laco_model_class
 from .patch import COMPRESSOR_ATTRIBUTE, apply_from_config, placement_of
 from .weights import (
@@ -42,23 +42,12 @@ def load(
     path = Path(path)
     refuse_pickle(path)
     check_shards(path)
-    _check_files(path)
+    if path.is_dir():  # a directory without digests (saved by hand) is checked by structure only
+        check_weight_files(path)
     laco_class = _laco_class_for(path) if model_class is None else None
     if laco_class is not None:
         return _load_mllm(path, laco_class, processor, **kwargs)
     return _load_rebuilt(path, model_class or saved_class(path), processor, **kwargs)
-
-
-def _check_files(path: Path) -> None:
-    """Refuse damaged weights before loading: a truncated safetensors file, or any file whose content no longer
-    matches the digests laco wrote beside it (a directory without them, made by hand, is checked by structure)."""
-    if not path.is_dir():
-        return
-    for file in sorted(path.glob("*.safetensors")):
-        problem = safetensors_problem(file)
-        if problem is not None:
-            raise CheckpointMismatch(f"{file} {problem}: the file is damaged; copy or save it again.")
-    verify_digests(path)
 
 
 def _laco_class_for(path: Path) -> type[nn.Module] | None:

@@ -58,24 +58,18 @@ def question_answer_pairs(json_path: str | Path) -> list[tuple[str, str]]:
 
 def llava_dataset(data: "DataConfig", split: str, processor: "LacoProcessor", **kwargs) -> LlavaDataset:
     """The checked dataset of ``split`` with the record rules of ``data``: what training and evaluation both read."""
-    json_path, image_folder = split_files(data, split)
-    return LlavaDataset(
-        json_path,
-        image_folder,
-        processor,
-        max_length=data.max_length,
-        strict=data.strict,
-        max_image_pixels=data.max_image_pixels,
-        allow_outside_image_folder=data.allow_outside_image_folder,
-        **kwargs,
-    )
+    return _dataset(LlavaDataset, data, split, processor, **kwargs)
 
 
 def processor_dataset(data: "DataConfig", split: str, processor: Any, **kwargs) -> ProcessorDataset:
     """:func:`llava_dataset` for a checkpoint's own (stock) processor: the same files and record rules, each record
     rendered by its chat template and encoded by it (:mod:`laco.data.processor_data`)."""
+    return _dataset(ProcessorDataset, data, split, processor, **kwargs)
+
+
+def _dataset(dataset_class: type, data: "DataConfig", split: str, processor: Any, **kwargs) -> Any:
     json_path, image_folder = split_files(data, split)
-    return ProcessorDataset(
+    return dataset_class(
         json_path,
         image_folder,
         processor,

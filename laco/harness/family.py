@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..digests import safetensors_problem, verify_digests
+from ..digests import check_weight_files
 
 LACO_LLAVA = "laco_llava"
 SERVED = (LACO_LLAVA, "llava")
@@ -49,10 +49,8 @@ def check_servable(directory: str | Path, entry: str, families: bool = False) ->
     family_class = _laco_class(model_type) if other else None
     if model_type not in SERVED and family_class is None:
         raise FamilyRefusal(_family_message(directory, entry, model_type, config, families))
-    if family_class is None:
-        _check_settings(directory, config)
-    else:
-        _check_family_settings(directory, family_class)
+    _check_settings(directory, config, family_class)
+    if family_class is not None:
         _check_chat_template(directory, entry)
     _check_weights(directory)
     return directory
@@ -73,21 +71,6 @@ def _check_chat_template(directory: Path, entry: str) -> None:
         f"{directory} has no chat template, and {entry} asks this family's models through it; copy the original "
         "checkpoint's chat_template.jinja into the directory (or set processor.chat_template and save the processor)."
     )
-
-
-def _check_family_settings(directory: Path, model_class: type) -> None:
-    """As :func:`_check_settings`, for another family's LaCo class: built on the ``meta`` device from its config."""
-    import torch
-
-    try:
-        config = model_class.config_class.from_pretrained(directory)
-        with torch.device("meta"):
-            model_class(config)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
-        raise FamilyRefusal(
-            f"{directory}/config.json does not describe a {model_class.__name__} laco can build: "
-            f"{str(error).rstrip('.')}. Point at the directory laco saved (laco convert, laco train's final/)."
-        ) from None
 
 
 def _read_config(directory: Path, entry: str) -> dict[str, Any]:
@@ -151,24 +134,26 @@ def _laco_class(model_type: Any) -> type | None:
     return laco_model_class(model_type) if isinstance(model_type, str) else None
 
 
-def _check_settings(directory: Path, config: dict[str, Any]) -> None:
-    """Build the model the config describes on the ``meta`` device: a bad ``vision_config.laco`` (an unknown
-    method, a layer past the encoder's depth, a factor of 0, not a mapping) fails here in one message."""
+def _check_settings(directory: Path, config: dict[str, Any], model_class: type | None = None) -> None:
+    """Build the model the config describes (laco's LLaVA, or another family's LaCo ``model_class``) on the
+    ``meta`` device: a bad ``vision_config.laco`` (an unknown method, a layer past the encoder's depth, a factor of
+    0, not a mapping) fails here in one message naming the recorded value."""
     import torch
 
-    from ..mllm import LacoLlavaConfig, LacoLlavaForConditionalGeneration
+    from ..mllm import LacoLlavaForConditionalGeneration
 
+    model_class = model_class or LacoLlavaForConditionalGeneration
     vision = config.get("vision_config")
     recorded = vision.get("laco") if isinstance(vision, dict) else None
     try:
-        loaded = LacoLlavaConfig.from_pretrained(directory)
+        loaded = model_class.config_class.from_pretrained(directory)
         with torch.device("meta"):
-            LacoLlavaForConditionalGeneration(loaded)
+            model_class(loaded)
     except (ValueError, TypeError, KeyError, AttributeError, IndexError) as error:
         raise FamilyRefusal(
-            f"{directory}/config.json does not describe a model laco can build (vision_config.laco = "
-            f"{json.dumps(recorded)}): {str(error).rstrip('.')}. Fix vision_config.laco (layers, method, factor as "
-            "laco saved them) or point at the directory laco saved."
+            f"{directory}/config.json does not describe a {model_class.__name__} laco can build (vision_config.laco"
+            f" = {json.dumps(recorded)}): {str(error).rstrip('.')}. Fix vision_config.laco (layers, method, factor "
+            "as laco saved them) or point at the directory laco saved (laco convert, laco train's final/)."
         ) from None
 
 
@@ -182,12 +167,7 @@ def _check_weights(directory: Path) -> None:
             f"{directory} has no safetensors weights (model.safetensors); laco loads safetensors only. Point at the "
             "directory laco saved."
         )
-    for file in files:
-        problem = safetensors_problem(file)
-        if problem is not None:
-            damaged = "the file is damaged (an interrupted copy or save); copy or save it again"
-            raise FamilyRefusal(f"{file} {problem}: {damaged}.")
-    verify_digests(directory)
+    check_weight_files(directory)
 
 
 __all__ = ["FamilyRefusal", "LACO_LLAVA", "NoCheckpoint", "check_servable"]

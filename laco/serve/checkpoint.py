@@ -98,14 +98,10 @@ def read_checkpoint(directory: str | Path, config: Any | None = None, *, verify_
 
 def check_files(directory: Path) -> None:
     """Refuse weights cut short and files whose content changed since laco wrote them, naming the file."""
-    from ..digests import DigestMismatch, safetensors_problem, verify_digests
+    from ..digests import DigestMismatch, check_weight_files
 
-    for file in sorted(directory.glob("*.safetensors")):
-        problem = safetensors_problem(file)
-        if problem is not None:
-            raise CheckpointError(f"{file} {problem}; copy or save the checkpoint again.")
     try:
-        verify_digests(directory)
+        check_weight_files(directory)
     except DigestMismatch as mismatch:
         raise CheckpointError(str(mismatch)) from None
 
