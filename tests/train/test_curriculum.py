@@ -2,15 +2,12 @@
 carrying its weights; every stage's saved model holds its own placement, and a killed run resumes exactly."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from killed_runs import assert_same_models, kill_after_first_checkpoint
 from safetensors.torch import load_file
 
 from laco.config import load_config
@@ -75,23 +72,10 @@ def test_moving_the_merge_keeps_its_weights_and_the_token_count(parts):
 def test_a_killed_curriculum_resumes_exactly(parts, tmp_path):
     train(load_config(_write(tmp_path / "ref.yaml", parts, tmp_path / "ref", steps=30)), quiet=True)
     config = _write(tmp_path / "run.yaml", parts, tmp_path / "run", steps=30)
-    command = [sys.executable, "-m", "laco", "train", "--config", str(config), "--no-eval"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stage = tmp_path / "run" / "shallow"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not list(stage.glob("checkpoint-*/trainer_state.json")):
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed: " + process.stdout.read()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert (tmp_path / "run" / "deep" / "final").is_dir() and not (stage / "final").exists()
+    kill_after_first_checkpoint(config, tmp_path / "run" / "shallow")
+    assert (tmp_path / "run" / "deep" / "final").is_dir()
     train(load_config(config), quiet=True)
-    for model in ("deep/final", "shallow/final", "final"):
-        resumed = load_file(tmp_path / "run" / model / "model.safetensors")
-        expected = load_file(tmp_path / "ref" / model / "model.safetensors")
-        assert resumed.keys() == expected.keys()
-        for key in expected:
-            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+    assert_same_models(tmp_path / "run", tmp_path / "ref", ("deep/final", "shallow/final", "final"))
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,12 @@
 tower's pooled features, on images only; it learns, trains only what it lists, and resumes exactly after a kill."""
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from killed_runs import assert_same_models, kill_after_first_checkpoint
 
 from laco.config import load_config
 from laco.train import train
@@ -119,24 +115,10 @@ def test_a_killed_distillation_stage_resumes_exactly(parts, tmp_path):
     train(reference, quiet=True)
 
     config = _write(tmp_path / "run.yaml", parts, tmp_path / "run", distill_steps=30, save_steps=2)
-    command = [sys.executable, "-m", "laco", "train", "--config", str(config), "--no-eval"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    stage = tmp_path / "run" / "distill"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None and not list(stage.glob("checkpoint-*/trainer_state.json")):
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed: " + process.stdout.read()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (stage / "final").exists()
+    kill_after_first_checkpoint(config, tmp_path / "run" / "distill")
 
     train(load_config(config), quiet=True)
-    for model in ("distill/final", "final"):
-        resumed = load_file(tmp_path / "run" / model / "model.safetensors")
-        expected = load_file(tmp_path / "ref" / model / "model.safetensors")
-        assert resumed.keys() == expected.keys()
-        for key in expected:
-            torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+    assert_same_models(tmp_path / "run", tmp_path / "ref", ("distill/final", "final"))
 
 
 def test_the_target_is_the_uncompressed_tower_pooled_through_every_merge():

@@ -1,14 +1,13 @@
 """Staged training end to end on tiny models: stages, checkpoints, resume after a kill, 2-process DDP."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from killed_runs import assert_same_models, kill_after_first_checkpoint
 from safetensors.torch import load_file
 
 from laco.config import load_config
@@ -70,26 +69,13 @@ def test_a_killed_run_resumes_exactly(parts, tmp_path):
     train(reference, quiet=True)
 
     config = write_config(tmp_path / "run.yaml", parts, tmp_path / "run", steps=steps, save_steps=2)
-    process = _run_cli(config, sys.executable)
-    deadline = time.time() + 300
     stage1 = tmp_path / "run" / "stage1"
-    while time.time() < deadline and process.poll() is None:
-        if list(stage1.glob("checkpoint-*/trainer_state.json")):
-            break
-        time.sleep(0.02)
-    assert process.poll() is None, "the run finished before it could be killed: " + process.stdout.read()[-2000:]
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (stage1 / "final").exists()
+    kill_after_first_checkpoint(config, stage1)
     killed_at = int(Path(last_complete_checkpoint(stage1, tidy=False)).name.split("-")[1])
     assert killed_at < steps[0]
 
     train(load_config(config), quiet=True)
-    resumed = load_file(tmp_path / "run" / "final" / "model.safetensors")
-    expected = load_file(tmp_path / "ref" / "final" / "model.safetensors")
-    assert resumed.keys() == expected.keys()
-    for key in expected:
-        torch.testing.assert_close(resumed[key], expected[key], rtol=0, atol=0, msg=key)
+    assert_same_models(tmp_path / "run", tmp_path / "ref", ("final",))
 
 
 def test_two_process_ddp_on_cpu(parts, tmp_path):
