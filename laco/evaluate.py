@@ -74,6 +74,11 @@ class EvalResult:
             table[name] = {"accuracy": sum(hits) / len(rows), "question_prior": sum(prior) / len(rows), "n": len(rows)}
         return table
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvalResult:
+        """A result :meth:`to_json` wrote (with its predictions, which :meth:`by_group` needs)."""
+        return cls(**json.loads(Path(path).read_text()))
+
     def to_json(self, path: str | Path, include_predictions: bool = True) -> None:
         data = asdict(self)
         if not include_predictions:

@@ -27,6 +27,17 @@ def test_the_command_line_writes_a_laco_checkpoint(checkpoint, capsys):
     assert laco.placement_of(laco.load(dst)).layers == (2,)
 
 
+def test_the_command_line_passes_compressor_options(checkpoint, capsys):
+    dst = checkpoint.parent / "dst"
+    args = ["convert", str(checkpoint), str(dst), "--layer", "1/2", "--method", "laco-window"]
+    assert main([*args, "--option", "init=ffn_reuse", "--option", "branch_scale=0.5"]) == 0
+    placement = laco.placement_of(laco.load(dst))
+    assert placement.method == "laco-window" and dict(placement.options) == {"init": "ffn_reuse", "branch_scale": 0.5}
+    with pytest.raises(SystemExit):
+        main([*args, "--option", "init"])
+    assert "expected KEY=VALUE such as init=ffn_reuse, not 'init'" in capsys.readouterr().err
+
+
 def test_pickle_weights_are_refused(checkpoint):
     (checkpoint / "model.safetensors").rename(checkpoint / "pytorch_model.bin")
     with pytest.raises(ValueError, match=r"no safetensors weights \(only \['pytorch_model.bin'\]\)"):

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..compressors import available as available_methods
+from .arguments import compressor_option
 
 
 def add(subparsers) -> None:
@@ -27,6 +28,14 @@ def add(subparsers) -> None:
     parser.add_argument("--mode", default="auto", choices=MODES, help="for models that compress after their encoder")
     parser.add_argument("--method", default="laco", help=f"compressor: {', '.join(available_methods())}")
     parser.add_argument("--factor", type=int, default=2, help="merge factor x factor tokens")
+    parser.add_argument(
+        "--option",
+        type=compressor_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a compressor option (YAML value), e.g. --option init=ffn_reuse for laco-window",
+    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty dst")
     parser.set_defaults(handler=_run_convert)
 
@@ -37,7 +46,7 @@ def _run_convert(args: argparse.Namespace) -> int:
 
     try:
         _check_source_weights(args.src)
-        placement = Placement(args.layer, args.method, args.factor, mode=args.mode)
+        placement = Placement(args.layer, args.method, args.factor, mode=args.mode, options=dict(args.option))
         summary = convert(args.src, args.dst, placement, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         raise SystemExit(f"laco convert: {error}") from error

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import convert, evaluate, generate, train
+from . import convert, evaluate, generate, retrofit, train
 from .refusals import refusal_message
 
 DEBUG_FLAG = "--debug"
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add(subparsers)
     train.add_table(subparsers)
     convert.add(subparsers)
+    retrofit.add(subparsers)
     _add_delegate(subparsers, "bench", "time LaCo against external compression at real geometries", "laco.bench")
     _add_delegate(
         subparsers, "study", "the quality study: every compressor, depth and shortcut on real tasks", "laco.study"
