@@ -148,21 +148,23 @@ def markdown_table(arms: Sequence[str | Path]) -> tuple[str, list[dict[str, Any]
     prior) and a row of blind baselines (the priors per type); and the summaries behind it."""
     summaries = [summarize(arm) for arm in arms]
     lines = [
-        "| arm | image tokens | seeds | wall time (min) | exact match | yes/no | shape | colour |",
-        "|---|---|---|---|---|---|---|---|",
+        "| arm | image tokens | tower speed-up (FLOP bound) | seeds | wall time (min) | exact match | yes/no | shape "
+        "| colour |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in summaries:
         wall = row["wall_seconds"]
         types = " | ".join(_type_cell(row, group) for group in GROUPS)
         lines.append(
-            f"| {row['arm']} | {row['image_tokens']} | {row['n']} | {wall[0] / 60:.1f} ± {wall[1] / 60:.1f} "
+            f"| {row['arm']} | {row['image_tokens']} | {_speedup(row)} | {row['n']} "
+            f"| {wall[0] / 60:.1f} ± {wall[1] / 60:.1f} "
             f"| {_percent(row['accuracy'])} | {types} |"
         )
     first = summaries[0]
     prior = _percent(first["question_prior_accuracy"])
     type_priors = " | ".join(_percent(first.get(f"{group} prior")) for group in GROUPS)
     lines.append(
-        f"| *blind baselines* | 0 | | | majority {_percent(first['majority_accuracy'])}, question-only {prior} "
+        f"| *blind baselines* | 0 | | | | majority {_percent(first['majority_accuracy'])}, question-only {prior} "
         f"| {type_priors} |"
     )
     machines = {json.dumps(row["machine"], sort_keys=True) for row in summaries}
@@ -177,7 +179,63 @@ def markdown_table(arms: Sequence[str | Path]) -> tuple[str, list[dict[str, Any]
         f"Mean ± standard deviation over seeds; in brackets, points above that answer type's question-only prior "
         f"(the blind-baseline row); timed on {described}; precision {', '.join(precisions)}.",
     ]
+    rule = choose_default(summaries)
+    if rule is not None:
+        lines += ["", describe_choice(rule)]
     return "\n".join(lines), summaries
+
+
+def _speedup(row: dict[str, Any]) -> str:
+    bound = row.get("tower_speedup_bound")
+    return "-" if not bound else f"{bound:.2f}x"
+
+
+# The rule that picks the default placement (issue 23): the mean over seeds may trail external compression by at
+# most this much (fractions) overall and on the types where compression costs, and the tower must gain this much.
+DEFAULT_RULE = {"accuracy": 0.01, "shape": 0.05, "colour": 0.05}
+DEFAULT_RULE_MIN_SPEEDUP = 1.3
+
+
+def choose_default(summaries: Sequence[dict[str, Any]], reference: str = "external") -> dict[str, Any] | None:
+    """Which arm the rule picks: among the compressed arms within :data:`DEFAULT_RULE` of ``reference`` (mean over
+    seeds) on every key, with a tower speed-up of at least :data:`DEFAULT_RULE_MIN_SPEEDUP`, the fastest tower.
+    Returns ``None`` without a ``reference`` arm, else the choice (``None`` if no arm qualifies) and, for every
+    candidate, its shortfall per key in points (0 where it is within the margin)."""
+    by_arm = {row["arm"]: row for row in summaries}
+    if reference not in by_arm:
+        return None
+    target = by_arm[reference]
+    candidates = []
+    for row in summaries:
+        if row["arm"] in (reference, "none") or not row.get("tower_speedup_bound"):
+            continue
+        short = {
+            key: max(0.0, target[key][0] - margin - row[key][0])
+            for key, margin in DEFAULT_RULE.items()
+            if row.get(key) and target.get(key)
+        }
+        fast = row["tower_speedup_bound"] >= DEFAULT_RULE_MIN_SPEEDUP
+        candidates.append({"arm": row["arm"], "speedup": row["tower_speedup_bound"], "seeds": row["n"],
+                           "shortfall": short, "meets": fast and not any(short.values())})  # fmt: skip
+    passing = [c for c in candidates if c["meets"]]
+    chosen = max(passing, key=lambda c: c["speedup"])["arm"] if passing else None
+    return {"reference": reference, "chosen": chosen, "candidates": candidates}
+
+
+def describe_choice(rule: dict[str, Any]) -> str:
+    """The rule's verdict as a paragraph: the arm it picks, and by how much each other arm missed."""
+    limits = ", ".join(f"{key} >= {rule['reference']} - {100 * margin:.0f}" for key, margin in DEFAULT_RULE.items())
+    head = f"Default by rule (mean over seeds: {limits} points; tower speed-up >= {DEFAULT_RULE_MIN_SPEEDUP}x; the "
+    head += "fastest such tower): "
+    head += f"**{rule['chosen']}**." if rule["chosen"] else "no arm qualifies."
+    misses = []
+    for c in rule["candidates"]:
+        short = [f"{key} by {100 * value:.1f}" for key, value in c["shortfall"].items() if value > 0]
+        if c["speedup"] < DEFAULT_RULE_MIN_SPEEDUP:
+            short.append(f"speed-up {c['speedup']:.2f}x")
+        note = "meets it" if not short else "misses " + ", ".join(short)
+        misses.append(f"{c['arm']} ({c['speedup']:.2f}x, {c['seeds']} seed{'s' if c['seeds'] != 1 else ''}): {note}")
+    return head + (" " + "; ".join(misses) + "." if misses else "")
 
 
 def write_table(arms: Sequence[str | Path], out: str | Path) -> tuple[Path, ...]:
@@ -229,7 +287,11 @@ def plot_frontier(summaries: Sequence[dict[str, Any]], path: Path) -> Path | Non
 
 
 __all__ = [
+    "DEFAULT_RULE",
+    "DEFAULT_RULE_MIN_SPEEDUP",
     "SEEDS_FILE",
+    "choose_default",
+    "describe_choice",
     "SeedRecord",
     "describe_machine",
     "markdown_table",

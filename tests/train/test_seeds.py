@@ -36,7 +36,7 @@ def test_table_has_one_row_per_arm_the_blind_baselines_and_the_machine(tmp_path)
         for seed in (0, 1):
             record_seed(tmp_path / arm, _record(seed, accuracy + 0.01 * seed, 0.9), MACHINE)
     text, summaries = markdown_table([tmp_path / "laco", tmp_path / "external"])
-    assert "| laco | 16 | 2 | 10.5 ± 0.7 | 80.5 ± 0.7 | 80.0 ± 0.0 | 90.0 ± 0.0 | 50.0 ± 0.0 |" in text
+    assert "| laco | 16 | - | 2 | 10.5 ± 0.7 | 80.5 ± 0.7 | 80.0 ± 0.0 | 90.0 ± 0.0 | 50.0 ± 0.0 |" in text
     assert "| external |" in text and "majority 37.0 ± 0.0, question-only 67.0 ± 0.0" in text
     assert "Test CPU, 2 cores, 2 torch threads" in text and [s["arm"] for s in summaries] == ["laco", "external"]
 
@@ -55,7 +55,7 @@ def test_train_seeds_runs_each_seed_and_the_table_reads_them(parts, tmp_path):
     assert all(s["precision"] == "fp32" and s["wall_seconds"] > 0 and s["image_tokens"] == 16 for s in data["seeds"])
     out = tmp_path / "table.md"
     assert main(["table", str(tmp_path / "arm"), "--out", str(out)]) == 0
-    assert "| arm | 16 | 2 |" in out.read_text() and out.with_suffix(".json").exists()
+    assert "| arm | 16 | 2.19x | 2 |" in out.read_text() and out.with_suffix(".json").exists()
 
 
 @pytest.mark.parametrize("seeds", ["0,0", "a", "-1", ""])
@@ -86,6 +86,28 @@ def test_table_reports_each_type_above_its_prior_and_plots_quality_against_the_t
     assert tower_speedup_bound("google/siglip-so400m-patch14-384", None, Placement("1/4")) is None  # no geometry
 
 
+def test_the_default_rule_picks_the_fastest_tower_within_the_margins_of_external(tmp_path):
+    from dataclasses import replace
+
+    from laco.train.seeds import choose_default
+
+    # (arm, overall, shape, colour, tower speed-up): layer2 misses shape by 10 points, layer4 and layer6 qualify
+    arms = [("external", 0.80, 0.80, 0.55, 1.0), ("layer2", 0.80, 0.65, 0.90, 2.6), ("layer4", 0.795, 0.76, 0.9, 2.0),
+            ("layer6", 0.82, 0.78, 0.95, 1.6), ("layer9", 0.85, 0.9, 0.9, 1.2), ("none", 0.9, 0.97, 0.8, 1.0)]  # fmt: skip
+    for arm, overall, shape, colour, bound in arms:
+        record = _record(0, overall, shape)
+        record = replace(record, groups={**record.groups, "colour": colour}, tower_speedup_bound=bound)
+        record_seed(tmp_path / arm, record, MACHINE)
+    text, summaries = markdown_table([tmp_path / arm for arm, *_ in arms])
+    rule = choose_default(summaries)
+    assert rule["chosen"] == "layer4"
+    misses = {c["arm"]: c for c in rule["candidates"]}
+    assert misses["layer2"]["shortfall"]["shape"] == pytest.approx(0.10) and not misses["layer2"]["meets"]
+    assert not misses["layer9"]["meets"] and "none" not in misses  # below 1.3x; the uncompressed arm is no candidate
+    assert "Default by rule" in text and "**layer4**" in text and "layer2 (2.60x, 1 seed): misses shape by 10.0" in text
+    assert choose_default(summaries[1:]) is None  # no external arm: no verdict
+
+
 def test_frontier_arms_are_named_by_placement():
     from laco.cli.train import frontier_arms
 
@@ -100,6 +122,6 @@ def test_train_frontier_trains_one_arm_per_placement_and_writes_the_table(parts,
     for arm in ("layer2", "layer1+3"):
         assert (tmp_path / "frontier" / arm / "seed0" / "final" / "model.safetensors").exists()
     table = (tmp_path / "frontier" / "frontier.md").read_text()
-    assert "| layer2 | 16 | 1 |" in table and "| layer1+3 | 4 | 1 |" in table
+    assert "| layer2 | 16 |" in table and "| layer1+3 | 4 |" in table
     with pytest.raises(SystemExit, match="give --seeds"):
         main(["train", "--config", str(config), "--frontier", "2;1,3"])
