@@ -55,7 +55,8 @@ def test_train_seeds_runs_each_seed_and_the_table_reads_them(parts, tmp_path):
     assert all(s["precision"] == "fp32" and s["wall_seconds"] > 0 and s["image_tokens"] == 16 for s in data["seeds"])
     out = tmp_path / "table.md"
     assert main(["table", str(tmp_path / "arm"), "--out", str(out)]) == 0
-    assert "| arm | 16 | 2.19x | 2 |" in out.read_text() and out.with_suffix(".json").exists()
+    # a tiny random encoder has no laco.cost geometry, so its speed-up is unknown rather than guessed
+    assert "| arm | 16 | - | 2 |" in out.read_text() and out.with_suffix(".json").exists()
 
 
 @pytest.mark.parametrize("seeds", ["0,0", "a", "-1", ""])
