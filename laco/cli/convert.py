@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..compressors import available as available_methods
+from ..compressors.base import check_options
 from .arguments import compressor_option
 
 
@@ -45,6 +46,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from ..placement import Placement
 
     try:
+        check_options(args.method, dict(args.option))
         _check_source_weights(args.src)
         placement = Placement(args.layer, args.method, args.factor, mode=args.mode, options=dict(args.option))
         summary = convert(args.src, args.dst, placement, overwrite=args.overwrite)

@@ -146,12 +146,8 @@ def compressor_class(name: str) -> type[TokenCompressor]:
         raise ValueError(f"unknown compression method {name!r}; choose one of {available()}.") from None
 
 
-def build(name: str, dim: int, factor: int = 2, **options) -> TokenCompressor:
-    """Build the compressor registered as ``name`` for tokens of width ``dim``.
-
-    >>> build("laco", dim=768, factor=2)             # LaCo's patch merge with the shortcut
-    >>> build("ldpv2", dim=768, shortcut=True)       # a baseline given the same residual
-    """
+def check_options(name: str, options: dict) -> None:
+    """Refuse, by name, options the compressor registered as ``name`` does not take (before any model is loaded)."""
     cls = compressor_class(name)
     accepted = {
         p.name
@@ -163,4 +159,14 @@ def build(name: str, dim: int, factor: int = 2, **options) -> TokenCompressor:
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise ValueError(f"compressor {name!r} does not take option(s) {unknown}; it accepts {sorted(accepted)}.")
+
+
+def build(name: str, dim: int, factor: int = 2, **options) -> TokenCompressor:
+    """Build the compressor registered as ``name`` for tokens of width ``dim``.
+
+    >>> build("laco", dim=768, factor=2)             # LaCo's patch merge with the shortcut
+    >>> build("ldpv2", dim=768, shortcut=True)       # a baseline given the same residual
+    """
+    check_options(name, options)
+    cls = compressor_class(name)
     return cls(dim, factor, **options)
