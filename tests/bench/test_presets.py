@@ -9,6 +9,12 @@ from laco.bench.presets import PRESETS, load_preset, preset_from_dict
 REPO = Path(__file__).resolve().parents[2]
 
 
+def test_the_frontier_preset_is_the_default_mllms_tower():
+    preset = load_preset(REPO / "configs" / "bench" / "frontier-dinov2-s.yaml")
+    assert preset.llm is None and preset.encoder.image_size == 112 and preset.encoder.layers == 12
+    assert preset.default("cpu", "measure") == ("encoder",)
+
+
 def test_yaml_preset_and_builtin_presets():
     preset = load_preset(REPO / "configs" / "bench" / "internvl-0.5b.yaml")
     assert preset.encoder.name == "internvit-300m" and preset.llm.name == "qwen2-0.5b"
