@@ -62,7 +62,9 @@ class EvalResult:
         )
 
     def by_group(self, groups: dict[str, Sequence[str]]) -> dict[str, dict[str, float]]:
-        """Accuracy (and the question-only prior's) per group of reference answers, e.g. easy-VQA's answer types."""
+        """Accuracy (and the question-only prior's) per group of reference answers, e.g. easy-VQA's answer types, and
+        ``same_as_prior``: the share of answers equal to the prior's, which is 1 for a model that ignores the image
+        on that group however well it scores."""
         table = {}
         for name, answers in groups.items():
             members = {normalize_answer(a) for a in answers}
@@ -71,7 +73,9 @@ class EvalResult:
                 continue
             hits = [normalize_answer(p["prediction"]) == normalize_answer(p["reference"]) for p in rows]
             prior = [p.get("question_prior") == normalize_answer(p["reference"]) for p in rows]
-            table[name] = {"accuracy": sum(hits) / len(rows), "question_prior": sum(prior) / len(rows), "n": len(rows)}
+            same = [p.get("question_prior") == normalize_answer(p["prediction"]) for p in rows]
+            table[name] = {"accuracy": sum(hits) / len(rows), "question_prior": sum(prior) / len(rows), "n": len(rows),
+                           "same_as_prior": sum(same) / len(rows)}  # fmt: skip
         return table
 
     @classmethod

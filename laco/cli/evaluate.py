@@ -12,7 +12,10 @@ def print_answer_types(result) -> None:
     from ..data.easyvqa import ANSWER_TYPES
 
     for name, row in result.by_group(ANSWER_TYPES).items():
-        print(f"    {name:7s} {row['accuracy']:6.1%}  (question-only prior {row['question_prior']:.1%}, n={row['n']})")
+        print(
+            f"    {name:7s} {row['accuracy']:6.1%}  (question-only prior {row['question_prior']:.1%}, n={row['n']}; "
+            f"the prior's answer given on {row['same_as_prior']:.1%})"
+        )
 
 
 def evaluate_model(model_dir: Path, config, batch_size: int, max_new_tokens: int):
