@@ -22,7 +22,9 @@ def test_by_group_reports_accuracy_the_prior_and_how_often_the_prior_is_answered
         ("what is the shape?", "circle", "Circle.", "triangle"),
     ])  # fmt: skip
     table = result.by_group({"yes/no": ["yes", "no"], "shape": ["circle", "triangle"], "colour": ["red"]})
-    assert table["yes/no"] == pytest.approx({"accuracy": 2 / 3, "question_prior": 1 / 3, "n": 3, "same_as_prior": 2 / 3})
+    assert table["yes/no"] == pytest.approx(
+        {"accuracy": 2 / 3, "question_prior": 1 / 3, "n": 3, "same_as_prior": 2 / 3}
+    )
     assert table["shape"]["accuracy"] == 1.0 and table["shape"]["same_as_prior"] == 0.0
     assert "colour" not in table  # no question of that type
 
