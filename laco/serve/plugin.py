@@ -5,6 +5,9 @@ from __future__ import annotations
 from .checkpoint import ARCHITECTURE
 
 VLLM_MODEL = "laco.serve.vllm_model:LacoLlavaForVllm"
+QWEN_VLLM_MODEL = "laco.serve.qwen_vllm:LacoQwenVLForVllm"
+QWEN_ARCHITECTURES = ("LacoQwen2VLForConditionalGeneration", "LacoQwen2_5_VLForConditionalGeneration")
+"""The architectures ``laco convert`` writes for Qwen2-VL and Qwen2.5-VL checkpoints (laco.mllm.types)."""
 
 
 def register() -> None:
@@ -12,12 +15,15 @@ def register() -> None:
     from vllm import ModelRegistry
 
     from ..mllm import modeling  # noqa: F401  registers the "laco_llava" config with transformers' AutoConfig
+    from ..mllm import types  # noqa: F401  the LaCo Qwen-VL configs and processors, for AutoConfig / AutoProcessor
     from . import guards
 
     guards.install_defaults()
     guards.register_renderer()
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, VLLM_MODEL)
+    supported = ModelRegistry.get_supported_archs()
+    for architecture, model in ((ARCHITECTURE, VLLM_MODEL), *((arch, QWEN_VLLM_MODEL) for arch in QWEN_ARCHITECTURES)):
+        if architecture not in supported:
+            ModelRegistry.register_model(architecture, model)
 
 
-__all__ = ["VLLM_MODEL", "register"]
+__all__ = ["QWEN_ARCHITECTURES", "QWEN_VLLM_MODEL", "VLLM_MODEL", "register"]

@@ -1,0 +1,190 @@
+"""LaCo Qwen2-VL / Qwen2.5-VL checkpoints (``laco convert`` output) served by vLLM in the serving environment
+(.venv-serve): greedy tokens equal transformers' LaCo model's (``laco.load`` + ``generate`` here) for one image, two
+images of different sizes in one prompt, and a batch of requests with images of different sizes; offline
+``vllm.LLM`` and ``vllm serve`` behind the OpenAI API.
+
+Skipped, with the exact reason, where the serving environment is missing or vLLM's CPU backend cannot run.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import laco
+from laco.serve.client import data_url
+from laco.serve.launch import run_in_serve_env, vllm_server
+
+from chat_templates import QWEN
+
+MAX_TOKENS = 8
+LAYER = "1/2"  # LaCo after block 2 of the tiny tower's 4
+QUESTION = "what color is the shape?"
+# (width, height) in pixels; the tiny processor resizes to multiples of 8 px (4 px patches, 2x2 merge units), and
+# every size here is a multiple of 16 px, so compress_more's 2x2 blocks of merge units pair up too
+SIZES = [(32, 48), (48, 32), (64, 32), (32, 32)]
+
+
+def _vllm_config(family: str):
+    """The tiny Qwen-VL config of tests/fixtures/qwen_models, with an LLM vLLM's CPU attention takes (64-wide
+    heads) and M-RoPE sections that fill them."""
+    from qwen_models import tiny_config
+
+    config = tiny_config(family)
+    text = config.text_config
+    text.hidden_size, text.num_attention_heads, text.num_key_value_heads = 128, 2, 2
+    text.head_dim, text.intermediate_size, text.max_position_embeddings = 64, 128, 1024
+    text.rope_parameters = {**text.rope_parameters, "mrope_section": [16, 8, 8]}
+    if family == "qwen2":
+        config.vision_config.hidden_size = 128  # Qwen2-VL's merger outputs vision_config.hidden_size
+    else:
+        config.vision_config.out_hidden_size = 128
+    return config
+
+
+def save_converted(root: Path, family: str, mode: str) -> Path:
+    """A random tiny checkpoint saved as a user has it (model + processor with its chat template), converted."""
+    from qwen_models import tiny_processor
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    torch.manual_seed(0)
+    model_class = {"qwen2": Qwen2VLForConditionalGeneration, "qwen2.5": Qwen2_5_VLForConditionalGeneration}[family]
+    model = model_class(_vllm_config(family)).eval()
+    processor = tiny_processor(family)
+    processor.chat_template = QWEN
+    src, dst = root / f"{family}-src", root / f"{family}-{mode}"
+    model.save_pretrained(src)
+    processor.save_pretrained(src)
+    laco.convert(src, dst, LAYER, mode=mode, processor=processor)
+    return dst
+
+
+def prompt(processor, images: int, question: str = QUESTION) -> str:
+    content = [{"type": "image"}] * images + [{"type": "text", "text": question}]
+    messages = [{"role": "user", "content": content}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def image_files(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    colours = [(200, 30, 30), (30, 40, 220), (30, 200, 40), (230, 220, 30)]
+    paths = []
+    for index, ((width, height), colour) in enumerate(zip(SIZES, colours)):
+        image = Image.new("RGB", (width, height), colour)
+        image.paste((255, 255, 255), (width // 4, height // 4, width // 2, height // 2))
+        paths.append(directory / f"image{index}.png")
+        image.save(paths[-1])
+    return paths
+
+
+# each request: (question, indices into image_files)
+REQUESTS = [
+    (QUESTION, [0]),  # one image
+    ("compare the two shapes", [1, 2]),  # two images of different sizes in one prompt
+    ("what is in the picture?", [3]),  # the batch: these three requests go to the engine together
+]
+
+
+@torch.inference_mode()
+def transformers_answers(model_dir: Path, requests) -> tuple[list[list[int]], list[list[int]]]:
+    """Greedy new tokens and prompt token ids of transformers' LaCo model (``laco.load``), one request at a time."""
+    from transformers import AutoProcessor
+
+    model = laco.load(model_dir, attn_implementation="eager").eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    answers, prompts = [], []
+    for text, paths in requests:
+        images = [Image.open(path).convert("RGB") for path in paths]
+        inputs = processor(text=[text], images=images, return_tensors="pt")
+        output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0)
+        answers.append(output[0, inputs["input_ids"].shape[1] :].tolist())
+        prompts.append(inputs["input_ids"][0].tolist())
+    return answers, prompts
+
+
+def _rendered(model_dir: Path, images: list[Path]):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    return [(prompt(processor, len(indices), question), [images[i] for i in indices]) for question, indices in REQUESTS]
+
+
+def _offline(jobs: list[dict], tmp_path: Path) -> list[dict]:
+    jobs_path, results_path = tmp_path / "jobs.json", tmp_path / "results.json"
+    jobs_path.write_text(json.dumps(jobs))
+    process = run_in_serve_env(["-m", "laco.serve.prompt_offline", str(jobs_path), str(results_path)], timeout=1500)
+    assert process.returncode == 0, process.stderr[-4000:]
+    return json.loads(results_path.read_text())
+
+
+def test_plugin_registers_the_qwen_architectures_lazily(serving_python):
+    code = (
+        "import sys\n"
+        "from vllm.plugins import load_general_plugins\n"
+        "load_general_plugins()\n"
+        "from vllm import ModelRegistry\n"
+        "archs = ModelRegistry.get_supported_archs()\n"
+        "for arch in ('LacoQwen2VLForConditionalGeneration', 'LacoQwen2_5_VLForConditionalGeneration',\n"
+        "             'LacoLlavaForConditionalGeneration'):\n"
+        "    assert arch in archs, arch\n"
+        "assert 'laco.serve.qwen_vllm' not in sys.modules, 'registration must stay lazy'\n"
+        "print('registered')\n"
+    )
+    process = run_in_serve_env(["-c", code], timeout=300)
+    assert process.returncode == 0 and "registered" in process.stdout, process.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2.5", "qwen2"])
+def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_python, family):
+    """vllm.LLM on a converted keep_llm_tokens checkpoint: the same prompt tokens (placeholder counts) and the same
+    greedy tokens as transformers' LaCo model, for one image, two images of different sizes in one prompt, and the
+    three requests batched (float32, CPU)."""
+    model_dir = save_converted(tmp_path, family, "keep_llm_tokens")
+    requests = _rendered(model_dir, image_files(tmp_path / "images"))
+    job = {
+        "model": str(model_dir),
+        "requests": [{"prompt": text, "images": [str(path) for path in paths]} for text, paths in requests],
+        "max_tokens": MAX_TOKENS,
+    }
+    (result,) = _offline([job], tmp_path)
+    assert "error" not in result, result.get("error")
+    expected, expected_prompts = transformers_answers(model_dir, requests)
+    assert result["prompt_token_ids"] == expected_prompts
+    assert result["token_ids"] == expected, f"vLLM {result['token_ids']} != transformers {expected}"
+
+
+def _png(path: Path) -> str:
+    buffer = io.BytesIO()
+    Image.open(path).save(buffer, format="PNG")
+    return data_url(buffer.getvalue())
+
+
+@pytest.mark.slow
+def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path, serving_python):
+    """`vllm serve` of a converted Qwen2.5-VL checkpoint: a chat request with two images of different sizes gets the
+    tokens transformers' LaCo model generates for the same rendered prompt."""
+    from transformers import AutoProcessor
+
+    model_dir = save_converted(tmp_path, "qwen2.5", "keep_llm_tokens")
+    images = image_files(tmp_path / "images")
+    question, indices = REQUESTS[1]
+    processor = AutoProcessor.from_pretrained(model_dir)
+    expected, _ = transformers_answers(model_dir, [(prompt(processor, 2, question), [images[i] for i in indices])])
+    expected_text = processor.tokenizer.decode(expected[0], skip_special_tokens=True)
+    content = [{"type": "image_url", "image_url": {"url": _png(images[i])}} for i in indices]
+    request = {
+        "model": "laco",
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": [*content, {"type": "text", "text": question}]}],
+    }
+    with vllm_server(model_dir, log=tmp_path / "serve.log", extra_args=["--limit-mm-per-prompt", '{"image": 4}']) as server:
+        status, body = server.post("/v1/chat/completions", request)
+        assert status == 200, body
+        assert body["choices"][0]["message"]["content"] == expected_text, server.log_tail()
