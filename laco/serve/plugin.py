@@ -14,8 +14,8 @@ def register() -> None:
     """The vLLM plugin: safe to call more than once (vLLM loads plugins in every process it starts)."""
     from vllm import ModelRegistry
 
-    from ..mllm import modeling  # noqa: F401  registers the "laco_llava" config with transformers' AutoConfig
-    from ..mllm import types  # noqa: F401  the LaCo Qwen-VL configs and processors, for AutoConfig / AutoProcessor
+    # register laco's configs (laco_llava, the LaCo Qwen-VL types) and processors with transformers' Auto classes
+    from ..mllm import modeling, types  # noqa: F401
     from . import guards
 
     guards.install_defaults()

@@ -6,8 +6,8 @@ placeholders, e.g. a LaCo Qwen-VL one); run in the serving environment.
 ``jobs.json`` is a list of ``{"model": dir, "requests": [{"prompt": str, "images": [path, ...]}], "max_tokens": int}``;
 each prompt is the text the model's chat template renders (with one image placeholder per image, e.g. Qwen-VL's
 ``<|vision_start|><|image_pad|><|vision_end|>``). All requests of a job go to the engine at once, so vLLM batches
-them. ``results.json`` gets, per job, the generated token ids, the prompt token ids vLLM built, or the error that
-stopped the model from loading. The ``__main__`` guard matters: vLLM starts worker processes that re-import it.
+them. ``results.json`` gets, per job, the generated token ids with their log-probabilities, the prompt token ids
+vLLM built, or the error that stopped the model from loading. The ``__main__`` guard matters: vLLM starts worker processes that re-import it.
 """
 
 from __future__ import annotations
@@ -43,12 +43,17 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         }
         for request in job["requests"]
     ]
-    params = SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 8))
+    params = SamplingParams(temperature=0.0, max_tokens=job.get("max_tokens", 8), logprobs=0)
     outputs = llm.generate(prompts, params, use_tqdm=False)
     result = {
         "model": model,
         "token_ids": [list(output.outputs[0].token_ids) for output in outputs],
         "prompt_token_ids": [list(output.prompt_token_ids) for output in outputs],
+        # the log-probability of each generated token, to compare with another engine's beyond the argmax
+        "logprobs": [
+            [step[token].logprob for step, token in zip(output.outputs[0].logprobs, output.outputs[0].token_ids)]
+            for output in outputs
+        ],
     }
     del llm
     return result

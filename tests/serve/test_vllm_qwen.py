@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from qwen_models import IMAGE_TOKEN
 
 import laco
 from laco.serve.client import data_url
@@ -23,6 +24,7 @@ from laco.serve.launch import run_in_serve_env, vllm_server
 from chat_templates import QWEN
 
 MAX_TOKENS = 8
+MODES = ["keep_llm_tokens", "compress_more"]
 LAYER = "1/2"  # LaCo after block 2 of the tiny tower's 4
 QUESTION = "what color is the shape?"
 # (width, height) in pixels; the tiny processor resizes to multiples of 8 px (4 px patches, 2x2 merge units), and
@@ -91,20 +93,27 @@ REQUESTS = [
 
 
 @torch.inference_mode()
-def transformers_answers(model_dir: Path, requests) -> tuple[list[list[int]], list[list[int]]]:
-    """Greedy new tokens and prompt token ids of transformers' LaCo model (``laco.load``), one request at a time."""
+def transformers_answers(model_dir: Path, requests):
+    """Greedy new tokens, prompt token ids and the new tokens' log-probabilities of transformers' LaCo model
+    (``laco.load``), one request at a time."""
     from transformers import AutoProcessor
 
     model = laco.load(model_dir, attn_implementation="eager").eval()
     processor = AutoProcessor.from_pretrained(model_dir)
-    answers, prompts = [], []
+    answers, prompts, logprobs = [], [], []
     for text, paths in requests:
         images = [Image.open(path).convert("RGB") for path in paths]
         inputs = processor(text=[text], images=images, return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0)
-        answers.append(output[0, inputs["input_ids"].shape[1] :].tolist())
+        output = model.generate(
+            **inputs, max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0,
+            output_logits=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        new = output.sequences[0, inputs["input_ids"].shape[1] :]
+        steps = torch.stack(output.logits)[:, 0].float().log_softmax(-1)
+        answers.append(new.tolist())
+        logprobs.append(steps.gather(-1, new[:, None])[:, 0].tolist())
         prompts.append(inputs["input_ids"][0].tolist())
-    return answers, prompts
+    return answers, prompts, logprobs
 
 
 def _rendered(model_dir: Path, images: list[Path]):
@@ -142,21 +151,35 @@ def test_plugin_registers_the_qwen_architectures_lazily(serving_python):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2.5", "qwen2"])
 def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_python, family):
-    """vllm.LLM on a converted keep_llm_tokens checkpoint: the same prompt tokens (placeholder counts) and the same
-    greedy tokens as transformers' LaCo model, for one image, two images of different sizes in one prompt, and the
-    three requests batched (float32, CPU)."""
-    model_dir = save_converted(tmp_path, family, "keep_llm_tokens")
-    requests = _rendered(model_dir, image_files(tmp_path / "images"))
-    job = {
-        "model": str(model_dir),
-        "requests": [{"prompt": text, "images": [str(path) for path in paths]} for text, paths in requests],
-        "max_tokens": MAX_TOKENS,
-    }
-    (result,) = _offline([job], tmp_path)
-    assert "error" not in result, result.get("error")
-    expected, expected_prompts = transformers_answers(model_dir, requests)
-    assert result["prompt_token_ids"] == expected_prompts
-    assert result["token_ids"] == expected, f"vLLM {result['token_ids']} != transformers {expected}"
+    """vllm.LLM on converted checkpoints, keep_llm_tokens and compress_more: the same prompt tokens (placeholder
+    counts), the same greedy tokens and the same log-probabilities (to float32 rounding) as transformers' LaCo model,
+    for one image, two images of different sizes in one prompt, and the three requests batched (CPU).
+
+    The log-probabilities are what makes the positions count: with 1-D positions instead of M-RoPE the tiny model
+    still picks the same tokens, but its log-probabilities move by ~7e-3 (tried by hand), against ~5e-7 here."""
+    images = image_files(tmp_path / "images")
+    models = {mode: save_converted(tmp_path, family, mode) for mode in MODES}
+    requests = {mode: _rendered(models[mode], images) for mode in MODES}
+    jobs = [
+        {
+            "model": str(models[mode]),
+            "requests": [{"prompt": text, "images": [str(path) for path in paths]} for text, paths in requests[mode]],
+            "max_tokens": MAX_TOKENS,
+        }
+        for mode in MODES
+    ]
+    results = _offline(jobs, tmp_path)
+    for mode, result in zip(MODES, results):
+        assert "error" not in result, f"{mode}: {result.get('error')}"
+        expected, expected_prompts, expected_logprobs = transformers_answers(models[mode], requests[mode])
+        assert result["prompt_token_ids"] == expected_prompts, mode
+        assert result["token_ids"] == expected, f"{mode}: vLLM {result['token_ids']} != transformers {expected}"
+        for served, reference in zip(result["logprobs"], expected_logprobs):
+            torch.testing.assert_close(torch.tensor(served), torch.tensor(reference), rtol=0, atol=1e-4)
+    image_tokens = [
+        [ids.count(IMAGE_TOKEN) for ids in result["prompt_token_ids"]] for result in results
+    ]  # compress_more: 4x fewer image tokens for the LLM
+    assert [4 * count for count in image_tokens[1]] == image_tokens[0], image_tokens
 
 
 def _png(path: Path) -> str:
@@ -175,7 +198,7 @@ def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path
     images = image_files(tmp_path / "images")
     question, indices = REQUESTS[1]
     processor = AutoProcessor.from_pretrained(model_dir)
-    expected, _ = transformers_answers(model_dir, [(prompt(processor, 2, question), [images[i] for i in indices])])
+    expected, _, _ = transformers_answers(model_dir, [(prompt(processor, 2, question), [images[i] for i in indices])])
     expected_text = processor.tokenizer.decode(expected[0], skip_special_tokens=True)
     content = [{"type": "image_url", "image_url": {"url": _png(images[i])}} for i in indices]
     request = {
@@ -184,7 +207,9 @@ def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path
         "temperature": 0,
         "messages": [{"role": "user", "content": [*content, {"type": "text", "text": question}]}],
     }
-    with vllm_server(model_dir, log=tmp_path / "serve.log", extra_args=["--limit-mm-per-prompt", '{"image": 4}']) as server:
+    with vllm_server(
+        model_dir, log=tmp_path / "serve.log", extra_args=["--limit-mm-per-prompt", '{"image": 4}']
+    ) as server:
         status, body = server.post("/v1/chat/completions", request)
         assert status == 200, body
         assert body["choices"][0]["message"]["content"] == expected_text, server.log_tail()
