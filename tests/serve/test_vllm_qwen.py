@@ -188,28 +188,33 @@ def _png(path: Path) -> str:
     return data_url(buffer.getvalue())
 
 
-@pytest.mark.slow
-def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path, serving_python):
-    """`vllm serve` of a converted Qwen2.5-VL checkpoint: a chat request with two images of different sizes gets the
-    tokens transformers' LaCo model generates for the same rendered prompt."""
-    from transformers import AutoProcessor
-
-    model_dir = save_converted(tmp_path, "qwen2.5", "keep_llm_tokens")
-    images = image_files(tmp_path / "images")
-    question, indices = REQUESTS[1]
-    processor = AutoProcessor.from_pretrained(model_dir)
-    expected, _, _ = transformers_answers(model_dir, [(prompt(processor, 2, question), [images[i] for i in indices])])
-    expected_text = processor.tokenizer.decode(expected[0], skip_special_tokens=True)
-    content = [{"type": "image_url", "image_url": {"url": _png(images[i])}} for i in indices]
-    request = {
+def _chat(paths: list[Path], question: str) -> dict:
+    content = [{"type": "image_url", "image_url": {"url": _png(path)}} for path in paths]
+    return {
         "model": "laco",
         "max_tokens": MAX_TOKENS,
         "temperature": 0,
+        "return_token_ids": True,  # vLLM's extension: prompt and completion token ids in the answer
         "messages": [{"role": "user", "content": [*content, {"type": "text", "text": question}]}],
     }
-    with vllm_server(
-        model_dir, log=tmp_path / "serve.log", extra_args=["--limit-mm-per-prompt", '{"image": 4}']
-    ) as server:
-        status, body = server.post("/v1/chat/completions", request)
+
+
+@pytest.mark.slow
+def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path, serving_python):
+    """`vllm serve` of a converted Qwen2.5-VL checkpoint (keep_llm_tokens), the three requests sent concurrently
+    through the OpenAI chat API (vLLM renders the chat template): the prompt tokens and greedy tokens transformers'
+    LaCo model has for the same conversation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model_dir = save_converted(tmp_path, "qwen2.5", "keep_llm_tokens")
+    images = image_files(tmp_path / "images")
+    expected, expected_prompts, _ = transformers_answers(model_dir, _rendered(model_dir, images))
+    chats = [_chat([images[i] for i in indices], question) for question, indices in REQUESTS]
+    options = ["--limit-mm-per-prompt", '{"image": 4}', "--mm-processor-cache-gb", "0"]
+    with vllm_server(model_dir, log=tmp_path / "serve.log", extra_args=options) as server:
+        with ThreadPoolExecutor(len(chats)) as pool:
+            answers = list(pool.map(lambda chat: server.post("/v1/chat/completions", chat), chats))
+    for (status, body), tokens, prompt_ids in zip(answers, expected, expected_prompts):
         assert status == 200, body
-        assert body["choices"][0]["message"]["content"] == expected_text, server.log_tail()
+        assert body["prompt_token_ids"] == prompt_ids
+        assert body["choices"][0]["token_ids"] == tokens
