@@ -97,7 +97,12 @@ class LacoRenderer(HfRenderer):
     @cached_property
     def _laco_image_token(self) -> int | None:
         config = self.model_config.hf_config
-        return int(config.image_token_index) if getattr(config, "model_type", None) == MODEL_TYPE else None
+        model_type = getattr(config, "model_type", None)
+        if model_type == MODEL_TYPE:
+            return int(config.image_token_index)
+        if model_type in QWEN_MODEL_TYPES:  # laco's Qwen-VL plugin (laco.serve.qwen_vllm)
+            return int(config.image_token_id)
+        return None
 
     def _check_placeholders(self, prompt) -> None:
         token = self._laco_image_token
@@ -105,8 +110,8 @@ class LacoRenderer(HfRenderer):
             return  # with images, vLLM's own count check applies
         if token in prompt.get("prompt_token_ids", ()):
             raise VLLMValidationError(
-                "the prompt contains the image placeholder but the request brings no image; remove the '<image>' "
-                "text, or send the image with it (an image_url content part).",
+                "the prompt contains the image placeholder but the request brings no image; remove the placeholder "
+                "text ('<image>', '<|image_pad|>'), or send the image with it (an image_url content part).",
                 parameter="messages",
             )
 
@@ -117,6 +122,10 @@ class LacoRenderer(HfRenderer):
     async def _process_tokens_async(self, prompt, **kwargs):
         self._check_placeholders(prompt)
         return await super()._process_tokens_async(prompt, **kwargs)
+
+
+QWEN_MODEL_TYPES = ("laco_qwen2_vl", "laco_qwen2_5_vl")
+"""The LaCo Qwen-VL model types laco's vLLM plugin serves."""
 
 
 def register_renderer() -> None:

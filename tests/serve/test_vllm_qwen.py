@@ -203,7 +203,7 @@ def _chat(paths: list[Path], question: str) -> dict:
 def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path, serving_python):
     """`vllm serve` of a converted Qwen2.5-VL checkpoint (keep_llm_tokens), the three requests sent concurrently
     through the OpenAI chat API (vLLM renders the chat template): the prompt tokens and greedy tokens transformers'
-    LaCo model has for the same conversation."""
+    LaCo model has for the same conversation; an image placeholder typed into a request without images is a 400."""
     from concurrent.futures import ThreadPoolExecutor
 
     model_dir = save_converted(tmp_path, "qwen2.5", "keep_llm_tokens")
@@ -214,6 +214,11 @@ def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path
     with vllm_server(model_dir, log=tmp_path / "serve.log", extra_args=options) as server:
         with ThreadPoolExecutor(len(chats)) as pool:
             answers = list(pool.map(lambda chat: server.post("/v1/chat/completions", chat), chats))
+        typed = _chat([], "<|vision_start|><|image_pad|><|vision_end|> " + QUESTION)  # a placeholder, no image
+        status, body = server.post("/v1/chat/completions", typed)
+        assert status == 400 and "brings no image" in body["error"]["message"], body
+        status, body = server.post("/v1/chat/completions", chats[0])
+        assert status == 200 and body["choices"][0]["token_ids"] == expected[0], body  # still answering
     for (status, body), tokens, prompt_ids in zip(answers, expected, expected_prompts):
         assert status == 200, body
         assert body["prompt_token_ids"] == prompt_ids
