@@ -124,7 +124,7 @@ class LacoRenderer(HfRenderer):
         return await super()._process_tokens_async(prompt, **kwargs)
 
 
-QWEN_MODEL_TYPES = ("laco_qwen2_vl", "laco_qwen2_5_vl")
+QWEN_MODEL_TYPES = ("laco_qwen2_vl", "laco_qwen2_5_vl", "laco_qwen3_vl")
 """The LaCo Qwen-VL model types laco's vLLM plugin serves."""
 
 

@@ -6,8 +6,13 @@ from .checkpoint import ARCHITECTURE
 
 VLLM_MODEL = "laco.serve.vllm_model:LacoLlavaForVllm"
 QWEN_VLLM_MODEL = "laco.serve.qwen_vllm:LacoQwenVLForVllm"
-QWEN_ARCHITECTURES = ("LacoQwen2VLForConditionalGeneration", "LacoQwen2_5_VLForConditionalGeneration")
-"""The architectures ``laco convert`` writes for Qwen2-VL and Qwen2.5-VL checkpoints (laco.mllm.types)."""
+QWEN3_VLLM_MODEL = "laco.serve.qwen3_vllm:LacoQwen3VLForVllm"
+QWEN_MODELS = {
+    "LacoQwen2VLForConditionalGeneration": QWEN_VLLM_MODEL,
+    "LacoQwen2_5_VLForConditionalGeneration": QWEN_VLLM_MODEL,
+    "LacoQwen3VLForConditionalGeneration": QWEN3_VLLM_MODEL,
+}
+"""The architectures ``laco convert`` writes for Qwen2-VL, Qwen2.5-VL and Qwen3-VL checkpoints (laco.mllm.types)."""
 
 
 def register() -> None:
@@ -21,9 +26,9 @@ def register() -> None:
     guards.install_defaults()
     guards.register_renderer()
     supported = ModelRegistry.get_supported_archs()
-    for architecture, model in ((ARCHITECTURE, VLLM_MODEL), *((arch, QWEN_VLLM_MODEL) for arch in QWEN_ARCHITECTURES)):
+    for architecture, model in {ARCHITECTURE: VLLM_MODEL, **QWEN_MODELS}.items():
         if architecture not in supported:
             ModelRegistry.register_model(architecture, model)
 
 
-__all__ = ["QWEN_ARCHITECTURES", "QWEN_VLLM_MODEL", "VLLM_MODEL", "register"]
+__all__ = ["QWEN3_VLLM_MODEL", "QWEN_MODELS", "QWEN_VLLM_MODEL", "VLLM_MODEL", "register"]

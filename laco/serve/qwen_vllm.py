@@ -25,6 +25,8 @@ from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVi
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
+from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMRoPE, SupportsMultiModal
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
@@ -47,6 +49,7 @@ from .qwen_processing import (
 _TOWERS: dict[type, type[nn.Module]] = {
     Qwen2VLVisionConfig: Qwen2VisionTransformerPretrainedModel,
     Qwen2_5_VLVisionConfig: Qwen2_5_VisionTransformerPretrainedModel,
+    Qwen3VLVisionConfig: Qwen3VLVisionModel,
 }
 _TOWER_PREFIX = "visual."
 
@@ -58,7 +61,7 @@ def build_tower(vision_config) -> nn.Module:
     tower_class = next((tower for cls, tower in _TOWERS.items() if isinstance(vision_config, cls)), None)
     if tower_class is None:
         raise CheckpointError(
-            f"laco's vLLM plugin serves Qwen2-VL and Qwen2.5-VL towers, not {type(vision_config).__name__}."
+            f"laco's vLLM plugin serves Qwen2-VL, Qwen2.5-VL and Qwen3-VL towers, not {type(vision_config).__name__}."
         )
     tower = tower_class._from_config(
         vision_config, attn_implementation=resolve_attn_implementation("auto"), dtype=torch.get_default_dtype()
@@ -99,6 +102,9 @@ def mrope_positions(num_tokens: int, images: list[tuple[int, int, int, int]]) ->
 class LacoQwenVLForVllm(nn.Module, SupportsMultiModal, SupportsMRoPE):
     """vLLM model class for ``LacoQwen2VLForConditionalGeneration`` and ``LacoQwen2_5_VLForConditionalGeneration``."""
 
+    llm_architecture = "Qwen2ForCausalLM"  # vLLM's class for the LLM
+    llm_reads_text_config = False  # whether that class must be given text_config (it reads the whole config's)
+
     # transformers >= 4.52 saves model.language_model.* / model.visual.*; older checkpoints model.* / visual.*
     hf_to_vllm_mapper = WeightsMapper(
         orig_to_new_prefix={
@@ -131,7 +137,8 @@ class LacoQwenVLForVllm(nn.Module, SupportsMultiModal, SupportsMRoPE):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
                 prefix=maybe_prefix(prefix, "language_model"),
-                architectures=["Qwen2ForCausalLM"],
+                hf_config=config.text_config if self.llm_reads_text_config else None,
+                architectures=[self.llm_architecture],
             )
         self.make_empty_intermediate_tensors = self.language_model.make_empty_intermediate_tensors
 

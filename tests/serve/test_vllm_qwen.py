@@ -52,10 +52,18 @@ def _vllm_config(family: str):
 def save_converted(root: Path, family: str, mode: str) -> Path:
     """A random tiny checkpoint saved as a user has it (model + processor with its chat template), converted."""
     from qwen_models import tiny_processor
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    from transformers import (
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
 
     torch.manual_seed(0)
-    model_class = {"qwen2": Qwen2VLForConditionalGeneration, "qwen2.5": Qwen2_5_VLForConditionalGeneration}[family]
+    model_class = {
+        "qwen2": Qwen2VLForConditionalGeneration,
+        "qwen2.5": Qwen2_5_VLForConditionalGeneration,
+        "qwen3": Qwen3VLForConditionalGeneration,
+    }[family]
     model = model_class(_vllm_config(family)).eval()
     processor = tiny_processor(family)
     processor.chat_template = QWEN
@@ -139,9 +147,10 @@ def test_plugin_registers_the_qwen_architectures_lazily(serving_python):
         "from vllm import ModelRegistry\n"
         "archs = ModelRegistry.get_supported_archs()\n"
         "for arch in ('LacoQwen2VLForConditionalGeneration', 'LacoQwen2_5_VLForConditionalGeneration',\n"
-        "             'LacoLlavaForConditionalGeneration'):\n"
+        "             'LacoQwen3VLForConditionalGeneration', 'LacoLlavaForConditionalGeneration'):\n"
         "    assert arch in archs, arch\n"
         "assert 'laco.serve.qwen_vllm' not in sys.modules, 'registration must stay lazy'\n"
+        "assert 'laco.serve.qwen3_vllm' not in sys.modules, 'registration must stay lazy'\n"
         "print('registered')\n"
     )
     process = run_in_serve_env(["-c", code], timeout=300)
@@ -149,7 +158,7 @@ def test_plugin_registers_the_qwen_architectures_lazily(serving_python):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["qwen2.5", "qwen2"])
+@pytest.mark.parametrize("family", ["qwen2.5", "qwen2", "qwen3"])
 def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_python, family):
     """vllm.LLM on converted checkpoints, keep_llm_tokens and compress_more: the same prompt tokens (placeholder
     counts), the same greedy tokens and the same log-probabilities (to float32 rounding) as transformers' LaCo model,
