@@ -125,7 +125,13 @@ class LacoQwenMultiModalProcessor(BaseMultiModalProcessor[LacoQwenProcessingInfo
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         if hf_data.get("videos"):
             raise ValueError("laco serves Qwen-VL checkpoints with images only; videos are not supported.")
-        return super()._call_hf_processor(hf_data, hf_kwargs)
+        try:
+            return super()._call_hf_processor(hf_data, hf_kwargs)
+        except ValueError as error:  # vLLM's message names the processor only; the client needs laco's reason
+            cause = error.__cause__
+            if isinstance(cause, ValueError):
+                raise ValueError(f"{cause} ({error})") from cause
+            raise
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]

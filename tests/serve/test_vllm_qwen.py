@@ -209,16 +209,28 @@ def _chat(paths: list[Path], question: str) -> dict:
 
 
 @pytest.mark.slow
-def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path, serving_python):
-    """`vllm serve` of a converted Qwen2.5-VL checkpoint (keep_llm_tokens), the three requests sent concurrently
-    through the OpenAI chat API (vLLM renders the chat template): the prompt tokens and greedy tokens transformers'
-    LaCo model has for the same conversation; an image placeholder typed into a request without images is a 400."""
+@pytest.mark.parametrize(
+    "family, mode",
+    [
+        ("qwen2.5", "keep_llm_tokens"),
+        ("qwen2", "keep_llm_tokens"),
+        ("qwen3", "keep_llm_tokens"),
+        ("qwen2.5", "compress_more"),
+    ],
+)
+def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path, serving_python, family, mode):
+    """`vllm serve` of a converted checkpoint, the three requests sent concurrently through the OpenAI chat API (vLLM
+    renders the chat template): the prompt tokens and greedy tokens transformers' LaCo model has for the same
+    conversation. An image placeholder typed into a request without images is a 400, and so (compress_more) is an
+    image whose merge units do not pair up 2x2; the server keeps answering."""
     from concurrent.futures import ThreadPoolExecutor
 
-    model_dir = save_converted(tmp_path, "qwen2.5", "keep_llm_tokens")
+    model_dir = save_converted(tmp_path, family, mode)
     images = image_files(tmp_path / "images")
     expected, expected_prompts, _ = transformers_answers(model_dir, _rendered(model_dir, images))
     chats = [_chat([images[i] for i in indices], question) for question, indices in REQUESTS]
+    odd = tmp_path / "odd.png"
+    Image.new("RGB", (40, 40), (30, 40, 220)).save(odd)  # 5x5 merge units
     options = ["--limit-mm-per-prompt", '{"image": 4}', "--mm-processor-cache-gb", "0"]
     with vllm_server(model_dir, log=tmp_path / "serve.log", extra_args=options) as server:
         with ThreadPoolExecutor(len(chats)) as pool:
@@ -226,6 +238,11 @@ def test_vllm_serve_answers_through_the_openai_api_as_transformers_does(tmp_path
         typed = _chat([], "<|vision_start|><|image_pad|><|vision_end|> " + QUESTION)  # a placeholder, no image
         status, body = server.post("/v1/chat/completions", typed)
         assert status == 400 and "brings no image" in body["error"]["message"], body
+        status, body = server.post("/v1/chat/completions", _chat([odd], QUESTION))
+        if mode == "compress_more":
+            assert status == 400 and "compress_more cannot merge 2x2 once more" in body["error"]["message"], body
+        else:
+            assert status == 200, body
         status, body = server.post("/v1/chat/completions", chats[0])
         assert status == 200 and body["choices"][0]["token_ids"] == expected[0], body  # still answering
     for (status, body), tokens, prompt_ids in zip(answers, expected, expected_prompts):
