@@ -70,9 +70,9 @@ class LacoQwenProcessingInfo(BaseProcessingInfo):
         if saved is None or int(saved) != self.factor:
             raise CheckpointError(
                 f"{self.ctx.model_config.model}: the processor ({type(processor).__name__}) counts placeholders with "
-                f"laco_factor {saved}, but the model's LaCo settings give the LLM {self.factor}x{self.factor} fewer "
-                "tokens per image side than the stock model; save the processor with `laco convert` (it writes "
-                "laco_factor in processor_config.json)."
+                f"laco_factor {saved}, but the model's LaCo settings need laco_factor {self.factor} (1 in "
+                "keep_llm_tokens, the merge factor in compress_more); save the processor with `laco convert`, which "
+                "writes laco_factor in processor_config.json."
             )
         return processor
 

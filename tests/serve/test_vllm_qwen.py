@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,7 @@ def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_p
     counts), the same greedy tokens and the same log-probabilities (to float32 rounding) as transformers' LaCo model,
     for one image, two images of different sizes in one prompt, and the three requests batched (CPU).
 
+    A processor whose laco_factor disagrees with the model's mode is refused when the engine starts.
     The log-probabilities are what makes the positions count: with 1-D positions instead of M-RoPE the tiny model
     still picks the same tokens, but its log-probabilities move by ~7e-3 (tried by hand), against ~5e-7 here."""
     images = image_files(tmp_path / "images")
@@ -177,7 +179,18 @@ def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_p
         }
         for mode in MODES
     ]
+    if family == "qwen2.5":  # a processor whose counts disagree with the model's mode is refused at start-up
+        wrong = tmp_path / "wrong-factor"
+        shutil.copytree(models["keep_llm_tokens"], wrong)
+        saved = json.loads((wrong / "processor_config.json").read_text())
+        (wrong / "processor_config.json").write_text(json.dumps({**saved, "laco_factor": 2}))
+        jobs.append({"model": str(wrong), "requests": [], "max_tokens": 1})
     results = _offline(jobs, tmp_path)
+    if family == "qwen2.5":
+        refused = results.pop().get("error", "")
+        assert "CheckpointError" in refused and "laco_factor 2, but the model's LaCo settings need laco_factor 1" in (
+            refused
+        ), refused
     for mode, result in zip(MODES, results):
         assert "error" not in result, f"{mode}: {result.get('error')}"
         expected, expected_prompts, expected_logprobs = transformers_answers(models[mode], requests[mode])
