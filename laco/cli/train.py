@@ -162,17 +162,34 @@ def _run_seeds(config, seeds: list[int], force_config: bool = False) -> int:
     import time
 
     from ..data.easyvqa import ANSWER_TYPES
-    from ..train.seeds import SeedRecord, describe_machine, markdown_table, record_seed, seed_dir, tower_speedup_bound
+    from ..train.seeds import (
+        SEEDS_FILE,
+        SeedRecord,
+        describe_machine,
+        markdown_table,
+        read_seeds,
+        record_seed,
+        seed_dir,
+        tower_speedup_bound,
+    )
 
     if not _has_eval_split(config):
         raise SystemExit(
             "--seeds scores every seed: train on easy-VQA, or give data.eval_json (--set data.eval_json=...)."
         )
+    seeds_path = Path(config.output_dir) / SEEDS_FILE
+    recorded = {s["seed"] for s in read_seeds(seeds_path)["seeds"]} if seeds_path.exists() else set()
     for seed in seeds:
         run = dataclasses.replace(config, seed=seed, output_dir=str(seed_dir(config.output_dir, seed)))
         print(f"\n=== seed {seed}: {run.output_dir} ===")
+        finished = seed in recorded and (Path(run.output_dir) / "eval.json").exists()
         started = time.perf_counter()
-        summary, result = _train_and_evaluate(run, evaluate=True, force_config=force_config)
+        # a finished seed still goes through train(), which refuses a changed config, but keeps its record: its
+        # wall time is the run's, not this check's
+        summary, result = _train_and_evaluate(run, evaluate=not finished, force_config=force_config)
+        if finished:
+            print(f"  seed {seed} was finished and scored before; its record in {seeds_path} is kept")
+            continue
         wall = time.perf_counter() - started
         # what the processor gives the LLM per image (the config's count is for the tower's own size)
         processor_file = json.loads((Path(run.output_dir) / "final" / "laco_processor.json").read_text())

@@ -57,6 +57,9 @@ def test_train_seeds_runs_each_seed_and_the_table_reads_them(parts, tmp_path):
     assert main(["table", str(tmp_path / "arm"), "--out", str(out)]) == 0
     # a tiny random encoder has no laco.cost geometry, so its speed-up is unknown rather than guessed
     assert "| arm | 16 | - | 2 |" in out.read_text() and out.with_suffix(".json").exists()
+    # the same command again: every seed is finished, so nothing is retrained or rescored and the records stay
+    assert main(["train", "--config", str(config), "--seeds", "0,1"]) == 0
+    assert json.loads((tmp_path / "arm" / "seeds.json").read_text())["seeds"] == data["seeds"]
 
 
 @pytest.mark.parametrize("seeds", ["0,0", "a", "-1", ""])
