@@ -31,7 +31,6 @@ from vllm.config import VllmConfig
 from vllm.model_executor.models.interfaces import MultiModalEmbeddings, SupportsMRoPE, SupportsMultiModal
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, init_vllm_registered_model, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
-from vllm.sequence import IntermediateTensors
 
 from .. import patch as laco_patch
 from ..mllm.builder import resolve_attn_implementation
@@ -44,6 +43,7 @@ from .qwen_processing import (
     LacoQwenProcessingInfo,
     llm_merge,
 )
+from .vllm_common import VllmLanguageModel, split_tower_weights
 
 # the stock model's tower class for each vision config class (Qwen2_5_VLModel builds its tower the same way)
 _TOWERS: dict[type, type[nn.Module]] = {
@@ -99,7 +99,7 @@ def mrope_positions(num_tokens: int, images: list[tuple[int, int, int, int]]) ->
 @MULTIMODAL_REGISTRY.register_processor(
     LacoQwenMultiModalProcessor, info=LacoQwenProcessingInfo, dummy_inputs=LacoQwenDummyInputsBuilder
 )
-class LacoQwenVLForVllm(nn.Module, SupportsMultiModal, SupportsMRoPE):
+class LacoQwenVLForVllm(VllmLanguageModel, nn.Module, SupportsMultiModal, SupportsMRoPE):
     """vLLM model class for ``LacoQwen2VLForConditionalGeneration`` and ``LacoQwen2_5_VLForConditionalGeneration``."""
 
     llm_architecture = "Qwen2ForCausalLM"  # vLLM's class for the LLM
@@ -177,33 +177,11 @@ class LacoQwenVLForVllm(nn.Module, SupportsMultiModal, SupportsMRoPE):
 
     # -- LLM ---------------------------------------------------------------------------------------------------
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: IntermediateTensors | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor | IntermediateTensors:
-        if intermediate_tensors is not None:
-            inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """The LLM's weights through vLLM's loader; the tower's (compressor and 1x mergers included) by name."""
         tower: dict[str, torch.Tensor] = {}
-
-        def others():
-            for name, tensor in self.hf_to_vllm_mapper.apply(weights):
-                if name.startswith(_TOWER_PREFIX):
-                    tower[name[len(_TOWER_PREFIX) :]] = tensor
-                else:
-                    yield name, tensor
-
-        loaded = AutoWeightsLoader(self).load_weights(others())
+        others = split_tower_weights(self.hf_to_vllm_mapper.apply(weights), _TOWER_PREFIX, tower)
+        loaded = AutoWeightsLoader(self).load_weights(others)
         load_tower_weights(self.visual, tower)
         return loaded | {f"{_TOWER_PREFIX}{name}" for name, _ in self.visual.named_parameters()}
 

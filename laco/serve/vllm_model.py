@@ -40,13 +40,13 @@ from vllm.multimodal.processing import (
     PromptReplacement,
     PromptUpdate,
 )
-from vllm.sequence import IntermediateTensors
 
 from .. import patch as laco_patch
 from ..mllm.builder import resolve_attn_implementation
 from ..mllm.processing import IMAGE_TAG, ImageTransform
 from ..patch import apply_from_config
 from .checkpoint import CheckpointError, ServeSpec, read_checkpoint
+from .vllm_common import VllmLanguageModel, split_tower_weights
 
 # vLLM's names for the causal LMs laco builds when a saved text config does not name its architecture
 # (random-weight benchmark models are built from bare config classes).
@@ -144,7 +144,7 @@ class LacoMultiModalProcessor(BaseMultiModalProcessor[LacoProcessingInfo]):
 @MULTIMODAL_REGISTRY.register_processor(
     LacoMultiModalProcessor, info=LacoProcessingInfo, dummy_inputs=LacoDummyInputsBuilder
 )
-class LacoLlavaForVllm(nn.Module, SupportsMultiModal):
+class LacoLlavaForVllm(VllmLanguageModel, nn.Module, SupportsMultiModal):
     """vLLM model class for ``LacoLlavaForConditionalGeneration`` checkpoints (registered under that name)."""
 
     # transformers 5 saves the LLaVA LLM as ``model.language_model.model.*`` (older: ``model.language_model.*``);
@@ -210,32 +210,10 @@ class LacoLlavaForVllm(nn.Module, SupportsMultiModal):
             pixel_values = torch.stack(list(pixel_values))
         return tuple(self.image_features(pixel_values))
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None,
-        positions: torch.Tensor,
-        intermediate_tensors: IntermediateTensors | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        **kwargs: object,
-    ) -> torch.Tensor | IntermediateTensors:
-        if intermediate_tensors is not None:
-            inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
-
-    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
-
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         tower_weights: dict[str, torch.Tensor] = {}
-
-        def others():
-            for name, tensor in weights:
-                if name.startswith(_TOWER_PREFIX):
-                    tower_weights[name[len(_TOWER_PREFIX) :]] = tensor
-                else:
-                    yield name, tensor
-
-        loaded = AutoWeightsLoader(self).load_weights(others(), mapper=self.hf_to_vllm_mapper)
+        others = split_tower_weights(weights, _TOWER_PREFIX, tower_weights)
+        loaded = AutoWeightsLoader(self).load_weights(others, mapper=self.hf_to_vllm_mapper)
         self.vision_tower = load_tower(self.vision_tower, tower_weights)
         return loaded | {f"vision_tower.{name}" for name, _ in self.vision_tower.named_parameters()}
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from PIL import Image
 from laco import Placement
 from laco.evaluate import answer, load_model
 from laco.mllm import build_mllm
-from laco.serve.launch import ServeUnavailable, check_serving, repo_root
+from laco.serve.launch import ServeUnavailable, check_serving, repo_root, run_in_serve_env
 
 from tiny_models import COLORS, IMAGE, tiny_encoder, tiny_llm, tiny_tokenizer
 
@@ -95,3 +96,12 @@ def easyvqa_examples(default_model) -> list[tuple[str, Path, str]]:
     config = load_config(None, ["eval.limit=4"])
     examples, _ = eval_examples(config.data, "test", LacoProcessor.from_pretrained(default_model), 4)
     return [(example.question, Path(example.image), example.answer) for example in examples]
+
+
+def offline_answers(jobs: list[dict], tmp_path: Path) -> list[dict]:
+    """``python -m laco.serve.offline`` in the serving environment on ``jobs``; its results, one per job."""
+    jobs_path, results_path = tmp_path / "jobs.json", tmp_path / "results.json"
+    jobs_path.write_text(json.dumps(jobs))
+    process = run_in_serve_env(["-m", "laco.serve.offline", str(jobs_path), str(results_path)], timeout=1500)
+    assert process.returncode == 0, process.stderr[-4000:]
+    return json.loads(results_path.read_text())

@@ -15,7 +15,7 @@ import pytest
 from laco.serve.client import data_url, image_chat
 from laco.serve.launch import run_in_serve_env, vllm_server
 
-from serve.conftest import QUESTION, color_images, laco_generate, save_tiny_laco
+from serve.conftest import QUESTION, color_images, laco_generate, offline_answers, save_tiny_laco
 
 MAX_TOKENS = 8
 
@@ -32,14 +32,6 @@ def test_plugin_registers_the_architecture_lazily(serving_python):
     )
     process = run_in_serve_env(["-c", code], timeout=300)
     assert process.returncode == 0 and "registered" in process.stdout, process.stderr[-3000:]
-
-
-def _offline(jobs: list[dict], tmp_path: Path) -> list[dict]:
-    jobs_path, results_path = tmp_path / "jobs.json", tmp_path / "results.json"
-    jobs_path.write_text(json.dumps(jobs))
-    process = run_in_serve_env(["-m", "laco.serve.offline", str(jobs_path), str(results_path)], timeout=1500)
-    assert process.returncode == 0, process.stderr[-4000:]
-    return json.loads(results_path.read_text())
 
 
 def _break(directory: Path, edit) -> Path:
@@ -75,7 +67,7 @@ def test_offline_greedy_answers_equal_laco_generate(tmp_path, serving_python, de
          "max_tokens": MAX_TOKENS}
         for name in models
     ] + [{"model": str(path), "requests": [], "max_tokens": 1} for path in (missing, newer)]  # fmt: skip
-    results = _offline(jobs, tmp_path)
+    results = offline_answers(jobs, tmp_path)
 
     for name, result in zip(models, results):
         assert "error" not in result, f"{name}: {result.get('error')}"

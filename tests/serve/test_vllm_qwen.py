@@ -23,6 +23,7 @@ from laco.serve.client import data_url
 from laco.serve.launch import run_in_serve_env, vllm_server
 
 from chat_templates import QWEN
+from serve.conftest import offline_answers
 
 MAX_TOKENS = 8
 MODES = ["keep_llm_tokens", "compress_more"]
@@ -132,14 +133,6 @@ def _rendered(model_dir: Path, images: list[Path]):
     return [(prompt(processor, len(indices), question), [images[i] for i in indices]) for question, indices in REQUESTS]
 
 
-def _offline(jobs: list[dict], tmp_path: Path) -> list[dict]:
-    jobs_path, results_path = tmp_path / "jobs.json", tmp_path / "results.json"
-    jobs_path.write_text(json.dumps(jobs))
-    process = run_in_serve_env(["-m", "laco.serve.prompt_offline", str(jobs_path), str(results_path)], timeout=1500)
-    assert process.returncode == 0, process.stderr[-4000:]
-    return json.loads(results_path.read_text())
-
-
 def test_plugin_registers_the_qwen_architectures_lazily(serving_python):
     code = (
         "import sys\n"
@@ -176,6 +169,7 @@ def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_p
             "model": str(models[mode]),
             "requests": [{"prompt": text, "images": [str(path) for path in paths]} for text, paths in requests[mode]],
             "max_tokens": MAX_TOKENS,
+            "max_images": 4,
         }
         for mode in MODES
     ]
@@ -184,8 +178,8 @@ def test_offline_greedy_tokens_equal_transformers_laco_model(tmp_path, serving_p
         shutil.copytree(models["keep_llm_tokens"], wrong)
         saved = json.loads((wrong / "processor_config.json").read_text())
         (wrong / "processor_config.json").write_text(json.dumps({**saved, "laco_factor": 2}))
-        jobs.append({"model": str(wrong), "requests": [], "max_tokens": 1})
-    results = _offline(jobs, tmp_path)
+        jobs.append({"model": str(wrong), "requests": [], "max_tokens": 1, "max_images": 4})
+    results = offline_answers(jobs, tmp_path)
     if family == "qwen2.5":
         refused = results.pop().get("error", "")
         assert "CheckpointError" in refused and "laco_factor 2, but the model's LaCo settings need laco_factor 1" in (
