@@ -71,32 +71,42 @@ def native_preset(name: str) -> NativePreset:
         raise ValueError(f"unknown packed-tower preset {name!r}; choose one of {sorted(NATIVE_PRESETS)}.") from None
 
 
-def build_tower(geometry: PackedEncoderGeometry, attn: str, seed: int) -> nn.Module:
-    """A random-weight tower of ``geometry`` from transformers' config classes, in eval mode."""
+def tower_config(geometry: PackedEncoderGeometry):
+    """The transformers vision config of ``geometry`` (``Qwen2VLVisionConfig`` / ``Qwen2_5_VLVisionConfig``)."""
     from transformers import Qwen2_5_VLVisionConfig, Qwen2VLVisionConfig
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
     g = geometry
     common = dict(
-        depth=g.layers, num_heads=g.heads, patch_size=g.patch, spatial_merge_size=g.merge, temporal_patch_size=g.temporal_patch
+        depth=g.layers, num_heads=g.heads, patch_size=g.patch, spatial_merge_size=g.merge,
+        temporal_patch_size=g.temporal_patch,
     )  # fmt: skip
-    torch.manual_seed(seed)
     if g.family == "qwen2.5-vl":
-        config = Qwen2_5_VLVisionConfig(
+        return Qwen2_5_VLVisionConfig(
             hidden_size=g.width, intermediate_size=g.mlp, out_hidden_size=g.out_width, window_size=g.window,
             fullatt_block_indexes=list(g.full_blocks), **common,
         )  # fmt: skip
-        tower = Qwen2_5_VisionTransformerPretrainedModel(config)
-    elif g.family == "qwen2-vl":
+    if g.family == "qwen2-vl":
         if g.mlp % g.width:
             raise ValueError(
                 f"a qwen2-vl tower's MLP width is a whole multiple of its width; {g.name} has {g.mlp}/{g.width}."
             )
-        config = Qwen2VLVisionConfig(embed_dim=g.width, hidden_size=g.out_width, mlp_ratio=g.mlp // g.width, **common)
-        tower = Qwen2VisionTransformerPretrainedModel(config)
-    else:
-        raise ValueError(f"laco bench builds qwen2-vl and qwen2.5-vl towers; {g.name} is a {g.family} geometry.")
+        return Qwen2VLVisionConfig(embed_dim=g.width, hidden_size=g.out_width, mlp_ratio=g.mlp // g.width, **common)
+    raise ValueError(f"laco bench builds qwen2-vl and qwen2.5-vl towers; {g.name} is a {g.family} geometry.")
+
+
+def build_tower(geometry: PackedEncoderGeometry, attn: str, seed: int) -> nn.Module:
+    """A random-weight tower of ``geometry`` from transformers' config classes, in eval mode."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    config = tower_config(geometry)
+    torch.manual_seed(seed)
+    family = (
+        Qwen2_5_VisionTransformerPretrainedModel
+        if geometry.family == "qwen2.5-vl"
+        else Qwen2VisionTransformerPretrainedModel
+    )
+    tower = family(config)
     tower.set_attn_implementation(attn)
     return tower.eval()
 

@@ -60,7 +60,7 @@ def _add(parser: argparse.ArgumentParser, setting: Field) -> None:
         return
     default = setting.default if setting.default is not MISSING else None
     if isinstance(default, tuple):
-        default = ",".join(default)
+        default = ",".join(map(str, default))
     shown = "" if default is None or "default" in help else f" (default: {default})"
     parser.add_argument(
         flag(setting), type=parse, default=argparse.SUPPRESS, choices=setting.metadata["choices"], help=help + shown

@@ -14,7 +14,6 @@ from . import plots
 from .measurements import Measurement, measurement
 from .results import Result, plain
 from .schema import RESULT_FILES, write_result
-from .serving import METRICS
 from .variants import BenchVariant
 
 TARGET_EFFICIENCY = 0.9
@@ -328,7 +327,7 @@ def serving_table(result: Result) -> str:
     """Each metric's medians, LaCo's speed-up (median of the per-round ratios) and its FLOP bound."""
     laco, external = (v.name for v in result.variants)
     rows = []
-    for key, metric, label in METRICS:
+    for key, metric, label in result.payload["metrics"]:
         medians = [Stats.of(result.rows[key][name].phase(metric)).median for name in (laco, external)]
         speed = result.speedup(key, laco)
         rows.append([label, *(f"{m:.3f}" for m in medians), f"**{speed.measured:.2f}x**", f"{speed.bound:.2f}x",

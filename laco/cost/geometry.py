@@ -112,6 +112,7 @@ LLMS: dict[str, LLMGeometry] = {
     for g in (
         LLMGeometry("qwen2-0.5b", 896, 24, 14, 2, 4864, 151936, tied=True),
         LLMGeometry("qwen2-1.5b", 1536, 28, 12, 2, 8960, 151936, tied=True),
+        LLMGeometry("qwen2.5-3b", 2048, 36, 16, 2, 11008, 151936, tied=True),
         LLMGeometry("qwen2-7b", 3584, 28, 28, 4, 18944, 152064),
         LLMGeometry("smollm2-135m", 576, 30, 9, 3, 1536, 49152, tied=True, family="llama"),
     )

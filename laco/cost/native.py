@@ -66,6 +66,18 @@ PACKED_ENCODERS: dict[str, PackedEncoderGeometry] = {
     g.name: g
     for g in (
         PackedEncoderGeometry(
+            "qwen2.5-vl-3b",
+            "qwen2.5-vl",
+            1280,
+            32,
+            16,
+            3420,
+            2048,
+            mlp_kind="swiglu",
+            window=112,
+            full_blocks=(7, 15, 23, 31),
+        ),  # fmt: skip
+        PackedEncoderGeometry(
             "qwen2.5-vl-7b",
             "qwen2.5-vl",
             1280,
@@ -81,9 +93,9 @@ PACKED_ENCODERS: dict[str, PackedEncoderGeometry] = {
         PackedEncoderGeometry("qwen3-vl-8b", "qwen3-vl", 1152, 27, 16, 4304, 4096, patch=16, deepstack=(8, 16, 24)),
     )
 }
-PACKED_LLMS = {"qwen2.5-vl-7b": "qwen2-7b", "qwen2-vl-2b": "qwen2-1.5b"}
-"""The LLM each tower feeds (Qwen2.5-VL-7B's and Qwen2-VL-2B's language models have Qwen2-7B's and Qwen2-1.5B's
-geometry)."""
+PACKED_LLMS = {"qwen2.5-vl-3b": "qwen2.5-3b", "qwen2.5-vl-7b": "qwen2-7b", "qwen2-vl-2b": "qwen2-1.5b"}
+"""The LLM each tower feeds (Qwen2.5-VL-3B's, -7B's and Qwen2-VL-2B's language models have Qwen2.5-3B's, Qwen2-7B's
+and Qwen2-1.5B's geometry; the 3B and 7B towers differ only in the merger's output width)."""
 
 
 def _segments(units_h: int, units_w: int, side: int | None) -> list[int]:

@@ -105,6 +105,11 @@ class Server:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def get_text(self, path: str, timeout: float = 60) -> str:
+        """The body of a GET (``/metrics``: vLLM's Prometheus counters), raising on an error status."""
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as response:
+            return response.read().decode()
+
     def post(self, path: str, payload: dict[str, Any], timeout: float = 120) -> tuple[int, dict[str, Any]]:
         """``(status, json body)`` of a POST; error statuses are returned, not raised."""
         request = urllib.request.Request(

@@ -62,8 +62,8 @@ def test_engine_torch_keeps_meaning_the_presets_own(tmp_path):
 
 
 def test_options_of_another_engine_name_theirs(capsys):
-    assert main(["--quick", "--requests", "2", "--no-progress", "--out", "unused"]) == 2
-    assert "--requests is for --engine vllm" in one_line_error(capsys)
+    assert main(["--quick", "--concurrency", "2", "--no-progress", "--out", "unused"]) == 2
+    assert "--concurrency is for --engine vllm" in one_line_error(capsys)
     assert main(["--engine", "vllm", "--batch", "2", "--out", "unused"]) == 2
     assert "--batch is for batched presets" in one_line_error(capsys)
 
@@ -90,12 +90,13 @@ def test_packed_runs_plot_and_compare_like_batched_ones(tmp_path, capsys):
     assert (tmp_path / "cmp" / "sweep.png").read_bytes()[:8] == PNG
 
 
-def a_serving_result(requests: int) -> Result:
-    settings = ServingSettings(preset="tiny", requests=requests)
+def a_serving_result(output_tokens: int) -> Result:
+    settings = ServingSettings(preset="tiny", concurrency=(1, 2), output_tokens=output_tokens)
     laco, external = variant_names(settings)
+    common = {"prefill_s": [1.0], "decode_s": [0.1], "rps@1": [0.2]}
     rounds = {
-        laco: {"ttft_s": [2.0], "requests_per_s": [0.5], "output_tokens_per_s": [8.0]},
-        external: {"ttft_s": [4.0], "requests_per_s": [0.25], "output_tokens_per_s": [4.0]},
+        laco: {"ttft_s": [2.0], "rps@2": [0.5], **common},
+        external: {"ttft_s": [4.0], "rps@2": [0.25], **common},
     }
     samples = {name: Samples([1.0], phases, [0], [slot]) for slot, (name, phases) in enumerate(rounds.items())}
     return serving_result(settings, {"cpu": "test CPU", "torch_threads": 1, "gpu": None}, 49, 20, samples)
@@ -106,11 +107,11 @@ def test_serving_results_write_the_shared_schema_plot_and_compare(tmp_path, caps
     data = json.loads(paths[0].read_text())
     assert paths[0].name == "serving.json" and data["schema"] == SCHEMA and data["engine"] == "vllm"
     assert data["headline"] == "laco@1/4" and {r["measurement"] for r in data["speedups"]} == {
-        "ttft", "requests_per_s", "output_tokens_per_s"
+        "ttft", "prefill", "decode", "rps@1", "rps@2"
     }  # fmt: skip
     assert write_run_plot(data, tmp_path / "serving.png").read_bytes()[:8] == PNG
     assert main(["--compare", *map(str, paths), "--out", str(tmp_path / "cmp")]) == 0
-    assert "speed-up against requests" in capsys.readouterr().out
+    assert "speed-up against output_tokens" in capsys.readouterr().out
 
 
 def test_the_serving_label_follows_the_depth():
@@ -124,8 +125,8 @@ def test_the_serving_label_follows_the_depth():
 def test_kept_checkpoints_are_keyed_by_variant_and_depth(tmp_path, monkeypatch):
     built = []
 
-    def fake_build(job: str, name: str) -> None:
-        path = json.loads(job)["path"]
+    def fake_build(job: dict, name: str) -> None:
+        path = job["path"]
         os.makedirs(path, exist_ok=True)
         open(os.path.join(path, "model.safetensors"), "w").close()
         built.append(name)

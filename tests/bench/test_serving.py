@@ -9,7 +9,16 @@ import pytest
 
 from laco.bench import main as bench_main
 from laco.bench.report import serving_table as format_table
-from laco.bench.serving import VARIANTS, ServingSettings, flop_bounds, image_url, serving_result
+from laco.bench.serving import (
+    PREFILL,
+    VARIANTS,
+    ServingSettings,
+    flop_bounds,
+    histogram,
+    image_url,
+    serving_result,
+    variant_names,
+)
 from laco.measure.timing import Samples
 from laco.serve.launch import ServeUnavailable, check_serving
 
@@ -23,7 +32,43 @@ llm: {name: tiny-qwen2-h32, width: 128, layers: 2, heads: 4, kv_heads: 2, mlp: 2
 
 def test_flop_bounds_favour_laco_and_throughput_less_than_ttft():
     bounds = flop_bounds(ServingSettings(), prompt_tokens=20)
-    assert 1.0 < bounds["requests_per_s"] == bounds["output_tokens_per_s"] < bounds["ttft"]
+    assert 1.0 < bounds["rps@16"] == bounds["rps@1"] < bounds["ttft"] == bounds["prefill"]
+    assert bounds["decode"] == pytest.approx(1.0, abs=0.05)  # external gives the LLM as many tokens as LaCo
+
+
+def test_qwen_bounds_follow_the_mode():
+    """keep_llm_tokens saves tower FLOPs only (decode costs the same); compress_more also gives the LLM 4x fewer
+    tokens, so the prefill bound grows and decode gets cheaper too."""
+    keep = flop_bounds(ServingSettings(preset="qwen2.5-vl-3b-tower", image_size=448), prompt_tokens=20)
+    more = flop_bounds(ServingSettings(preset="qwen2.5-vl-3b-tower", image_size=448, mode="compress_more"), 20)
+    assert keep["vit"] > 1.5 and keep["decode"] == pytest.approx(1.0) and 1.0 < keep["prefill"] < keep["vit"]
+    assert more["prefill"] > keep["prefill"] and more["decode"] > 1.0 and more["vit"] > keep["vit"]
+    assert variant_names(ServingSettings(preset="qwen2.5-vl-7b-tower")) == ("laco@1/4", "stock")
+
+
+def test_bad_qwen_settings_are_refused_by_value():
+    with pytest.raises(ValueError, match="--image-size 230"):
+        variant_names(ServingSettings(preset="qwen2.5-vl-3b-tower", image_size=230))
+    with pytest.raises(ValueError, match="multiple of 56"):
+        variant_names(ServingSettings(preset="qwen2.5-vl-3b-tower", image_size=252, mode="compress_more"))
+    with pytest.raises(ValueError, match="--mode compress_more is for Qwen-VL"):
+        variant_names(ServingSettings(mode="compress_more"))
+    with pytest.raises(ValueError, match="--baseline"):
+        ServingSettings(baseline="hf")
+
+
+def test_histograms_are_read_from_prometheus_text():
+    text = (
+        "# HELP vllm:request_prefill_time_seconds x\n"
+        'vllm:request_prefill_time_seconds_bucket{le="0.3",model_name="a"} 1.0\n'
+        'vllm:request_prefill_time_seconds_sum{engine="0",model_name="a"} 1.5\n'
+        'vllm:request_prefill_time_seconds_count{engine="0",model_name="a"} 3.0\n'
+        'vllm:request_prefill_time_seconds_sum{engine="1",model_name="a"} 0.5\n'
+        'vllm:request_prefill_time_seconds_count{engine="1",model_name="a"} 1.0\n'
+        'vllm:request_decode_time_seconds_sum{model_name="a"} 9.0\n'
+    )
+    assert histogram(text, PREFILL) == (2.0, 4.0)
+    assert histogram(text, "vllm:absent") == (0.0, 0.0)
 
 
 def test_every_request_gets_its_own_image():
@@ -35,17 +80,19 @@ def test_every_request_gets_its_own_image():
 def test_table_sets_per_round_ratios_next_to_bounds():
     """Speed-ups are medians of per-round ratios (external / LaCo for TTFT, LaCo / external for the rates), not
     ratios of medians: round 1's 3x and round 2's 1x make 2x, where the medians' ratio would be 1.5x."""
+    common = {"prefill_s": [1.0, 1.0], "decode_s": [0.1, 0.1]}
     rounds = {
-        VARIANTS[0]: {"ttft_s": [2.0, 2.0], "requests_per_s": [0.5, 0.5], "output_tokens_per_s": [8.0, 8.0]},
-        VARIANTS[1]: {"ttft_s": [6.0, 2.0], "requests_per_s": [0.25, 0.25], "output_tokens_per_s": [4.0, 4.0]},
+        VARIANTS[0]: {"ttft_s": [2.0, 2.0], "rps@1": [0.5, 0.5], **common},
+        VARIANTS[1]: {"ttft_s": [6.0, 2.0], "rps@1": [0.25, 0.25], **common},
     }
     samples = {name: Samples([1.0, 1.0], phases, [0, 1], [i, 1 - i]) for i, (name, phases) in enumerate(rounds.items())}
-    settings = ServingSettings(preset="tiny")
+    settings = ServingSettings(preset="tiny", concurrency=(1,))
     result = serving_result(settings, {}, 196, 20, samples)
     bound = flop_bounds(settings, prompt_tokens=20)["ttft"]
     table = format_table(result)
     assert f"| TTFT (s) | 2.000 | 4.000 | **2.00x** | {bound:.2f}x | {2 / bound:.2f} |" in table
-    assert "| requests/s | 0.500 | 0.250 | **2.00x** |" in table
+    assert "| requests/s at 1 | 0.500 | 0.250 | **2.00x** |" in table
+    assert "| decode (s/token) | 0.100 | 0.100 | **1.00x** |" in table
     assert result.to_dict()["order"] == [list(VARIANTS), list(VARIANTS)[::-1]]
 
 
@@ -58,7 +105,7 @@ def test_tiny_serving_benchmark_end_to_end(tmp_path, capsys):
     preset = tmp_path / "tiny-serve.yaml"
     preset.write_text(TINY_SERVE_PRESET)
     out = tmp_path / "out"
-    argv = ["--engine", "vllm", "--preset", str(preset), "--rounds", "1", "--warmup", "1", "--requests", "2"]
+    argv = ["--engine", "vllm", "--preset", str(preset), "--rounds", "1", "--warmup", "1", "--concurrency", "1,2"]
     assert bench_main([*argv, "--output-tokens", "4", "--out", str(out)]) == 0
     result = json.loads((out / "serving.json").read_text())
     assert set(result["measurements"]["ttft"]) == set(VARIANTS)
