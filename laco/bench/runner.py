@@ -25,7 +25,7 @@ from .anatomy import Anatomy, measure_anatomy
 from .measurements import OPTIMIZER_PHASE, Measurement, measurement
 from .presets import BenchPreset
 from .results import Result, Row, check_tokens, scale_phase, scale_seconds
-from .settings import BenchSettings, ResolvedSettings, resolve
+from .settings import BenchSettings, ResolvedSettings, parse_options, resolve
 from .testbed import Testbed
 from .variants import BenchVariant, build_variants, fraction_label, headline_variant
 
@@ -69,7 +69,9 @@ def run(settings: BenchSettings | ResolvedSettings, progress: bool = True) -> Re
     resolved = settings if isinstance(settings, ResolvedSettings) else resolve(settings)
     requested = resolved.requested
     chosen = {key: getattr(requested, key) for key in ("depths", "methods", "method_depth", "two_stage", "factor")}
-    variants = build_variants(resolved.preset.encoder.layers, **chosen)
+    variants = build_variants(
+        resolved.preset.encoder.layers, method_options=parse_options(requested.method_options), **chosen
+    )
     start = RunStart()
     started = time.perf_counter()
     bench = Testbed(resolved)

@@ -338,7 +338,7 @@ def _time_towers(settings, pair: ServedPair, paths: dict[str, Path], python, pro
     from ..serve.launch import run_in_serve_env
 
     job = tower_timing_job(settings.preset, {n: str(p) for n, p in paths.items()}, pair.image_size,
-                           settings.rounds, settings.warmup, settings.seed)  # fmt: skip
+                           settings.rounds, settings.warmup, settings.seed, settings.served_dtype)  # fmt: skip
     code = f"from laco.bench.serving_models import time_towers; time_towers({job!r})"
     if progress:
         print("timing the vision towers alone in the serving environment ...", flush=True)

@@ -227,8 +227,11 @@ def _uncompressed_laco_copy(source: Path, path: Path) -> None:
 # The tower alone
 
 
-def tower_timing_job(preset: str, paths: dict[str, str], image_size: int, rounds: int, warmup: int, seed: int) -> str:
-    return json.dumps(dict(preset=preset, paths=paths, image_size=image_size, rounds=rounds, warmup=warmup, seed=seed))
+def tower_timing_job(
+    preset: str, paths: dict[str, str], image_size: int, rounds: int, warmup: int, seed: int, dtype: str
+) -> str:
+    values = dict(preset=preset, paths=paths, image_size=image_size, rounds=rounds, warmup=warmup, seed=seed)
+    return json.dumps({**values, "dtype": dtype})
 
 
 def time_towers(job: str) -> None:
@@ -244,6 +247,7 @@ def time_towers(job: str) -> None:
     from .native import packed_inputs
 
     data = json.loads(job)
+    torch.set_default_dtype(getattr(torch, data["dtype"]))  # the served dtype, as vLLM sets it for the model
     preset = any_preset(data["preset"])
     pixels, grid_thw = packed_inputs(preset.encoder, [(data["image_size"], data["image_size"])], data["seed"])
     calls = {}
@@ -259,7 +263,7 @@ def time_towers(job: str) -> None:
 
         def call(tower=tower) -> None:
             with torch.inference_mode():
-                tower(pixels, grid_thw=grid_thw)
+                tower(pixels.to(torch.get_default_dtype()), grid_thw=grid_thw)
 
         calls[name] = call
     samples = run_interleaved(calls, reps=data["rounds"], warmup=data["warmup"])

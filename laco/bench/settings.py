@@ -71,6 +71,9 @@ class BenchSettings:
     )
     depths: tuple[str, ...] = option(DEFAULT_DEPTHS, "depth fractions (or layer numbers) for LaCo", csv)
     method_depth: str = option("1/4", "depth of the other compressors")
+    method_options: tuple[str, ...] = option(
+        (), "comma list of KEY=VALUE options of the other compressors, values as YAML (e.g. init=ffn_reuse)", csv
+    )
     two_stage: tuple[str, ...] | None = option(
         DEFAULT_TWO_STAGE, "depths of a two-stage LaCo (16x with --factor 2); 'none' to skip", csv_or_none
     )
@@ -89,6 +92,8 @@ class BenchSettings:
         object.__setattr__(self, "methods", tuple(self.methods))
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "two_stage", _tuple(self.two_stage) or None)
+        object.__setattr__(self, "method_options", tuple(self.method_options))
+        parse_options(self.method_options)  # refuse a malformed option before any model is built
 
     @classmethod
     def from_namespace(cls, namespace: Any) -> BenchSettings:
@@ -296,3 +301,19 @@ def _llm_layers(value: Any, preset: BenchPreset) -> int | None:
     if not 1 <= layers <= preset.llm.layers:
         raise ValueError(f"--llm-layers must lie in 1..{preset.llm.layers} for {preset.llm.name}, got {layers}.")
     return None if layers == preset.llm.layers else layers
+
+
+def parse_options(items: Sequence[str]) -> dict[str, Any]:
+    """``("init=ffn_reuse", "shortcut=true")`` -> ``{"init": "ffn_reuse", "shortcut": True}`` (values as YAML)."""
+    import yaml
+
+    options = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--method-options {item!r}: give KEY=VALUE, such as init=ffn_reuse.")
+        try:
+            options[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"--method-options {item!r}: the value is not YAML ({error}).") from None
+    return options

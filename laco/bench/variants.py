@@ -10,7 +10,7 @@ LLM sees more tokens: it says what external compression buys, not what placement
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -69,12 +69,13 @@ def build_variants(
     method_depth: str = "1/4",
     two_stage: Sequence[str] | None = DEFAULT_TWO_STAGE,
     factor: int = 2,
+    method_options: Mapping[str, Any] | None = None,
 ) -> list[BenchVariant]:
     """The variants of one run, for an encoder of ``depth`` layers.
 
     No compression; external (LaCo's merge after layer ``depth``); LaCo at each of ``depths``; LaCo at the
     ``two_stage`` depths together with external ``factor**2`` compression as its baseline; every other method
-    of ``methods`` at ``method_depth``. Placements that resolve to the same layers (shallow encoders) are kept
+    of ``methods`` at ``method_depth``, built with ``method_options``. Placements that resolve to the same layers (shallow encoders) are kept
     once, under the first name.
     """
     unknown = sorted(set(methods) - set(available_methods()))
@@ -92,7 +93,7 @@ def build_variants(
         variants += _two_stage(depth, two_stage, factor)
     for method in methods:
         if method != "laco":
-            placement = Placement(method_depth, method, factor).resolve(depth)
+            placement = Placement(method_depth, method, factor, dict(method_options or {})).resolve(depth)
             variants.append(BenchVariant(f"{method}@{fraction_label(method_depth)}", placement, "external", "method"))
     return _unique(variants)
 

@@ -35,3 +35,19 @@ def test_the_headline_is_laco_at_a_quarter_or_the_first_one_stage_placement():
     assert headline_variant(names) == "laco@1/4"
     assert headline_variant((v.name, v.group) for v in build_variants(12, depths=["1/2", "1/6"])) == "laco@1/2"
     assert headline_variant((v.name, v.group) for v in build_variants(12, methods=["avgpool"])) is None
+
+
+def test_method_options_reach_the_placement_and_its_flop_count():
+    """``--method-options init=ffn_reuse`` builds (and counts) the merge a run trained, not the default-width one."""
+    from laco.bench.settings import BenchSettings, parse_options
+    from laco.cost import EncoderGeometry, encoder_flops
+
+    plain, reused = (
+        build_variants(12, depths=(), methods=("laco-window",), method_depth="6", two_stage=None, method_options=o)[-1]
+        for o in (None, parse_options(["init=ffn_reuse"]))
+    )
+    assert dict(reused.placement.options) == {"init": "ffn_reuse"} and not plain.placement.options
+    tower = EncoderGeometry("dinov2-s-112", "dinov2", 384, 12, 6, 1536, 14, 112, prefix=1)
+    assert encoder_flops(tower, reused.placement).total > encoder_flops(tower, plain.placement).total
+    with pytest.raises(ValueError, match="--method-options 'init'"):
+        BenchSettings(method_options=("init",))
