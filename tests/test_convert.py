@@ -40,8 +40,19 @@ def test_the_command_line_passes_compressor_options(checkpoint, capsys):
 
 def test_an_option_the_compressor_does_not_take_is_refused_before_the_source_is_read(tmp_path):
     with pytest.raises(SystemExit, match=r"'laco-window' does not take option\(s\) \['bogus'\]; it accepts .*'init'"):
-        main(["convert", str(tmp_path / "missing"), str(tmp_path / "dst"), "--layer", "3", "--method", "laco-window",
-              "--option", "bogus=1"])
+        main(
+            [
+                "convert",
+                str(tmp_path / "missing"),
+                str(tmp_path / "dst"),
+                "--layer",
+                "3",
+                "--method",
+                "laco-window",
+                "--option",
+                "bogus=1",
+            ]
+        )
 
 
 def test_pickle_weights_are_refused(checkpoint):

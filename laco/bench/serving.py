@@ -20,7 +20,6 @@ encoder and processor caches cannot skip work. Each ratio is set next to the FLO
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
@@ -35,7 +34,7 @@ import numpy as np
 from ..measure.machine import RunStart
 from ..measure.timing import Samples, run_interleaved
 from ..placement import KEEP, MORE
-from ..serve.client import data_url, image_chat
+from ..serve.client import DECODE, PREFILL, histogram, image_chat, random_image_url
 from .options import FLAG, csv, option
 from .presets import any_preset
 from .results import Result, Row
@@ -211,16 +210,6 @@ def _kept(path: Path, key: dict[str, Any]) -> bool:
 # Requests
 
 
-def image_url(seed: int, size: int) -> str:
-    """A PNG data URL of a random image no other request uses (so no cache can serve it)."""
-    from PIL import Image
-
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return data_url(buffer.getvalue())
-
-
 def chat_request(model: str, url: str, max_tokens: int) -> dict[str, Any]:
     """Exactly ``max_tokens`` answer tokens per request, so every variant decodes the same amount."""
     return image_chat(model, url, PROMPT, max_tokens, min_tokens=max_tokens, ignore_eos=True)
@@ -232,19 +221,6 @@ def _send(server, payload: dict[str, Any]) -> tuple[float, int]:
     if status != 200:
         raise RuntimeError(f"{server.url} answered {status}: {body}")
     return time.perf_counter() - started, int(body["usage"]["completion_tokens"])
-
-
-def histogram(text: str, name: str) -> tuple[float, float]:
-    """``(sum, count)`` of a Prometheus histogram in ``/metrics`` text, over all its label sets."""
-    totals = {"_sum": 0.0, "_count": 0.0}
-    for line in text.splitlines():
-        for suffix in totals:
-            if line.startswith((f"{name}{suffix}{{", f"{name}{suffix} ")):
-                totals[suffix] += float(line.rsplit(" ", 1)[1])
-    return totals["_sum"], totals["_count"]
-
-
-PREFILL, DECODE = "vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds"
 
 
 def _mean_since(server, before: str, name: str, per: float = 1.0) -> float:
@@ -360,7 +336,7 @@ def _time_servers(servers: dict[str, Any], settings: ServingSettings, size: int,
         def call() -> dict[str, float]:
             index = calls[name] = calls.get(name, -1) + 1
             seeds = [settings.seed * 100_000 + index * 1000 + i for i in range(per_round)]
-            row = measure_round(servers[name], [image_url(seed, size) for seed in seeds], settings)
+            row = measure_round(servers[name], [random_image_url(seed, size) for seed in seeds], settings)
             if progress:
                 label = "warm-up" if index < settings.warmup else f"round {index + 1 - settings.warmup}"
                 print(f"{label:8s} {name:9s} " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)

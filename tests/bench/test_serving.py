@@ -10,12 +10,9 @@ import pytest
 from laco.bench import main as bench_main
 from laco.bench.report import serving_table as format_table
 from laco.bench.serving import (
-    PREFILL,
     VARIANTS,
     ServingSettings,
     flop_bounds,
-    histogram,
-    image_url,
     serving_result,
     variant_names,
 )
@@ -57,26 +54,6 @@ def test_bad_qwen_settings_are_refused_by_value():
         ServingSettings(baseline="hf")
 
 
-def test_histograms_are_read_from_prometheus_text():
-    text = (
-        "# HELP vllm:request_prefill_time_seconds x\n"
-        'vllm:request_prefill_time_seconds_bucket{le="0.3",model_name="a"} 1.0\n'
-        'vllm:request_prefill_time_seconds_sum{engine="0",model_name="a"} 1.5\n'
-        'vllm:request_prefill_time_seconds_count{engine="0",model_name="a"} 3.0\n'
-        'vllm:request_prefill_time_seconds_sum{engine="1",model_name="a"} 0.5\n'
-        'vllm:request_prefill_time_seconds_count{engine="1",model_name="a"} 1.0\n'
-        'vllm:request_decode_time_seconds_sum{model_name="a"} 9.0\n'
-    )
-    assert histogram(text, PREFILL) == (2.0, 4.0)
-    assert histogram(text, "vllm:absent") == (0.0, 0.0)
-
-
-def test_every_request_gets_its_own_image():
-    urls = {image_url(seed, 16) for seed in range(5)}
-    assert len(urls) == 5 and all(url.startswith("data:image/png;base64,") for url in urls)
-    assert image_url(3, 16) == image_url(3, 16)  # the same images for both models
-
-
 def test_table_sets_per_round_ratios_next_to_bounds():
     """Speed-ups are medians of per-round ratios (external / LaCo for TTFT, LaCo / external for the rates), not
     ratios of medians: round 1's 3x and round 2's 1x make 2x, where the medians' ratio would be 1.5x."""
@@ -113,3 +90,22 @@ def test_tiny_serving_benchmark_end_to_end(tmp_path, capsys):
     assert result["image_tokens"] == 16 and (out / "serving.png").exists()
     assert "LaCo speed-up" in (out / "serving.md").read_text()
     assert not list((out / "models").glob("*/*.safetensors"))  # the checkpoints are removed after the run
+
+
+@pytest.mark.slow
+def test_tiny_qwen_serving_benchmark_end_to_end(tmp_path):
+    """A converted tiny Qwen2.5-VL against its stock model, both served: every measurement of the table, the tower
+    timed alone, the stock model served by laco's class with the merge off (no torchvision here)."""
+    try:
+        check_serving()
+    except ServeUnavailable as reason:
+        pytest.skip(str(reason))
+    out = tmp_path / "out"
+    argv = ["--engine", "vllm", "--preset", "tiny-qwen-serve", "--image-size", "112", "--rounds", "1"]
+    assert bench_main([*argv, "--concurrency", "1,2", "--output-tokens", "4", "--out", str(out)]) == 0
+    result = json.loads((out / "serving.json").read_text())
+    assert set(result["measurements"]) == {"vit", "ttft", "prefill", "decode", "rps@1", "rps@2"}
+    assert set(result["measurements"]["vit"]) == {"laco@1/4", "stock"}
+    assert result["image_tokens"] == 16 and "laco's class" in result["notes"][0]
+    assert all(r["measured"] > 0 for r in result["speedups"])
+    assert not list((out / "models").glob("*/*.safetensors"))

@@ -36,7 +36,9 @@ def test_kept_is_a_fraction_of_the_source_per_type_next_to_points_above_the_prio
 def source(parts, tmp_path_factory):
     """A tiny uncompressed model, trained as a user's would be."""
     directory = tmp_path_factory.mktemp("source")
-    config = run_config(parts, directory / "run", steps=(2, 2), model={"compression": {"layers": "none"}}, data={"max_length": 128})
+    config = run_config(
+        parts, directory / "run", steps=(2, 2), model={"compression": {"layers": "none"}}, data={"max_length": 128}
+    )
     train(load_config(_write(directory / "source.yaml", config)), quiet=True)
     return directory / "run" / "final"
 
@@ -60,7 +62,11 @@ def test_retrofit_scores_every_conversion_and_step_count_and_resumes(parts, sour
     assert main(args) == 0
     records = json.loads((out / "retrofit.json").read_text())["records"]
     assert [(r["arm"], r["steps"]) for r in records] == [
-        (SOURCE_ARM, 0), ("external", 0), ("external", 2), ("layer2", 0), ("layer2", 2)
+        (SOURCE_ARM, 0),
+        ("external", 0),
+        ("external", 2),
+        ("layer2", 0),
+        ("layer2", 2),
     ]
     assert {r["image_tokens"] for r in records if r["arm"] != SOURCE_ARM} == {records[0]["image_tokens"] // 4}
     assert (out / "retrofit.png").stat().st_size > 0 and "kept" in (out / "retrofit.md").read_text()
