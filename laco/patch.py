@@ -27,6 +27,7 @@ Only a plain attribute (``_laco``) is added to the patched *instance*; no librar
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
@@ -265,6 +266,27 @@ def remove(model: nn.Module) -> nn.Module:
     if config is not None and hasattr(config, CONFIG_ATTRIBUTE):
         delattr(config, CONFIG_ATTRIBUTE)
     return model
+
+
+def stock_twin(model: nn.Module) -> nn.Module:
+    """An uncompressed copy of a patched ``model`` that shares every parameter and buffer with it.
+
+    For running the stock encoder and the compressed one side by side on one set of weights (laco's vLLM plugin
+    answers a request for Qwen-VL's stock tower with it): a ``copy.deepcopy`` with the tensors mapped to themselves,
+    then :func:`remove`d, so it computes exactly what ``model`` computed before :func:`apply`. ``model`` stays
+    compressed and is never switched back and forth, so a forward of either that raises leaves nothing to restore.
+    The twin holds the same tensor objects, ``requires_grad`` included (``model``'s flags are kept), so it is meant
+    for inference; a tensor ``model`` gets later (a ``.to()`` that replaces a buffer) is not the twin's, so make the
+    twin once the model is where it will run. Its modules and config are its own (a few KB, no weights)."""
+    if _patched_encoder(model) is None:
+        raise ValueError("this model is not compressed by laco; it already is the stock model.")
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]}
+    twin = copy.deepcopy(model, shared)
+    remove(twin)
+    for parameter, flag in flags:  # remove() restored the flags apply() changed, on the tensors both share
+        parameter.requires_grad_(flag)
+    return twin
 
 
 def _refuse_compile_wrapper(model: nn.Module, action: str) -> None:

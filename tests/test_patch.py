@@ -357,3 +357,59 @@ def test_window_merge_saves_and_reloads(tmp_path, family):
     model.save_pretrained(tmp_path)
     reloaded = laco.load(tmp_path)
     torch.testing.assert_close(reloaded(x).last_hidden_state, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# laco.patch.stock_twin: the stock encoder beside the compressed one, on the same tensors
+
+
+def _same_tensors(model, twin):
+    ours = dict(model.named_parameters())
+    return all(parameter is ours[name] for name, parameter in twin.named_parameters())
+
+
+def test_stock_twin_runs_the_stock_encoder_on_the_same_tensors(family):
+    x = pixels()
+    model = tiny_encoder(family)
+    with torch.no_grad():
+        stock = model(x).last_hidden_state
+        laco.apply(model, 2, init="default")  # a random merge, so compressed differs from a pooled stock
+        compressed = model(x).last_hidden_state
+        twin = laco.patch.stock_twin(model)
+        assert torch.equal(twin(x).last_hidden_state, stock)  # bit-identical, as laco.remove is
+        assert torch.equal(model(x).last_hidden_state, compressed)  # the model stays compressed
+    assert laco.is_patched(model) and not laco.is_patched(twin)
+    assert _same_tensors(model, twin) and not hasattr(twin.config, "laco") and hasattr(model.config, "laco")
+    with torch.no_grad():
+        laco.attached_compressors(model)[0].fc2.weight.add_(1.0)
+        next(twin.parameters()).mul_(0.5)  # a shared tensor: the model sees it too
+        assert not torch.equal(model(x).last_hidden_state, compressed)
+    with pytest.raises(ValueError, match="not compressed by laco"):
+        laco.patch.stock_twin(twin)
+
+
+@pytest.mark.parametrize("qwen", ["qwen2", "qwen2.5", "qwen3"])
+def test_stock_twin_of_a_qwen_tower_keeps_the_stock_mergers_and_the_models_flags(qwen):
+    from qwen_models import grid, packed_pixels, tiny_tower
+
+    grid_thw = grid((1, 8, 12), (1, 4, 4))
+    x = packed_pixels(grid_thw)
+    tower = tiny_tower(qwen)
+    with torch.no_grad():
+        stock = tower(x, grid_thw=grid_thw).pooler_output
+        laco.apply(tower, 2, mode="keep_llm_tokens")  # the stock merger stays, a 1x copy of it runs
+        compressed = tower(x, grid_thw=grid_thw).pooler_output
+        flags = {name: parameter.requires_grad for name, parameter in tower.named_parameters()}
+        twin = laco.patch.stock_twin(tower)
+        assert torch.equal(twin(x, grid_thw=grid_thw).pooler_output, stock)
+        assert torch.equal(tower(x, grid_thw=grid_thw).pooler_output, compressed)
+        with pytest.raises((RuntimeError, IndexError)):  # a stock forward that raises (too few patches) ...
+            twin(x[:-4], grid_thw=grid_thw)
+        # ... leaves nothing to restore: neither tower was switched
+        assert torch.equal(tower(x, grid_thw=grid_thw).pooler_output, compressed)
+        assert torch.equal(twin(x, grid_thw=grid_thw).pooler_output, stock)
+    assert stock.shape == compressed.shape  # keep_llm_tokens: the LLM gets as many tokens either way
+    assert {name: parameter.requires_grad for name, parameter in tower.named_parameters()} == flags
+    stock_merger = [p for name, p in tower.merger.named_parameters() if not name.startswith("laco_one_to_one")]
+    assert stock_merger and not any(p.requires_grad for p in stock_merger)  # still frozen, as apply left it
+    assert _same_tensors(tower, twin) and not any("laco" in name for name, _ in twin.named_parameters())

@@ -13,13 +13,20 @@ checkpoint the plugin (:func:`laco.serve.register`) installs two vLLM extensions
   ``VLLM_MAX_IMAGE_PIXELS`` unless set, so an oversized image is refused from its header, before decoding.
 * :class:`LacoRenderer`, vLLM's ``hf`` renderer with one check added for laco checkpoints: a prompt without
   images that contains the image token (typed as text) is a 400 error. Other models render exactly as before.
+
+And one check the LaCo Qwen-VL processing (:mod:`laco.serve.qwen_processing`) runs on each request's images:
+:func:`compressed_tower_requested` reads ``mm_processor_kwargs`` ``{"laco": false}`` (the stock tower) and refuses
+with a 400 a value that is not a boolean, or the stock tower where the checkpoint cannot fall back to it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from collections.abc import Mapping
 from functools import cached_property
+from typing import Any
 
 import aiohttp
 from PIL import Image
@@ -28,6 +35,7 @@ from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 from vllm.renderers.hf import HfRenderer
 
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS
+from ..placement import MORE
 from .checkpoint import MODEL_TYPE
 
 CONNECTOR = "laco"
@@ -134,3 +142,37 @@ def register_renderer() -> None:
 
     # the registry's own register() logs an "overwritten" warning in every process; the entry is the same
     RENDERER_REGISTRY.renderers["hf"] = (__name__, LacoRenderer.__name__)
+
+
+TOWER_KWARG = "laco"
+"""The ``mm_processor_kwargs`` key that picks a LaCo Qwen-VL request's vision tower: true (the default) for the
+checkpoint's LaCo tower, false for the stock tower."""
+
+
+def compressed_tower_requested(mm_kwargs: Mapping[str, Any], mode: str | None) -> bool:
+    """Whether a request's images go through the checkpoint's LaCo tower (``mm_processor_kwargs`` ``"laco"``,
+    default true) or the stock one (false); ``mode`` is the checkpoint's LaCo mode, ``None`` if uncompressed.
+
+    The stock tower is refused where the LLM's placeholders were counted for the compressed one (``compress_more``
+    gives the LLM 4x fewer tokens than the stock tower makes); anything but a JSON boolean is refused too, rather
+    than guessed (``"false"`` is a string, and truthy)."""
+    value = mm_kwargs.get(TOWER_KWARG, True)
+    if not isinstance(value, bool):
+        shown = json.dumps(value, default=repr)  # as the client wrote it: "false" (a string) is not false
+        raise VLLMValidationError(
+            f'mm_processor_kwargs {{"{TOWER_KWARG}": {shown}}}: "{TOWER_KWARG}" takes true (LaCo\'s compressed '
+            "vision tower, the default) or false (the stock tower), as a JSON boolean.",
+            parameter=f"mm_processor_kwargs.{TOWER_KWARG}",
+            value=shown,
+        )
+    if not value and mode == MORE:
+        raise VLLMValidationError(
+            f'mm_processor_kwargs {{"{TOWER_KWARG}": false}} asks for the stock vision tower, but this checkpoint was '
+            "converted in compress_more: its LLM takes 4x fewer tokens per image than the stock tower makes, so its "
+            f'images cannot go through the stock tower. Leave "{TOWER_KWARG}" out (or send true), or serve a '
+            "keep_llm_tokens conversion (laco convert SRC DST --mode keep_llm_tokens), which keeps the stock merger "
+            "and the stock token count, so it can switch per request.",
+            parameter=f"mm_processor_kwargs.{TOWER_KWARG}",
+            value="false",
+        )
+    return value

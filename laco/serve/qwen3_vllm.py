@@ -17,11 +17,15 @@ own 2x2 merger; the LLM adds tap ``i``'s features to its hidden states at the im
 
 The taps are held on the model between ``embed_input_ids`` and ``forward``: tested with ``--enforce-eager``; a
 compiled LLM (torch.compile, CUDA graphs) would not see them change.
+
+``mm_processor_kwargs={"laco": false}`` (the stock tower, per request) works as in :mod:`laco.serve.qwen_vllm`: the
+stock tower's taps run through the stock DeepStack mergers, so its features have the same ``[main | taps]`` layout.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from vllm.config import VllmConfig
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
@@ -67,11 +71,13 @@ class LacoQwen3VLForVllm(LacoQwenVLForVllm):
         for level in range(self.levels):
             layers[level].register_forward_hook(AddDeepStack(self, level))
 
-    def image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        dtype = next(self.visual.parameters()).dtype
-        output = self.visual(pixel_values.to(dtype), grid_thw=grid_thw, return_dict=True)
+    def image_features(
+        self, tower: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        dtype = next(tower.parameters()).dtype
+        output = tower(pixel_values.to(dtype), grid_thw=grid_thw, return_dict=True)
         features = torch.cat([output.pooler_output, *output.deepstack_features], dim=-1)
-        merge = self.visual.spatial_merge_size
+        merge = tower.spatial_merge_size
         return features.split((grid_thw.prod(-1) // merge // merge).tolist())
 
     def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None):

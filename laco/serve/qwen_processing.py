@@ -10,7 +10,13 @@ vLLM's own ``qwen2_vl.py`` cannot be imported where torchvision is missing (it i
   ``<|image_pad|>`` into the image's placeholders, counted after laco's merge (its ``laco_factor``);
 * each image's count is fixed by its ``image_grid_thw`` alone: ``t * h * w / (merge * factor)**2``, with ``factor``
   1 in ``keep_llm_tokens`` (the stock count) and the merge factor in ``compress_more`` (4x fewer tokens);
-* the largest count (for vLLM's encoder cache and profiling) follows from the image processor's ``max_pixels``.
+* the largest count (for vLLM's encoder cache and profiling) follows from the image processor's ``max_pixels``;
+* ``mm_processor_kwargs`` ``{"laco": false}`` sends a request's images through the stock tower
+  (:func:`laco.serve.guards.compressed_tower_requested` reads and checks it): each image carries the choice as a
+  field (:data:`TOWER_FIELD`), as MiniCPM-V 4.6 carries its ``downsample_mode``, and the key never reaches the HF
+  processor. The placeholder counts do not depend on it (``keep_llm_tokens`` gives the LLM the stock count), and
+  vLLM's processor and encoder caches key each image by its ``mm_processor_kwargs`` too, so an image sent both
+  ways is encoded both ways.
 
 Images only: videos need transformers' video processor, which needs torchvision.
 """
@@ -35,9 +41,12 @@ from vllm.multimodal.processing import (
 
 from ..placement import MORE
 from .checkpoint import CheckpointError, _settings
+from .guards import TOWER_KWARG, compressed_tower_requested
 
 IMAGE_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 """What one image is in a Qwen-VL prompt; the processor expands the ``<|image_pad|>`` in it."""
+TOWER_FIELD = "laco_compressed"
+"""The multimodal field that tells the model, per image, whether LaCo's tower (true) or the stock one encodes it."""
 
 
 def llm_merge(config) -> int:
@@ -64,7 +73,15 @@ class LacoQwenProcessingInfo(BaseProcessingInfo):
     def factor(self) -> int:
         return self.merge // int(self.get_hf_config().vision_config.spatial_merge_size)
 
+    @cached_property
+    def laco_mode(self) -> str | None:
+        """The checkpoint's LaCo mode (``keep_llm_tokens`` / ``compress_more``), ``None`` if it is uncompressed."""
+        config = self.get_hf_config()
+        placement = _settings(getattr(config, "name_or_path", "") or "the checkpoint", config)
+        return placement.mode if placement is not None and placement.compressed else None
+
     def get_hf_processor(self, **kwargs: object):
+        kwargs.pop(TOWER_KWARG, None)  # the model's choice, not the HF processor's (it would warn and ignore it)
         processor = self.ctx.get_hf_processor(**kwargs)
         saved = getattr(processor, "laco_factor", None)
         if saved is None or int(saved) != self.factor:
@@ -125,6 +142,8 @@ class LacoQwenMultiModalProcessor(BaseMultiModalProcessor[LacoQwenProcessingInfo
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         if hf_data.get("videos"):
             raise ValueError("laco serves Qwen-VL checkpoints with images only; videos are not supported.")
+        self._compressed_tower(hf_kwargs)  # a refusal comes before the images are processed
+        hf_kwargs = {key: value for key, value in hf_kwargs.items() if key != TOWER_KWARG}
         try:
             return super()._call_hf_processor(hf_data, hf_kwargs)
         except ValueError as error:  # vLLM's message names the processor only; the client needs laco's reason
@@ -133,14 +152,32 @@ class LacoQwenMultiModalProcessor(BaseMultiModalProcessor[LacoQwenProcessingInfo
                 raise ValueError(f"{cause} ({error})") from cause
             raise
 
+    def _postprocess_hf_mm_data(
+        self, mm_inputs: Mapping[str, object], hf_processor_mm_kwargs: Mapping[str, object], processed: BatchFeature
+    ) -> BatchFeature:
+        # every image carries its tower, so a batch that mixes requests can be split by it (and the cache keeps it)
+        grid_thw = processed.get("image_grid_thw")
+        if grid_thw is not None:
+            compressed = self._compressed_tower(hf_processor_mm_kwargs)
+            processed[TOWER_FIELD] = torch.full((len(grid_thw),), compressed, dtype=torch.bool)
+        return processed
+
+    def _compressed_tower(self, hf_kwargs: Mapping[str, object]) -> bool:
+        # the request's kwargs over the server's --mm-processor-kwargs, as vLLM merges them for the HF processor
+        merged = self.info.ctx.get_merged_mm_kwargs(hf_kwargs)
+        return compressed_tower_requested(merged, self.info.laco_mode)
+
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
     ) -> Mapping[str, MultiModalFieldConfig]:
         grid_thw = hf_inputs.get("image_grid_thw", torch.empty((0, 3), dtype=torch.long))
-        return {
+        fields = {
             "pixel_values": MultiModalFieldConfig.flat_from_sizes("image", grid_thw.prod(-1)),
             "image_grid_thw": MultiModalFieldConfig.batched("image", keep_on_cpu=True),
         }
+        if TOWER_FIELD in hf_inputs:
+            fields[TOWER_FIELD] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+        return fields
 
     def _get_prompt_updates(
         self,
@@ -161,6 +198,7 @@ class LacoQwenMultiModalProcessor(BaseMultiModalProcessor[LacoQwenProcessingInfo
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
+    "TOWER_FIELD",
     "LacoQwenDummyInputsBuilder",
     "LacoQwenMultiModalProcessor",
     "LacoQwenProcessingInfo",

@@ -10,6 +10,13 @@ Imported by vLLM only (``laco.serve.register`` names this module lazily), never 
 * LLM: vLLM's own ``Qwen2ForCausalLM`` with M-RoPE (:class:`SupportsMRoPE`): 3-D positions from each image's
   ``image_grid_thw`` on the LLM's token grid (the tower's merge size, times LaCo's factor in ``compress_more``).
 * Processing: :mod:`laco.serve.qwen_processing` (the checkpoint's own LaCo processor, no torchvision).
+* Per request, compressed or stock tower: ``mm_processor_kwargs={"laco": false}`` sends a request's images through
+  the stock tower (a ``keep_llm_tokens`` checkpoint keeps the stock merger's tensors, and the LLM gets the same
+  tokens per image either way). The stock tower is :func:`laco.patch.stock_twin` of the compressed one: the same
+  parameter and buffer tensors, laco removed, built once; :meth:`embed_multimodal` splits a batch by each image's
+  choice (:data:`~laco.serve.qwen_processing.TOWER_FIELD`) and returns the features in the batch's order. Nothing
+  is switched in place, so a forward that raises leaves no tower half-switched. ``compress_more`` checkpoints and
+  values other than true/false are refused per request (:func:`laco.serve.guards.compressed_tower_requested`).
 
 vLLM's ``qwen2_vl.py`` is not imported: it imports torchvision through transformers' fast image processor.
 """
@@ -35,9 +42,11 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from .. import patch as laco_patch
 from ..mllm.builder import resolve_attn_implementation
 from ..patch import apply_from_config
+from ..placement import KEEP
 from .checkpoint import CheckpointError, _settings, check_files
 from .qwen_processing import (
     IMAGE_PLACEHOLDER,
+    TOWER_FIELD,
     LacoQwenDummyInputsBuilder,
     LacoQwenMultiModalProcessor,
     LacoQwenProcessingInfo,
@@ -133,6 +142,8 @@ class LacoQwenVLForVllm(VllmLanguageModel, nn.Module, SupportsMultiModal, Suppor
         self.configure_mm_token_handling(config.text_config.vocab_size, [config.image_token_id])
         with self._mark_tower_model(vllm_config, "image"):
             self.visual = build_tower(config.vision_config)
+        # the stock tower on the same tensors, built once the weights are in (a dict: not a second registered child)
+        self._stock: dict[str, nn.Module] = {}
         with self._mark_language_model(vllm_config):
             self.language_model = init_vllm_registered_model(
                 vllm_config=vllm_config,
@@ -155,14 +166,26 @@ class LacoQwenVLForVllm(VllmLanguageModel, nn.Module, SupportsMultiModal, Suppor
 
     # -- images ------------------------------------------------------------------------------------------------
 
-    def image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The tower's LLM tokens, one tensor per image (``pooler_output``, as the stock model takes it)."""
-        dtype = next(self.visual.parameters()).dtype
-        output = self.visual(pixel_values.to(dtype), grid_thw=grid_thw, return_dict=True)
+    def image_features(
+        self, tower: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        """``tower``'s LLM tokens, one tensor per image (``pooler_output``, as the stock model takes it)."""
+        dtype = next(tower.parameters()).dtype
+        output = tower(pixel_values.to(dtype), grid_thw=grid_thw, return_dict=True)
         features = output.pooler_output
         # the tower's spatial_merge_size is its merge times LaCo's factor in compress_more (the adapter sets it)
-        merge = self.visual.spatial_merge_size
+        merge = tower.spatial_merge_size
         return features.split((grid_thw.prod(-1) // merge // merge).tolist())
+
+    def tower(self, compressed: bool) -> nn.Module:
+        """The checkpoint's tower (``compressed``), or the stock one: its :func:`laco.patch.stock_twin`."""
+        if compressed or not laco_patch.is_patched(self.visual):
+            return self.visual  # an uncompressed checkpoint's only tower is the stock one
+        if self.placement.mode != KEEP:  # the processing refuses such requests; this guards the model itself
+            raise ValueError(f"a {self.placement.mode} checkpoint's LLM cannot take the stock tower's features.")
+        if "tower" not in self._stock:
+            self._stock["tower"] = laco_patch.stock_twin(self.visual)
+        return self._stock["tower"]
 
     def embed_multimodal(self, **kwargs: object) -> MultiModalEmbeddings:
         pixel_values, grid_thw = kwargs.pop("pixel_values", None), kwargs.pop("image_grid_thw", None)
@@ -172,8 +195,19 @@ class LacoQwenVLForVllm(VllmLanguageModel, nn.Module, SupportsMultiModal, Suppor
             pixel_values = torch.cat(list(pixel_values))
         if isinstance(grid_thw, (list, tuple)):
             grid_thw = torch.stack([torch.as_tensor(row).reshape(3) for row in grid_thw])
-        grid_thw = grid_thw.reshape(-1, 3).long()
-        return self.image_features(pixel_values, grid_thw.to(pixel_values.device))
+        grid_thw = grid_thw.reshape(-1, 3).long().to(pixel_values.device)
+        choices = tower_choices(kwargs.pop(TOWER_FIELD, None), len(grid_thw))
+        if len(set(choices)) == 1:
+            return self.image_features(self.tower(choices[0]), pixel_values, grid_thw)
+        # a batch mixing requests for both towers: each group through its own, the features back in batch order
+        per_image = pixel_values.split(grid_thw.prod(-1).tolist())
+        features: list[torch.Tensor | None] = [None] * len(choices)
+        for compressed in (True, False):
+            group = [index for index, choice in enumerate(choices) if choice == compressed]
+            pixels = torch.cat([per_image[index] for index in group])
+            for index, image in zip(group, self.image_features(self.tower(compressed), pixels, grid_thw[group])):
+                features[index] = image
+        return features
 
     # -- LLM ---------------------------------------------------------------------------------------------------
 
@@ -183,7 +217,21 @@ class LacoQwenVLForVllm(VllmLanguageModel, nn.Module, SupportsMultiModal, Suppor
         others = split_tower_weights(self.hf_to_vllm_mapper.apply(weights), _TOWER_PREFIX, tower)
         loaded = AutoWeightsLoader(self).load_weights(others)
         load_tower_weights(self.visual, tower)
+        if self.placement is not None and self.placement.compressed and self.placement.mode == KEEP:
+            self.tower(compressed=False)  # now, not at the first request: the twin must share the loaded tensors
         return loaded | {f"{_TOWER_PREFIX}{name}" for name, _ in self.visual.named_parameters()}
+
+
+def tower_choices(field: object, images: int) -> list[bool]:
+    """Per image, whether LaCo's tower encodes it, from the :data:`TOWER_FIELD` vLLM batched (a tensor, or a list
+    of them where it could not stack them); every image compressed where the field is missing."""
+    if field is None:
+        return [True] * images
+    parts = field if isinstance(field, (list, tuple)) else [field]
+    choices = [bool(value) for part in parts for value in torch.as_tensor(part).reshape(-1).tolist()]
+    if len(choices) != images:
+        raise ValueError(f"{len(choices)} tower choices for {images} images; the batch's {TOWER_FIELD} is malformed.")
+    return choices
 
 
 def load_tower_weights(tower: nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -201,4 +249,4 @@ def load_tower_weights(tower: nn.Module, saved: dict[str, torch.Tensor]) -> None
     tower.load_state_dict({name: tensor.to(reference.dtype) for name, tensor in saved.items()}, strict=True)
 
 
-__all__ = ["LacoQwenVLForVllm", "build_tower", "load_tower_weights", "mrope_positions"]
+__all__ = ["LacoQwenVLForVllm", "build_tower", "load_tower_weights", "mrope_positions", "tower_choices"]
