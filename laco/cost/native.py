@@ -20,7 +20,7 @@ rows. Pure arithmetic: the compressor's own ``.flops`` is read through :func:`la
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..placement import KEEP, MORE, LayerSpec, Placement, as_placement
@@ -62,33 +62,14 @@ class PackedEncoderGeometry:
         return 1, height // self.patch, width // self.patch
 
 
+_QWEN25_3B = PackedEncoderGeometry(
+    "qwen2.5-vl-3b", "qwen2.5-vl", 1280, 32, 16, 3420, 2048, mlp_kind="swiglu", window=112, full_blocks=(7, 15, 23, 31)
+)
 PACKED_ENCODERS: dict[str, PackedEncoderGeometry] = {
     g.name: g
     for g in (
-        PackedEncoderGeometry(
-            "qwen2.5-vl-3b",
-            "qwen2.5-vl",
-            1280,
-            32,
-            16,
-            3420,
-            2048,
-            mlp_kind="swiglu",
-            window=112,
-            full_blocks=(7, 15, 23, 31),
-        ),  # fmt: skip
-        PackedEncoderGeometry(
-            "qwen2.5-vl-7b",
-            "qwen2.5-vl",
-            1280,
-            32,
-            16,
-            3420,
-            3584,
-            mlp_kind="swiglu",
-            window=112,
-            full_blocks=(7, 15, 23, 31),
-        ),  # fmt: skip
+        _QWEN25_3B,
+        replace(_QWEN25_3B, name="qwen2.5-vl-7b", out_width=3584),
         PackedEncoderGeometry("qwen2-vl-2b", "qwen2-vl", 1280, 32, 16, 5120, 1536),
         PackedEncoderGeometry("qwen3-vl-8b", "qwen3-vl", 1152, 27, 16, 4304, 4096, patch=16, deepstack=(8, 16, 24)),
     )
