@@ -37,6 +37,9 @@ DEFAULT_LLM = "smollm2-135m"
 DEFAULT_IMAGE_SIZE = 112  # the embedded default run's size for the offline DINOv2-S (8x8 patches), not DINOv2's own
 DEFAULT_LAYERS = "1/4"  # LaCo after a quarter of the encoder's depth: the paper's headline placement
 RESIZE_POLICIES = ("squash", "shortest_edge", "pad")
+# Where a turn's images go: as LLaVA writes them, before the question ("<image>\nq"), or after it ("q\n<image>"),
+# so that the LLM reads the image tokens knowing what is asked.
+IMAGE_POSITIONS = ("before_question", "after_question")
 IMAGE_KEYS = ("image_size", "image_mean", "image_std", "resize")  # null: the encoder's own (its image processor's)
 
 
@@ -55,6 +58,9 @@ class ModelConfig:
     image_std: list[float] | None = None
     resize: str | None = None
     system_prompt: str | None = ""  # an empty system turn: SmolLM2's template would add a 20-token default
+    # before_question renders records as LLaVA writes them ("<image>\nq"); after_question puts each turn's opening
+    # images after its text, so the LLM reads them knowing the question (saved in the processor, used at eval).
+    image_position: str = IMAGE_POSITIONS[0]
     # "auto": eager attention on CPU, where torch's flash-attention backward is slower than eager on sequences this
     # short; the transformers default (SDPA / FlashAttention) on GPU.
     attn_implementation: str = "auto"
@@ -224,6 +230,11 @@ def _validate_model(model: ModelConfig) -> None:
     if model.resize is not None and model.resize not in RESIZE_POLICIES:
         raise ValueError(
             f"model.resize must be one of {RESIZE_POLICIES} (or null: the encoder's own), got {model.resize!r}."
+        )
+    if model.image_position not in IMAGE_POSITIONS:
+        raise ValueError(
+            f"model.image_position must be one of {IMAGE_POSITIONS} (where a question's image goes), "
+            f"got {model.image_position!r}."
         )
     if model.init_from is None:
         return

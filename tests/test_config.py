@@ -127,3 +127,10 @@ def test_vision_learning_rate_scale_sets_the_rate_of_unnamed_vision_parts():
     assert stage_part_rates(stage) == {"vision_after_merge": pytest.approx(2e-4)}
     stage.part_learning_rates = {"vision_after_merge": 5e-5}
     assert stage_part_rates(stage) == {"vision_after_merge": 5e-5}  # an explicit rate wins
+
+
+def test_image_position_is_checked_before_a_run_starts():
+    config = load_config(None, ["model.image_position=after_question"]).validate()
+    assert config.model.image_position == "after_question"
+    with pytest.raises(ValueError, match="model.image_position must be one of .*got 'first'"):
+        load_config(None, ["model.image_position=first"]).validate()

@@ -28,6 +28,7 @@ def build_mllm(
     image_std: Sequence[float] | None = None,
     resize: str | None = None,
     system_prompt: str | None = None,
+    image_position: str = "before_question",
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
@@ -62,7 +63,9 @@ def build_mllm(
         resize=resize,
     )
     _check_image_size(vision_model, transform.size)
-    processor = LacoProcessor(tokenizer, transform, image_token=IMAGE_TAG, system_prompt=system_prompt)
+    processor = LacoProcessor(
+        tokenizer, transform, image_token=IMAGE_TAG, system_prompt=system_prompt, image_position=image_position
+    )
     vision_config = vision_model.config.__class__.from_dict(vision_model.config.to_dict())
     for flag in ("vision_use_head", "use_head"):  # SigLIP / AIMv2 pooling heads: LLaVA reads tokens, not the pool
         if getattr(vision_config, flag, False):

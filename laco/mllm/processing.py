@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from ..config import IMAGE_POSITIONS
 from .transform import ImageTransform
 
 IMAGE_TAG = "<image>"
@@ -62,6 +63,8 @@ class LacoProcessor:
         system_prompt: optional system message for every conversation (``None`` keeps the template's default).
         chat_template: a multimodal chat template (a stock processor's, whose messages hold lists of
             ``{"type": "image"}`` / ``{"type": "text"}`` parts); ``None`` renders with the tokenizer's template.
+        image_position: ``"before_question"`` renders turns as written; ``"after_question"`` moves the image tags
+            that open a user turn (LLaVA's ``"<image>\\nq"``) after its text, in training records and prompts alike.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -70,8 +73,11 @@ class LacoProcessor:
     image_token: str = IMAGE_TAG
     system_prompt: str | None = None
     chat_template: str | None = None
+    image_position: str = IMAGE_POSITIONS[0]
 
     def __post_init__(self) -> None:
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ValueError(f"image_position must be one of {IMAGE_POSITIONS}, got {self.image_position!r}.")
         if self.image_token not in self.tokenizer.get_vocab():
             self.tokenizer.add_special_tokens({"additional_special_tokens": [self.image_token]})
         if self.tokenizer.pad_token is None:
@@ -92,8 +98,20 @@ class LacoProcessor:
                 raise RecordError(
                     f"unknown speaker {turn.get('from')!r}; expected one of {sorted(ROLES)}.", "malformed"
                 )
-            messages.append({"role": role, "content": turn.get("value", turn.get("content", ""))})
+            content = turn.get("value", turn.get("content", ""))
+            messages.append({"role": role, "content": self._laid_out(content) if role == "user" else content})
         return messages
+
+    def _laid_out(self, content: str) -> str:
+        """``content`` with the image tags that open it moved after its text, where ``image_position`` says so."""
+        if self.image_position == "before_question":
+            return content
+        tags, text = 0, content
+        while text.startswith(self.image_token):
+            tags, text = tags + 1, text[len(self.image_token) :].lstrip("\n")
+        if not tags or not text.strip():
+            return content
+        return "\n".join([text.rstrip("\n")] + [self.image_token] * tags)
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         if self.chat_template:
@@ -306,6 +324,7 @@ class LacoProcessor:
             "image_token": self.image_token,
             "system_prompt": self.system_prompt,
             "chat_template": self.chat_template,
+            "image_position": self.image_position,
         }
         (directory / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         # AutoProcessor.from_pretrained reads the class from here first (before the tokenizer's own record, which

@@ -275,6 +275,7 @@ def _model_for_next_stage(config: RunConfig, output: Path) -> tuple[LacoLlavaFor
         spec.llm,
         spec.compression,
         system_prompt=spec.system_prompt,
+        image_position=spec.image_position,
         attn_implementation=spec.attn_implementation,
         **spec.image_overrides(),
     )

@@ -102,3 +102,23 @@ def test_auto_processor_loads_a_laco_checkpoints_full_processor(tmp_path):
     del settings["chat_template"], settings["image_transform"]["resize"]
     (tmp_path / PROCESSOR_FILE).write_text(json.dumps(settings))
     assert AutoProcessor.from_pretrained(tmp_path).image_transform == built.image_transform
+
+
+def test_after_question_puts_a_turns_opening_images_after_its_text_in_prompts_and_training_records(tmp_path):
+    before, after = processor(), processor(image_position="after_question")
+    assert after.prompt("what color?") == before.prompt("what color?\n<image>")
+    assert after.prompt("<image>\n<image>\nwhich is red?", 2) == before.prompt("which is red?\n<image>\n<image>", 2)
+    # tags the text places itself, and answers, stay where they are
+    assert after.prompt("is <image> red?") == before.prompt("is <image> red?")
+    record = [{"from": "human", "value": "<image>\nwhat color?"}, {"from": "gpt", "value": "red"}]
+    moved = [{"from": "human", "value": "what color?\n<image>"}, {"from": "gpt", "value": "red"}]
+    assert after.encode_conversation(record) == before.encode_conversation(moved)
+    ids = after.encode_conversation(record).input_ids
+    assert "what color?" in after.tokenizer.decode(ids[: ids.index(after.image_token_id)])
+    # the training layout and the evaluation prompt agree: the record's prompt is the prompt of its question
+    prompt_ids = after(["what color?"], [RED])["input_ids"][0].tolist()
+    assert ids[: len(prompt_ids)] == prompt_ids
+    after.save_pretrained(tmp_path)
+    assert LacoProcessor.from_pretrained(tmp_path).image_position == "after_question"
+    with pytest.raises(ValueError, match="image_position must be one of .*'before_question', 'after_question'.*'last'"):
+        processor(image_position="last")

@@ -48,6 +48,18 @@ def test_stages_run_and_write_a_loadable_final_model(parts, tmp_path):
     assert [s["steps"] for s in again["stages"]] == [3, 3]
 
 
+def test_the_run_trains_and_saves_the_image_position_it_was_given(parts, tmp_path):
+    config = load_config(
+        write_config(tmp_path / "run.yaml", parts, tmp_path / "run", steps=(1, 1)),
+        ["model.image_position=after_question"],
+    )
+    train(config, quiet=True)
+    from laco.mllm import LacoProcessor
+
+    # eval, generate and lmms-eval read the checkpoint's processor, so they ask questions in the trained layout
+    assert LacoProcessor.from_pretrained(tmp_path / "run" / "final").image_position == "after_question"
+
+
 def test_an_incomplete_checkpoint_is_skipped(tmp_path):
     for step, complete in ((2, True), (4, False)):
         checkpoint = tmp_path / f"checkpoint-{step}"
