@@ -35,7 +35,6 @@ from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
 from vllm.renderers.hf import HfRenderer
 
 from ..data.images import DEFAULT_MAX_IMAGE_PIXELS
-from ..placement import MORE
 from .checkpoint import MODEL_TYPE
 
 CONNECTOR = "laco"
@@ -149,9 +148,10 @@ TOWER_KWARG = "laco"
 checkpoint's LaCo tower, false for the stock tower."""
 
 
-def compressed_tower_requested(mm_kwargs: Mapping[str, Any], mode: str | None) -> bool:
+def compressed_tower_requested(mm_kwargs: Mapping[str, Any], stock_tower_fits: bool) -> bool:
     """Whether a request's images go through the checkpoint's LaCo tower (``mm_processor_kwargs`` ``"laco"``,
-    default true) or the stock one (false); ``mode`` is the checkpoint's LaCo mode, ``None`` if uncompressed.
+    default true) or the stock one (false); ``stock_tower_fits``: the LLM's placeholders are the stock tower's count
+    (keep_llm_tokens and uncompressed checkpoints, where LaCo's factor leaves the LLM's tokens as they were).
 
     The stock tower is refused where the LLM's placeholders were counted for the compressed one (``compress_more``
     gives the LLM 4x fewer tokens than the stock tower makes); anything but a JSON boolean is refused too, rather
@@ -165,7 +165,7 @@ def compressed_tower_requested(mm_kwargs: Mapping[str, Any], mode: str | None) -
             parameter=f"mm_processor_kwargs.{TOWER_KWARG}",
             value=shown,
         )
-    if not value and mode == MORE:
+    if not value and not stock_tower_fits:
         raise VLLMValidationError(
             f'mm_processor_kwargs {{"{TOWER_KWARG}": false}} asks for the stock vision tower, but this checkpoint was '
             "converted in compress_more: its LLM takes 4x fewer tokens per image than the stock tower makes, so its "

@@ -73,13 +73,6 @@ class LacoQwenProcessingInfo(BaseProcessingInfo):
     def factor(self) -> int:
         return self.merge // int(self.get_hf_config().vision_config.spatial_merge_size)
 
-    @cached_property
-    def laco_mode(self) -> str | None:
-        """The checkpoint's LaCo mode (``keep_llm_tokens`` / ``compress_more``), ``None`` if it is uncompressed."""
-        config = self.get_hf_config()
-        placement = _settings(getattr(config, "name_or_path", "") or "the checkpoint", config)
-        return placement.mode if placement is not None and placement.compressed else None
-
     def get_hf_processor(self, **kwargs: object):
         kwargs.pop(TOWER_KWARG, None)  # the model's choice, not the HF processor's (it would warn and ignore it)
         processor = self.ctx.get_hf_processor(**kwargs)
@@ -165,7 +158,7 @@ class LacoQwenMultiModalProcessor(BaseMultiModalProcessor[LacoQwenProcessingInfo
     def _compressed_tower(self, hf_kwargs: Mapping[str, object]) -> bool:
         # the request's kwargs over the server's --mm-processor-kwargs, as vLLM merges them for the HF processor
         merged = self.info.ctx.get_merged_mm_kwargs(hf_kwargs)
-        return compressed_tower_requested(merged, self.info.laco_mode)
+        return compressed_tower_requested(merged, stock_tower_fits=self.info.factor == 1)
 
     def _get_mm_fields_config(
         self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
