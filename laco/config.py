@@ -239,6 +239,8 @@ def _validate_model(model: ModelConfig) -> None:
     if model.init_from is None:
         return
     unused = [key for key in ("vision", "llm", "compression", *IMAGE_KEYS) if getattr(model, key) is not None]
+    if model.image_position != IMAGE_POSITIONS[0]:  # the checkpoint's processor brings its own layout
+        unused.append("image_position")
     if unused:
         raise ValueError(
             f"model.init_from={model.init_from!r} starts from a checkpoint that holds its encoder, LLM, merge and "

@@ -134,3 +134,8 @@ def test_image_position_is_checked_before_a_run_starts():
     assert config.model.image_position == "after_question"
     with pytest.raises(ValueError, match="model.image_position must be one of .*got 'first'"):
         load_config(None, ["model.image_position=first"]).validate()
+
+
+def test_an_image_position_a_checkpoint_would_ignore_is_refused():
+    with pytest.raises(ValueError, match="model.image_position would not be used"):
+        load_config(None, ["model.init_from=ckpt", "model.image_position=after_question"]).validate()

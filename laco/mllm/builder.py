@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .. import patch as laco_patch
 from ..adapters import resolve_encoder
+from ..config import IMAGE_POSITIONS
 from ..placement import Placement
 from ..pretrained import load_llm, load_vision
 from .modeling import LacoLlavaConfig, LacoLlavaForConditionalGeneration
@@ -28,7 +29,7 @@ def build_mllm(
     image_std: Sequence[float] | None = None,
     resize: str | None = None,
     system_prompt: str | None = None,
-    image_position: str = "before_question",
+    image_position: str = IMAGE_POSITIONS[0],
     dtype: torch.dtype = torch.float32,
     attn_implementation: str | None = None,
 ) -> tuple[LacoLlavaForConditionalGeneration, LacoProcessor]:
