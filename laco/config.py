@@ -43,6 +43,10 @@ IMAGE_POSITIONS = ("before_question", "after_question")
 IMAGE_KEYS = ("image_size", "image_mean", "image_std", "resize")  # null: the encoder's own (its image processor's)
 
 
+class ConfigError(ValueError):
+    """A run config whose values have the right type but cannot run; the message names the key and the fix."""
+
+
 @dataclass
 class ModelConfig:
     """``vision`` + ``llm`` assembled with ``compression`` (unset: the embedded default's), or ``init_from`` a LaCo
@@ -179,16 +183,16 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Check values that have the right type but cannot run; every message names the key and the fix."""
         if not self.stages:
-            raise ValueError("a run needs at least one stage under 'stages'.")
+            raise ConfigError("a run needs at least one stage under 'stages'.")
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
-            raise ValueError(f"stage names must be unique, got {names}.")
+            raise ConfigError(f"stage names must be unique, got {names}.")
         _validate_curriculum(self)
         for index, stage in enumerate(self.stages):
             _validate_stage(stage, f"stages.{index}")
             compression = self.model.compression
             if stage.objective == "tower_distillation" and compression is not None and not compression.compressed:
-                raise ValueError(
+                raise ConfigError(
                     f"stages.{index}.objective: tower_distillation teaches a compressed tower to match the "
                     "uncompressed one, but model.compression.layers is none; set layers (e.g. 1/4) or drop the stage."
                 )
@@ -196,11 +200,11 @@ class RunConfig:
             try:
                 normalize_precision(value)
             except ValueError as error:
-                raise ValueError(f"{where}: {error}") from None
+                raise ConfigError(f"{where}: {error}") from None
         if self.data.dataset not in ("easy-vqa", "llava"):
-            raise ValueError(f"data.dataset must be 'easy-vqa' or 'llava', got {self.data.dataset!r}.")
+            raise ConfigError(f"data.dataset must be 'easy-vqa' or 'llava', got {self.data.dataset!r}.")
         if self.data.dataset == "llava" and not (self.data.train_json and self.data.image_folder):
-            raise ValueError("data.dataset='llava' needs data.train_json and data.image_folder.")
+            raise ConfigError("data.dataset='llava' needs data.train_json and data.image_folder.")
         _at_least(1, "data.max_length", self.data.max_length)
         _at_least(1, "data.limit", self.data.limit, optional=True)
         _at_least(1, "data.max_image_pixels", self.data.max_image_pixels)
@@ -223,16 +227,16 @@ def _validate_model(model: ModelConfig) -> None:
     for key in ("image_mean", "image_std"):
         values = getattr(model, key)
         if values is not None and (len(values) != 3 or (key == "image_std" and min(values) <= 0)):
-            raise ValueError(
+            raise ConfigError(
                 f"model.{key} takes one number per RGB channel (3{', > 0' if 'std' in key else ''}), "
                 f"e.g. [0.5, 0.5, 0.5]; got {values}."
             )
     if model.resize is not None and model.resize not in RESIZE_POLICIES:
-        raise ValueError(
+        raise ConfigError(
             f"model.resize must be one of {RESIZE_POLICIES} (or null: the encoder's own), got {model.resize!r}."
         )
     if model.image_position not in IMAGE_POSITIONS:
-        raise ValueError(
+        raise ConfigError(
             f"model.image_position must be one of {IMAGE_POSITIONS} (where a question's image goes), "
             f"got {model.image_position!r}."
         )
@@ -242,7 +246,7 @@ def _validate_model(model: ModelConfig) -> None:
     if model.image_position != IMAGE_POSITIONS[0]:  # the checkpoint's processor brings its own layout
         unused.append("image_position")
     if unused:
-        raise ValueError(
+        raise ConfigError(
             f"model.init_from={model.init_from!r} starts from a checkpoint that holds its encoder, LLM, merge and "
             f"processor, so {', '.join('model.' + key for key in unused)} would not be used: remove "
             f"{'them' if len(unused) > 1 else 'it'} (to change the merge, convert again: laco convert SRC DST --layer "
@@ -253,29 +257,29 @@ def _validate_model(model: ModelConfig) -> None:
 def _validate_stage(stage: StageConfig, where: str) -> None:
     unknown = sorted(set(stage.trainable) - set(TRAINABLE_PARTS))
     if unknown:
-        raise ValueError(f"stage {stage.name!r}: unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}.")
+        raise ConfigError(f"stage {stage.name!r}: unknown trainable part(s) {unknown}; choose from {TRAINABLE_PARTS}.")
     if not 0.0 <= stage.answer_balance <= 1.0:
-        raise ValueError(f"stage {stage.name!r}: answer_balance must lie in [0, 1], got {stage.answer_balance}.")
+        raise ConfigError(f"stage {stage.name!r}: answer_balance must lie in [0, 1], got {stage.answer_balance}.")
     if stage.balance_by not in BALANCE_BY:
-        raise ValueError(f"stage {stage.name!r}: balance_by must be one of {BALANCE_BY}, got {stage.balance_by!r}.")
+        raise ConfigError(f"stage {stage.name!r}: balance_by must be one of {BALANCE_BY}, got {stage.balance_by!r}.")
     unknown = sorted(set(stage.part_learning_rates) - set(TRAINABLE_PARTS))
     if unknown:
-        raise ValueError(f"stage {stage.name!r}: part_learning_rates for unknown part(s) {unknown}.")
+        raise ConfigError(f"stage {stage.name!r}: part_learning_rates for unknown part(s) {unknown}.")
     if stage.max_steps < 1 or stage.batch_size < 1 or stage.grad_accum < 1:
-        raise ValueError(f"stage {stage.name!r}: max_steps, batch_size and grad_accum must be >= 1.")
+        raise ConfigError(f"stage {stage.name!r}: max_steps, batch_size and grad_accum must be >= 1.")
     for part, rate in {"": stage.learning_rate, **stage.part_learning_rates}.items():
         if rate <= 0:
             key = f"{where}.part_learning_rates.{part}" if part else f"{where}.learning_rate"
-            raise ValueError(f"{key} must be a positive learning rate such as 2e-4, got {rate}.")
+            raise ConfigError(f"{key} must be a positive learning rate such as 2e-4, got {rate}.")
     _at_least(0, f"{where}.weight_decay", stage.weight_decay)
     if stage.vision_learning_rate_scale <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"{where}.vision_learning_rate_scale must be > 0 (a multiple of learning_rate, e.g. 0.2), got "
             f"{stage.vision_learning_rate_scale}; to freeze the encoder, leave vision parts out of trainable."
         )
     _validate_objective(stage, where)
     if not 0.0 <= stage.warmup_ratio <= 1.0:
-        raise ValueError(
+        raise ConfigError(
             f"{where}.warmup_ratio must lie in [0, 1] (a fraction of max_steps), got {stage.warmup_ratio}."
         )
 
@@ -286,17 +290,17 @@ def _validate_curriculum(config: RunConfig) -> None:
         return
     where, compression = f"stages.{moved[0]}.merge_layer", config.model.compression
     if moved[-1] == len(config.stages) - 1:
-        raise ValueError(
+        raise ConfigError(
             f"stages.{moved[-1]}.merge_layer: the last stage trains the merge where model.compression puts it, so "
             "the run ends with the configured model; remove merge_layer from it (earlier stages move the merge)."
         )
     if compression is None:
-        raise ValueError(
+        raise ConfigError(
             f"{where}: a run from model.init_from keeps its checkpoint's merge where it is; drop merge_layer (or "
             "convert the checkpoint to another layer with laco convert)."
         )
     if len(compression.layers) != 1:
-        raise ValueError(
+        raise ConfigError(
             f"{where} moves one merge, and model.compression.layers={list(compression.layers)} does not give exactly "
             "one; set model.compression.layers to a single layer (e.g. 1/4), or drop merge_layer."
         )
@@ -304,19 +308,19 @@ def _validate_curriculum(config: RunConfig) -> None:
         try:
             Placement(config.stages[index].merge_layer)
         except ValueError as error:
-            raise ValueError(f"stages.{index}.merge_layer: {error}") from None
+            raise ConfigError(f"stages.{index}.merge_layer: {error}") from None
 
 
 def _validate_objective(stage: StageConfig, where: str) -> None:
     if stage.objective not in OBJECTIVES:
-        raise ValueError(f"{where}.objective must be one of {OBJECTIVES}, got {stage.objective!r}.")
+        raise ConfigError(f"{where}.objective must be one of {OBJECTIVES}, got {stage.objective!r}.")
     if stage.distill_loss not in DISTILL_LOSSES:
-        raise ValueError(f"{where}.distill_loss must be one of {DISTILL_LOSSES}, got {stage.distill_loss!r}.")
+        raise ConfigError(f"{where}.distill_loss must be one of {DISTILL_LOSSES}, got {stage.distill_loss!r}.")
     if stage.objective != "tower_distillation":
         return
     others = sorted(set(stage.trainable) - set(DISTILL_PARTS))
     if others or not stage.trainable:
-        raise ValueError(
+        raise ConfigError(
             f"{where}.trainable: a tower_distillation stage runs the vision tower alone, so it trains only "
             f"{list(DISTILL_PARTS)}; got {stage.trainable}. Use e.g. trainable: [compressor], and train "
             f"{others or 'the other parts'} in a next_token stage after it."
@@ -328,7 +332,7 @@ def _at_least(low: int, key: str, value: float | None, optional: bool = False) -
         return
     if value is None or value < low:
         hint = " (or null for no limit)" if optional else ""
-        raise ValueError(f"{key} must be >= {low}{hint}, got {value!r}.")
+        raise ConfigError(f"{key} must be >= {low}{hint}, got {value!r}.")
 
 
 def read_run_config(data: dict[str, Any] | None) -> RunConfig:

@@ -21,6 +21,7 @@ _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 def refusal_classes() -> tuple[type[BaseException], ...]:
     """The errors that refuse a request before (or instead of) doing the wrong thing."""
+    from ..config import ConfigError
     from ..data import DataError, MissingData
     from ..data.images import ImageProblem
     from ..digests import DigestMismatch
@@ -31,6 +32,7 @@ def refusal_classes() -> tuple[type[BaseException], ...]:
 
     return (
         CheckpointMismatch,
+        ConfigError,
         ConfigMismatch,
         DataError,
         DigestMismatch,

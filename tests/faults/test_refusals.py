@@ -240,3 +240,9 @@ def test_a_damaged_archive_read_is_not_called_a_full_disk() -> None:
     assert refusal_message(RuntimeError(reader)) is None  # a bug or a damaged file: it keeps its traceback
     assert "free space" in refusal_message(RuntimeError(_TORCH_ON_A_FULL_DISK))
     assert "free space" in refusal_message(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+
+def test_a_config_value_that_cannot_run_is_one_line_naming_the_key() -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["train", "--set", "model.image_position=last", "--no-eval"])
+    assert str(refused.value).startswith("laco train: model.image_position must be one of")
