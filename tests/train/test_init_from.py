@@ -132,7 +132,7 @@ def test_the_command_line_refuses_a_bad_init_from_before_touching_the_run(tmp_pa
     assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit, match="no config.json"):
         main(["train", "--config", str(config), "--init-from", str(tmp_path / "nothing")])
-    with pytest.raises(ValueError, match="model.vision would not be used"):
+    with pytest.raises(SystemExit, match="laco train: .*model.vision would not be used"):
         main(["train", "--config", str(config), "--vision", "dinov2-small"])
 
 
